@@ -1,0 +1,21 @@
+//! broadcast-server: every newline-terminated line a client sends over TCP goes to every
+//! other connected client.
+//!
+//! The crate is one single-threaded, edge-triggered mio event loop ([`EventLoop`]) over
+//! client connections ([`connection`]), with line framing ([`framing`]) and per-turn
+//! batching ([`batch`]) kept as pure, unit-tested logic. `main.rs` only turns flags into a
+//! [`Config`] and reports errors.
+
+pub mod batch;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod event_loop;
+pub mod fd_limit;
+pub mod framing;
+pub mod shutdown;
+pub mod stats;
+
+pub use config::Config;
+pub use error::ServerError;
+pub use event_loop::{EventLoop, Exit};

@@ -1,0 +1,127 @@
+//! The `broadcast-server` command: flags, logging, the descriptor budget and exit codes.
+//! Errors from anywhere below are printed here, once, as `error: ...`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+use log::{LevelFilter, warn};
+
+use broadcast_server::config::{self, Config, Settings};
+use broadcast_server::{EventLoop, Exit, ServerError, fd_limit};
+
+/// Forward every line a TCP client sends to every other connected client.
+///
+/// A line is any run of bytes ending in a newline; bytes pass through unchanged. Try it with
+/// `nc 127.0.0.1 8080` in two terminals.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Address to listen on, HOST:PORT (e.g. 0.0.0.0:8080, [::1]:8080, localhost:0; port 0
+    /// picks a free port, reported in the "listening on" log line)
+    #[arg(long, value_name = "HOST:PORT", default_value = config::DEFAULT_ADDR)]
+    addr: String,
+
+    /// Also send each line back to the client that sent it
+    #[arg(long)]
+    echo: bool,
+
+    /// Longest line a client may send, not counting its newline (e.g. 65536, 64KiB); a
+    /// longer line gets the client an ERR line and a disconnect
+    #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = config::parse_size)]
+    max_line: usize,
+
+    /// Most bytes held for one client that does not keep up; past it the client is
+    /// disconnected as a slow consumer
+    #[arg(long, value_name = "BYTES", default_value = "8MiB", value_parser = config::parse_size)]
+    max_queue: usize,
+
+    /// Most clients connected at once; more are refused with an ERR line
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_CLIENTS)]
+    max_clients: usize,
+
+    /// On SIGINT/SIGTERM, how long to keep flushing pending output before closing everyone
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+    shutdown_timeout: Duration,
+
+    /// Log the counters every SECS seconds (0: only at shutdown)
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_seconds)]
+    stats_interval: Duration,
+
+    /// More log output (-v: debug, -vv: trace); RUST_LOG overrides
+    #[arg(short, long, action = ArgAction::Count)]
+    verbose: u8,
+
+    /// Less log output (-q: warnings and errors only, -qq: errors only)
+    #[arg(short, long, action = ArgAction::Count, conflicts_with = "verbose")]
+    quiet: u8,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.verbose, args.quiet);
+    match run(args) {
+        Ok(Exit::Graceful) => ExitCode::SUCCESS,
+        Ok(Exit::Forced) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<Exit, ServerError> {
+    let config = Config::new(Settings {
+        addr: args.addr,
+        echo: args.echo,
+        max_line: args.max_line,
+        max_queue: args.max_queue,
+        max_clients: args.max_clients,
+        shutdown_timeout: args.shutdown_timeout,
+        stats_interval: args.stats_interval,
+    })?;
+    check_descriptor_budget(config.max_clients);
+    EventLoop::bind(config)?.run()
+}
+
+/// Raises the descriptor limit and warns, once, if `--max-clients` still cannot fit in it.
+fn check_descriptor_budget(max_clients: usize) {
+    match fd_limit::raise_to_hard_limit() {
+        Ok(limit) => {
+            let fit = fd_limit::clients_that_fit(limit);
+            if (max_clients as u64) > fit {
+                warn!(
+                    "--max-clients {max_clients} is more than the open-file limit allows \
+                     ({limit} descriptors, about {fit} clients); past that, new clients wait \
+                     until others leave. Raise the limit (ulimit -n) or lower --max-clients"
+                );
+            }
+        }
+        Err(e) => warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
+/// Starts the logger at info, moved by -v/-q; RUST_LOG, when set, has the last word.
+fn init_logging(verbose: u8, quiet: u8) {
+    let level = match i16::from(verbose) - i16::from(quiet) {
+        ..=-2 => LevelFilter::Error,
+        -1 => LevelFilter::Warn,
+        0 => LevelFilter::Info,
+        1 => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_default_env()
+        .init();
+}
+
+/// Parses a non-negative number of seconds such as `5` or `0.25`.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds (try 5 or 0.5)"))?;
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("'{text}' must be a finite, non-negative number of seconds"))
+}

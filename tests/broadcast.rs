@@ -1,0 +1,367 @@
+//! The broadcast contract, through the real binary over real TCP: who receives what, in
+//! which order, with which bytes, whatever clients send and however they leave.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::Command;
+use std::thread;
+
+use common::{Client, Server, numbered_lines};
+
+#[test]
+fn three_clients_each_line_reaches_the_others_but_not_its_sender() {
+    let server = Server::start(&[]);
+    let mut a = server.connect();
+    let mut b = server.connect();
+    let mut c = server.connect();
+
+    a.send(b"from a\n");
+    b.expect(b"from a\n");
+    c.expect(b"from a\n");
+    b.send(b"from b\n");
+    // Had `a` received its own line, it would come before this one.
+    a.expect(b"from b\n");
+    c.expect(b"from b\n");
+    c.send(b"from c\n");
+    a.expect(b"from c\n");
+    b.expect(b"from c\n");
+}
+
+#[test]
+fn echo_sends_each_line_back_to_its_sender_too() {
+    let server = Server::start(&["--echo"]);
+    let mut a = server.connect();
+    let mut b = server.connect();
+    a.send(b"hello\n");
+    a.expect(b"hello\n");
+    b.expect(b"hello\n");
+}
+
+#[test]
+fn ten_thousand_lines_reach_five_receivers_in_order() {
+    let server = Server::start(&[]);
+    let mut receivers = server.connect_many(5);
+    let mut sender = server.connect();
+    let lines = numbered_lines("line", 10_000);
+    let expected = lines.clone();
+    let sending = thread::spawn(move || sender.send(&lines));
+    for receiver in &mut receivers {
+        receiver.expect(&expected);
+    }
+    sending.join().unwrap();
+}
+
+#[test]
+fn a_60000_byte_line_fed_one_byte_at_a_time_arrives_whole() {
+    // Framing scans only new bytes: 60,000 one-byte reads stay linear (the cost is the
+    // framer's; see framing.rs), and the line must come out once, intact.
+    let server = Server::start(&[]);
+    let mut receiver = server.connect();
+    let mut sender = server.connect();
+    let mut line: Vec<u8> = (0..60_000).map(|i| b'a' + (i % 26) as u8).collect();
+    line.push(b'\n');
+    for byte in &line {
+        sender.send(std::slice::from_ref(byte));
+    }
+    receiver.expect(&line);
+}
+
+#[test]
+fn many_lines_in_one_send_arrive_as_separate_intact_lines() {
+    let server = Server::start(&[]);
+    let mut receiver = server.connect();
+    let mut sender = server.connect();
+    sender.send(b"one\ntwo\n\nfour\nfive\n");
+    receiver.expect(b"one\ntwo\n\nfour\nfive\n");
+}
+
+#[test]
+fn every_byte_value_crlf_nul_and_invalid_utf8_pass_through_unchanged() {
+    let server = Server::start(&[]);
+    let mut receiver = server.connect();
+    let mut sender = server.connect();
+    let mut payload: Vec<u8> = (0..=255u8).filter(|&b| b != b'\n').collect();
+    payload.push(b'\n');
+    payload.extend_from_slice(b"crlf\r\n\0nul\0\n\xff\xfe\xc3\x28 not utf-8\n");
+    sender.send(&payload);
+    receiver.expect(&payload);
+}
+
+#[test]
+fn a_60000_byte_line_arrives_intact() {
+    let server = Server::start(&[]);
+    let mut receiver = server.connect();
+    let mut sender = server.connect();
+    let mut line: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    line.retain(|&b| b != b'\n');
+    line.push(b'\n');
+    sender.send(&line);
+    receiver.expect(&line);
+}
+
+#[test]
+fn two_concurrent_senders_never_interleave_inside_a_line() {
+    let server = Server::start(&[]);
+    let mut receiver = server.connect();
+    let senders = server.connect_many(2);
+    const LINES: usize = 3_000;
+    let threads: Vec<_> = senders
+        .into_iter()
+        .zip([b'x', b'y'])
+        .map(|(mut sender, fill)| {
+            thread::spawn(move || {
+                let mut all = Vec::new();
+                for i in 0..LINES {
+                    let mut line = format!("{}{i}:", fill as char).into_bytes();
+                    line.resize(200, fill);
+                    line.push(b'\n');
+                    all.extend_from_slice(&line);
+                }
+                // Odd-sized writes, so that lines are cut at every possible place.
+                for piece in all.chunks(997) {
+                    sender.send(piece);
+                }
+                // Keep the socket: closing it with unread input (the other sender's lines)
+                // would reset the connection and discard what the server had not read yet.
+                sender
+            })
+        })
+        .collect();
+    let got = receiver.read_exact(2 * LINES * 201);
+    let _senders: Vec<Client> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut next: HashMap<u8, usize> = HashMap::new();
+    for line in got.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let fill = line[0];
+        let number = next.entry(fill).or_default();
+        let mut expected = format!("{}{number}:", fill as char).into_bytes();
+        expected.resize(200, fill);
+        assert_eq!(line, &expected[..], "a line was cut or out of order");
+        *number += 1;
+    }
+    assert_eq!(next[&b'x'], LINES);
+    assert_eq!(next[&b'y'], LINES);
+}
+
+/// A client whose output backs up, then leaves with `leave`: the server drops it and
+/// keeps serving everyone else.
+fn leaving_with_output_pending(leave: impl FnOnce(Client)) {
+    let server = Server::start(&[]);
+    let mut receiver = server.connect();
+    let stuck = server.connect();
+    stuck.set_small_receive_buffer();
+    let stuck_addr = stuck.local_addr();
+    let mut sender = server.connect();
+    // 2 MB: far more than the stuck client's socket buffers hold, less than --max-queue.
+    let lines = numbered_lines(&"p".repeat(100), 20_000);
+    sender.send(&lines);
+    receiver.expect(&lines);
+    leave(stuck);
+    server.wait_for_disconnect(stuck_addr);
+    sender.send(b"after\n");
+    receiver.expect(b"after\n");
+    let mut newcomer = server.connect();
+    sender.send(b"still serving\n");
+    newcomer.expect(b"still serving\n");
+    receiver.expect(b"still serving\n");
+}
+
+#[test]
+fn a_client_closing_with_fin_while_output_is_pending_is_dropped_cleanly() {
+    leaving_with_output_pending(drop);
+}
+
+#[test]
+fn a_client_resetting_while_output_is_pending_is_dropped_cleanly() {
+    leaving_with_output_pending(Client::reset);
+}
+
+#[test]
+fn events_for_clients_closed_in_the_same_batch_are_ignored() {
+    // Many clients with pending output reset at once: their read, write and error events
+    // arrive together, often after the client was already removed by an earlier one.
+    let server = Server::start(&[]);
+    let stuck: Vec<Client> = server.connect_many(50);
+    for client in &stuck {
+        client.set_small_receive_buffer();
+    }
+    let mut receiver = server.connect();
+    let mut sender = server.connect();
+    let lines = numbered_lines(&"q".repeat(100), 5_000);
+    sender.send(&lines);
+    receiver.expect(&lines);
+    let addrs: Vec<_> = stuck.iter().map(Client::local_addr).collect();
+    for client in stuck {
+        client.reset();
+    }
+    for addr in addrs {
+        server.wait_for_disconnect(addr);
+    }
+    sender.send(b"alive\n");
+    receiver.expect(b"alive\n");
+}
+
+#[test]
+fn a_client_that_half_closes_after_sending_has_its_lines_delivered() {
+    let server = Server::start(&[]);
+    let mut receiver = server.connect();
+    let sender = server.connect();
+    let mut writer = sender.stream.try_clone().unwrap();
+    std::io::Write::write_all(&mut writer, b"one\ntwo").unwrap();
+    sender.half_close();
+    receiver.expect(b"one\ntwo\n");
+    let line = server.wait_for_disconnect(sender.local_addr());
+    assert!(line.ends_with("client closed"), "{line}");
+}
+
+#[test]
+fn an_unterminated_last_line_is_delivered_with_a_newline_when_its_sender_leaves() {
+    let server = Server::start(&[]);
+    let mut receiver = server.connect();
+    let mut sender = server.connect();
+    sender.send(b"complete\nno newline at the end");
+    drop(sender);
+    receiver.expect(b"complete\nno newline at the end\n");
+}
+
+#[test]
+fn five_hundred_clients_all_receive_every_line() {
+    let server = Server::start(&[]);
+    let mut receivers = server.connect_many(500);
+    let mut sender = server.connect();
+    let lines = numbered_lines("to everyone", 20);
+    sender.send(&lines);
+    for receiver in &mut receivers {
+        receiver.expect(&lines);
+    }
+}
+
+#[test]
+fn two_thousand_connect_close_cycles_leak_no_descriptors() {
+    let server = Server::start(&[]);
+    let mut sender = server.connect();
+    let mut receiver = server.connect();
+    let baseline = server.fd_count();
+    for i in 0..2_000 {
+        let client = server.connect();
+        let addr = client.local_addr();
+        if i % 2 == 0 {
+            drop(client)
+        } else {
+            client.reset()
+        }
+        server.wait_for_disconnect(addr);
+    }
+    assert_eq!(server.fd_count(), baseline, "descriptors leaked");
+    sender.send(b"still here\n");
+    receiver.expect(b"still here\n");
+}
+
+#[test]
+fn a_slow_reader_still_gets_everything() {
+    let server = Server::start(&[]);
+    let mut slow = server.connect();
+    slow.set_small_receive_buffer();
+    let mut sender = server.connect();
+    let lines = numbered_lines(&"s".repeat(60), 30_000); // about 2 MB
+    let expected = lines.clone();
+    let sending = thread::spawn(move || sender.send(&lines));
+    // Read in small pieces with pauses: pacing, not synchronisation.
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let want = (expected.len() - got.len()).min(8 * 1024);
+        got.extend_from_slice(&slow.read_exact(want));
+        thread::sleep(std::time::Duration::from_micros(500));
+    }
+    assert_eq!(got, expected);
+    sending.join().unwrap();
+}
+
+#[test]
+fn ipv6_loopback_works() {
+    if TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return;
+    }
+    let server = Server::start(&["--addr", "[::1]:0"]);
+    assert!(server.addr().is_ipv6());
+    let mut a = server.connect();
+    let mut b = server.connect();
+    a.send(b"over v6\n");
+    b.expect(b"over v6\n");
+}
+
+#[test]
+fn localhost_names_resolve() {
+    let server = Server::start(&["--addr", "localhost:0"]);
+    let mut a = server.connect();
+    let mut b = server.connect();
+    a.send(b"by name\n");
+    b.expect(b"by name\n");
+}
+
+/// Runs the binary to completion with `args`; returns (exit code, stdout, stderr).
+fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_broadcast-server"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run broadcast-server");
+    (
+        output.status.code().expect("exited, not killed"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_port_in_use_is_one_clear_error_line_and_a_failure_exit() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, stderr) = run_cli(&["--addr", &addr]);
+    assert_eq!(code, 1);
+    let expected_start =
+        format!("error: cannot listen on {addr}: Address already in use (os error 98)");
+    assert!(stderr.starts_with(&expected_start), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("panick"), "{stderr}");
+}
+
+#[test]
+fn a_bad_addr_is_one_clear_error_line_and_a_failure_exit() {
+    for bad in ["nonsense", "127.0.0.1", "127.0.0.1:70000"] {
+        let (code, _, stderr) = run_cli(&["--addr", bad]);
+        assert_eq!(code, 1, "{bad}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: invalid --addr '{bad}': ")),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
+
+#[test]
+fn help_and_version_work() {
+    let (code, stdout, _) = run_cli(&["--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--addr",
+        "--echo",
+        "--max-line",
+        "--max-queue",
+        "--max-clients",
+        "--shutdown-timeout",
+        "--stats-interval",
+        "--verbose",
+        "--quiet",
+    ] {
+        assert!(stdout.contains(flag), "--help lacks {flag}");
+    }
+    let (code, stdout, _) = run_cli(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout,
+        format!("broadcast-server {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}

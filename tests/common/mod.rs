@@ -1,0 +1,324 @@
+//! Test helpers: spawn the real binary on a free port, follow its log, talk raw TCP to it.
+//!
+//! Every wait here has a deadline; nothing sleeps in place of synchronising. A client counts
+//! as connected once the server has logged it, so a test never races the accept.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any single wait may take before the test fails; generous for a loaded machine.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The server's stderr, line by line, shared with the thread that reads it.
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+/// A running `broadcast-server` process; killed when dropped.
+pub struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Log>,
+}
+
+impl Server {
+    /// Starts the server on 127.0.0.1:0 with extra `args`.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_command(Server::command(args))
+    }
+
+    /// The command `start` would run, for tests that need to adjust it (limits, env).
+    pub fn command(args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_broadcast-server"));
+        if !args.contains(&"--addr") {
+            command.args(["--addr", "127.0.0.1:0"]);
+        }
+        command.args(args).env_remove("RUST_LOG");
+        command
+    }
+
+    /// Spawns `command` and waits for its `listening on ADDR` line.
+    pub fn start_command(mut command: Command) -> Server {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn broadcast-server");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Log::default());
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lines.lock().unwrap().push(line);
+                sink.grew.notify_all();
+            }
+        });
+        let mut server = Server {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+        };
+        let line = server.wait_for_log("listening on ");
+        let addr = line.rsplit("listening on ").next().unwrap().trim();
+        server.addr = addr.parse().expect("listening line ends in an address");
+        server
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        self.wait_for_logs(needle, 1).pop().unwrap()
+    }
+
+    /// Waits until `count` log lines contain `needle`; returns them.
+    pub fn wait_for_logs(&self, needle: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            let found: Vec<String> = lines
+                .iter()
+                .filter(|l| l.contains(needle))
+                .cloned()
+                .collect();
+            if found.len() >= count {
+                return found;
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "timed out waiting for {count} log lines with {needle:?}; log:\n{}",
+                lines.join("\n")
+            );
+            lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Log lines so far that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        let lines = self.log.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// The whole log so far, for assertion messages.
+    pub fn log_text(&self) -> String {
+        self.log.lines.lock().unwrap().join("\n")
+    }
+
+    /// Connects and waits until the server has registered the client.
+    pub fn connect(&self) -> Client {
+        let client = Client::connect_raw(self.addr);
+        self.wait_for_log(&format!("client {} connected", client.local_addr()));
+        client
+    }
+
+    /// Connects `n` clients, waiting for all of them to be registered.
+    pub fn connect_many(&self, n: usize) -> Vec<Client> {
+        let clients: Vec<Client> = (0..n).map(|_| Client::connect_raw(self.addr)).collect();
+        for client in &clients {
+            self.wait_for_log(&format!("client {} connected", client.local_addr()));
+        }
+        clients
+    }
+
+    /// Waits until the server has logged the disconnect of the client at `local`.
+    pub fn wait_for_disconnect(&self, local: SocketAddr) -> String {
+        self.wait_for_log(&format!("client {local} disconnected"))
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the log reader take the last lines.
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS line")
+    }
+
+    /// Open descriptors of the server process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/PID/fd")
+            .count()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One TCP client of the server.
+pub struct Client {
+    pub stream: TcpStream,
+}
+
+impl Client {
+    /// Connects without waiting for the server to notice.
+    pub fn connect_raw(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect to server");
+        stream.set_nodelay(true).unwrap();
+        Client { stream }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().unwrap()
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send to server");
+    }
+
+    /// Reads exactly `n` bytes, failing the test at the deadline.
+    pub fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut buf = vec![0; n];
+        let mut got = 0;
+        while got < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out after {got} of {n} bytes");
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut buf[got..]) {
+                Ok(0) => panic!(
+                    "connection closed after {got} of {n} bytes: {:?}",
+                    String::from_utf8_lossy(&buf[..got])
+                ),
+                Ok(k) => got += k,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => panic!("read failed after {got} of {n} bytes: {e}"),
+            }
+        }
+        buf
+    }
+
+    /// Reads exactly `expected.len()` bytes and asserts they are `expected`.
+    pub fn expect(&mut self, expected: &[u8]) {
+        let got = self.read_exact(expected.len());
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expected),
+            "bytes differ"
+        );
+        assert_eq!(got, expected);
+    }
+
+    /// Reads until the server closes; returns everything read. Fails at the deadline.
+    pub fn read_to_eof(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut all = Vec::new();
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no EOF before the deadline ({} bytes)",
+                all.len()
+            );
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut buf) {
+                Ok(0) => return all,
+                Ok(k) => all.extend_from_slice(&buf[..k]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return all,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// Closes our sending side (FIN) but keeps reading.
+    pub fn half_close(&self) {
+        self.stream.shutdown(Shutdown::Write).unwrap();
+    }
+
+    /// Closes with an RST instead of a FIN (SO_LINGER with a zero timeout).
+    pub fn reset(self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt reads a `linger` from a live local of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_LINGER");
+        drop(self.stream);
+    }
+
+    /// Shrinks the receive buffer so the server's output backs up quickly.
+    pub fn set_small_receive_buffer(&self) {
+        let size: libc::c_int = 4096;
+        // SAFETY: setsockopt reads one c_int from a live local.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVBUF");
+    }
+}
+
+/// `count` numbered lines `prefix-N\n` as one byte string.
+pub fn numbered_lines(prefix: &str, count: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..count {
+        out.extend_from_slice(format!("{prefix}-{i}\n").as_bytes());
+    }
+    out
+}
