@@ -401,11 +401,6 @@ impl EventLoop {
     /// with a `\n`), and lets every client drain until `--shutdown-timeout`.
     fn begin_shutdown(&mut self, signal: &str) {
         let timeout = self.config.shutdown_timeout;
-        info!(
-            "received {signal}: shutting down, flushing {} clients for up to {:.1} s",
-            self.connections.len(),
-            timeout.as_secs_f64()
-        );
         let deadline = Instant::now() + timeout;
         self.shutdown = ShutdownState::Draining { deadline };
         if let Some(mut listener) = self.listener.take()
@@ -424,6 +419,13 @@ impl EventLoop {
             }
         }
         self.distribute();
+        let queued: usize = self.connections.values().map(|c| c.queued()).sum();
+        info!(
+            "received {signal}: shutting down, flushing {queued} bytes to {} clients for up \
+             to {:.1} s",
+            self.connections.len(),
+            timeout.as_secs_f64()
+        );
         let tokens: Vec<Token> = self.connections.keys().copied().collect();
         for token in tokens {
             if let Some(connection) = self.connections.get_mut(&token)

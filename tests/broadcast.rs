@@ -150,7 +150,7 @@ fn leaving_with_output_pending(leave: impl FnOnce(Client)) {
     let server = Server::start(&[]);
     let mut receiver = server.connect();
     let stuck = server.connect();
-    stuck.set_small_receive_buffer();
+    stuck.set_receive_buffer(4096);
     let stuck_addr = stuck.local_addr();
     let mut sender = server.connect();
     // 2 MB: far more than the stuck client's socket buffers hold, less than --max-queue.
@@ -184,7 +184,7 @@ fn events_for_clients_closed_in_the_same_batch_are_ignored() {
     let server = Server::start(&[]);
     let stuck: Vec<Client> = server.connect_many(50);
     for client in &stuck {
-        client.set_small_receive_buffer();
+        client.set_receive_buffer(4096);
     }
     let mut receiver = server.connect();
     let mut sender = server.connect();
@@ -262,7 +262,7 @@ fn two_thousand_connect_close_cycles_leak_no_descriptors() {
 fn a_slow_reader_still_gets_everything() {
     let server = Server::start(&[]);
     let mut slow = server.connect();
-    slow.set_small_receive_buffer();
+    slow.set_receive_buffer(128 * 1024);
     let mut sender = server.connect();
     let lines = numbered_lines(&"s".repeat(60), 30_000); // about 2 MB
     let expected = lines.clone();

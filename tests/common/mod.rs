@@ -21,6 +21,8 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 struct Log {
     lines: Mutex<Vec<String>>,
     grew: Condvar,
+    /// Set once stderr reached end of file (the process exited).
+    ended: std::sync::atomic::AtomicBool,
 }
 
 /// A running `broadcast-server` process; killed when dropped.
@@ -63,6 +65,9 @@ impl Server {
                 sink.lines.lock().unwrap().push(line);
                 sink.grew.notify_all();
             }
+            let _guard = sink.lines.lock().unwrap();
+            sink.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+            sink.grew.notify_all();
         });
         let mut server = Server {
             child,
@@ -109,6 +114,18 @@ impl Server {
             );
             lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
         }
+    }
+
+    /// The complete log of a process that has exited (waits for stderr to end).
+    pub fn final_log(&self) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        let mut lines = self.log.lines.lock().unwrap();
+        while !self.log.ended.load(std::sync::atomic::Ordering::SeqCst) {
+            let now = Instant::now();
+            assert!(now < deadline, "stderr did not end");
+            lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+        lines.join("\n")
     }
 
     /// Log lines so far that contain `needle`.
@@ -159,7 +176,6 @@ impl Server {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the log reader take the last lines.
                 return status;
             }
             assert!(Instant::now() < deadline, "server did not exit");
@@ -297,9 +313,11 @@ impl Client {
         drop(self.stream);
     }
 
-    /// Shrinks the receive buffer so the server's output backs up quickly.
-    pub fn set_small_receive_buffer(&self) {
-        let size: libc::c_int = 4096;
+    /// Shrinks the receive buffer so the server's output backs up quickly. Readers should
+    /// use a size of at least 64 KiB: below one loopback MSS, the window reopens only on
+    /// the sender's persist timer and reading crawls.
+    pub fn set_receive_buffer(&self, bytes: usize) {
+        let size = bytes as libc::c_int;
         // SAFETY: setsockopt reads one c_int from a live local.
         let rc = unsafe {
             libc::setsockopt(

@@ -1,0 +1,443 @@
+//! Limits, slow consumers, fairness, descriptor exhaustion, graceful shutdown and stats,
+//! through the real binary over real TCP.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Client, DEADLINE, Server, numbered_lines};
+
+/// Peak resident memory (VmHWM) of the server, in KiB.
+fn peak_rss_kib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM line")
+}
+
+/// Writes `total` bytes of `fill` in 64 KiB pieces until done or the server hangs up.
+fn stream_without_newline(mut stream: std::net::TcpStream, total: usize) -> usize {
+    let piece = vec![b'z'; 64 * 1024];
+    let mut sent = 0;
+    while sent < total {
+        match stream.write(&piece) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
+#[test]
+fn an_overlong_line_gets_an_err_line_and_a_disconnect_and_is_never_broadcast() {
+    let server = Server::start(&[]);
+    let mut receiver = server.connect();
+    let mut offender = server.connect();
+    let mut other = server.connect();
+    let rss_before = server.rss_kib();
+
+    offender.send(b"fine\n");
+    receiver.expect(b"fine\n");
+    let writer = offender.stream.try_clone().unwrap();
+    let streaming = thread::spawn(move || stream_without_newline(writer, 20 << 20));
+    let answer = offender.read_to_eof();
+    assert_eq!(answer, b"ERR line too long (max 65536 bytes)\n");
+    let log = server.wait_for_disconnect(offender.local_addr());
+    assert!(log.ends_with("line too long"), "{log}");
+    streaming.join().unwrap();
+
+    // Nothing of the long line reached anyone: the next bytes are the next line.
+    other.send(b"next\n");
+    receiver.expect(b"next\n");
+    let growth = peak_rss_kib(&server).saturating_sub(rss_before);
+    eprintln!("over-long line: RSS before {rss_before} KiB, peak growth {growth} KiB");
+    assert!(
+        growth < 4 * 1024,
+        "RSS grew by {growth} KiB while a line was refused"
+    );
+}
+
+#[test]
+fn a_line_longer_than_a_custom_max_line_is_refused_even_when_complete() {
+    let server = Server::start(&["--max-line", "10"]);
+    let mut receiver = server.connect();
+    let mut offender = server.connect();
+    offender.send(b"0123456789\n0123456789A\nnever\n");
+    receiver.expect(b"0123456789\n");
+    assert_eq!(
+        offender.read_to_eof(),
+        b"ERR line too long (max 10 bytes)\n"
+    );
+    server.wait_for_disconnect(offender.local_addr());
+    let mut other = server.connect();
+    other.send(b"after\n");
+    receiver.expect(b"after\n");
+}
+
+#[test]
+fn a_client_that_never_reads_is_disconnected_and_the_others_get_everything() {
+    let server = Server::start(&[]);
+    let readers = server.connect_many(3);
+    let stuck = server.connect();
+    stuck.set_receive_buffer(4096);
+    let mut sender = server.connect();
+    let rss_before = server.rss_kib();
+
+    // 50 MB of 100-byte lines.
+    let lines = Arc::new(numbered_lines(&"w".repeat(88), 530_000));
+    assert!(lines.len() >= 50_000_000);
+    let reading: Vec<_> = readers
+        .into_iter()
+        .map(|mut reader| {
+            let lines = Arc::clone(&lines);
+            thread::spawn(move || reader.read_exact(lines.len()) == *lines)
+        })
+        .collect();
+    sender.send(&lines);
+    for reader in reading {
+        assert!(reader.join().unwrap(), "a reader lost or reordered bytes");
+    }
+    let log = server.wait_for_disconnect(stuck.local_addr());
+    assert!(log.contains("slow consumer"), "{log}");
+    let warning = server.wait_for_log("is a slow consumer");
+    assert!(warning.contains("over --max-queue 8388608"), "{warning}");
+
+    let growth = peak_rss_kib(&server).saturating_sub(rss_before);
+    eprintln!("slow consumer: RSS before {rss_before} KiB, peak growth {growth} KiB");
+    assert!(
+        growth < 8 * 1024 + 8 * 1024,
+        "RSS grew by {growth} KiB: more than --max-queue plus slack"
+    );
+}
+
+#[test]
+fn a_full_server_refuses_with_an_err_line_and_accepts_again_when_clients_leave() {
+    let server = Server::start(&["--max-clients", "3"]);
+    let mut clients = server.connect_many(3);
+    let mut refused = Client::connect_raw(server.addr());
+    assert_eq!(refused.read_to_eof(), b"ERR server full (max 3 clients)\n");
+    server.wait_for_log(&format!("refused {}: server full", refused.local_addr()));
+
+    let leaving = clients.pop().unwrap();
+    let addr = leaving.local_addr();
+    drop(leaving);
+    server.wait_for_disconnect(addr);
+    let mut newcomer = server.connect();
+    clients[0].send(b"welcome\n");
+    newcomer.expect(b"welcome\n");
+    clients[1].expect(b"welcome\n");
+}
+
+#[test]
+fn a_firehose_sender_does_not_starve_a_slow_sender() {
+    // A queue large enough that no reader here is ever a slow consumer, however loaded the
+    // machine: this test is about whose input is read, not about output limits.
+    let server = Server::start(&["--max-queue", "2GiB"]);
+    let watcher = server.connect();
+    let mut firehose = server.connect();
+    let mut trickle = server.connect();
+    let trickle_inbox = trickle.stream.try_clone().unwrap();
+    let draining = thread::spawn(move || count_marker_bytes(trickle_inbox, 0));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_firehose = Arc::clone(&stop);
+    let flooding = thread::spawn(move || {
+        // Only `f` and `\n`: the watcher finds trickle lines by their one `T` byte.
+        let lines =
+            b"ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff\n".repeat(1024);
+        let started = Instant::now();
+        while !stop_firehose.load(Ordering::Relaxed) && started.elapsed() < DEADLINE {
+            firehose.send(&lines);
+        }
+        firehose
+    });
+    let watching = thread::spawn(move || count_marker_bytes(watcher.stream, 20));
+    let mut sent_at = Vec::new();
+    for i in 0..20 {
+        sent_at.push(Instant::now());
+        trickle.send(format!("Trickle {i}\n").as_bytes());
+        thread::sleep(Duration::from_millis(100)); // the trickle's pace, not a wait
+    }
+    let arrivals = watching.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let _firehose = flooding.join().unwrap();
+    trickle.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    draining.join().unwrap();
+    let worst = sent_at
+        .iter()
+        .zip(&arrivals)
+        .map(|(sent, got)| got.duration_since(*sent))
+        .max()
+        .unwrap();
+    eprintln!("fairness: worst trickle latency under a firehose {worst:?}");
+    // A starved sender would wait for the firehose to stop (up to DEADLINE); a fair loop
+    // serves it within a few turns. The bound is generous for a loaded 2-core machine.
+    assert!(
+        worst < Duration::from_secs(2),
+        "trickle lines waited {worst:?}"
+    );
+}
+
+/// Reads `stream` and notes when each `T` byte arrives, until `wanted` of them (or, with
+/// `wanted == 0`, until the stream ends).
+fn count_marker_bytes(mut stream: std::net::TcpStream, wanted: usize) -> Vec<Instant> {
+    let mut arrivals = Vec::new();
+    let mut buf = vec![0; 256 * 1024];
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    while wanted == 0 || arrivals.len() < wanted {
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) if wanted == 0 => break, // our own shutdown may end it with a reset
+            Err(e) => panic!("reader: {e}"),
+        };
+        if n == 0 {
+            assert_eq!(wanted, 0, "server closed a reader");
+            break;
+        }
+        let now = Instant::now();
+        arrivals.extend(buf[..n].iter().filter(|&&b| b == b'T').map(|_| now));
+    }
+    arrivals
+}
+
+#[test]
+fn running_out_of_descriptors_pauses_accepting_without_spinning_then_recovers() {
+    let mut command = Server::command(&[]);
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 40,
+                rlim_max: 40,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let server = Server::start_command(command);
+    server.wait_for_log("--max-clients 10000 is more than the open-file limit allows (40");
+
+    let clients: Vec<Client> = (0..60)
+        .map(|_| Client::connect_raw(server.addr()))
+        .collect();
+    server.wait_for_log("cannot accept new clients: Too many open files");
+    let accepted: Vec<usize> = (0..clients.len())
+        .filter(|&i| {
+            !server
+                .log_lines(&format!("client {} connected", clients[i].local_addr()))
+                .is_empty()
+        })
+        .collect();
+    assert!(accepted.len() < clients.len(), "the limit did not bite");
+
+    // Paused, not spinning: measure the CPU the server burns over one second.
+    let cpu_ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let before = cpu_ticks();
+    thread::sleep(Duration::from_secs(1)); // a measuring window, not synchronisation
+    let used = cpu_ticks() - before;
+    assert!(
+        used < 30,
+        "server used {used} ticks of CPU in 1 s while out of descriptors"
+    );
+    assert_eq!(
+        server.log_lines("cannot accept new clients").len(),
+        1,
+        "warned more than once"
+    );
+
+    // Free descriptors: every waiting client gets in.
+    let mut waiting = Vec::new();
+    let mut connected = Vec::new();
+    for (i, client) in clients.into_iter().enumerate() {
+        if accepted.contains(&i) {
+            connected.push(client);
+        } else {
+            waiting.push(client);
+        }
+    }
+    // One more than are waiting: while no descriptor is free, accept fails even when no
+    // connection waits, so "accepting again" needs a spare.
+    for client in connected.drain(..(waiting.len() + 1).min(connected.len() - 1)) {
+        let addr = client.local_addr();
+        drop(client);
+        server.wait_for_disconnect(addr);
+    }
+    for client in &waiting {
+        server.wait_for_log(&format!("client {} connected", client.local_addr()));
+    }
+    server.wait_for_log("accepting again");
+    let mut last = waiting
+        .into_iter()
+        .last()
+        .expect("some clients had to wait");
+    connected[0].send(b"you made it\n");
+    last.expect(b"you made it\n");
+}
+
+/// A stop signal with output pending to a slow reader: it gets every line, the server
+/// exits 0 and logs its final stats.
+fn graceful_shutdown_on(signal: libc::c_int, name: &str) {
+    let mut server = Server::start(&["--shutdown-timeout", "20"]);
+    let mut slow = server.connect();
+    slow.set_receive_buffer(128 * 1024);
+    let mut fast = server.connect();
+    let mut sender = server.connect();
+    let mut lines = numbered_lines(&"g".repeat(100), 60_000); // 6 MB
+    sender.send(&lines);
+    sender.send(b"unfinished");
+    fast.expect(&lines);
+    server.signal(signal);
+    let log = server.wait_for_log(&format!("received {name}: shutting down, flushing "));
+    let queued: usize = log
+        .split("flushing ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the shutdown line says how many bytes are queued");
+    assert!(
+        queued > 0,
+        "nothing was pending, so nothing was tested: {log}"
+    );
+
+    let mut got = Vec::new();
+    let mut buf = vec![0; 16 * 1024];
+    slow.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    loop {
+        match slow.stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("slow reader: {e} after {} bytes", got.len()),
+        }
+        thread::sleep(Duration::from_micros(200)); // reading slowly on purpose
+    }
+    lines.extend_from_slice(b"unfinished\n");
+    assert_eq!(got.len(), lines.len());
+    assert!(got == lines, "the slow reader's bytes differ");
+    assert_eq!(server.wait_exit().code(), Some(0));
+    let stats = server
+        .final_log()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(stats.contains("active=0"), "{stats}");
+    assert!(stats.contains("shutdown=3"), "{stats}");
+}
+
+#[test]
+fn sigterm_flushes_pending_output_then_exits_zero() {
+    graceful_shutdown_on(libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn sigint_flushes_pending_output_then_exits_zero() {
+    graceful_shutdown_on(libc::SIGINT, "SIGINT");
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut server = Server::start(&["--shutdown-timeout", "600"]);
+    let stuck = server.connect();
+    stuck.set_receive_buffer(4096);
+    let mut fast = server.connect();
+    let mut sender = server.connect();
+    let lines = numbered_lines(&"h".repeat(100), 20_000);
+    sender.send(&lines);
+    fast.expect(&lines); // so output is surely queued for `stuck`
+    server.signal(libc::SIGTERM);
+    server.wait_for_log("received SIGTERM: shutting down");
+    server.signal(libc::SIGINT);
+    assert_eq!(server.wait_exit().code(), Some(1));
+    server.wait_for_log("received SIGINT again: exiting now");
+    drop(stuck);
+}
+
+#[test]
+fn the_stats_line_counts_a_scripted_session_exactly() {
+    let mut server = Server::start(&["--max-clients", "3", "--stats-interval", "0.05"]);
+    server.wait_for_log("stats: accepted=0 active=0 peak=0 ");
+    let mut a = server.connect();
+    let mut b = server.connect();
+    let mut c = server.connect();
+    a.send(b"hello\nworld\n");
+    b.expect(b"hello\nworld\n");
+    c.expect(b"hello\nworld\n");
+    b.send(b"hi\n");
+    a.expect(b"hi\n");
+    c.expect(b"hi\n");
+    let mut refused = Client::connect_raw(server.addr());
+    assert_eq!(refused.read_to_eof(), b"ERR server full (max 3 clients)\n");
+    let c_addr = c.local_addr();
+    drop(c);
+    server.wait_for_disconnect(c_addr);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    let log = server.final_log();
+    let last = log.lines().last().unwrap_or_default();
+    let expected = "stats: accepted=3 active=0 peak=3 lines_in=3 deliveries=6 bytes_in=15 \
+                    bytes_out=30 disconnects: client_closed=1 error=0 slow_consumer=0 \
+                    line_too_long=0 server_full=1 shutdown=2";
+    assert!(last.ends_with(expected), "{last}");
+}
+
+#[test]
+fn nonsense_limits_are_refused_at_start_with_a_clear_message() {
+    let cases: [(&[&str], i32, &str); 5] = [
+        (
+            &["--max-line", "0"],
+            1,
+            "error: --max-line must be at least 1\n",
+        ),
+        (
+            &["--max-clients", "0"],
+            1,
+            "error: --max-clients must be at least 1\n",
+        ),
+        (
+            &["--max-line", "1MiB", "--max-queue", "64KiB"],
+            1,
+            "error: --max-queue (65536 bytes) must be larger than --max-line (1048576 bytes) \
+             so that one full line fits in a client's queue\n",
+        ),
+        (
+            &["--max-queue", "lots"],
+            2,
+            "error: invalid value 'lots' for '--max-queue <BYTES>'",
+        ),
+        (
+            &["--shutdown-timeout=-1"],
+            2,
+            "error: invalid value '-1' for '--shutdown-timeout",
+        ),
+    ];
+    for (args, code, start) in cases {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_broadcast-server"))
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .expect("run broadcast-server");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.starts_with(start), "{args:?}: {stderr}");
+    }
+}
