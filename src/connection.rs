@@ -199,80 +199,80 @@ impl ClientConnection {
     }
 
     /// Sends `parts` after anything already queued, writing straight from the caller's
-    /// buffers when nothing is queued (the common case: no copy at all), and keeping what the
-    /// kernel would not take. Fails with `SlowConsumer` when more than `max_queue` bytes would
-    /// be left waiting.
+    /// buffers when nothing is queued (the common case: no copy at all), and queueing what
+    /// the kernel would not take. Fails with `SlowConsumer`, queueing nothing, when more than
+    /// `max_queue` bytes would be left waiting: the queue never outgrows the limit.
     pub fn send<'a>(
         &mut self,
         parts: impl Iterator<Item = &'a [u8]> + Clone,
         max_queue: usize,
     ) -> Result<WriteReport, DisconnectReason> {
-        let mut written = 0;
-        if self.write_buf.is_empty() {
-            let (sent, unsent) = self.write_direct(parts)?;
-            written = sent;
-            unsent.for_each(|part| self.write_buf.extend(part));
+        let incoming: usize = parts.clone().map(<[u8]>::len).sum();
+        let written = if self.write_buf.is_empty() {
+            self.write_direct(parts.clone())?
         } else {
-            parts.for_each(|part| self.write_buf.extend(part));
-        }
-        let queued = self.write_buf.len();
+            0
+        };
+        let queued = self.write_buf.len() + (incoming - written);
         if queued > max_queue {
             return Err(DisconnectReason::SlowConsumer { queued });
+        }
+        self.reserve_within(queued, max_queue);
+        let mut skip = written;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            self.write_buf.extend(&part[skip..]);
+            skip = 0;
         }
         Ok(WriteReport { written, queued })
     }
 
-    /// Writes `parts` with as few `writev` calls as possible until done or the socket is
-    /// full. Returns the bytes written and the parts still to send (the first one cut to its
-    /// unsent tail by the caller's skip of `written` bytes).
-    fn write_direct<'a, I>(
+    /// Writes `parts` with as few `writev` calls as possible until all are sent or the
+    /// socket is full; returns the bytes written.
+    fn write_direct<'a>(
         &mut self,
-        parts: I,
-    ) -> Result<(usize, std::iter::Skip<I>), DisconnectReason>
-    where
-        I: Iterator<Item = &'a [u8]> + Clone,
-    {
+        parts: impl Iterator<Item = &'a [u8]> + Clone,
+    ) -> Result<usize, DisconnectReason> {
         const MAX_IOVECS: usize = 64;
         let mut done_parts = 0;
-        let mut total = 0;
+        let mut written = 0;
         loop {
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
-            let mut batch_len = 0;
+            let mut len = 0;
             for part in parts.clone().skip(done_parts).take(MAX_IOVECS) {
                 iov[count] = IoSlice::new(part);
-                batch_len += part.len();
+                len += part.len();
                 count += 1;
             }
             if count == 0 {
-                return Ok((total, parts.skip(done_parts)));
+                return Ok(written);
             }
             match self.stream.write_vectored(&iov[..count]) {
-                Ok(n) if n == batch_len => {
-                    total += n;
+                Ok(n) => {
+                    written += n;
+                    if n < len {
+                        return Ok(written);
+                    }
                     done_parts += count;
                 }
-                Ok(n) => {
-                    total += n;
-                    // Queue the unsent tail of the part the kernel stopped in, then the rest.
-                    let mut left = n;
-                    for part in parts.clone().skip(done_parts).take(count) {
-                        done_parts += 1;
-                        if left >= part.len() {
-                            left -= part.len();
-                            continue;
-                        }
-                        self.write_buf.extend(&part[left..]);
-                        break;
-                    }
-                    return Ok((total, parts.skip(done_parts)));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok((total, parts.skip(done_parts)));
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(written),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(DisconnectReason::Error(e.kind())),
             }
+        }
+    }
+
+    /// Makes room for `total` queued bytes, growing by doubling as usual but never past
+    /// `max_queue`, so a queue near its limit does not briefly hold twice the memory.
+    fn reserve_within(&mut self, total: usize, max_queue: usize) {
+        let capacity = self.write_buf.capacity();
+        if total > capacity {
+            let target = (capacity * 2).clamp(total, max_queue.max(total));
+            self.write_buf.reserve_exact(target - self.write_buf.len());
         }
     }
 
