@@ -4,6 +4,8 @@
 //! recipient gets one `writev` per turn covering every line from every sender, straight from
 //! this one shared buffer. A recipient's own lines are left out simply by skipping its runs.
 
+use std::time::{Duration, Instant};
+
 use mio::Token;
 
 /// A stretch of the batch sent by one client.
@@ -16,10 +18,22 @@ struct Run {
 }
 
 /// Complete lines in arrival order, tagged with who sent them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Batch {
     bytes: Vec<u8>,
     runs: Vec<Run>,
+    /// When the previous batch was handed out.
+    last_sent: Instant,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            bytes: Vec::new(),
+            runs: Vec::new(),
+            last_sent: Instant::now(),
+        }
+    }
 }
 
 impl Batch {
@@ -80,9 +94,21 @@ impl Batch {
             .sum()
     }
 
-    /// Empties the batch, keeping its memory for the next turn unless a burst made it large.
-    pub fn clear(&mut self) {
+    /// When this batch should be handed out, given the coalescing `window`: at once if the
+    /// previous batch left at least `window` ago (a lone line never waits), else when the
+    /// window since then closes. A busy server thus writes to each client at most once per
+    /// window, every write carrying all the lines gathered meanwhile: far fewer syscalls and
+    /// TCP segments per line, for at most `window` of added latency (plus the poller's
+    /// millisecond timer granularity). With a zero window every turn sends.
+    pub fn due_at(&self, window: Duration) -> Option<Instant> {
+        (!self.is_empty()).then(|| self.last_sent + window)
+    }
+
+    /// Empties the batch after it was handed out at `now`, keeping its memory for the next
+    /// turn unless a burst made it large.
+    pub fn clear(&mut self, now: Instant) {
         const KEEP_CAPACITY: usize = 1 << 20;
+        self.last_sent = now;
         self.runs.clear();
         if self.bytes.capacity() > KEEP_CAPACITY {
             self.bytes = Vec::new();
@@ -101,6 +127,22 @@ mod tests {
         batch.bytes_mut().extend_from_slice(bytes);
         let lines = bytes.iter().filter(|&&b| b == b'\n').count();
         batch.record(Token(sender), start, lines);
+    }
+
+    #[test]
+    fn a_batch_is_due_one_window_after_the_previous_one_left() {
+        let mut batch = Batch::default();
+        let window = Duration::from_micros(500);
+        assert_eq!(batch.due_at(window), None, "nothing to send");
+        let sent = Instant::now();
+        batch.clear(sent);
+        append(&mut batch, 1, b"a\n");
+        assert_eq!(batch.due_at(window), Some(sent + window));
+        assert_eq!(
+            batch.due_at(Duration::ZERO),
+            Some(sent),
+            "no window: due at once"
+        );
     }
 
     fn received(batch: &Batch, recipient: usize, echo: bool) -> Vec<u8> {
@@ -134,7 +176,7 @@ mod tests {
         append(&mut batch, 1, b"");
         assert_eq!(batch.parts_for(Token(2), false).count(), 1);
         assert_eq!(batch.lines_for(Token(2), false), 2);
-        batch.clear();
+        batch.clear(Instant::now());
         assert!(batch.is_empty());
         assert_eq!(batch.parts_for(Token(2), false).count(), 0);
     }

@@ -33,6 +33,8 @@ pub struct Config {
     pub max_queue: usize,
     /// Most clients connected at once; more are refused with an `ERR` line.
     pub max_clients: usize,
+    /// Least time between two hand-outs of the batch (0: every turn); see `Batch::due_at`.
+    pub coalesce: Duration,
     /// How long shutdown waits for pending output before closing everyone.
     pub shutdown_timeout: Duration,
     /// How often to log the counters; `None` logs them only at shutdown.
@@ -47,6 +49,7 @@ pub struct Settings {
     pub max_line: usize,
     pub max_queue: usize,
     pub max_clients: usize,
+    pub coalesce: Duration,
     pub shutdown_timeout: Duration,
     pub stats_interval: Duration,
 }
@@ -59,6 +62,7 @@ impl Default for Settings {
             max_line: DEFAULT_MAX_LINE,
             max_queue: DEFAULT_MAX_QUEUE,
             max_clients: DEFAULT_MAX_CLIENTS,
+            coalesce: Duration::ZERO,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             stats_interval: Duration::ZERO,
         }
@@ -125,6 +129,7 @@ impl Config {
             max_line: settings.max_line,
             max_queue: settings.max_queue,
             max_clients: settings.max_clients,
+            coalesce: settings.coalesce,
             shutdown_timeout: settings.shutdown_timeout,
             stats_interval: Some(settings.stats_interval).filter(|d| !d.is_zero()),
         })

@@ -130,8 +130,15 @@ impl EventLoop {
                 break exit;
             }
             self.serve_unfinished_readers();
-            self.distribute();
-            self.run_timers(Instant::now());
+            let now = Instant::now();
+            if self
+                .batch
+                .due_at(self.config.coalesce)
+                .is_some_and(|at| at <= now)
+            {
+                self.distribute();
+            }
+            self.run_timers(now);
             if self.shutdown != ShutdownState::Running && self.connections.is_empty() {
                 break Exit::Graceful;
             }
@@ -345,7 +352,7 @@ impl EventLoop {
                 self.doomed.push((token, DisconnectReason::Error(e.kind())));
             }
         }
-        self.batch.clear();
+        self.batch.clear(Instant::now());
         for (token, reason) in std::mem::take(&mut self.doomed) {
             if let DisconnectReason::SlowConsumer { queued } = reason
                 && let Some(connection) = self.connections.get(&token)
@@ -484,17 +491,23 @@ impl EventLoop {
     }
 
     /// How long the next poll may sleep: not at all while readers have input waiting, else
-    /// until the nearest timer.
+    /// until the nearest timer (a held batch is one).
     fn next_timeout(&self) -> Option<Duration> {
         if !self.unfinished_readers.is_empty() {
             return Some(Duration::ZERO);
         }
         let drain_tick = (!self.draining.is_empty()).then(|| Instant::now() + DRAIN_TICK);
-        [self.accept_retry_at, self.next_stats_at, drain_tick]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|at| at.saturating_duration_since(Instant::now()))
+        let batch_due = self.batch.due_at(self.config.coalesce);
+        [
+            self.accept_retry_at,
+            self.next_stats_at,
+            drain_tick,
+            batch_due,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.saturating_duration_since(Instant::now()))
     }
 }
 

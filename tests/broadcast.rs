@@ -365,3 +365,22 @@ fn help_and_version_work() {
         format!("broadcast-server {}\n", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn coalescing_delays_nothing_out_of_order_and_loses_nothing() {
+    let server = Server::start(&["--coalesce-ms", "20"]);
+    let mut receivers = server.connect_many(3);
+    let mut sender = server.connect();
+    let lines = numbered_lines("held", 5_000);
+    for piece in lines.chunks(300) {
+        sender.send(piece);
+    }
+    for receiver in &mut receivers {
+        receiver.expect(&lines);
+    }
+    // A lone line after a quiet spell goes out too (on the timer, not on more input).
+    sender.send(b"lone\n");
+    for receiver in &mut receivers {
+        receiver.expect(b"lone\n");
+    }
+}
