@@ -34,6 +34,18 @@ pub enum DisconnectReason {
     ShutdownTimeout { unsent: usize },
 }
 
+impl DisconnectReason {
+    /// Whether the client is dropped with output it will never take: then the close is a
+    /// reset, so the kernel frees that output at once instead of holding it for minutes
+    /// (with zero-window probes) for a peer that is not reading.
+    pub fn abandons_output(self) -> bool {
+        matches!(
+            self,
+            DisconnectReason::SlowConsumer { .. } | DisconnectReason::ShutdownTimeout { .. }
+        )
+    }
+}
+
 impl fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -320,6 +332,30 @@ impl ClientConnection {
             self.interest = wanted;
         }
         Ok(())
+    }
+
+    /// Makes the coming close a reset (SO_LINGER 0) instead of a FIN after the unsent data.
+    pub fn reset_on_close(&self) -> io::Result<()> {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt reads one `linger` of the given size from a live local; the fd
+        // is owned by `self.stream` for the whole call.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     /// Removes the socket from the poller (closing it happens when the connection drops).

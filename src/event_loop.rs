@@ -377,6 +377,11 @@ impl EventLoop {
         if let Err(e) = connection.deregister(self.poll.registry()) {
             debug!("token {}: deregister: {e}", token.0);
         }
+        if reason.abandons_output()
+            && let Err(e) = connection.reset_on_close()
+        {
+            debug!("token {}: SO_LINGER: {e}", token.0);
+        }
         self.stats.disconnected(reason);
         info!(
             "client {} disconnected (token {}): {reason}",

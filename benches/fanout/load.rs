@@ -87,6 +87,10 @@ pub struct Swarm {
     poll: Poll,
     events: Events,
     peers: Vec<Peer>,
+    /// Indices of the senders in `peers`: the per-pass work touches only them.
+    senders: Vec<usize>,
+    /// Reused list of (peer, hung up) from the last poll.
+    ready: Vec<(usize, bool)>,
     epoch: Instant,
     line_len: usize,
     template: Vec<u8>,
@@ -104,6 +108,8 @@ impl Swarm {
             poll: Poll::new().expect("create poll"),
             events: Events::with_capacity(4096),
             peers: Vec::new(),
+            senders: Vec::new(),
+            ready: Vec::new(),
             epoch: Instant::now(),
             line_len,
             template,
@@ -132,6 +138,9 @@ impl Swarm {
                 .registry()
                 .register(&mut stream, token, interest)
                 .map_err(|e| e.to_string())?;
+            if role == Role::Sender {
+                self.senders.push(self.peers.len());
+            }
             self.peers.push(Peer {
                 stream,
                 role,
@@ -153,11 +162,7 @@ impl Swarm {
     /// Makes sure the server has registered every client: the first sender repeats a line
     /// until every reader has one, then the swarm waits for quiet and forgets the counts.
     pub fn warm_up(&mut self) -> Result<(), String> {
-        let sender = self
-            .peers
-            .iter()
-            .position(|p| p.role == Role::Sender)
-            .ok_or("no sender")?;
+        let sender = *self.senders.first().ok_or("no sender")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut next_probe = Instant::now();
         loop {
@@ -208,9 +213,7 @@ impl Swarm {
         duration: Duration,
         drain: Duration,
     ) -> Outcome {
-        let senders: Vec<usize> = (0..self.peers.len())
-            .filter(|&i| self.peers[i].role == Role::Sender)
-            .collect();
+        let senders = self.senders.clone();
         let mut outcome = Outcome {
             offered_rate: rate,
             rss_start: target.rss_bytes(),
@@ -312,7 +315,8 @@ impl Swarm {
 
     /// Hands each sender's pending lines to the kernel, as far as it takes them.
     fn flush_senders(&mut self) {
-        for peer in &mut self.peers {
+        for &index in &self.senders {
+            let peer = &mut self.peers[index];
             while peer.out_sent < peer.out.len() && peer.closed_at.is_none() {
                 match peer.stream.write(&peer.out[peer.out_sent..]) {
                     Ok(n) => peer.out_sent += n,
@@ -332,12 +336,14 @@ impl Swarm {
             return 0;
         }
         let mut stuck_closed = 0;
-        let ready: Vec<(usize, bool)> = self
-            .events
-            .iter()
-            .map(|e| (e.token().0, e.is_read_closed() || e.is_error()))
-            .collect();
-        for (index, hung_up) in ready {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(
+            self.events
+                .iter()
+                .map(|e| (e.token().0, e.is_read_closed() || e.is_error())),
+        );
+        for &(index, hung_up) in &ready {
             let peer = &mut self.peers[index];
             if peer.closed_at.is_some() {
                 continue;
@@ -351,6 +357,7 @@ impl Swarm {
             }
             self.read_peer(index, hung_up);
         }
+        self.ready = ready;
         stuck_closed
     }
 
