@@ -98,8 +98,8 @@ impl Batch {
     /// previous batch left at least `window` ago (a lone line never waits), else when the
     /// window since then closes. A busy server thus writes to each client at most once per
     /// window, every write carrying all the lines gathered meanwhile: far fewer syscalls and
-    /// TCP segments per line, for at most `window` of added latency (plus the poller's
-    /// millisecond timer granularity). With a zero window every turn sends.
+    /// TCP segments per line, for at most `window` of added latency. With a zero window every
+    /// turn sends.
     pub fn due_at(&self, window: Duration) -> Option<Instant> {
         (!self.is_empty()).then(|| self.last_sent + window)
     }

@@ -15,6 +15,8 @@ pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
 pub const DEFAULT_MAX_QUEUE: usize = 8 * 1024 * 1024;
 /// Most clients connected at once.
 pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
+/// How long lines arriving close together may be held to leave in one write per client.
+pub const DEFAULT_COALESCE: Duration = Duration::from_micros(200);
 /// How long a graceful shutdown waits for pending output to drain.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -62,7 +64,7 @@ impl Default for Settings {
             max_line: DEFAULT_MAX_LINE,
             max_queue: DEFAULT_MAX_QUEUE,
             max_clients: DEFAULT_MAX_CLIENTS,
-            coalesce: Duration::ZERO,
+            coalesce: DEFAULT_COALESCE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             stats_interval: Duration::ZERO,
         }

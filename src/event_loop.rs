@@ -20,12 +20,14 @@ use crate::batch::Batch;
 use crate::config::Config;
 use crate::connection::{ClientConnection, DisconnectReason, Phase, ReadEnd};
 use crate::error::ServerError;
+use crate::hold_timer::HoldTimer;
 use crate::shutdown::{ShutdownState, StopSignals};
 use crate::stats::Stats;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
-const FIRST_CLIENT: usize = 2;
+const HOLD_TIMER: Token = Token(2);
+const FIRST_CLIENT: usize = 3;
 
 /// Most bytes taken from one client per turn, so that a firehose cannot starve the others.
 pub const READ_BUDGET: usize = 64 * 1024;
@@ -56,6 +58,8 @@ pub struct EventLoop {
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
     signals: StopSignals,
+    /// Fires when a batch held for coalescing is due.
+    hold_timer: HoldTimer,
     config: Config,
     connections: HashMap<Token, ClientConnection>,
     /// Tokens only grow, so a stale event can never reach a newer client.
@@ -90,12 +94,15 @@ impl EventLoop {
             .map_err(ServerError::Poll)?;
         let signals =
             StopSignals::register(poll.registry(), SIGNALS).map_err(ServerError::Signals)?;
+        let hold_timer =
+            HoldTimer::register(poll.registry(), HOLD_TIMER).map_err(ServerError::Poll)?;
         info!("listening on {local_addr}");
         Ok(EventLoop {
             poll,
             listener: Some(listener),
             local_addr,
             signals,
+            hold_timer,
             next_stats_at: config.stats_interval.map(|every| Instant::now() + every),
             config,
             connections: HashMap::new(),
@@ -131,13 +138,7 @@ impl EventLoop {
             }
             self.serve_unfinished_readers();
             let now = Instant::now();
-            if self
-                .batch
-                .due_at(self.config.coalesce)
-                .is_some_and(|at| at <= now)
-            {
-                self.distribute();
-            }
+            self.distribute_when_due(now);
             self.run_timers(now);
             if self.shutdown != ShutdownState::Running && self.connections.is_empty() {
                 break Exit::Graceful;
@@ -152,6 +153,7 @@ impl EventLoop {
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept_all(),
+                HOLD_TIMER => self.hold_timer.acknowledge(),
                 SIGNALS => {
                     if let Some(exit) = self.on_signals() {
                         return Some(exit);
@@ -323,6 +325,22 @@ impl EventLoop {
         }
     }
 
+    /// Sends the batch now if it is due (see `Batch::due_at`), else makes sure the hold
+    /// timer will wake the loop when it is.
+    fn distribute_when_due(&mut self, now: Instant) {
+        let Some(due) = self.batch.due_at(self.config.coalesce) else {
+            return;
+        };
+        if due <= now {
+            self.distribute();
+        } else if !self.hold_timer.is_armed()
+            && let Err(e) = self.hold_timer.arm(due - now)
+        {
+            warn!("cannot arm the coalescing timer ({e}); sending at once");
+            self.distribute();
+        }
+    }
+
     /// Hands the batch to every open client: one `writev` each for those keeping up, a copy
     /// into the queue for those behind. Clients over `--max-queue` are disconnected.
     fn distribute(&mut self) {
@@ -373,6 +391,14 @@ impl EventLoop {
     fn close(&mut self, token: Token, reason: DisconnectReason) {
         let Some(mut connection) = self.connections.remove(&token) else {
             return;
+        };
+        // A client that was already being sent away is counted for why it was sent away,
+        // even if it hung up before we were done with it.
+        let reason = match connection.phase() {
+            Phase::Draining {
+                reason: sent_away, ..
+            } if !reason.abandons_output() => sent_away,
+            _ => reason,
         };
         if let Err(e) = connection.deregister(self.poll.registry()) {
             debug!("token {}: deregister: {e}", token.0);
@@ -496,7 +522,7 @@ impl EventLoop {
     }
 
     /// How long the next poll may sleep: not at all while readers have input waiting, else
-    /// until the nearest timer (a held batch is one).
+    /// until the nearest millisecond timer (a held batch has its own timer).
     fn next_timeout(&self) -> Option<Duration> {
         if !self.unfinished_readers.is_empty() {
             return Some(Duration::ZERO);

@@ -13,6 +13,7 @@ pub mod error;
 pub mod event_loop;
 pub mod fd_limit;
 pub mod framing;
+pub mod hold_timer;
 pub mod shutdown;
 pub mod stats;
 

@@ -368,7 +368,7 @@ fn help_and_version_work() {
 
 #[test]
 fn coalescing_delays_nothing_out_of_order_and_loses_nothing() {
-    let server = Server::start(&["--coalesce-ms", "20"]);
+    let server = Server::start(&["--coalesce-us", "20000"]);
     let mut receivers = server.connect_many(3);
     let mut sender = server.connect();
     let lines = numbered_lines("held", 5_000);
