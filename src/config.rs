@@ -25,8 +25,6 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Config {
     /// Addresses to try, in order, until one binds.
     pub addrs: Vec<SocketAddr>,
-    /// The `--addr` text as the user wrote it, for messages.
-    pub addr_text: String,
     /// Send each line back to its sender too.
     pub echo: bool,
     /// Longest accepted line in bytes, without its `\n`.
@@ -126,7 +124,6 @@ impl Config {
         let addrs = resolve_addr(&settings.addr)?;
         Ok(Config {
             addrs,
-            addr_text: settings.addr,
             echo: settings.echo,
             max_line: settings.max_line,
             max_queue: settings.max_queue,

@@ -97,15 +97,6 @@ pub struct ReadReport {
     pub end: ReadEnd,
 }
 
-/// What one attempt to send produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriteReport {
-    /// Bytes the kernel took.
-    pub written: usize,
-    /// Bytes still queued here.
-    pub queued: usize,
-}
-
 /// A connected client: its socket, its unfinished input line and its pending output.
 #[derive(Debug)]
 pub struct ClientConnection {
@@ -175,13 +166,7 @@ impl ClientConnection {
         let budget = scratch.len();
         while report.bytes < budget {
             match self.stream.read(&mut scratch[..budget - report.bytes]) {
-                Ok(0) => {
-                    if self.is_open() {
-                        report.lines += self.framer.finish(lines_out);
-                    }
-                    report.end = ReadEnd::Closed(DisconnectReason::ClientClosed);
-                    return report;
-                }
+                Ok(0) => return self.ended(report, DisconnectReason::ClientClosed, lines_out),
                 Ok(n) => {
                     report.bytes += n;
                     if !self.is_open() {
@@ -201,24 +186,37 @@ impl ClientConnection {
                     return report;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    report.end = ReadEnd::Closed(DisconnectReason::Error(e.kind()));
-                    return report;
-                }
+                Err(e) => return self.ended(report, DisconnectReason::Error(e.kind()), lines_out),
             }
         }
+        report
+    }
+
+    /// The input stream ended, cleanly or not: an unfinished line still goes out, with a
+    /// `\n`, because those bytes were already accepted.
+    fn ended(
+        &mut self,
+        mut report: ReadReport,
+        reason: DisconnectReason,
+        lines_out: &mut Vec<u8>,
+    ) -> ReadReport {
+        if self.is_open() {
+            report.lines += self.framer.finish(lines_out);
+        }
+        report.end = ReadEnd::Closed(reason);
         report
     }
 
     /// Sends `parts` after anything already queued, writing straight from the caller's
     /// buffers when nothing is queued (the common case: no copy at all), and queueing what
     /// the kernel would not take. Fails with `SlowConsumer`, queueing nothing, when more than
-    /// `max_queue` bytes would be left waiting: the queue never outgrows the limit.
+    /// `max_queue` bytes would be left waiting: the queue never outgrows the limit. Returns
+    /// the bytes the kernel took.
     pub fn send<'a>(
         &mut self,
         parts: impl Iterator<Item = &'a [u8]> + Clone,
         max_queue: usize,
-    ) -> Result<WriteReport, DisconnectReason> {
+    ) -> Result<usize, DisconnectReason> {
         let incoming: usize = parts.clone().map(<[u8]>::len).sum();
         let written = if self.write_buf.is_empty() {
             self.write_direct(parts.clone())?
@@ -239,7 +237,7 @@ impl ClientConnection {
             self.write_buf.extend(&part[skip..]);
             skip = 0;
         }
-        Ok(WriteReport { written, queued })
+        Ok(written)
     }
 
     /// Writes `parts` with as few `writev` calls as possible until all are sent or the

@@ -357,15 +357,15 @@ impl EventLoop {
                 continue;
             }
             let sent = connection.send(self.batch.parts_for(token, echo), self.config.max_queue);
-            let report = match sent {
-                Ok(report) => report,
+            let written = match sent {
+                Ok(written) => written,
                 Err(reason) => {
                     self.doomed.push((token, reason));
                     continue;
                 }
             };
             self.stats.deliveries += lines as u64;
-            self.stats.bytes_out += report.written as u64;
+            self.stats.bytes_out += written as u64;
             if let Err(e) = connection.update_interest(self.poll.registry(), token) {
                 self.doomed.push((token, DisconnectReason::Error(e.kind())));
             }
@@ -440,7 +440,7 @@ impl EventLoop {
     fn begin_shutdown(&mut self, signal: &str) {
         let timeout = self.config.shutdown_timeout;
         let deadline = Instant::now() + timeout;
-        self.shutdown = ShutdownState::Draining { deadline };
+        self.shutdown = ShutdownState::Draining;
         if let Some(mut listener) = self.listener.take()
             && let Err(e) = self.poll.registry().deregister(&mut listener)
         {

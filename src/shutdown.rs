@@ -4,7 +4,6 @@
 //! the sockets, so a signal is handled between two events, never inside a signal handler.
 
 use std::io;
-use std::time::Instant;
 
 use mio::{Interest, Registry, Token};
 use signal_hook_mio::v1_0::Signals;
@@ -16,10 +15,9 @@ const STOP_SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownState {
     Running,
-    /// A stop signal arrived: not accepting, not reading, flushing until `deadline`.
-    Draining {
-        deadline: Instant,
-    },
+    /// A stop signal arrived: not accepting, not reading, flushing until each client's
+    /// drain deadline.
+    Draining,
 }
 
 /// The stop signals, readable through the poller.

@@ -384,3 +384,22 @@ fn coalescing_delays_nothing_out_of_order_and_loses_nothing() {
         receiver.expect(b"lone\n");
     }
 }
+
+#[test]
+fn an_unterminated_line_already_read_is_delivered_even_when_its_sender_resets() {
+    let server = Server::start(&["-vv"]);
+    let mut receiver = server.connect();
+    let mut sender = server.connect();
+    let token = server
+        .wait_for_log(&format!("client {} connected (token ", sender.local_addr()))
+        .rsplit("(token ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
+    sender.send(b"cut short");
+    // The server has the bytes (they left the kernel) before the reset can discard them.
+    server.wait_for_log(&format!("token {token}: read 9 bytes, 0 lines"));
+    sender.reset();
+    receiver.expect(b"cut short\n");
+}

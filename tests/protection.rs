@@ -12,16 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::{Client, DEADLINE, Server, numbered_lines};
 
-/// Peak resident memory (VmHWM) of the server, in KiB.
-fn peak_rss_kib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM line")
-}
-
 /// Writes `total` bytes of `fill` in 64 KiB pieces until done or the server hangs up.
 fn stream_without_newline(mut stream: std::net::TcpStream, total: usize) -> usize {
     let piece = vec![b'z'; 64 * 1024];
@@ -57,7 +47,7 @@ fn an_overlong_line_gets_an_err_line_and_a_disconnect_and_is_never_broadcast() {
     // Nothing of the long line reached anyone: the next bytes are the next line.
     other.send(b"next\n");
     receiver.expect(b"next\n");
-    let growth = peak_rss_kib(&server).saturating_sub(rss_before);
+    let growth = server.peak_rss_kib().saturating_sub(rss_before);
     eprintln!("over-long line: RSS before {rss_before} KiB, peak growth {growth} KiB");
     assert!(
         growth < 4 * 1024,
@@ -150,7 +140,7 @@ fn a_client_that_never_reads_is_disconnected_and_the_others_get_everything() {
     let warning = server.wait_for_log("is a slow consumer");
     assert!(warning.contains("over --max-queue 8388608"), "{warning}");
 
-    let growth = peak_rss_kib(&server).saturating_sub(rss_before);
+    let growth = server.peak_rss_kib().saturating_sub(rss_before);
     eprintln!("slow consumer: RSS before {rss_before} KiB, peak growth {growth} KiB");
     // The stuck client's queue, each reader's lag, and slack for the allocator.
     assert!(
