@@ -22,7 +22,7 @@ struct Options {
     only: Option<String>,
     /// Fixed fanout rates (lines/s) to compare servers at, instead of the search.
     rates: Vec<f64>,
-    /// Extra flags for broadcast-server in the fanout scenario (e.g. --coalesce-ms 1).
+    /// Extra flags for broadcast-server in every scenario (e.g. "--coalesce-us 1000").
     server_args: Vec<String>,
 }
 
@@ -120,11 +120,14 @@ fn main() {
 /// Starts `kind`, connects the clients and warms up; returns the server and the swarm.
 fn setup(
     kind: Kind,
+    options: &Options,
     extra: &[&str],
     line_len: usize,
     clients: &[(Role, usize)],
 ) -> Result<(Target, Swarm), String> {
-    let target = Target::start(kind, extra);
+    let mut flags: Vec<&str> = extra.to_vec();
+    flags.extend(options.server_args.iter().map(String::as_str));
+    let target = Target::start(kind, &flags);
     let mut swarm = Swarm::new(line_len);
     for &(role, count) in clients {
         swarm.connect(target.addr, role, count)?;
@@ -147,8 +150,13 @@ fn fanout_trial(kind: Kind, rate: f64, options: &Options) -> Result<Outcome, Str
     } else {
         (Duration::from_secs(2), Duration::from_millis(500))
     };
-    let extra: Vec<&str> = options.server_args.iter().map(String::as_str).collect();
-    let (target, mut swarm) = setup(kind, &extra, 64, &[(Role::Sender, 1), (Role::Reader, 100)])?;
+    let (target, mut swarm) = setup(
+        kind,
+        options,
+        &[],
+        64,
+        &[(Role::Sender, 1), (Role::Reader, 100)],
+    )?;
     let outcome = swarm.run(&target, rate, duration, drain);
     println!(
         "   offered {:>9.0} lines/s: {:>11.0} deliveries/s, loss {:.4}%, p50 {:.2} ms, p99 {:.2} ms, server CPU {:.0}%, loadgen CPU {:.0}%{}",
@@ -228,7 +236,13 @@ fn fanout(kind: Kind, options: &Options) -> Result<Vec<(&'static str, f64)>, Str
 /// 1,000 clients, 10 of them sending 100 lines/s in total, 128-byte lines.
 fn chat(kind: Kind, options: &Options) -> Result<Vec<(&'static str, f64)>, String> {
     let duration = Duration::from_secs(if options.quick { 1 } else { 10 });
-    let (target, mut swarm) = setup(kind, &[], 128, &[(Role::Sender, 10), (Role::Reader, 990)])?;
+    let (target, mut swarm) = setup(
+        kind,
+        options,
+        &[],
+        128,
+        &[(Role::Sender, 10), (Role::Reader, 990)],
+    )?;
     let outcome = swarm.run(&target, 100.0, duration, Duration::from_secs(1));
     Ok(vec![
         ("deliveries_per_s", outcome.deliveries_per_sec()),
@@ -251,6 +265,7 @@ fn idle(kind: Kind, options: &Options) -> Result<Vec<(&'static str, f64)>, Strin
     let duration = Duration::from_secs(if options.quick { 1 } else { 5 });
     let (target, mut swarm) = setup(
         kind,
+        options,
         &["--max-clients", "20000"],
         64,
         &[(Role::Sender, 1), (Role::Reader, 10)],
@@ -282,6 +297,7 @@ fn slow_consumer(kind: Kind, options: &Options) -> Result<Vec<(&'static str, f64
     let duration = Duration::from_secs(if options.quick { 2 } else { 20 });
     let (target, mut swarm) = setup(
         kind,
+        options,
         &[],
         1024,
         &[(Role::Sender, 1), (Role::Reader, 10), (Role::Stuck, 1)],
