@@ -34,6 +34,11 @@ pub const READ_BUDGET: usize = 64 * 1024;
 /// A batch this large is distributed at once instead of at the end of the turn, bounding the
 /// memory one turn can gather.
 const BATCH_LIMIT: usize = 256 * 1024;
+/// Connections the kernel may hold for us before we accept them.
+const LISTEN_BACKLOG: libc::c_int = 1024;
+/// Most connections taken per turn, so that a connection storm cannot stall the clients
+/// already connected; the rest wait in the backlog for the next turn.
+const ACCEPT_BUDGET: usize = 64;
 /// How long to wait before accepting again after running out of descriptors (the listener
 /// will not signal again for connections already queued).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -77,6 +82,9 @@ pub struct EventLoop {
     doomed: Vec<(Token, DisconnectReason)>,
     /// Set while accepting is paused after running out of descriptors.
     accept_retry_at: Option<Instant>,
+    /// The accept budget ran out with connections possibly still waiting (no new edge will
+    /// come for them).
+    more_to_accept: bool,
     shutdown: ShutdownState,
     stats: Stats,
     next_stats_at: Option<Instant>,
@@ -113,6 +121,7 @@ impl EventLoop {
             draining: Vec::new(),
             doomed: Vec::new(),
             accept_retry_at: None,
+            more_to_accept: false,
             shutdown: ShutdownState::Running,
             stats: Stats::default(),
         })
@@ -137,6 +146,9 @@ impl EventLoop {
                 break exit;
             }
             self.serve_unfinished_readers();
+            if self.more_to_accept {
+                self.accept_all();
+            }
             let now = Instant::now();
             self.distribute_when_due(now);
             self.run_timers(now);
@@ -165,11 +177,19 @@ impl EventLoop {
         None
     }
 
-    /// Accepts every waiting connection. Lines framed earlier in this turn go out first, so
-    /// that a line reaches exactly the clients connected when it was framed.
+    /// Accepts waiting connections, up to the per-turn budget. Lines framed earlier in this
+    /// turn go out first, so that a line reaches exactly the clients connected when it was
+    /// framed.
     fn accept_all(&mut self) {
         self.distribute();
+        self.more_to_accept = false;
+        let mut budget = ACCEPT_BUDGET;
         while let Some(listener) = &self.listener {
+            if budget == 0 {
+                self.more_to_accept = true;
+                return;
+            }
+            budget -= 1;
             match listener.accept() {
                 Ok((stream, peer)) => self.admit(stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -447,6 +467,7 @@ impl EventLoop {
             debug!("deregister listener: {e}");
         }
         self.accept_retry_at = None;
+        self.more_to_accept = false;
         self.unfinished_readers.clear();
         for (&token, connection) in self.connections.iter_mut() {
             if connection.is_open() {
@@ -521,10 +542,11 @@ impl EventLoop {
         self.draining = still_draining;
     }
 
-    /// How long the next poll may sleep: not at all while readers have input waiting, else
+    /// How long the next poll may sleep: not at all while readers have input waiting or
+    /// connections wait beyond the accept budget, else
     /// until the nearest millisecond timer (a held batch has its own timer).
     fn next_timeout(&self) -> Option<Duration> {
-        if !self.unfinished_readers.is_empty() {
+        if !self.unfinished_readers.is_empty() || self.more_to_accept {
             return Some(Duration::ZERO);
         }
         let drain_tick = (!self.draining.is_empty()).then(|| Instant::now() + DRAIN_TICK);
@@ -547,12 +569,30 @@ fn bind_any(config: &Config) -> Result<TcpListener, ServerError> {
     let mut last_error = None;
     for &addr in &config.addrs {
         match TcpListener::bind(addr) {
-            Ok(listener) => return Ok(listener),
+            Ok(listener) => {
+                widen_backlog(&listener);
+                return Ok(listener);
+            }
             Err(e) => last_error = Some((addr, e)),
         }
     }
     let (addr, source) = last_error.expect("Config::new guarantees at least one address");
     Err(ServerError::Bind { addr, source })
+}
+
+/// Raises the listen backlog from mio's 128 to `LISTEN_BACKLOG` (the kernel caps it at
+/// `net.core.somaxconn`): a burst of connections then waits in the kernel for the accept
+/// loop instead of having its SYNs dropped and retried a second later.
+fn widen_backlog(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen on a socket that is already listening only updates its backlog; the fd
+    // is owned by `listener` for the whole call.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        debug!(
+            "cannot widen the listen backlog: {}",
+            io::Error::last_os_error()
+        );
+    }
 }
 
 /// Errors that concern one connection that died in the backlog, not the listener.

@@ -472,3 +472,24 @@ fn nonsense_limits_are_refused_at_start_with_a_clear_message() {
         assert!(stderr.starts_with(start), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_burst_of_connections_beyond_one_turns_accept_budget_is_all_accepted() {
+    // With the server stopped, 300 handshakes complete into the backlog; on SIGCONT the
+    // listener raises a single edge, and the loop must come back for what its per-turn
+    // budget left waiting.
+    let server = Server::start(&[]);
+    server.signal(libc::SIGSTOP);
+    let mut clients: Vec<Client> = (0..300)
+        .map(|_| Client::connect_raw(server.addr()))
+        .collect();
+    server.signal(libc::SIGCONT);
+    for client in &clients {
+        server.wait_for_log(&format!("client {} connected", client.local_addr()));
+    }
+    let mut sender = server.connect();
+    sender.send(b"all of you\n");
+    for client in &mut clients {
+        client.expect(b"all of you\n");
+    }
+}
