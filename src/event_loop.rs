@@ -543,24 +543,18 @@ impl EventLoop {
     }
 
     /// How long the next poll may sleep: not at all while readers have input waiting or
-    /// connections wait beyond the accept budget, else
-    /// until the nearest millisecond timer (a held batch has its own timer).
+    /// connections wait beyond the accept budget, else until the nearest millisecond timer.
+    /// A held batch is not one of them: the hold timer wakes the poll for it.
     fn next_timeout(&self) -> Option<Duration> {
         if !self.unfinished_readers.is_empty() || self.more_to_accept {
             return Some(Duration::ZERO);
         }
         let drain_tick = (!self.draining.is_empty()).then(|| Instant::now() + DRAIN_TICK);
-        let batch_due = self.batch.due_at(self.config.coalesce);
-        [
-            self.accept_retry_at,
-            self.next_stats_at,
-            drain_tick,
-            batch_due,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|at| at.saturating_duration_since(Instant::now()))
+        [self.accept_retry_at, self.next_stats_at, drain_tick]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| at.saturating_duration_since(Instant::now()))
     }
 }
 

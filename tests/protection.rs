@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{Client, DEADLINE, Server, numbered_lines};
 
-/// Writes `total` bytes of `fill` in 64 KiB pieces until done or the server hangs up.
+/// Writes `total` bytes of `z` (no newline) in 64 KiB pieces until done or the server hangs
+/// up; returns how many the kernel took.
 fn stream_without_newline(mut stream: std::net::TcpStream, total: usize) -> usize {
     let piece = vec![b'z'; 64 * 1024];
     let mut sent = 0;
@@ -350,17 +351,8 @@ fn graceful_shutdown_on(signal: libc::c_int, name: &str) {
         "nothing was pending, so nothing was tested: {log}"
     );
 
-    let mut got = Vec::new();
-    let mut buf = vec![0; 16 * 1024];
-    slow.stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    loop {
-        match slow.stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("slow reader: {e} after {} bytes", got.len()),
-        }
-        thread::sleep(Duration::from_micros(200)); // reading slowly on purpose
-    }
+    // Reading slowly on purpose, so that the drain takes many writable events.
+    let got = slow.read_to_eof_pacing(Duration::from_micros(200));
     lines.extend_from_slice(b"unfinished\n");
     assert_eq!(got.len(), lines.len());
     assert!(got == lines, "the slow reader's bytes differ");

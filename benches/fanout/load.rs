@@ -46,7 +46,6 @@ struct Peer {
 #[derive(Clone, Default)]
 pub struct Outcome {
     pub offered_rate: f64,
-    pub lines_sent: u64,
     pub expected: u64,
     pub delivered: u64,
     pub latency: Histogram,
@@ -55,6 +54,8 @@ pub struct Outcome {
     /// When (since the run started) each stuck client was disconnected.
     pub stuck_dropped_after: Vec<Duration>,
     pub send_phase: Duration,
+    /// The whole run: send phase plus drain (the span the CPU times cover).
+    pub wall: Duration,
     pub loadgen_cpu: Duration,
     pub server_cpu: Duration,
     pub rss_start: u64,
@@ -276,7 +277,7 @@ impl Swarm {
                 }
             }
         }
-        outcome.lines_sent = self.peers.iter().map(|p| p.lines_sent).sum();
+        outcome.wall = start.elapsed();
         outcome.expected = self.expected_deliveries();
         outcome.delivered = self.delivered();
         outcome.latency = std::mem::take(&mut self.latency);

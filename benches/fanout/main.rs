@@ -136,11 +136,13 @@ fn setup(
     Ok((target, swarm))
 }
 
-/// Whether a run met the fanout bar: ≤ 0.1% missing, p99 ≤ 20 ms, nobody disconnected.
+/// Whether a run met the fanout bar: ≤ 0.1% missing, p99 ≤ 20 ms, nobody disconnected,
+/// every sampled line whole.
 fn sustained(outcome: &Outcome) -> bool {
     outcome.loss() <= 0.001
         && outcome.latency.quantile_ms(0.99) <= 20.0
         && outcome.disconnected == 0
+        && outcome.misaligned == 0
         && !outcome.backlogged
 }
 
@@ -159,7 +161,7 @@ fn fanout_trial(kind: Kind, rate: f64, options: &Options) -> Result<Outcome, Str
     )?;
     let outcome = swarm.run(&target, rate, duration, drain);
     println!(
-        "   offered {:>9.0} lines/s: {:>11.0} deliveries/s, loss {:.4}%, p50 {:.2} ms, p99 {:.2} ms, server CPU {:.0}%, loadgen CPU {:.0}%{}",
+        "   offered {:>9.0} lines/s: {:>11.0} deliveries/s, loss {:.4}%, p50 {:.2} ms, p99 {:.2} ms, server CPU {:.0}%, loadgen CPU {:.0}%{}{}",
         rate,
         outcome.deliveries_per_sec(),
         outcome.loss() * 100.0,
@@ -171,6 +173,11 @@ fn fanout_trial(kind: Kind, rate: f64, options: &Options) -> Result<Outcome, Str
             ", generator backlogged"
         } else {
             ""
+        },
+        if outcome.misaligned > 0 {
+            format!(", {} lines cut", outcome.misaligned)
+        } else {
+            String::new()
         }
     );
     Ok(outcome)
@@ -244,19 +251,16 @@ fn chat(kind: Kind, options: &Options) -> Result<Vec<(&'static str, f64)>, Strin
         &[(Role::Sender, 10), (Role::Reader, 990)],
     )?;
     let outcome = swarm.run(&target, 100.0, duration, Duration::from_secs(1));
-    Ok(vec![
-        ("deliveries_per_s", outcome.deliveries_per_sec()),
-        ("p50_ms", outcome.latency.quantile_ms(0.5)),
-        ("p99_ms", outcome.latency.quantile_ms(0.99)),
-        ("max_ms", outcome.latency.max_ms()),
-        ("loss_pct", outcome.loss() * 100.0),
-        ("disconnects", outcome.disconnected as f64),
+    let mut metrics = vec![("deliveries_per_s", outcome.deliveries_per_sec())];
+    metrics.extend(delivery_metrics(&outcome));
+    metrics.extend([
         ("server_cpu_pct", cpu_percent(outcome.server_cpu, &outcome)),
         (
             "loadgen_cpu_pct",
             cpu_percent(outcome.loadgen_cpu, &outcome),
         ),
-    ])
+    ]);
+    Ok(metrics)
 }
 
 /// 10,000 idle receivers beside 1 sender and 10 receivers at 1,000 lines/s.
@@ -275,7 +279,7 @@ fn idle(kind: Kind, options: &Options) -> Result<Vec<(&'static str, f64)>, Strin
     swarm.warm_up()?;
     let rss_after = target.rss_bytes();
     let outcome = swarm.run(&target, 1_000.0, duration, Duration::from_secs(1));
-    Ok(vec![
+    let mut metrics = vec![
         ("clients", swarm.len() as f64),
         ("rss_before_kib", rss_before as f64 / 1024.0),
         ("rss_after_connect_kib", rss_after as f64 / 1024.0),
@@ -285,11 +289,10 @@ fn idle(kind: Kind, options: &Options) -> Result<Vec<(&'static str, f64)>, Strin
         ),
         ("rss_after_traffic_kib", outcome.rss_end as f64 / 1024.0),
         ("deliveries_per_s", outcome.deliveries_per_sec()),
-        ("p50_ms", outcome.latency.quantile_ms(0.5)),
-        ("p99_ms", outcome.latency.quantile_ms(0.99)),
-        ("loss_pct", outcome.loss() * 100.0),
-        ("server_cpu_pct", cpu_percent(outcome.server_cpu, &outcome)),
-    ])
+    ];
+    metrics.extend(delivery_metrics(&outcome));
+    metrics.push(("server_cpu_pct", cpu_percent(outcome.server_cpu, &outcome)));
+    Ok(metrics)
 }
 
 /// 1 sender at 2,000 lines/s of 1 KiB, 10 receivers, 1 client that never reads.
@@ -303,11 +306,8 @@ fn slow_consumer(kind: Kind, options: &Options) -> Result<Vec<(&'static str, f64
         &[(Role::Sender, 1), (Role::Reader, 10), (Role::Stuck, 1)],
     )?;
     let outcome = swarm.run(&target, 2_000.0, duration, Duration::from_secs(1));
-    Ok(vec![
-        ("loss_pct", outcome.loss() * 100.0),
-        ("p50_ms", outcome.latency.quantile_ms(0.5)),
-        ("p99_ms", outcome.latency.quantile_ms(0.99)),
-        ("max_ms", outcome.latency.max_ms()),
+    let mut metrics = delivery_metrics(&outcome);
+    metrics.extend([
         (
             "slow_client_dropped_after_s",
             outcome
@@ -317,14 +317,26 @@ fn slow_consumer(kind: Kind, options: &Options) -> Result<Vec<(&'static str, f64
         ),
         ("rss_start_kib", outcome.rss_start as f64 / 1024.0),
         ("rss_max_kib", outcome.rss_max as f64 / 1024.0),
-        ("disconnects", outcome.disconnected as f64),
-    ])
+    ]);
+    Ok(metrics)
 }
 
-/// CPU time as a percentage of the run's send phase plus drain.
+/// CPU time as a percentage of the run's wall time (send phase plus drain).
 fn cpu_percent(cpu: Duration, outcome: &Outcome) -> f64 {
-    let wall = outcome.send_phase.as_secs_f64().max(1e-9);
-    100.0 * cpu.as_secs_f64() / wall
+    100.0 * cpu.as_secs_f64() / outcome.wall.as_secs_f64().max(1e-9)
+}
+
+/// What every delivery scenario reports: loss, latency, disconnects, and lines that did not
+/// arrive whole where a line should start (a framing fault; always 0 for a correct server).
+fn delivery_metrics(outcome: &Outcome) -> Vec<(&'static str, f64)> {
+    vec![
+        ("loss_pct", outcome.loss() * 100.0),
+        ("p50_ms", outcome.latency.quantile_ms(0.5)),
+        ("p99_ms", outcome.latency.quantile_ms(0.99)),
+        ("max_ms", outcome.latency.max_ms()),
+        ("disconnects", outcome.disconnected as f64),
+        ("misaligned_lines", outcome.misaligned as f64),
+    ]
 }
 
 fn format_metrics(metrics: &[(&str, f64)]) -> String {

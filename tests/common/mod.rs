@@ -276,6 +276,11 @@ impl Client {
 
     /// Reads until the server closes; returns everything read. Fails at the deadline.
     pub fn read_to_eof(&mut self) -> Vec<u8> {
+        self.read_to_eof_pacing(Duration::ZERO)
+    }
+
+    /// Like `read_to_eof`, pausing `pause` after each read, as a slow client would.
+    pub fn read_to_eof_pacing(&mut self, pause: Duration) -> Vec<u8> {
         let deadline = Instant::now() + DEADLINE;
         let mut all = Vec::new();
         let mut buf = vec![0; 64 * 1024];
@@ -294,6 +299,9 @@ impl Client {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return all,
                 Err(e) => panic!("read failed: {e}"),
+            }
+            if !pause.is_zero() {
+                thread::sleep(pause);
             }
         }
     }
