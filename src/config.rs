@@ -15,10 +15,28 @@ pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
 pub const DEFAULT_MAX_QUEUE: usize = 8 * 1024 * 1024;
 /// Most clients connected at once.
 pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
-/// How long lines arriving close together may be held to leave in one write per client.
-pub const DEFAULT_COALESCE: Duration = Duration::from_micros(200);
+/// The longest a batch of lines may be held while batches keep arriving back to back.
+pub const DEFAULT_COALESCE: Duration = Duration::from_micros(1000);
+/// The most `--coalesce-us` accepts: holding lines longer than this is never useful.
+pub const MAX_COALESCE_US: u64 = 1_000_000;
 /// How long a graceful shutdown waits for pending output to drain.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time before TCP keepalive starts probing a silent client.
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// The most `--tcp-keepalive` accepts: Linux's limit for `TCP_KEEPIDLE`.
+pub const MAX_TCP_KEEPALIVE_SECS: u64 = 32_767;
+/// The longest `--max-line`: a line is held whole in memory, and a gigabyte is already far
+/// past any sensible line.
+pub const MAX_MAX_LINE: usize = 1 << 30;
+/// The longest duration a seconds flag accepts (365 days): longer values, `inf` or `nan`
+/// are refused rather than overflowing a clock.
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+const MAX_HOLD: Duration = Duration::from_micros(MAX_COALESCE_US);
+const MAX_KEEPALIVE: Duration = Duration::from_secs(MAX_TCP_KEEPALIVE_SECS);
+/// A batch is handed out before it can grow past this many bytes (or less: see
+/// [`Config::batch_limit`]).
+pub const BATCH_LIMIT: usize = 256 * 1024;
 
 /// Everything the event loop needs to know, already validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,12 +51,15 @@ pub struct Config {
     pub max_queue: usize,
     /// Most clients connected at once; more are refused with an `ERR` line.
     pub max_clients: usize,
-    /// Least time between two hand-outs of the batch (0: every turn); see `Batch::due_at`.
+    /// The longest a batch may be held while batches keep arriving (0: every turn); see
+    /// `Batch::due_at`.
     pub coalesce: Duration,
     /// How long shutdown waits for pending output before closing everyone.
     pub shutdown_timeout: Duration,
     /// How often to log the counters; `None` logs them only at shutdown.
     pub stats_interval: Option<Duration>,
+    /// Idle time before keepalive probes start; `None` turns keepalive off.
+    pub tcp_keepalive: Option<Duration>,
 }
 
 /// The values `Config::new` checks, as given on the command line.
@@ -52,6 +73,7 @@ pub struct Settings {
     pub coalesce: Duration,
     pub shutdown_timeout: Duration,
     pub stats_interval: Duration,
+    pub tcp_keepalive: Duration,
 }
 
 impl Default for Settings {
@@ -65,6 +87,7 @@ impl Default for Settings {
             coalesce: DEFAULT_COALESCE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             stats_interval: Duration::ZERO,
+            tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
         }
     }
 }
@@ -76,8 +99,8 @@ pub enum ConfigError {
     BadAddr { addr: String, why: String },
     /// A limit that must be positive was zero.
     Zero { flag: &'static str },
-    /// `--max-queue` cannot hold even one full line.
-    QueueSmallerThanLine { max_queue: usize, max_line: usize },
+    /// `--max-queue` cannot hold a full line with its newline and more.
+    QueueNotLargerThanLine { max_queue: usize, max_line: usize },
 }
 
 impl fmt::Display for ConfigError {
@@ -89,13 +112,14 @@ impl fmt::Display for ConfigError {
                  localhost:0 or [::1]:8080)"
             ),
             ConfigError::Zero { flag } => write!(f, "{flag} must be at least 1"),
-            ConfigError::QueueSmallerThanLine {
+            ConfigError::QueueNotLargerThanLine {
                 max_queue,
                 max_line,
             } => write!(
                 f,
-                "--max-queue ({max_queue} bytes) must be larger than --max-line ({max_line} \
-                 bytes) so that one full line fits in a client's queue"
+                "--max-queue ({max_queue} bytes) must be larger than a full line of \
+                 --max-line ({max_line} bytes) with its newline: raise --max-queue or lower \
+                 --max-line"
             ),
         }
     }
@@ -115,8 +139,8 @@ impl Config {
                 return Err(ConfigError::Zero { flag });
             }
         }
-        if settings.max_queue <= settings.max_line {
-            return Err(ConfigError::QueueSmallerThanLine {
+        if settings.max_queue <= settings.max_line.saturating_add(1) {
+            return Err(ConfigError::QueueNotLargerThanLine {
                 max_queue: settings.max_queue,
                 max_line: settings.max_line,
             });
@@ -128,10 +152,22 @@ impl Config {
             max_line: settings.max_line,
             max_queue: settings.max_queue,
             max_clients: settings.max_clients,
-            coalesce: settings.coalesce,
-            shutdown_timeout: settings.shutdown_timeout,
-            stats_interval: Some(settings.stats_interval).filter(|d| !d.is_zero()),
+            // The flag parsers refuse longer values; capping here keeps every clock
+            // computation in range for any caller.
+            coalesce: settings.coalesce.min(MAX_HOLD),
+            shutdown_timeout: settings.shutdown_timeout.min(MAX_DURATION),
+            stats_interval: Some(settings.stats_interval.min(MAX_DURATION))
+                .filter(|d| !d.is_zero()),
+            tcp_keepalive: Some(settings.tcp_keepalive.min(MAX_KEEPALIVE)).filter(|d| !d.is_zero()),
         })
+    }
+
+    /// The most bytes of lines handed out at once: at most [`BATCH_LIMIT`], and small enough
+    /// that a whole batch plus the line that completes it fits in an empty `--max-queue`.
+    /// So a client whose socket is briefly full is never a slow consumer because of how the
+    /// server batches: only a client that stays behind is.
+    pub fn batch_limit(&self) -> usize {
+        BATCH_LIMIT.min(self.max_queue - self.max_line - 1)
     }
 }
 
@@ -184,6 +220,32 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
+/// Parses `--max-line`: a byte count (see [`parse_size`]) of at most [`MAX_MAX_LINE`].
+pub fn parse_line_length(text: &str) -> Result<usize, String> {
+    let bytes = parse_size(text)?;
+    if bytes > MAX_MAX_LINE {
+        return Err(format!(
+            "'{text}' is longer than the longest line allowed, 1GiB"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Parses a non-negative number of seconds such as `5` or `0.25`, up to [`MAX_SECONDS`].
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds (try 5 or 0.5)"))?;
+    if !(0.0..=MAX_SECONDS).contains(&seconds) {
+        return Err(format!(
+            "'{text}' must be a number of seconds from 0 to {MAX_SECONDS} (365 days)"
+        ));
+    }
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("'{text}' must be a finite, non-negative number of seconds"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +263,58 @@ mod tests {
         assert!(parse_size("12parsecs").is_err());
         assert!(parse_size("99999999999999999999").is_err());
         assert!(parse_size("-1").is_err());
+        assert!(parse_size("16EiB").is_err());
+    }
+
+    #[test]
+    fn seconds_are_finite_and_at_most_a_year() {
+        assert_eq!(parse_seconds("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_seconds("31536000"),
+            Ok(Duration::from_secs(31_536_000))
+        );
+        for bad in [
+            "inf",
+            "-inf",
+            "nan",
+            "-1",
+            "1e19",
+            "1e300",
+            "18446744073709551615",
+            "31536001",
+            "soon",
+        ] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lines_are_at_most_a_gigabyte() {
+        assert_eq!(parse_line_length("1GiB"), Ok(1 << 30));
+        assert!(parse_line_length("1025MiB").is_err());
+        assert!(parse_line_length("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn a_batch_and_the_line_completing_it_fit_an_empty_queue() {
+        for (max_line, max_queue) in [
+            (1024, 4096),
+            (65536, 8 << 20),
+            (10, 22),
+            (1 << 30, usize::MAX),
+        ] {
+            let config = Config::new(Settings {
+                max_line,
+                max_queue,
+                ..Settings::default()
+            })
+            .expect("valid");
+            let limit = config.batch_limit();
+            assert!(limit >= 1);
+            assert!(limit <= BATCH_LIMIT);
+            assert!(limit + max_line < max_queue, "{max_line} {max_queue}");
+        }
     }
 
     #[test]
@@ -240,16 +354,17 @@ mod tests {
     }
 
     #[test]
-    fn queue_must_hold_a_line() {
-        let settings = Settings {
+    fn queue_must_be_larger_than_a_line_with_its_newline() {
+        let settings = |max_queue| Settings {
             max_line: 100,
-            max_queue: 100,
+            max_queue,
             ..Settings::default()
         };
         assert!(matches!(
-            Config::new(settings),
-            Err(ConfigError::QueueSmallerThanLine { .. })
+            Config::new(settings(101)),
+            Err(ConfigError::QueueNotLargerThanLine { .. })
         ));
+        assert!(Config::new(settings(102)).is_ok());
     }
 
     #[test]

@@ -9,13 +9,19 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use socket2::{SockRef, TcpKeepalive};
 
 use crate::framing::LineFramer;
+use crate::socket_queues;
+
+/// Most iovecs one `writev` takes (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+/// Unanswered keepalive probes before a client's host counts as gone.
+const KEEPALIVE_PROBES: u32 = 4;
 
 /// Why a connection ended; logged once and counted in the stats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +30,9 @@ pub enum DisconnectReason {
     ClientClosed,
     /// A read or write failed (reset by peer, broken pipe, ...).
     Error(io::ErrorKind),
+    /// The client's host stopped answering: keepalive probes or retransmissions went
+    /// unacknowledged until `--tcp-keepalive` gave up on it.
+    PeerVanished,
     /// More than `--max-queue` bytes were waiting for the client.
     SlowConsumer { queued: usize },
     /// The client sent a line longer than `--max-line`.
@@ -51,6 +60,12 @@ impl fmt::Display for DisconnectReason {
         match self {
             DisconnectReason::ClientClosed => write!(f, "client closed"),
             DisconnectReason::Error(kind) => write!(f, "error: {kind}"),
+            DisconnectReason::PeerVanished => {
+                write!(
+                    f,
+                    "peer vanished (no answer to keepalive or retransmissions)"
+                )
+            }
             DisconnectReason::SlowConsumer { queued } => {
                 write!(f, "slow consumer: {queued} bytes queued")
             }
@@ -92,9 +107,28 @@ pub enum ReadEnd {
 /// What one read turn produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadReport {
+    /// Bytes read and framed (input read only to be discarded, while leaving, is not counted).
     pub bytes: usize,
     pub lines: usize,
     pub end: ReadEnd,
+}
+
+/// What [`ClientConnection::send`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Bytes the kernel took, even when the client then failed.
+    pub written: usize,
+    /// Set when the client must go: a slow consumer (nothing was queued) or a dead socket.
+    pub failure: Option<DisconnectReason>,
+}
+
+/// Maps a socket error to why the client is dropped.
+fn failure(error: &io::Error) -> DisconnectReason {
+    match error.kind() {
+        // ETIMEDOUT on a connected socket: keepalive or TCP_USER_TIMEOUT gave up on the peer.
+        io::ErrorKind::TimedOut => DisconnectReason::PeerVanished,
+        kind => DisconnectReason::Error(kind),
+    }
 }
 
 /// A connected client: its socket, its unfinished input line and its pending output.
@@ -109,6 +143,13 @@ pub struct ClientConnection {
     /// The interest currently registered with the poller, to skip needless `epoll_ctl`s.
     interest: Interest,
     phase: Phase,
+    /// When queued output last moved (queued, or taken by the kernel); `None` while nothing
+    /// is queued. Shutdown paces itself on clients that are still taking output.
+    progress_at: Option<Instant>,
+    /// The last loop turn this client was read in: one read budget per turn.
+    read_turn: u64,
+    /// The last hand-out that served this client as a sender (its own lines left out).
+    served_as_sender: u64,
 }
 
 impl ClientConnection {
@@ -127,6 +168,9 @@ impl ClientConnection {
             write_buf: VecDeque::new(),
             interest: Interest::READABLE,
             phase: Phase::Open,
+            progress_at: None,
+            read_turn: 0,
+            served_as_sender: 0,
         })
     }
 
@@ -147,6 +191,46 @@ impl ClientConnection {
         self.write_buf.len()
     }
 
+    /// Bytes the client has not received yet: queued here, plus written but not yet
+    /// acknowledged by the client's kernel.
+    pub fn unsent(&self) -> usize {
+        self.queued() + socket_queues::unacknowledged_output(&self.stream)
+    }
+
+    /// Bytes the client sent that are waiting in the kernel, not read yet.
+    pub fn unread_input(&self) -> usize {
+        socket_queues::unread_input(&self.stream)
+    }
+
+    /// Whether output is queued and has not moved for `patience`: the client is not taking
+    /// what it is sent.
+    pub fn is_stalled(&self, now: Instant, patience: Duration) -> bool {
+        self.progress_at
+            .is_some_and(|at| now.saturating_duration_since(at) >= patience)
+    }
+
+    /// Whether the client still waits for output that is moving (queued, not stalled).
+    pub fn is_catching_up(&self, now: Instant, patience: Duration) -> bool {
+        !self.write_buf.is_empty() && !self.is_stalled(now, patience)
+    }
+
+    /// Claims this turn's read for the client; false if it was already read in `turn`.
+    pub fn claim_read_turn(&mut self, turn: u64) -> bool {
+        let first = self.read_turn != turn;
+        self.read_turn = turn;
+        first
+    }
+
+    /// Notes that hand-out `id` served this client as a sender.
+    pub fn mark_served_as_sender(&mut self, id: u64) {
+        self.served_as_sender = id;
+    }
+
+    /// Whether hand-out `id` already served this client as a sender.
+    pub fn was_served_as_sender(&self, id: u64) -> bool {
+        self.served_as_sender == id
+    }
+
     /// Reads until the kernel has nothing more, or `scratch.len()` bytes were taken this turn.
     ///
     /// While open, complete lines are appended to `lines_out` (the unfinished rest stays in the
@@ -164,14 +248,17 @@ impl ClientConnection {
             end: ReadEnd::BudgetSpent,
         };
         let budget = scratch.len();
-        while report.bytes < budget {
-            match self.stream.read(&mut scratch[..budget - report.bytes]) {
+        let mut taken = 0;
+        while taken < budget {
+            match self.stream.read(&mut scratch[..budget - taken]) {
                 Ok(0) => return self.ended(report, DisconnectReason::ClientClosed, lines_out),
                 Ok(n) => {
-                    report.bytes += n;
+                    taken += n;
                     if !self.is_open() {
+                        // Leaving: read only to notice the close; the input is discarded.
                         continue;
                     }
+                    report.bytes += n;
                     match self.framer.push(&scratch[..n], max_line, lines_out) {
                         Ok(lines) => report.lines += lines,
                         Err(too_long) => {
@@ -186,7 +273,7 @@ impl ClientConnection {
                     return report;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.ended(report, DisconnectReason::Error(e.kind()), lines_out),
+                Err(e) => return self.ended(report, failure(&e), lines_out),
             }
         }
         report
@@ -207,75 +294,74 @@ impl ClientConnection {
         report
     }
 
-    /// Sends `parts` after anything already queued, writing straight from the caller's
+    /// Sends `bufs` after anything already queued, writing straight from the caller's
     /// buffers when nothing is queued (the common case: no copy at all), and queueing what
-    /// the kernel would not take. Fails with `SlowConsumer`, queueing nothing, when more than
-    /// `max_queue` bytes would be left waiting: the queue never outgrows the limit. Returns
-    /// the bytes the kernel took.
-    pub fn send<'a>(
-        &mut self,
-        parts: impl Iterator<Item = &'a [u8]> + Clone,
-        max_queue: usize,
-    ) -> Result<usize, DisconnectReason> {
-        let incoming: usize = parts.clone().map(<[u8]>::len).sum();
-        let written = if self.write_buf.is_empty() {
-            self.write_direct(parts.clone())?
-        } else {
-            0
+    /// the kernel would not take. A client that would be left with more than `max_queue`
+    /// bytes waiting is a slow consumer: nothing is queued, and `failure` says so. The queue
+    /// thus never outgrows the limit.
+    pub fn send(&mut self, bufs: &mut [IoSlice<'_>], max_queue: usize) -> Sent {
+        let mut rest = bufs;
+        let mut sent = Sent {
+            written: 0,
+            failure: None,
         };
-        let queued = self.write_buf.len() + (incoming - written);
+        if self.write_buf.is_empty() {
+            match self.write_direct(&mut rest) {
+                Ok(written) => sent.written = written,
+                Err((written, reason)) => {
+                    sent.written = written;
+                    sent.failure = Some(reason);
+                    return sent;
+                }
+            }
+        }
+        let left: usize = rest.iter().map(|buf| buf.len()).sum();
+        if left == 0 {
+            return sent;
+        }
+        let queued = self.write_buf.len() + left;
         if queued > max_queue {
-            return Err(DisconnectReason::SlowConsumer { queued });
+            sent.failure = Some(DisconnectReason::SlowConsumer { queued });
+            return sent;
+        }
+        if self.write_buf.is_empty() {
+            self.progress_at = Some(Instant::now());
         }
         self.reserve_within(queued, max_queue);
-        let mut skip = written;
-        for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            self.write_buf.extend(&part[skip..]);
-            skip = 0;
+        for buf in rest.iter() {
+            self.write_buf.extend(buf.iter());
         }
-        Ok(written)
+        sent
     }
 
-    /// Writes `parts` with as few `writev` calls as possible until all are sent or the
-    /// socket is full; returns the bytes written.
-    fn write_direct<'a>(
+    /// Writes `bufs` with as few `writev` calls as possible (up to `IOV_MAX` slices each)
+    /// until all are sent or the socket is full, advancing `bufs` past what was written.
+    /// Returns the bytes written; on a socket error, also those written before it.
+    fn write_direct(
         &mut self,
-        parts: impl Iterator<Item = &'a [u8]> + Clone,
-    ) -> Result<usize, DisconnectReason> {
-        // A batch has one run per sender that spoke this turn; 16 covers nearly every turn
-        // in one call, and a small array is cheap to set up per recipient.
-        const MAX_IOVECS: usize = 16;
-        let mut done_parts = 0;
+        bufs: &mut &mut [IoSlice<'_>],
+    ) -> Result<usize, (usize, DisconnectReason)> {
         let mut written = 0;
-        loop {
-            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            let mut len = 0;
-            for part in parts.clone().skip(done_parts).take(MAX_IOVECS) {
-                iov[count] = IoSlice::new(part);
-                len += part.len();
-                count += 1;
-            }
-            if count == 0 {
-                return Ok(written);
-            }
-            match self.stream.write_vectored(&iov[..count]) {
+        while !bufs.is_empty() {
+            let count = bufs.len().min(IOV_MAX);
+            let offered: usize = bufs[..count].iter().map(|buf| buf.len()).sum();
+            match self.stream.write_vectored(&bufs[..count]) {
+                Ok(0) if offered > 0 => {
+                    return Err((written, DisconnectReason::Error(io::ErrorKind::WriteZero)));
+                }
                 Ok(n) => {
                     written += n;
-                    if n < len {
-                        return Ok(written);
+                    IoSlice::advance_slices(bufs, n);
+                    if n < offered {
+                        break; // the socket is full: the next call would only say so
                     }
-                    done_parts += count;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(DisconnectReason::Error(e.kind())),
+                Err(e) => return Err((written, failure(&e))),
             }
         }
+        Ok(written)
     }
 
     /// Makes room for `total` queued bytes, growing by doubling as usual but never past
@@ -288,8 +374,13 @@ impl ClientConnection {
         }
     }
 
-    /// Queues `bytes` without trying to write; `flush` sends them.
-    fn queue(&mut self, bytes: &[u8]) {
+    /// Queues `bytes` without trying to write (`flush` sends them), within `max_queue` plus
+    /// `bytes`: used only for the short farewell line, which is never refused.
+    fn queue(&mut self, bytes: &[u8], max_queue: usize) {
+        self.reserve_within(self.write_buf.len() + bytes.len(), max_queue);
+        if self.write_buf.is_empty() && !bytes.is_empty() {
+            self.progress_at = Some(Instant::now());
+        }
         self.write_buf.extend(bytes);
     }
 
@@ -308,8 +399,14 @@ impl ClientConnection {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(DisconnectReason::Error(e.kind())),
+                Err(e) => return Err(failure(&e)),
             }
+        }
+        if written > 0 {
+            self.progress_at = Some(Instant::now());
+        }
+        if self.write_buf.is_empty() {
+            self.progress_at = None;
         }
         if self.write_buf.is_empty() && self.write_buf.capacity() > 0 {
             // A queue only exists while the client lags; give the memory back once it
@@ -336,26 +433,7 @@ impl ClientConnection {
 
     /// Makes the coming close a reset (SO_LINGER 0) instead of a FIN after the unsent data.
     pub fn reset_on_close(&self) -> io::Result<()> {
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: setsockopt reads one `linger` of the given size from a live local; the fd
-        // is owned by `self.stream` for the whole call.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        SockRef::from(&self.stream).set_linger(Some(Duration::ZERO))
     }
 
     /// Removes the socket from the poller (closing it happens when the connection drops).
@@ -366,13 +444,24 @@ impl ClientConnection {
     /// Starts leaving for `reason`: after `farewell` and everything already queued is sent,
     /// the socket is shut down for writing and closed once the client has it all, or at
     /// `deadline`.
-    pub fn begin_drain(&mut self, reason: DisconnectReason, farewell: &[u8], deadline: Instant) {
-        self.queue(farewell);
+    pub fn begin_drain(
+        &mut self,
+        reason: DisconnectReason,
+        farewell: &[u8],
+        deadline: Instant,
+        max_queue: usize,
+    ) {
+        self.queue(farewell, max_queue);
         self.phase = Phase::Draining {
             reason,
             deadline,
             write_shut: false,
         };
+    }
+
+    /// Bytes of the unfinished line held for the client.
+    pub fn unfinished_line_len(&self) -> usize {
+        self.framer.pending()
     }
 
     /// Takes the unfinished line out (with a `\n`) into `lines_out`; used at shutdown so that
@@ -404,15 +493,32 @@ impl ClientConnection {
                 write_shut: true,
             };
         }
-        self.unacknowledged_bytes() == 0
+        socket_queues::unacknowledged_output(&self.stream) == 0
     }
+}
 
-    /// Bytes the kernel still holds for the client, sent or not, but not yet acknowledged.
-    fn unacknowledged_bytes(&self) -> usize {
-        let mut outq: libc::c_int = 0;
-        // SAFETY: TIOCOUTQ (SIOCOUTQ for TCP) writes one c_int through the pointer, which
-        // points at a live local; the fd is owned by `self.stream` for the whole call.
-        let rc = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
-        if rc == 0 { outq.max(0) as usize } else { 0 }
+/// Sets a new client's socket options: no Nagle (lines are batched already; Nagle would only
+/// add latency), and keepalive after `keepalive` of silence (`None`: off).
+pub fn configure_socket(stream: &TcpStream, keepalive: Option<Duration>) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    match keepalive {
+        Some(idle) => enable_keepalive(stream, idle),
+        None => Ok(()),
     }
+}
+
+/// Turns on TCP keepalive: probes after `idle` of silence, then every `idle / 4` (at least
+/// 1 s), [`KEEPALIVE_PROBES`] of them. `TCP_USER_TIMEOUT` is set to the same total, so a
+/// dead peer with output in flight (where keepalive does not probe, and retransmissions
+/// would go on for about 15 minutes) is dropped just as soon.
+fn enable_keepalive(stream: &TcpStream, idle: Duration) -> io::Result<()> {
+    let interval = (idle / 4).max(Duration::from_secs(1));
+    let socket = SockRef::from(stream);
+    socket.set_tcp_keepalive(
+        &TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(interval)
+            .with_retries(KEEPALIVE_PROBES),
+    )?;
+    socket.set_tcp_user_timeout(Some(idle + interval * KEEPALIVE_PROBES))
 }

@@ -6,22 +6,23 @@
 //! the timers (accept retry, drain deadlines, stats). Sockets are edge-triggered: a handler
 //! that stops before `WouldBlock` must remember to come back, because no new event will come.
 
-use std::collections::HashMap;
-use std::io;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, trace, warn};
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
 
 use crate::batch::Batch;
 use crate::config::Config;
-use crate::connection::{ClientConnection, DisconnectReason, Phase, ReadEnd};
+use crate::connection::{self, ClientConnection, DisconnectReason, Phase, ReadEnd, ReadReport};
 use crate::error::ServerError;
 use crate::hold_timer::HoldTimer;
-use crate::shutdown::{ShutdownState, StopSignals};
+use crate::log_limit::RateLimit;
+use crate::shutdown::{Finale, Shutdown, StopSignals};
 use crate::stats::Stats;
 
 const LISTENER: Token = Token(0);
@@ -31,11 +32,8 @@ const FIRST_CLIENT: usize = 3;
 
 /// Most bytes taken from one client per turn, so that a firehose cannot starve the others.
 pub const READ_BUDGET: usize = 64 * 1024;
-/// A batch this large is distributed at once instead of at the end of the turn, bounding the
-/// memory one turn can gather.
-const BATCH_LIMIT: usize = 256 * 1024;
-/// Connections the kernel may hold for us before we accept them.
-const LISTEN_BACKLOG: libc::c_int = 1024;
+/// Connections the kernel may hold for us before we accept them (mio's default is 128).
+const LISTEN_BACKLOG: i32 = 1024;
 /// Most connections taken per turn, so that a connection storm cannot stall the clients
 /// already connected; the rest wait in the backlog for the next turn.
 const ACCEPT_BUDGET: usize = 64;
@@ -44,8 +42,13 @@ const ACCEPT_BUDGET: usize = 64;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long a client that broke the line limit has to read its `ERR` line.
 const REJECT_LINGER: Duration = Duration::from_secs(2);
-/// How often draining clients are checked for having received everything.
+/// How often leaving clients are checked for having received everything, and a shutdown
+/// that waits for clients to catch up looks again.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
+/// At shutdown, how long a client's queued output may stand still before the next batch of
+/// final lines stops waiting for it (it then gets them like everyone else, and is a slow
+/// consumer if they do not fit in its queue).
+const SHUTDOWN_PATIENCE: Duration = Duration::from_millis(200);
 
 /// How the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,25 +72,41 @@ pub struct EventLoop {
     connections: HashMap<Token, ClientConnection>,
     /// Tokens only grow, so a stale event can never reach a newer client.
     next_token: usize,
-    /// Lines framed this turn, not yet handed to the clients.
+    /// Lines framed since the last hand-out.
     batch: Batch,
     /// The read buffer shared by all clients; what is not a complete line moves to the
     /// client's own framer.
     scratch: Box<[u8]>,
+    /// Numbers the turns: each client is read at most once per turn.
+    turn: u64,
+    /// Numbers the hand-outs of the batch.
+    hand_outs: u64,
     /// Clients whose read budget ran out with input possibly still waiting.
     unfinished_readers: Vec<Token>,
     /// Clients that are leaving but still have output to flush.
     draining: Vec<Token>,
+    /// How many connections are leaving: they no longer count against `--max-clients`.
+    leaving: usize,
     /// Clients to close once the current pass over the map is done.
     doomed: Vec<(Token, DisconnectReason)>,
+    /// Unfinished lines (with a `\n` added) of clients closed other than by their own
+    /// hang-up, waiting for room in the batch: moved here so a burst of closes cannot grow
+    /// the batch past its bound.
+    leftover_lines: VecDeque<(Token, Vec<u8>)>,
     /// Set while accepting is paused after running out of descriptors.
     accept_retry_at: Option<Instant>,
+    /// Accepts left in this turn.
+    accept_budget: usize,
     /// The accept budget ran out with connections possibly still waiting (no new edge will
     /// come for them).
     more_to_accept: bool,
-    shutdown: ShutdownState,
+    /// `Some` once a stop signal arrived.
+    shutdown: Option<Shutdown>,
     stats: Stats,
     next_stats_at: Option<Instant>,
+    /// Refusals of a full server, and accept failures, are logged at most once a second.
+    refusal_log: RateLimit,
+    accept_failure_log: RateLimit,
 }
 
 impl EventLoop {
@@ -112,18 +131,25 @@ impl EventLoop {
             signals,
             hold_timer,
             next_stats_at: config.stats_interval.map(|every| Instant::now() + every),
+            batch: Batch::new(config.batch_limit(), config.max_line, config.coalesce),
             config,
             connections: HashMap::new(),
             next_token: FIRST_CLIENT,
-            batch: Batch::default(),
             scratch: vec![0; READ_BUDGET].into_boxed_slice(),
+            turn: 0,
+            hand_outs: 0,
             unfinished_readers: Vec::new(),
             draining: Vec::new(),
+            leaving: 0,
             doomed: Vec::new(),
+            leftover_lines: VecDeque::new(),
             accept_retry_at: None,
+            accept_budget: ACCEPT_BUDGET,
             more_to_accept: false,
-            shutdown: ShutdownState::Running,
+            shutdown: None,
             stats: Stats::default(),
+            refusal_log: RateLimit::default(),
+            accept_failure_log: RateLimit::default(),
         })
     }
 
@@ -142,17 +168,22 @@ impl EventLoop {
                 }
                 return Err(ServerError::Poll(e));
             }
+            self.turn += 1;
+            self.accept_budget = ACCEPT_BUDGET;
+            trace!("turn {}: {} events", self.turn, events.iter().count());
+            let carried_readers = std::mem::take(&mut self.unfinished_readers);
             if let Some(exit) = self.handle_events(&events) {
                 break exit;
             }
-            self.serve_unfinished_readers();
+            self.serve_unfinished_readers(carried_readers);
             if self.more_to_accept {
                 self.accept_all();
             }
             let now = Instant::now();
+            self.continue_shutdown(now);
             self.distribute_when_due(now);
             self.run_timers(now);
-            if self.shutdown != ShutdownState::Running && self.connections.is_empty() {
+            if self.shutdown.is_some() && self.connections.is_empty() {
                 break Exit::Graceful;
             }
         };
@@ -177,29 +208,30 @@ impl EventLoop {
         None
     }
 
-    /// Accepts waiting connections, up to the per-turn budget. Lines framed earlier in this
-    /// turn go out first, so that a line reaches exactly the clients connected when it was
-    /// framed.
+    /// Accepts waiting connections, within what is left of this turn's budget. Lines framed
+    /// earlier go out first, so that a line reaches exactly the clients connected when it
+    /// was framed.
     fn accept_all(&mut self) {
         self.distribute();
         self.more_to_accept = false;
-        let mut budget = ACCEPT_BUDGET;
         while let Some(listener) = &self.listener {
-            if budget == 0 {
+            if self.accept_budget == 0 {
                 self.more_to_accept = true;
                 return;
             }
-            budget -= 1;
+            self.accept_budget -= 1;
             match listener.accept() {
                 Ok((stream, peer)) => self.admit(stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.accept_retry_at.take().is_some() {
+                    if self.accept_retry_at.take().is_some()
+                        && self.accept_failure_log.admit(Instant::now())
+                    {
                         info!("accepting again ({} clients)", self.connections.len());
                     }
                     return;
                 }
-                Err(e) if is_transient_accept_error(&e) => {
-                    debug!("accept: {e} (the connection was gone before we took it)");
+                Err(e) if is_per_connection_accept_error(&e) => {
+                    debug!("accept: {e} (the connection failed before we took it)");
                 }
                 Err(e) => {
                     self.pause_accepting(&e);
@@ -210,19 +242,21 @@ impl EventLoop {
     }
 
     /// Registers a new client, or refuses it with an `ERR` line when the server is full.
+    /// Clients that are leaving do not count.
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
-        if self.connections.len() >= self.config.max_clients {
+        if self.connections.len() - self.leaving >= self.config.max_clients {
             self.stats.refused_server_full += 1;
-            info!(
-                "refused {peer}: server full ({} clients)",
-                self.config.max_clients
-            );
+            if self.refusal_log.admit(Instant::now()) {
+                info!(
+                    "refused {peer}: server full ({} clients)",
+                    self.config.max_clients
+                );
+            }
             refuse(stream, self.config.max_clients);
             return;
         }
-        // Lines are batched per turn already; Nagle would only add latency.
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!("{peer}: cannot set TCP_NODELAY: {e}");
+        if let Err(e) = connection::configure_socket(&stream, self.config.tcp_keepalive) {
+            debug!("{peer}: cannot set socket options: {e}");
         }
         let token = Token(self.next_token);
         self.next_token += 1;
@@ -239,7 +273,8 @@ impl EventLoop {
     /// Running out of descriptors (or kernel memory) leaves the connection in the backlog;
     /// retrying at once would spin, so wait a little, or until a client leaves.
     fn pause_accepting(&mut self, error: &io::Error) {
-        if self.accept_retry_at.is_none() {
+        let now = Instant::now();
+        if self.accept_retry_at.is_none() && self.accept_failure_log.admit(now) {
             warn!(
                 "cannot accept new clients: {error} ({} clients connected); retrying every {} ms",
                 self.connections.len(),
@@ -248,7 +283,7 @@ impl EventLoop {
         } else {
             debug!("accept still failing: {error}");
         }
-        self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
+        self.accept_retry_at = Some(now + ACCEPT_RETRY);
     }
 
     /// Readiness for a client. The token may belong to a client closed earlier in this same
@@ -266,16 +301,50 @@ impl EventLoop {
         }
     }
 
-    /// Reads one turn's worth from a client into the batch.
+    /// Reads one turn's worth from a client into the batch (once per turn). A leaving
+    /// client's input is read only to be discarded; after a stop signal an open client's
+    /// input is taken only through the shutdown's finales.
     fn on_readable(&mut self, token: Token) {
         let Some(connection) = self.connections.get_mut(&token) else {
             return;
         };
+        let open = connection.is_open();
+        if open && self.shutdown.is_some() {
+            return;
+        }
+        if !connection.claim_read_turn(self.turn) {
+            return; // already read this turn; if its budget ran out it is queued for the next
+        }
+        let budget = READ_BUDGET.min(self.batch.limit());
+        if open && self.batch.room() < budget {
+            self.distribute();
+        }
+        let Some(report) = self.read_into_batch(token, budget) else {
+            return;
+        };
+        match report.end {
+            ReadEnd::WouldBlock => {}
+            ReadEnd::BudgetSpent => self.unfinished_readers.push(token),
+            ReadEnd::Closed(DisconnectReason::LineTooLong) => self.reject_long_line(token),
+            ReadEnd::Closed(reason) => self.close(token, reason),
+        }
+    }
+
+    /// Reads up to `budget` bytes from a client, appending the lines it completes to the
+    /// batch. The caller made sure the batch has room for `budget` more bytes.
+    fn read_into_batch(&mut self, token: Token, budget: usize) -> Option<ReadReport> {
+        let max_line = self.config.max_line;
+        let connection = self.connections.get_mut(&token)?;
         let start = self.batch.len();
+        let incoming = if connection.is_open() {
+            budget + max_line
+        } else {
+            0
+        };
         let report = connection.read_until_would_block(
-            &mut self.scratch,
-            self.config.max_line,
-            self.batch.bytes_mut(),
+            &mut self.scratch[..budget],
+            max_line,
+            self.batch.bytes_for(incoming),
         );
         self.batch.record(token, start, report.lines);
         self.stats.bytes_in += report.bytes as u64;
@@ -284,20 +353,12 @@ impl EventLoop {
             "token {}: read {} bytes, {} lines",
             token.0, report.bytes, report.lines
         );
-        match report.end {
-            ReadEnd::WouldBlock => {}
-            ReadEnd::BudgetSpent => self.unfinished_readers.push(token),
-            ReadEnd::Closed(DisconnectReason::LineTooLong) => self.reject_long_line(token),
-            ReadEnd::Closed(reason) => self.close(token, reason),
-        }
-        if self.batch.len() >= BATCH_LIMIT {
-            self.distribute();
-        }
+        Some(report)
     }
 
-    /// Gives clients whose budget ran out last turn another turn, after everyone else.
-    fn serve_unfinished_readers(&mut self) {
-        let mut readers = std::mem::take(&mut self.unfinished_readers);
+    /// Gives clients whose budget ran out in an earlier turn their read for this turn, if
+    /// an event did not already (then it queued itself again if it needs to).
+    fn serve_unfinished_readers(&mut self, mut readers: Vec<Token>) {
         readers.sort_unstable();
         readers.dedup();
         for token in readers {
@@ -308,7 +369,7 @@ impl EventLoop {
     /// Sends the client a farewell `ERR` line and lets it drain; its line is never broadcast.
     fn reject_long_line(&mut self, token: Token) {
         let max_line = self.config.max_line;
-        let Some(connection) = self.connections.get_mut(&token) else {
+        let Some(connection) = self.connections.get(&token) else {
             return;
         };
         warn!(
@@ -317,13 +378,33 @@ impl EventLoop {
             token.0
         );
         let farewell = format!("ERR line too long (max {max_line} bytes)\n");
-        connection.begin_drain(
+        self.begin_drain(
+            token,
             DisconnectReason::LineTooLong,
             farewell.as_bytes(),
             Instant::now() + REJECT_LINGER,
         );
-        self.draining.push(token);
         self.on_writable(token);
+    }
+
+    /// Moves an open client to leaving: after `farewell` and its queue are flushed it is
+    /// shut down and closed, or reset at `deadline`.
+    fn begin_drain(
+        &mut self,
+        token: Token,
+        reason: DisconnectReason,
+        farewell: &[u8],
+        deadline: Instant,
+    ) {
+        let Some(connection) = self.connections.get_mut(&token) else {
+            return;
+        };
+        if !connection.is_open() {
+            return;
+        }
+        connection.begin_drain(reason, farewell, deadline, self.config.max_queue);
+        self.leaving += 1;
+        self.draining.push(token);
     }
 
     /// Flushes a client's queue; closes it when it fails or, if leaving, when it is done.
@@ -348,7 +429,11 @@ impl EventLoop {
     /// Sends the batch now if it is due (see `Batch::due_at`), else makes sure the hold
     /// timer will wake the loop when it is.
     fn distribute_when_due(&mut self, now: Instant) {
-        let Some(due) = self.batch.due_at(self.config.coalesce) else {
+        if self.shutdown.is_none() {
+            // At shutdown they go out with the finales, at the finales' pace.
+            self.take_leftover_lines();
+        }
+        let Some(due) = self.batch.due_at(now) else {
             return;
         };
         if due <= now {
@@ -361,35 +446,47 @@ impl EventLoop {
         }
     }
 
-    /// Hands the batch to every open client: one `writev` each for those keeping up, a copy
-    /// into the queue for those behind. Clients over `--max-queue` are disconnected.
+    /// Hands the batch to every open client: first each sender gets everyone else's lines
+    /// (at most its runs + 1 slices), then every other client gets the whole batch as one
+    /// slice. Clients that keep up get one `writev` straight from the batch; only what the
+    /// kernel refuses is copied into a queue. Clients over `--max-queue` are disconnected.
     fn distribute(&mut self) {
         if self.batch.is_empty() {
             return;
         }
-        let echo = self.config.echo;
-        for (&token, connection) in self.connections.iter_mut() {
-            if !connection.is_open() {
-                continue;
-            }
-            let lines = self.batch.lines_for(token, echo);
-            if lines == 0 {
-                continue;
-            }
-            let sent = connection.send(self.batch.parts_for(token, echo), self.config.max_queue);
-            let written = match sent {
-                Ok(written) => written,
-                Err(reason) => {
-                    self.doomed.push((token, reason));
+        self.hand_outs += 1;
+        let id = self.hand_outs;
+        let mut hand_out = HandOut {
+            registry: self.poll.registry(),
+            max_queue: self.config.max_queue,
+            stats: &mut self.stats,
+            doomed: &mut self.doomed,
+        };
+        if !self.config.echo {
+            self.batch.index_senders();
+            let mut slices = Vec::new();
+            for share in self.batch.senders() {
+                let token = share.sender();
+                let Some(connection) = self.connections.get_mut(&token) else {
                     continue;
-                }
-            };
-            self.stats.deliveries += lines as u64;
-            self.stats.bytes_out += written as u64;
-            if let Err(e) = connection.update_interest(self.poll.registry(), token) {
-                self.doomed.push((token, DisconnectReason::Error(e.kind())));
+                };
+                connection.mark_served_as_sender(id);
+                slices.clear();
+                slices.extend(share.parts().map(IoSlice::new));
+                hand_out.deliver(token, connection, &mut slices, share.lines_for_sender());
             }
         }
+        let (whole, lines) = (self.batch.whole(), self.batch.lines());
+        for (&token, connection) in self.connections.iter_mut() {
+            if !connection.was_served_as_sender(id) {
+                hand_out.deliver(token, connection, &mut [IoSlice::new(whole)], lines);
+            }
+        }
+        trace!(
+            "hand-out {id}: {} bytes, {} lines",
+            self.batch.len(),
+            self.batch.lines()
+        );
         self.batch.clear(Instant::now());
         for (token, reason) in std::mem::take(&mut self.doomed) {
             if let DisconnectReason::SlowConsumer { queued } = reason
@@ -417,8 +514,18 @@ impl EventLoop {
         let reason = match connection.phase() {
             Phase::Draining {
                 reason: sent_away, ..
-            } if !reason.abandons_output() => sent_away,
-            _ => reason,
+            } => {
+                self.leaving -= 1;
+                if reason.abandons_output() {
+                    reason
+                } else {
+                    sent_away
+                }
+            }
+            Phase::Open => {
+                self.keep_unfinished_line(token, &mut connection);
+                reason
+            }
         };
         if let Err(e) = connection.deregister(self.poll.registry()) {
             debug!("token {}: deregister: {e}", token.0);
@@ -440,10 +547,33 @@ impl EventLoop {
         }
     }
 
-    /// Handles SIGINT/SIGTERM: the first starts a graceful shutdown, a second one ends it.
+    /// Keeps the unfinished line of a client being closed, to be delivered with a `\n` like
+    /// any line it sent: nothing the server read is lost, however the client goes.
+    fn keep_unfinished_line(&mut self, token: Token, connection: &mut ClientConnection) {
+        if connection.unfinished_line_len() > 0 {
+            let mut line = Vec::with_capacity(connection.unfinished_line_len() + 1);
+            connection.finish_partial_line(&mut line);
+            self.leftover_lines.push_back((token, line));
+        }
+    }
+
+    /// Moves kept unfinished lines into the batch while it has room.
+    fn take_leftover_lines(&mut self) {
+        while self.batch.room() > 0
+            && let Some((token, line)) = self.leftover_lines.pop_front()
+        {
+            let start = self.batch.len();
+            self.batch.bytes_for(line.len()).extend_from_slice(&line);
+            self.batch.record(token, start, 1);
+            self.stats.lines_in += 1;
+        }
+    }
+
+    /// Handles SIGINT/SIGTERM: the first starts a graceful shutdown, any later one (even
+    /// delivered together with the first) ends it.
     fn on_signals(&mut self) -> Option<Exit> {
         for name in self.signals.take() {
-            if self.shutdown != ShutdownState::Running {
+            if self.shutdown.is_some() {
                 warn!(
                     "received {name} again: exiting now, dropping output for {} clients",
                     self.connections.len()
@@ -455,12 +585,11 @@ impl EventLoop {
         None
     }
 
-    /// Stops accepting and reading, delivers every line already received (an unfinished one
-    /// with a `\n`), and lets every client drain until `--shutdown-timeout`.
+    /// Stops accepting, and plans the rest: the input already received from each client
+    /// (in its framer and in the kernel) is delivered, a batch at a time, then every client
+    /// drains until `--shutdown-timeout`. See [`EventLoop::continue_shutdown`].
     fn begin_shutdown(&mut self, signal: &str) {
         let timeout = self.config.shutdown_timeout;
-        let deadline = Instant::now() + timeout;
-        self.shutdown = ShutdownState::Draining;
         if let Some(mut listener) = self.listener.take()
             && let Err(e) = self.poll.registry().deregister(&mut listener)
         {
@@ -468,36 +597,189 @@ impl EventLoop {
         }
         self.accept_retry_at = None;
         self.more_to_accept = false;
+        // From now on open clients are read only through their finales, which take what
+        // the kernel already holds.
         self.unfinished_readers.clear();
-        for (&token, connection) in self.connections.iter_mut() {
-            if connection.is_open() {
-                let start = self.batch.len();
-                let lines = connection.finish_partial_line(self.batch.bytes_mut());
-                self.batch.record(token, start, lines);
-                self.stats.lines_in += lines as u64;
+        let mut finales: Vec<Finale> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| connection.is_open())
+            .map(|(&token, connection)| Finale {
+                token,
+                unread: connection.unread_input(),
+            })
+            .collect();
+        finales.sort_unstable_by_key(|finale| finale.token);
+        let unread: usize = finales.iter().map(|finale| finale.unread).sum();
+        let unfinished: usize = self
+            .connections
+            .values()
+            .filter(|connection| connection.is_open())
+            .map(ClientConnection::unfinished_line_len)
+            .sum();
+        let queued: usize = self.connections.values().map(|c| c.queued()).sum();
+        info!(
+            "received {signal}: shutting down, flushing {queued} bytes to {} clients and \
+             delivering {} bytes already received ({unfinished} in unfinished lines), for up \
+             to {:.1} s",
+            self.connections.len(),
+            unread + unfinished + self.batch.len(),
+            timeout.as_secs_f64()
+        );
+        self.shutdown = Some(Shutdown {
+            deadline: Instant::now() + timeout,
+            finales: finales.into(),
+            draining: false,
+        });
+    }
+
+    /// Moves a shutdown on by one step per turn: hands out the next batch of final lines
+    /// once no client is still catching up with the previous one (a client whose output
+    /// stands still for `SHUTDOWN_PATIENCE` is not waited for), then tells every client to
+    /// drain. At the deadline whatever was not handed out is dropped, and logged.
+    fn continue_shutdown(&mut self, now: Instant) {
+        let Some(shutdown) = &self.shutdown else {
+            return;
+        };
+        if shutdown.draining {
+            return;
+        }
+        let deadline = shutdown.deadline;
+        if self.finales_pending() {
+            if now < deadline {
+                if self.a_client_is_catching_up(now) {
+                    return;
+                }
+                self.hand_out_finales();
+                if self.finales_pending() {
+                    return;
+                }
+            } else {
+                self.drop_finales();
             }
         }
         self.distribute();
-        let queued: usize = self.connections.values().map(|c| c.queued()).sum();
-        info!(
-            "received {signal}: shutting down, flushing {queued} bytes to {} clients for up \
-             to {:.1} s",
-            self.connections.len(),
-            timeout.as_secs_f64()
-        );
+        if let Some(shutdown) = &mut self.shutdown {
+            shutdown.draining = true;
+        }
         let tokens: Vec<Token> = self.connections.keys().copied().collect();
         for token in tokens {
-            if let Some(connection) = self.connections.get_mut(&token)
-                && connection.is_open()
-            {
-                connection.begin_drain(DisconnectReason::Shutdown, b"", deadline);
-                self.draining.push(token);
-            }
+            self.begin_drain(token, DisconnectReason::Shutdown, b"", deadline);
+            // Input that came after the signal is discarded, so that the close is a FIN
+            // (unread input would make it a reset, which can destroy output in flight).
+            self.on_readable(token);
             self.on_writable(token);
         }
     }
 
-    /// Runs whatever is due: the accept retry, the drain checks and deadlines, the stats line.
+    /// Whether input received before the stop signal still waits to be handed out.
+    fn finales_pending(&self) -> bool {
+        self.shutdown
+            .as_ref()
+            .is_some_and(|s| !s.finales.is_empty())
+            || !self.leftover_lines.is_empty()
+    }
+
+    /// Whether an open client still has output queued that is moving.
+    fn a_client_is_catching_up(&self, now: Instant) -> bool {
+        self.connections
+            .values()
+            .any(|c| c.is_open() && c.is_catching_up(now, SHUTDOWN_PATIENCE))
+    }
+
+    /// Frames finales into the batch until it is full, then hands it out: the input already
+    /// received before the stop signal, and at its end each client's unfinished line, with
+    /// a `\n`.
+    fn hand_out_finales(&mut self) {
+        self.take_leftover_lines();
+        while let Some(&finale) = self.shutdown.as_ref().and_then(|s| s.finales.front()) {
+            let room = self.batch.room();
+            if room == 0 {
+                break;
+            }
+            let open = self
+                .connections
+                .get(&finale.token)
+                .is_some_and(ClientConnection::is_open);
+            let budget = finale.unread.min(room).min(READ_BUDGET);
+            if !open && finale.unread > 0 {
+                warn!(
+                    "{} bytes of input from token {} were not delivered: the client was \
+                     disconnected before its turn at shutdown",
+                    finale.unread, finale.token.0
+                );
+            }
+            let report = match budget {
+                _ if !open => None,
+                0 => Some(ReadReport {
+                    bytes: 0,
+                    lines: 0,
+                    end: ReadEnd::WouldBlock,
+                }),
+                _ => self.read_into_batch(finale.token, budget),
+            };
+            let unread = finale.unread - report.map_or(0, |r| r.bytes).min(finale.unread);
+            let finished = match report.map(|r| r.end) {
+                None => true,
+                Some(ReadEnd::BudgetSpent) if unread > 0 => false,
+                Some(ReadEnd::WouldBlock | ReadEnd::BudgetSpent) => {
+                    self.finish_unfinished_line(finale.token);
+                    true
+                }
+                Some(ReadEnd::Closed(DisconnectReason::LineTooLong)) => {
+                    self.reject_long_line(finale.token);
+                    true
+                }
+                Some(ReadEnd::Closed(reason)) => {
+                    self.close(finale.token, reason);
+                    true
+                }
+            };
+            if let Some(shutdown) = &mut self.shutdown {
+                if finished {
+                    shutdown.finales.pop_front();
+                } else if let Some(front) = shutdown.finales.front_mut() {
+                    front.unread = unread;
+                }
+            }
+        }
+        self.distribute();
+    }
+
+    /// Appends a client's unfinished line, with a `\n`, to the batch.
+    fn finish_unfinished_line(&mut self, token: Token) {
+        let Some(connection) = self.connections.get_mut(&token) else {
+            return;
+        };
+        let start = self.batch.len();
+        let lines = connection.finish_partial_line(self.batch.bytes_for(self.config.max_line + 1));
+        self.batch.record(token, start, lines);
+        self.stats.lines_in += lines as u64;
+    }
+
+    /// The deadline passed before every finale was handed out: says what is lost.
+    fn drop_finales(&mut self) {
+        let Some(shutdown) = &mut self.shutdown else {
+            return;
+        };
+        let finales = std::mem::take(&mut shutdown.finales);
+        let leftovers: usize = self.leftover_lines.drain(..).map(|(_, l)| l.len()).sum();
+        let unread: usize = finales.iter().map(|finale| finale.unread).sum::<usize>() + leftovers;
+        let unfinished: usize = finales
+            .iter()
+            .filter_map(|finale| self.connections.get(&finale.token))
+            .map(ClientConnection::unfinished_line_len)
+            .sum();
+        warn!(
+            "shutdown timed out before the input of {} clients was delivered: {} bytes \
+             dropped",
+            finales.len(),
+            unread + unfinished
+        );
+    }
+
+    /// Runs whatever is due: the accept retry, the drain checks and deadlines, the stats
+    /// line, the summaries of rate-limited messages.
     fn run_timers(&mut self, now: Instant) {
         if self.accept_retry_at.is_some_and(|at| at <= now) {
             self.accept_all();
@@ -510,6 +792,16 @@ impl EventLoop {
         {
             info!("{}", self.stats);
             self.next_stats_at = Some(now + every);
+        }
+        if let Some(count) = self.refusal_log.take_summary(now) {
+            info!(
+                "refused {count} more connections in the last second: server full ({} \
+                 clients)",
+                self.config.max_clients
+            );
+        }
+        if let Some(count) = self.accept_failure_log.take_summary(now) {
+            warn!("accepting failed or resumed {count} more times in the last second");
         }
     }
 
@@ -529,9 +821,10 @@ impl EventLoop {
             if connection.drained() {
                 self.close(token, reason);
             } else if deadline <= now {
-                let unsent = connection.queued();
                 let reason = match reason {
-                    DisconnectReason::Shutdown => DisconnectReason::ShutdownTimeout { unsent },
+                    DisconnectReason::Shutdown => DisconnectReason::ShutdownTimeout {
+                        unsent: connection.unsent(),
+                    },
                     other => other,
                 };
                 self.close(token, reason);
@@ -542,19 +835,64 @@ impl EventLoop {
         self.draining = still_draining;
     }
 
-    /// How long the next poll may sleep: not at all while readers have input waiting or
-    /// connections wait beyond the accept budget, else until the nearest millisecond timer.
-    /// A held batch is not one of them: the hold timer wakes the poll for it.
+    /// How long the next poll may sleep: not at all while readers have input waiting,
+    /// connections wait beyond the accept budget or kept lines wait for the batch, else until the nearest timer. A held
+    /// batch is not one of them: the hold timer wakes the poll for it.
     fn next_timeout(&self) -> Option<Duration> {
-        if !self.unfinished_readers.is_empty() || self.more_to_accept {
+        if !self.unfinished_readers.is_empty()
+            || self.more_to_accept
+            || (!self.leftover_lines.is_empty() && self.shutdown.is_none())
+        {
             return Some(Duration::ZERO);
         }
-        let drain_tick = (!self.draining.is_empty()).then(|| Instant::now() + DRAIN_TICK);
-        [self.accept_retry_at, self.next_stats_at, drain_tick]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|at| at.saturating_duration_since(Instant::now()))
+        let finales_waiting = self.shutdown.as_ref().is_some_and(|s| !s.draining);
+        let tick =
+            (!self.draining.is_empty() || finales_waiting).then(|| Instant::now() + DRAIN_TICK);
+        [
+            self.accept_retry_at,
+            self.next_stats_at,
+            tick,
+            self.refusal_log.summary_due_at(),
+            self.accept_failure_log.summary_due_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// One hand-out of the batch in progress: what delivering to one client needs besides it.
+struct HandOut<'a> {
+    registry: &'a Registry,
+    max_queue: usize,
+    stats: &'a mut Stats,
+    /// Clients that failed, closed once the hand-out is over.
+    doomed: &'a mut Vec<(Token, DisconnectReason)>,
+}
+
+impl HandOut<'_> {
+    /// Sends `slices` (`lines` lines) to one open client and keeps its interest in step.
+    fn deliver(
+        &mut self,
+        token: Token,
+        connection: &mut ClientConnection,
+        slices: &mut [IoSlice<'_>],
+        lines: usize,
+    ) {
+        if lines == 0 || !connection.is_open() {
+            return;
+        }
+        let sent = connection.send(slices, self.max_queue);
+        self.stats.bytes_out += sent.written as u64;
+        if let Some(reason) = sent.failure {
+            self.doomed.push((token, reason));
+            return;
+        }
+        self.stats.deliveries += lines as u64;
+        if let Err(e) = connection.update_interest(self.registry, token) {
+            self.doomed.push((token, DisconnectReason::Error(e.kind())));
+        }
     }
 }
 
@@ -562,11 +900,8 @@ impl EventLoop {
 fn bind_any(config: &Config) -> Result<TcpListener, ServerError> {
     let mut last_error = None;
     for &addr in &config.addrs {
-        match TcpListener::bind(addr) {
-            Ok(listener) => {
-                widen_backlog(&listener);
-                return Ok(listener);
-            }
+        match bind_with_backlog(addr) {
+            Ok(listener) => return Ok(listener),
             Err(e) => last_error = Some((addr, e)),
         }
     }
@@ -574,28 +909,36 @@ fn bind_any(config: &Config) -> Result<TcpListener, ServerError> {
     Err(ServerError::Bind { addr, source })
 }
 
-/// Raises the listen backlog from mio's 128 to `LISTEN_BACKLOG` (the kernel caps it at
+/// Binds a non-blocking listener with a backlog of `LISTEN_BACKLOG` (the kernel caps it at
 /// `net.core.somaxconn`): a burst of connections then waits in the kernel for the accept
 /// loop instead of having its SYNs dropped and retried a second later.
-fn widen_backlog(listener: &TcpListener) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: listen on a socket that is already listening only updates its backlog; the fd
-    // is owned by `listener` for the whole call.
-    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
-        debug!(
-            "cannot widen the listen backlog: {}",
-            io::Error::last_os_error()
-        );
-    }
+fn bind_with_backlog(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As std and mio do: a restarted server can bind while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
-/// Errors that concern one connection that died in the backlog, not the listener.
-fn is_transient_accept_error(error: &io::Error) -> bool {
+/// `accept` errors that concern one connection, not the listener: Linux reports a pending
+/// network error of the new connection through `accept` (see accept(2)), and the right
+/// response is to take the next one.
+fn is_per_connection_accept_error(error: &io::Error) -> bool {
     matches!(
         error.kind(),
         io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
+            | io::ErrorKind::NetworkDown
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::PermissionDenied
+    ) || matches!(
+        error.raw_os_error(),
+        Some(libc::EPROTO | libc::ENOPROTOOPT | libc::EHOSTDOWN | libc::ENONET | libc::EOPNOTSUPP)
     )
 }
 

@@ -3,32 +3,30 @@
 
 use std::io;
 
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
 /// Descriptors the server needs besides its clients: stdio, the listener, epoll, the signal
-/// pipe, and headroom for a connection being refused.
+/// pipes, the timer, and headroom for a connection being refused.
 pub const RESERVED_FDS: u64 = 16;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, as the Go runtime and NATS do, and
-/// returns the soft limit now in force.
+/// returns the soft limit now in force (`u64::MAX` for no limit).
 pub fn raise_to_hard_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(u64::MAX);
+    let maximum = limit.maximum.unwrap_or(u64::MAX);
+    if current >= maximum {
+        return Ok(current);
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
     };
-    // SAFETY: getrlimit writes one `rlimit` through a pointer to a live local.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => Ok(maximum),
+        // Not allowed to raise it (some sandboxes): the old limit is still in force.
+        Err(_) => Ok(current),
     }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit only reads the `rlimit` behind the pointer.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit.rlim_cur = limit.rlim_max;
-        }
-    }
-    Ok(limit.rlim_cur)
 }
 
 /// How many clients fit in `fd_limit` descriptors.

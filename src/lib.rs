@@ -14,7 +14,9 @@ pub mod event_loop;
 pub mod fd_limit;
 pub mod framing;
 pub mod hold_timer;
+pub mod log_limit;
 pub mod shutdown;
+pub mod socket_queues;
 pub mod stats;
 
 pub use config::Config;

@@ -28,11 +28,11 @@ struct Args {
 
     /// Longest line a client may send, not counting its newline (e.g. 65536, 64KiB); a
     /// longer line gets the client an ERR line and a disconnect
-    #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = config::parse_size)]
+    #[arg(long, value_name = "BYTES", default_value = "64KiB", value_parser = config::parse_line_length)]
     max_line: usize,
 
     /// Most bytes held for one client that does not keep up; past it the client is
-    /// disconnected as a slow consumer
+    /// disconnected as a slow consumer (more than --max-line)
     #[arg(long, value_name = "BYTES", default_value = "8MiB", value_parser = config::parse_size)]
     max_queue: usize,
 
@@ -40,18 +40,34 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_CLIENTS)]
     max_clients: usize,
 
-    /// Hold lines that arrive within MICROS of the previous send and send them together:
-    /// fewer writes per line under load, at most MICROS more latency; 0 sends every turn
-    #[arg(long, value_name = "MICROS", default_value_t = config::DEFAULT_COALESCE.as_micros() as u64)]
+    /// While lines keep arriving, hold them up to MICROS (0 to 1000000) and send them
+    /// together: fewer writes per line under load; a line after a quiet spell never waits;
+    /// 0 sends every turn
+    #[arg(
+        long,
+        value_name = "MICROS",
+        default_value_t = config::DEFAULT_COALESCE.as_micros() as u64,
+        value_parser = clap::value_parser!(u64).range(..=config::MAX_COALESCE_US),
+    )]
     coalesce_us: u64,
 
     /// On SIGINT/SIGTERM, how long to keep flushing pending output before closing everyone
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = config::parse_seconds)]
     shutdown_timeout: Duration,
 
     /// Log the counters every SECS seconds (0: only at shutdown)
-    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = config::parse_seconds)]
     stats_interval: Duration,
+
+    /// Probe a client that has been silent for SECS seconds (0 to 32767; 0: off) and drop it
+    /// when its host is gone: about SECS more seconds of unanswered probes
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = config::DEFAULT_TCP_KEEPALIVE.as_secs(),
+        value_parser = clap::value_parser!(u64).range(..=config::MAX_TCP_KEEPALIVE_SECS),
+    )]
+    tcp_keepalive: u64,
 
     /// More log output (-v: debug, -vv: trace); RUST_LOG overrides
     #[arg(short, long, action = ArgAction::Count)]
@@ -85,6 +101,7 @@ fn run(args: Args) -> Result<Exit, ServerError> {
         coalesce: Duration::from_micros(args.coalesce_us),
         shutdown_timeout: args.shutdown_timeout,
         stats_interval: args.stats_interval,
+        tcp_keepalive: Duration::from_secs(args.tcp_keepalive),
     })?;
     check_descriptor_budget(config.max_clients);
     EventLoop::bind(config)?.run()
@@ -120,14 +137,4 @@ fn init_logging(verbose: u8, quiet: u8) {
         .filter_level(level)
         .parse_default_env()
         .init();
-}
-
-/// Parses a non-negative number of seconds such as `5` or `0.25`.
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds (try 5 or 0.5)"))?;
-    Duration::try_from_secs_f64(seconds)
-        .map_err(|_| format!("'{text}' must be a finite, non-negative number of seconds"))
 }

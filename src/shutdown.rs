@@ -1,49 +1,75 @@
-//! SIGINT and SIGTERM as ordinary poll events, and the state of a graceful shutdown.
+//! SIGINT and SIGTERM as ordinary poll events, one event per signal delivered, and the state
+//! of a graceful shutdown.
 //!
-//! signal-hook-mio turns signals into bytes on a self-pipe registered in the same `Poll` as
-//! the sockets, so a signal is handled between two events, never inside a signal handler.
+//! Each stop signal has its own self-pipe (a Unix socket pair): signal-hook's handler writes
+//! one byte per delivery, and the read ends sit in the same `Poll` as the sockets, so a signal
+//! is handled between two events, never inside a signal handler. Counting bytes rather than
+//! reading a "pending" flag keeps two quick Ctrl-C's two signals: the second one forces the
+//! exit even when both arrive before the loop looks.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::time::Instant;
 
+use mio::net::UnixStream;
 use mio::{Interest, Registry, Token};
-use signal_hook_mio::v1_0::Signals;
-
-/// The signals that ask the server to stop.
-const STOP_SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
-
-/// Where the server is between running and exiting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShutdownState {
-    Running,
-    /// A stop signal arrived: not accepting, not reading, flushing until each client's
-    /// drain deadline.
-    Draining,
-}
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::low_level::pipe;
 
 /// The stop signals, readable through the poller.
 pub struct StopSignals {
-    signals: Signals,
+    pipes: Vec<(&'static str, UnixStream)>,
 }
 
 impl StopSignals {
-    /// Installs the handlers and registers their pipe under `token`.
+    /// Installs the handlers and registers their pipes under `token`.
     pub fn register(registry: &Registry, token: Token) -> io::Result<StopSignals> {
-        let mut signals = Signals::new(STOP_SIGNALS)?;
-        registry.register(&mut signals, token, Interest::READABLE)?;
-        Ok(StopSignals { signals })
+        let mut pipes = Vec::new();
+        for (name, signal) in [("SIGINT", SIGINT), ("SIGTERM", SIGTERM)] {
+            let (mut read_end, write_end) = UnixStream::pair()?;
+            pipe::register(signal, write_end)?;
+            registry.register(&mut read_end, token, Interest::READABLE)?;
+            pipes.push((name, read_end));
+        }
+        Ok(StopSignals { pipes })
     }
 
-    /// The names of the stop signals received since the last call (a signal sent twice
-    /// before we look may show once).
+    /// The names of the stop signals delivered since the last call, once per delivery.
     pub fn take(&mut self) -> Vec<&'static str> {
-        self.signals.pending().map(signal_name).collect()
+        let mut delivered = Vec::new();
+        let mut buf = [0u8; 64];
+        for (name, read_end) in &mut self.pipes {
+            loop {
+                match read_end.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => delivered.extend(std::iter::repeat_n(*name, n)),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // WouldBlock: drained. Anything else cannot happen to a socket pair we
+                    // hold both ends of; treat it as drained too.
+                    Err(_) => break,
+                }
+            }
+        }
+        delivered
     }
 }
 
-fn signal_name(signal: libc::c_int) -> &'static str {
-    match signal {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        _ => "signal",
-    }
+/// A graceful shutdown in progress: first the input that had already arrived when the stop
+/// signal came is framed and handed out, a batch at a time; then every client drains.
+#[derive(Debug)]
+pub struct Shutdown {
+    /// When clients still holding output are reset.
+    pub deadline: Instant,
+    /// Clients whose input must still be framed and handed out, in order.
+    pub finales: VecDeque<Finale>,
+    /// Set once the finales are done and every client was told to drain.
+    pub draining: bool,
+}
+
+/// One client's input that arrived before the stop signal and is not handed out yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finale {
+    pub token: Token,
+    /// Bytes still in the kernel that arrived before the signal: read them, no more.
+    pub unread: usize,
 }

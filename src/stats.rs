@@ -12,12 +12,18 @@ pub struct Stats {
     pub peak: u64,
     /// Complete lines received (an unterminated last line counts once it is delivered).
     pub lines_in: u64,
-    /// Line copies handed to recipients: one line sent to 10 clients is 10 deliveries.
+    /// Line copies handed to recipients (written or queued): one line sent to 10 clients is
+    /// 10 deliveries.
     pub deliveries: u64,
+    /// Bytes read and framed (input read from a leaving client only to discard it is not).
     pub bytes_in: u64,
+    /// Bytes the kernel took for clients, including those written to a client just before
+    /// it was dropped.
     pub bytes_out: u64,
     pub closed_by_client: u64,
     pub errors: u64,
+    /// Clients whose host stopped answering (keepalive or `TCP_USER_TIMEOUT` gave up).
+    pub peers_vanished: u64,
     pub slow_consumers: u64,
     pub lines_too_long: u64,
     pub refused_server_full: u64,
@@ -36,6 +42,7 @@ impl Stats {
         let counter = match reason {
             DisconnectReason::ClientClosed => &mut self.closed_by_client,
             DisconnectReason::Error(_) => &mut self.errors,
+            DisconnectReason::PeerVanished => &mut self.peers_vanished,
             DisconnectReason::SlowConsumer { .. } => &mut self.slow_consumers,
             DisconnectReason::LineTooLong => &mut self.lines_too_long,
             DisconnectReason::Shutdown | DisconnectReason::ShutdownTimeout { .. } => {
@@ -51,8 +58,8 @@ impl fmt::Display for Stats {
         write!(
             f,
             "stats: accepted={} active={} peak={} lines_in={} deliveries={} bytes_in={} \
-             bytes_out={} disconnects: client_closed={} error={} slow_consumer={} \
-             line_too_long={} server_full={} shutdown={}",
+             bytes_out={} disconnects: client_closed={} error={} peer_vanished={} \
+             slow_consumer={} line_too_long={} server_full={} shutdown={}",
             self.accepted,
             self.active,
             self.peak,
@@ -62,6 +69,7 @@ impl fmt::Display for Stats {
             self.bytes_out,
             self.closed_by_client,
             self.errors,
+            self.peers_vanished,
             self.slow_consumers,
             self.lines_too_long,
             self.refused_server_full,

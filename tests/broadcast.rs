@@ -281,7 +281,7 @@ fn a_slow_reader_still_gets_everything() {
 #[test]
 fn ipv6_loopback_works() {
     if TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: this machine has no IPv6 loopback");
+        common::report_skip("ipv6_loopback_works", "this machine has no IPv6 loopback (::1)");
         return;
     }
     let server = Server::start(&["--addr", "[::1]:0"]);

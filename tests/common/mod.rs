@@ -358,3 +358,10 @@ pub fn numbered_lines(prefix: &str, count: usize) -> Vec<u8> {
     }
     out
 }
+
+/// Says, past the test harness's output capture (straight to stderr), that a test was
+/// skipped and why, so a reader of the CI log sees it even when everything passes.
+pub fn report_skip(test: &str, why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
