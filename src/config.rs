@@ -231,6 +231,16 @@ pub fn parse_line_length(text: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
+/// Parses `--stats-interval`: 0 (off), or at least 0.01 s (more often would be a busy loop
+/// of log lines) and at most [`MAX_SECONDS`].
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_seconds(text)?;
+    if !interval.is_zero() && interval < Duration::from_millis(10) {
+        return Err(format!("'{text}' must be 0 (off) or at least 0.01 seconds"));
+    }
+    Ok(interval)
+}
+
 /// Parses a non-negative number of seconds such as `5` or `0.25`, up to [`MAX_SECONDS`].
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -287,6 +297,14 @@ mod tests {
         ] {
             assert!(parse_seconds(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn intervals_are_off_or_at_least_ten_milliseconds() {
+        assert_eq!(parse_interval("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_interval("0.01"), Ok(Duration::from_millis(10)));
+        assert!(parse_interval("0.000001").is_err());
+        assert!(parse_interval("inf").is_err());
     }
 
     #[test]

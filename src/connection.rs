@@ -30,8 +30,8 @@ pub enum DisconnectReason {
     ClientClosed,
     /// A read or write failed (reset by peer, broken pipe, ...).
     Error(io::ErrorKind),
-    /// The client's host stopped answering: keepalive probes or retransmissions went
-    /// unacknowledged until `--tcp-keepalive` gave up on it.
+    /// The client's host stopped answering: keepalive probes (`--tcp-keepalive`) or the
+    /// kernel's retransmissions went unacknowledged until it gave up.
     PeerVanished,
     /// More than `--max-queue` bytes were waiting for the client.
     SlowConsumer { queued: usize },
@@ -107,8 +107,11 @@ pub enum ReadEnd {
 /// What one read turn produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadReport {
-    /// Bytes read and framed (input read only to be discarded, while leaving, is not counted).
-    pub bytes: usize,
+    /// Bytes taken from the socket.
+    pub read: usize,
+    /// Bytes that left as (parts of) lines: input discarded while leaving, and the bytes of
+    /// a rejected over-long line, are not counted.
+    pub framed: usize,
     pub lines: usize,
     pub end: ReadEnd,
 }
@@ -125,7 +128,8 @@ pub struct Sent {
 /// Maps a socket error to why the client is dropped.
 fn failure(error: &io::Error) -> DisconnectReason {
     match error.kind() {
-        // ETIMEDOUT on a connected socket: keepalive or TCP_USER_TIMEOUT gave up on the peer.
+        // ETIMEDOUT on a connected socket: keepalive probes or retransmissions went
+        // unanswered.
         io::ErrorKind::TimedOut => DisconnectReason::PeerVanished,
         kind => DisconnectReason::Error(kind),
     }
@@ -143,9 +147,6 @@ pub struct ClientConnection {
     /// The interest currently registered with the poller, to skip needless `epoll_ctl`s.
     interest: Interest,
     phase: Phase,
-    /// When queued output last moved (queued, or taken by the kernel); `None` while nothing
-    /// is queued. Shutdown paces itself on clients that are still taking output.
-    progress_at: Option<Instant>,
     /// The last loop turn this client was read in: one read budget per turn.
     read_turn: u64,
     /// The last hand-out that served this client as a sender (its own lines left out).
@@ -168,7 +169,6 @@ impl ClientConnection {
             write_buf: VecDeque::new(),
             interest: Interest::READABLE,
             phase: Phase::Open,
-            progress_at: None,
             read_turn: 0,
             served_as_sender: 0,
         })
@@ -194,24 +194,24 @@ impl ClientConnection {
     /// Bytes the client has not received yet: queued here, plus written but not yet
     /// acknowledged by the client's kernel.
     pub fn unsent(&self) -> usize {
-        self.queued() + socket_queues::unacknowledged_output(&self.stream)
+        self.queued() + self.unacknowledged_data()
+    }
+
+    /// Data bytes written but not acknowledged. The kernel's count includes our FIN once we
+    /// shut our side down (it takes one sequence number), which is not data.
+    fn unacknowledged_data(&self) -> usize {
+        let outq = socket_queues::unacknowledged_output(&self.stream);
+        match self.phase {
+            Phase::Draining {
+                write_shut: true, ..
+            } => outq.saturating_sub(1),
+            _ => outq,
+        }
     }
 
     /// Bytes the client sent that are waiting in the kernel, not read yet.
     pub fn unread_input(&self) -> usize {
         socket_queues::unread_input(&self.stream)
-    }
-
-    /// Whether output is queued and has not moved for `patience`: the client is not taking
-    /// what it is sent.
-    pub fn is_stalled(&self, now: Instant, patience: Duration) -> bool {
-        self.progress_at
-            .is_some_and(|at| now.saturating_duration_since(at) >= patience)
-    }
-
-    /// Whether the client still waits for output that is moving (queued, not stalled).
-    pub fn is_catching_up(&self, now: Instant, patience: Duration) -> bool {
-        !self.write_buf.is_empty() && !self.is_stalled(now, patience)
     }
 
     /// Claims this turn's read for the client; false if it was already read in `turn`.
@@ -243,40 +243,75 @@ impl ClientConnection {
         lines_out: &mut Vec<u8>,
     ) -> ReadReport {
         let mut report = ReadReport {
-            bytes: 0,
+            read: 0,
+            framed: 0,
             lines: 0,
             end: ReadEnd::BudgetSpent,
         };
         let budget = scratch.len();
-        let mut taken = 0;
-        while taken < budget {
-            match self.stream.read(&mut scratch[..budget - taken]) {
-                Ok(0) => return self.ended(report, DisconnectReason::ClientClosed, lines_out),
+        let framed_from = lines_out.len();
+        while report.read < budget {
+            match self.stream.read(&mut scratch[..budget - report.read]) {
+                Ok(0) => {
+                    report = self.ended(report, DisconnectReason::ClientClosed, lines_out);
+                    break;
+                }
                 Ok(n) => {
-                    taken += n;
+                    report.read += n;
                     if !self.is_open() {
-                        // Leaving: read only to notice the close; the input is discarded.
-                        continue;
+                        continue; // leaving: read only to notice the close; input discarded
                     }
-                    report.bytes += n;
                     match self.framer.push(&scratch[..n], max_line, lines_out) {
                         Ok(lines) => report.lines += lines,
                         Err(too_long) => {
                             report.lines += too_long.lines_before;
                             report.end = ReadEnd::Closed(DisconnectReason::LineTooLong);
-                            return report;
+                            break;
                         }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     report.end = ReadEnd::WouldBlock;
-                    return report;
+                    break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.ended(report, failure(&e), lines_out),
+                Err(e) => {
+                    report = self.ended(report, failure(&e), lines_out);
+                    break;
+                }
             }
         }
+        report.framed = lines_out.len() - framed_from;
         report
+    }
+
+    /// Reads what the kernel holds now, up to the end of the unfinished line (its `\n` and
+    /// no further; the rest is discarded), so that a line whose end was already on its way
+    /// is not cut. Used when the client's input is closing (shutdown, or the client being
+    /// dropped); a complete line goes to `lines_out`. Returns how many lines (0 or 1).
+    pub fn read_rest_of_line(
+        &mut self,
+        scratch: &mut [u8],
+        max_line: usize,
+        lines_out: &mut Vec<u8>,
+    ) -> usize {
+        if self.framer.pending() == 0 || !self.is_open() {
+            return 0;
+        }
+        // One byte more than the line may still hold: its newline, or the proof it is too long.
+        let want = (max_line + 1 - self.framer.pending()).min(scratch.len());
+        let n = loop {
+            match self.stream.read(&mut scratch[..want]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return 0, // nothing more is coming: the line ends here
+            }
+        };
+        let end = memchr::memchr(b'\n', &scratch[..n]).map_or(n, |newline| newline + 1);
+        // Past --max-line it is never broadcast, like any over-long line.
+        self.framer
+            .push(&scratch[..end], max_line, lines_out)
+            .unwrap_or_default()
     }
 
     /// The input stream ended, cleanly or not: an unfinished line still goes out, with a
@@ -305,11 +340,22 @@ impl ClientConnection {
             written: 0,
             failure: None,
         };
+        if !self.write_buf.is_empty() {
+            // Judge the client on what its socket takes now, not on a queue its writable
+            // event (maybe later in this very poll) has not flushed yet.
+            match self.flush() {
+                Ok(written) => sent.written = written,
+                Err(reason) => {
+                    sent.failure = Some(reason);
+                    return sent;
+                }
+            }
+        }
         if self.write_buf.is_empty() {
             match self.write_direct(&mut rest) {
-                Ok(written) => sent.written = written,
+                Ok(written) => sent.written += written,
                 Err((written, reason)) => {
-                    sent.written = written;
+                    sent.written += written;
                     sent.failure = Some(reason);
                     return sent;
                 }
@@ -323,9 +369,6 @@ impl ClientConnection {
         if queued > max_queue {
             sent.failure = Some(DisconnectReason::SlowConsumer { queued });
             return sent;
-        }
-        if self.write_buf.is_empty() {
-            self.progress_at = Some(Instant::now());
         }
         self.reserve_within(queued, max_queue);
         for buf in rest.iter() {
@@ -378,9 +421,6 @@ impl ClientConnection {
     /// `bytes`: used only for the short farewell line, which is never refused.
     fn queue(&mut self, bytes: &[u8], max_queue: usize) {
         self.reserve_within(self.write_buf.len() + bytes.len(), max_queue);
-        if self.write_buf.is_empty() && !bytes.is_empty() {
-            self.progress_at = Some(Instant::now());
-        }
         self.write_buf.extend(bytes);
     }
 
@@ -401,12 +441,6 @@ impl ClientConnection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(failure(&e)),
             }
-        }
-        if written > 0 {
-            self.progress_at = Some(Instant::now());
-        }
-        if self.write_buf.is_empty() {
-            self.progress_at = None;
         }
         if self.write_buf.is_empty() && self.write_buf.capacity() > 0 {
             // A queue only exists while the client lags; give the memory back once it
@@ -493,7 +527,20 @@ impl ClientConnection {
                 write_shut: true,
             };
         }
-        socket_queues::unacknowledged_output(&self.stream) == 0
+        self.unacknowledged_data() == 0
+    }
+
+    /// Drops queued output after the end of the line now being sent, so a client that is
+    /// sent away for misbehaving holds no more than its farewell (and that line's rest).
+    pub fn discard_queued_lines(&mut self) {
+        let (front, back) = self.write_buf.as_slices();
+        let keep = match memchr::memchr(b'\n', front) {
+            Some(at) => at + 1,
+            None => memchr::memchr(b'\n', back)
+                .map_or(front.len() + back.len(), |at| front.len() + at + 1),
+        };
+        self.write_buf.truncate(keep);
+        self.write_buf.shrink_to_fit();
     }
 }
 
@@ -508,17 +555,19 @@ pub fn configure_socket(stream: &TcpStream, keepalive: Option<Duration>) -> io::
 }
 
 /// Turns on TCP keepalive: probes after `idle` of silence, then every `idle / 4` (at least
-/// 1 s), [`KEEPALIVE_PROBES`] of them. `TCP_USER_TIMEOUT` is set to the same total, so a
-/// dead peer with output in flight (where keepalive does not probe, and retransmissions
-/// would go on for about 15 minutes) is dropped just as soon.
+/// 1 s), [`KEEPALIVE_PROBES`] of them.
+///
+/// Not `TCP_USER_TIMEOUT` as well: since Linux 5.11 it also aborts a live client that keeps
+/// its window shut (one that is not reading), which would drop a slow reader by time instead
+/// of by `--max-queue`. A vanished host with output in flight is caught anyway: it stops
+/// acknowledging, so its queue fills and it is a slow consumer, or, with little traffic,
+/// the kernel's retransmissions give up on it (`tcp_retries2`, about 15 minutes).
 fn enable_keepalive(stream: &TcpStream, idle: Duration) -> io::Result<()> {
     let interval = (idle / 4).max(Duration::from_secs(1));
-    let socket = SockRef::from(stream);
-    socket.set_tcp_keepalive(
+    SockRef::from(stream).set_tcp_keepalive(
         &TcpKeepalive::new()
             .with_time(idle)
             .with_interval(interval)
             .with_retries(KEEPALIVE_PROBES),
-    )?;
-    socket.set_tcp_user_timeout(Some(idle + interval * KEEPALIVE_PROBES))
+    )
 }

@@ -22,7 +22,9 @@ use crate::connection::{self, ClientConnection, DisconnectReason, Phase, ReadEnd
 use crate::error::ServerError;
 use crate::hold_timer::HoldTimer;
 use crate::log_limit::RateLimit;
-use crate::shutdown::{Finale, Shutdown, StopSignals};
+use crate::shutdown::{Shutdown, StopSignals};
+
+mod graceful_shutdown;
 use crate::stats::Stats;
 
 const LISTENER: Token = Token(0);
@@ -42,13 +44,8 @@ const ACCEPT_BUDGET: usize = 64;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long a client that broke the line limit has to read its `ERR` line.
 const REJECT_LINGER: Duration = Duration::from_secs(2);
-/// How often leaving clients are checked for having received everything, and a shutdown
-/// that waits for clients to catch up looks again.
+/// How often leaving clients are checked for having received everything.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
-/// At shutdown, how long a client's queued output may stand still before the next batch of
-/// final lines stops waiting for it (it then gets them like everyone else, and is a slow
-/// consumer if they do not fit in its queue).
-const SHUTDOWN_PATIENCE: Duration = Duration::from_millis(200);
 
 /// How the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,9 +101,11 @@ pub struct EventLoop {
     shutdown: Option<Shutdown>,
     stats: Stats,
     next_stats_at: Option<Instant>,
-    /// Refusals of a full server, and accept failures, are logged at most once a second.
+    /// Refusals of a full server, accept failures, and warnings about misbehaving clients
+    /// (slow consumers, over-long lines) are logged at most once a second each, then summed.
     refusal_log: RateLimit,
     accept_failure_log: RateLimit,
+    warning_log: RateLimit,
 }
 
 impl EventLoop {
@@ -150,6 +149,7 @@ impl EventLoop {
             stats: Stats::default(),
             refusal_log: RateLimit::default(),
             accept_failure_log: RateLimit::default(),
+            warning_log: RateLimit::default(),
         })
     }
 
@@ -315,7 +315,12 @@ impl EventLoop {
         if !connection.claim_read_turn(self.turn) {
             return; // already read this turn; if its budget ran out it is queued for the next
         }
-        let budget = READ_BUDGET.min(self.batch.limit());
+        // A leaving client's input is discarded: its reads need no room in the batch.
+        let budget = if open {
+            READ_BUDGET.min(self.batch.limit())
+        } else {
+            READ_BUDGET
+        };
         if open && self.batch.room() < budget {
             self.distribute();
         }
@@ -337,7 +342,7 @@ impl EventLoop {
         let connection = self.connections.get_mut(&token)?;
         let start = self.batch.len();
         let incoming = if connection.is_open() {
-            budget + max_line
+            budget + connection.unfinished_line_len()
         } else {
             0
         };
@@ -347,11 +352,11 @@ impl EventLoop {
             self.batch.bytes_for(incoming),
         );
         self.batch.record(token, start, report.lines);
-        self.stats.bytes_in += report.bytes as u64;
+        self.stats.bytes_in += report.framed as u64;
         self.stats.lines_in += report.lines as u64;
         trace!(
             "token {}: read {} bytes, {} lines",
-            token.0, report.bytes, report.lines
+            token.0, report.read, report.lines
         );
         Some(report)
     }
@@ -369,14 +374,20 @@ impl EventLoop {
     /// Sends the client a farewell `ERR` line and lets it drain; its line is never broadcast.
     fn reject_long_line(&mut self, token: Token) {
         let max_line = self.config.max_line;
-        let Some(connection) = self.connections.get(&token) else {
+        let Some(connection) = self.connections.get_mut(&token) else {
             return;
         };
-        warn!(
-            "client {} (token {}) sent a line longer than {max_line} bytes; disconnecting it",
-            connection.peer(),
-            token.0
-        );
+        if self.warning_log.admit(Instant::now()) {
+            warn!(
+                "client {} (token {}) sent a line longer than {max_line} bytes; disconnecting \
+                 it",
+                connection.peer(),
+                token.0
+            );
+        }
+        // It is being sent away: it keeps no more than its farewell and the rest of the line
+        // it is receiving, not a whole queue, now that it no longer counts as a client.
+        connection.discard_queued_lines();
         let farewell = format!("ERR line too long (max {max_line} bytes)\n");
         self.begin_drain(
             token,
@@ -491,6 +502,7 @@ impl EventLoop {
         for (token, reason) in std::mem::take(&mut self.doomed) {
             if let DisconnectReason::SlowConsumer { queued } = reason
                 && let Some(connection) = self.connections.get(&token)
+                && self.warning_log.admit(Instant::now())
             {
                 warn!(
                     "client {} (token {}) is a slow consumer: {queued} bytes queued, over \
@@ -549,11 +561,15 @@ impl EventLoop {
 
     /// Keeps the unfinished line of a client being closed, to be delivered with a `\n` like
     /// any line it sent: nothing the server read is lost, however the client goes.
+    /// What the kernel already holds of the line's end is read first.
     fn keep_unfinished_line(&mut self, token: Token, connection: &mut ClientConnection) {
         if connection.unfinished_line_len() > 0 {
-            let mut line = Vec::with_capacity(connection.unfinished_line_len() + 1);
+            let mut line = Vec::new();
+            connection.read_rest_of_line(&mut self.scratch, self.config.max_line, &mut line);
             connection.finish_partial_line(&mut line);
-            self.leftover_lines.push_back((token, line));
+            if !line.is_empty() {
+                self.leftover_lines.push_back((token, line));
+            }
         }
     }
 
@@ -585,199 +601,6 @@ impl EventLoop {
         None
     }
 
-    /// Stops accepting, and plans the rest: the input already received from each client
-    /// (in its framer and in the kernel) is delivered, a batch at a time, then every client
-    /// drains until `--shutdown-timeout`. See [`EventLoop::continue_shutdown`].
-    fn begin_shutdown(&mut self, signal: &str) {
-        let timeout = self.config.shutdown_timeout;
-        if let Some(mut listener) = self.listener.take()
-            && let Err(e) = self.poll.registry().deregister(&mut listener)
-        {
-            debug!("deregister listener: {e}");
-        }
-        self.accept_retry_at = None;
-        self.more_to_accept = false;
-        // From now on open clients are read only through their finales, which take what
-        // the kernel already holds.
-        self.unfinished_readers.clear();
-        let mut finales: Vec<Finale> = self
-            .connections
-            .iter()
-            .filter(|(_, connection)| connection.is_open())
-            .map(|(&token, connection)| Finale {
-                token,
-                unread: connection.unread_input(),
-            })
-            .collect();
-        finales.sort_unstable_by_key(|finale| finale.token);
-        let unread: usize = finales.iter().map(|finale| finale.unread).sum();
-        let unfinished: usize = self
-            .connections
-            .values()
-            .filter(|connection| connection.is_open())
-            .map(ClientConnection::unfinished_line_len)
-            .sum();
-        let queued: usize = self.connections.values().map(|c| c.queued()).sum();
-        info!(
-            "received {signal}: shutting down, flushing {queued} bytes to {} clients and \
-             delivering {} bytes already received ({unfinished} in unfinished lines), for up \
-             to {:.1} s",
-            self.connections.len(),
-            unread + unfinished + self.batch.len(),
-            timeout.as_secs_f64()
-        );
-        self.shutdown = Some(Shutdown {
-            deadline: Instant::now() + timeout,
-            finales: finales.into(),
-            draining: false,
-        });
-    }
-
-    /// Moves a shutdown on by one step per turn: hands out the next batch of final lines
-    /// once no client is still catching up with the previous one (a client whose output
-    /// stands still for `SHUTDOWN_PATIENCE` is not waited for), then tells every client to
-    /// drain. At the deadline whatever was not handed out is dropped, and logged.
-    fn continue_shutdown(&mut self, now: Instant) {
-        let Some(shutdown) = &self.shutdown else {
-            return;
-        };
-        if shutdown.draining {
-            return;
-        }
-        let deadline = shutdown.deadline;
-        if self.finales_pending() {
-            if now < deadline {
-                if self.a_client_is_catching_up(now) {
-                    return;
-                }
-                self.hand_out_finales();
-                if self.finales_pending() {
-                    return;
-                }
-            } else {
-                self.drop_finales();
-            }
-        }
-        self.distribute();
-        if let Some(shutdown) = &mut self.shutdown {
-            shutdown.draining = true;
-        }
-        let tokens: Vec<Token> = self.connections.keys().copied().collect();
-        for token in tokens {
-            self.begin_drain(token, DisconnectReason::Shutdown, b"", deadline);
-            // Input that came after the signal is discarded, so that the close is a FIN
-            // (unread input would make it a reset, which can destroy output in flight).
-            self.on_readable(token);
-            self.on_writable(token);
-        }
-    }
-
-    /// Whether input received before the stop signal still waits to be handed out.
-    fn finales_pending(&self) -> bool {
-        self.shutdown
-            .as_ref()
-            .is_some_and(|s| !s.finales.is_empty())
-            || !self.leftover_lines.is_empty()
-    }
-
-    /// Whether an open client still has output queued that is moving.
-    fn a_client_is_catching_up(&self, now: Instant) -> bool {
-        self.connections
-            .values()
-            .any(|c| c.is_open() && c.is_catching_up(now, SHUTDOWN_PATIENCE))
-    }
-
-    /// Frames finales into the batch until it is full, then hands it out: the input already
-    /// received before the stop signal, and at its end each client's unfinished line, with
-    /// a `\n`.
-    fn hand_out_finales(&mut self) {
-        self.take_leftover_lines();
-        while let Some(&finale) = self.shutdown.as_ref().and_then(|s| s.finales.front()) {
-            let room = self.batch.room();
-            if room == 0 {
-                break;
-            }
-            let open = self
-                .connections
-                .get(&finale.token)
-                .is_some_and(ClientConnection::is_open);
-            let budget = finale.unread.min(room).min(READ_BUDGET);
-            if !open && finale.unread > 0 {
-                warn!(
-                    "{} bytes of input from token {} were not delivered: the client was \
-                     disconnected before its turn at shutdown",
-                    finale.unread, finale.token.0
-                );
-            }
-            let report = match budget {
-                _ if !open => None,
-                0 => Some(ReadReport {
-                    bytes: 0,
-                    lines: 0,
-                    end: ReadEnd::WouldBlock,
-                }),
-                _ => self.read_into_batch(finale.token, budget),
-            };
-            let unread = finale.unread - report.map_or(0, |r| r.bytes).min(finale.unread);
-            let finished = match report.map(|r| r.end) {
-                None => true,
-                Some(ReadEnd::BudgetSpent) if unread > 0 => false,
-                Some(ReadEnd::WouldBlock | ReadEnd::BudgetSpent) => {
-                    self.finish_unfinished_line(finale.token);
-                    true
-                }
-                Some(ReadEnd::Closed(DisconnectReason::LineTooLong)) => {
-                    self.reject_long_line(finale.token);
-                    true
-                }
-                Some(ReadEnd::Closed(reason)) => {
-                    self.close(finale.token, reason);
-                    true
-                }
-            };
-            if let Some(shutdown) = &mut self.shutdown {
-                if finished {
-                    shutdown.finales.pop_front();
-                } else if let Some(front) = shutdown.finales.front_mut() {
-                    front.unread = unread;
-                }
-            }
-        }
-        self.distribute();
-    }
-
-    /// Appends a client's unfinished line, with a `\n`, to the batch.
-    fn finish_unfinished_line(&mut self, token: Token) {
-        let Some(connection) = self.connections.get_mut(&token) else {
-            return;
-        };
-        let start = self.batch.len();
-        let lines = connection.finish_partial_line(self.batch.bytes_for(self.config.max_line + 1));
-        self.batch.record(token, start, lines);
-        self.stats.lines_in += lines as u64;
-    }
-
-    /// The deadline passed before every finale was handed out: says what is lost.
-    fn drop_finales(&mut self) {
-        let Some(shutdown) = &mut self.shutdown else {
-            return;
-        };
-        let finales = std::mem::take(&mut shutdown.finales);
-        let leftovers: usize = self.leftover_lines.drain(..).map(|(_, l)| l.len()).sum();
-        let unread: usize = finales.iter().map(|finale| finale.unread).sum::<usize>() + leftovers;
-        let unfinished: usize = finales
-            .iter()
-            .filter_map(|finale| self.connections.get(&finale.token))
-            .map(ClientConnection::unfinished_line_len)
-            .sum();
-        warn!(
-            "shutdown timed out before the input of {} clients was delivered: {} bytes \
-             dropped",
-            finales.len(),
-            unread + unfinished
-        );
-    }
-
     /// Runs whatever is due: the accept retry, the drain checks and deadlines, the stats
     /// line, the summaries of rate-limited messages.
     fn run_timers(&mut self, now: Instant) {
@@ -802,6 +625,12 @@ impl EventLoop {
         }
         if let Some(count) = self.accept_failure_log.take_summary(now) {
             warn!("accepting failed or resumed {count} more times in the last second");
+        }
+        if let Some(count) = self.warning_log.take_summary(now) {
+            warn!(
+                "{count} more clients were disconnected as slow consumers or for over-long \
+                 lines in the last second (each has its own disconnect line)"
+            );
         }
     }
 
@@ -845,15 +674,15 @@ impl EventLoop {
         {
             return Some(Duration::ZERO);
         }
-        let finales_waiting = self.shutdown.as_ref().is_some_and(|s| !s.draining);
-        let tick =
-            (!self.draining.is_empty() || finales_waiting).then(|| Instant::now() + DRAIN_TICK);
+        let drain_tick = (!self.draining.is_empty()).then(|| Instant::now() + DRAIN_TICK);
         [
             self.accept_retry_at,
             self.next_stats_at,
-            tick,
+            drain_tick,
+            self.finales_wake_at(),
             self.refusal_log.summary_due_at(),
             self.accept_failure_log.summary_due_at(),
+            self.warning_log.summary_due_at(),
         ]
         .into_iter()
         .flatten()

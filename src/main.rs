@@ -55,8 +55,8 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = config::parse_seconds)]
     shutdown_timeout: Duration,
 
-    /// Log the counters every SECS seconds (0: only at shutdown)
-    #[arg(long, value_name = "SECS", default_value = "0", value_parser = config::parse_seconds)]
+    /// Log the counters every SECS seconds (0: only at shutdown; else at least 0.01)
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = config::parse_interval)]
     stats_interval: Duration,
 
     /// Probe a client that has been silent for SECS seconds (0 to 32767; 0: off) and drop it
@@ -104,6 +104,7 @@ fn run(args: Args) -> Result<Exit, ServerError> {
         tcp_keepalive: Duration::from_secs(args.tcp_keepalive),
     })?;
     check_descriptor_budget(config.max_clients);
+    check_batch_room(&config);
     EventLoop::bind(config)?.run()
 }
 
@@ -121,6 +122,21 @@ fn check_descriptor_budget(max_clients: usize) {
             }
         }
         Err(e) => warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
+/// Warns, once, when `--max-queue` leaves a batch so little room beyond one line that reads
+/// and fan-out crawl (a batch plus one line must fit in an empty queue).
+fn check_batch_room(config: &Config) {
+    const COMFORTABLE: usize = 4096;
+    if config.batch_limit() < COMFORTABLE {
+        warn!(
+            "--max-queue {} leaves only {} bytes for a batch of lines beyond one --max-line: \
+             reads and fan-out will take many small steps. Give --max-queue at least \
+             --max-line + 64KiB",
+            config.max_queue,
+            config.batch_limit()
+        );
     }
 }
 

@@ -60,8 +60,12 @@ impl StopSignals {
 pub struct Shutdown {
     /// When clients still holding output are reset.
     pub deadline: Instant,
+    /// When finales not handed out yet are dropped, leaving the rest of the time to drain.
+    pub finales_deadline: Instant,
     /// Clients whose input must still be framed and handed out, in order.
     pub finales: VecDeque<Finale>,
+    /// Since when the next batch of finales has waited for a client to make room.
+    pub blocked_since: Option<Instant>,
     /// Set once the finales are done and every client was told to drain.
     pub draining: bool,
 }

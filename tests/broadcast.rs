@@ -281,7 +281,10 @@ fn a_slow_reader_still_gets_everything() {
 #[test]
 fn ipv6_loopback_works() {
     if TcpListener::bind("[::1]:0").is_err() {
-        common::report_skip("ipv6_loopback_works", "this machine has no IPv6 loopback (::1)");
+        common::report_skip(
+            "ipv6_loopback_works",
+            "this machine has no IPv6 loopback (::1)",
+        );
         return;
     }
     let server = Server::start(&["--addr", "[::1]:0"]);
@@ -378,7 +381,7 @@ fn coalescing_delays_nothing_out_of_order_and_loses_nothing() {
     for receiver in &mut receivers {
         receiver.expect(&lines);
     }
-    // A lone line after a quiet spell goes out too (on the timer, not on more input).
+    // A lone line after a quiet spell goes out too (at once, without more input).
     sender.send(b"lone\n");
     for receiver in &mut receivers {
         receiver.expect(b"lone\n");

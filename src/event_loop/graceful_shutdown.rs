@@ -1,0 +1,260 @@
+//! The event loop's graceful shutdown, step by step: what happens between the first stop
+//! signal and the exit.
+//!
+//! 1. At the signal: stop accepting, and note for each open client how many bytes of its
+//!    input are already in the kernel (`FIONREAD`); input that arrives later is not taken.
+//! 2. Finales: that input, and each client's unfinished line (ended with a `\n`, after
+//!    reading what the kernel already holds of its end), is framed and handed out one batch
+//!    at a time, each batch once every client has room for it in its `--max-queue`; a
+//!    client that has had no room for `SHUTDOWN_PATIENCE` is not waited for (it gets the
+//!    batch like everyone else, and is a slow consumer if it overflows). So a reader that
+//!    keeps up gets every line, and memory stays within the same bounds as in normal running.
+//! 3. Drain: every client is flushed, shut down for writing and closed once it has
+//!    acknowledged everything, or reset at the deadline.
+//!
+//! Finales may use three quarters of `--shutdown-timeout`; what they have not handed out by
+//! then is dropped with a warning, so the drain always has time left.
+
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::Token;
+
+use super::{EventLoop, READ_BUDGET};
+use crate::connection::{ClientConnection, DisconnectReason, ReadEnd, ReadReport};
+use crate::shutdown::{Finale, Shutdown};
+
+/// How long the next batch of final lines waits for a client that has no room for it.
+pub(super) const SHUTDOWN_PATIENCE: Duration = Duration::from_millis(500);
+
+impl EventLoop {
+    /// Step 1: stops accepting and plans the finales (see the module doc).
+    pub(super) fn begin_shutdown(&mut self, signal: &str) {
+        let now = Instant::now();
+        let timeout = self.config.shutdown_timeout;
+        if let Some(mut listener) = self.listener.take()
+            && let Err(e) = self.poll.registry().deregister(&mut listener)
+        {
+            debug!("deregister listener: {e}");
+        }
+        self.accept_retry_at = None;
+        self.more_to_accept = false;
+        // From now on open clients are read only through their finales.
+        self.unfinished_readers.clear();
+        let mut finales: Vec<Finale> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| connection.is_open())
+            .map(|(&token, connection)| Finale {
+                token,
+                unread: connection.unread_input(),
+            })
+            .collect();
+        finales.sort_unstable_by_key(|finale| finale.token);
+        let unread: usize = finales.iter().map(|finale| finale.unread).sum();
+        let unfinished: usize = self
+            .connections
+            .values()
+            .filter(|connection| connection.is_open())
+            .map(ClientConnection::unfinished_line_len)
+            .sum();
+        let queued: usize = self.connections.values().map(|c| c.queued()).sum();
+        info!(
+            "received {signal}: shutting down, flushing {queued} bytes to {} clients and \
+             delivering {} bytes already received ({unfinished} in unfinished lines), for up \
+             to {:.1} s",
+            self.connections.len(),
+            unread + unfinished + self.batch.len(),
+            timeout.as_secs_f64()
+        );
+        self.shutdown = Some(Shutdown {
+            deadline: now + timeout,
+            finales_deadline: now + timeout.mul_f64(0.75),
+            finales: finales.into(),
+            blocked_since: None,
+            draining: false,
+        });
+    }
+
+    /// Moves a shutdown on, once per turn: hands out batches of final lines while every
+    /// client has room for them, then (finales done, or out of time) starts the drain.
+    pub(super) fn continue_shutdown(&mut self, now: Instant) {
+        let Some(shutdown) = &self.shutdown else {
+            return;
+        };
+        if shutdown.draining {
+            return;
+        }
+        let (finales_deadline, deadline) = (shutdown.finales_deadline, shutdown.deadline);
+        while self.finales_pending() {
+            if now >= finales_deadline {
+                self.drop_finales();
+                break;
+            }
+            if !self.may_hand_out_next_batch(now) {
+                return;
+            }
+            self.hand_out_finales();
+        }
+        self.begin_draining_everyone(deadline);
+    }
+
+    /// Whether input received before the stop signal still waits to be handed out.
+    pub(super) fn finales_pending(&self) -> bool {
+        self.shutdown
+            .as_ref()
+            .is_some_and(|s| !s.finales.is_empty())
+            || !self.leftover_lines.is_empty()
+    }
+
+    /// When a batch of final lines waits for a client to make room: the end of its patience.
+    pub(super) fn finales_wake_at(&self) -> Option<Instant> {
+        let shutdown = self.shutdown.as_ref()?;
+        let blocked_since = shutdown.blocked_since?;
+        Some((blocked_since + SHUTDOWN_PATIENCE).min(shutdown.finales_deadline))
+    }
+
+    /// Whether every open client has room in its queue for one more batch (with the line
+    /// that may complete it), or the batch has waited `SHUTDOWN_PATIENCE` for those without.
+    fn may_hand_out_next_batch(&mut self, now: Instant) -> bool {
+        let need = self.batch.limit() + self.config.max_line + 1;
+        let max_queue = self.config.max_queue;
+        let blocked = self
+            .connections
+            .values()
+            .any(|c| c.is_open() && c.queued().saturating_add(need) > max_queue);
+        let Some(shutdown) = &mut self.shutdown else {
+            return false;
+        };
+        if !blocked {
+            shutdown.blocked_since = None;
+            return true;
+        }
+        let since = *shutdown.blocked_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= SHUTDOWN_PATIENCE {
+            shutdown.blocked_since = None;
+            return true;
+        }
+        false
+    }
+
+    /// Frames finales into the batch until it is full or they are done, then hands it out:
+    /// each client's input received before the signal, then the rest of its unfinished line
+    /// if the kernel already has it, then what is still unfinished, with a `\n`.
+    fn hand_out_finales(&mut self) {
+        self.take_leftover_lines();
+        while let Some(&finale) = self.shutdown.as_ref().and_then(|s| s.finales.front()) {
+            let room = self.batch.room();
+            if room == 0 {
+                break;
+            }
+            let open = self
+                .connections
+                .get(&finale.token)
+                .is_some_and(ClientConnection::is_open);
+            if !open && finale.unread > 0 {
+                warn!(
+                    "{} bytes of input from token {} were not delivered: the client was \
+                     disconnected before its turn at shutdown",
+                    finale.unread, finale.token.0
+                );
+            }
+            let budget = finale.unread.min(room).min(READ_BUDGET);
+            let report = match budget {
+                _ if !open => None,
+                0 => Some(ReadReport {
+                    read: 0,
+                    framed: 0,
+                    lines: 0,
+                    end: ReadEnd::WouldBlock,
+                }),
+                _ => self.read_into_batch(finale.token, budget),
+            };
+            let unread = finale.unread - report.map_or(0, |r| r.read).min(finale.unread);
+            let finished = match report.map(|r| r.end) {
+                None => true,
+                Some(ReadEnd::BudgetSpent) if unread > 0 => false,
+                Some(ReadEnd::WouldBlock | ReadEnd::BudgetSpent) => {
+                    self.finish_unfinished_line(finale.token);
+                    true
+                }
+                Some(ReadEnd::Closed(DisconnectReason::LineTooLong)) => {
+                    self.reject_long_line(finale.token);
+                    true
+                }
+                Some(ReadEnd::Closed(reason)) => {
+                    self.close(finale.token, reason);
+                    true
+                }
+            };
+            if let Some(shutdown) = &mut self.shutdown {
+                if finished {
+                    shutdown.finales.pop_front();
+                } else if let Some(front) = shutdown.finales.front_mut() {
+                    front.unread = unread;
+                }
+            }
+        }
+        self.distribute();
+    }
+
+    /// Appends a client's unfinished line to the batch: first what the kernel already holds
+    /// of its end, then, if it is still unfinished, with a `\n`.
+    fn finish_unfinished_line(&mut self, token: Token) {
+        let max_line = self.config.max_line;
+        let Some(connection) = self.connections.get_mut(&token) else {
+            return;
+        };
+        let start = self.batch.len();
+        let longest = (connection.unfinished_line_len() + READ_BUDGET).min(max_line) + 1;
+        let out = self.batch.bytes_for(longest);
+        let mut lines = connection.read_rest_of_line(&mut self.scratch, max_line, out);
+        lines += connection.finish_partial_line(out);
+        self.batch.record(token, start, lines);
+        self.stats.bytes_in += (self.batch.len() - start) as u64;
+        self.stats.lines_in += lines as u64;
+    }
+
+    /// Finales ran out of time: says what is lost, if anything.
+    fn drop_finales(&mut self) {
+        let Some(shutdown) = &mut self.shutdown else {
+            return;
+        };
+        let finales = std::mem::take(&mut shutdown.finales);
+        let mut clients = 0;
+        let mut bytes: usize = self.leftover_lines.drain(..).map(|(_, l)| l.len()).sum();
+        for finale in &finales {
+            let held = finale.unread
+                + self
+                    .connections
+                    .get(&finale.token)
+                    .map_or(0, ClientConnection::unfinished_line_len);
+            if held > 0 {
+                clients += 1;
+                bytes += held;
+            }
+        }
+        if bytes > 0 {
+            warn!(
+                "shutdown ran out of time before delivering everything already received: \
+                 {bytes} bytes from {clients} clients dropped"
+            );
+        }
+    }
+
+    /// Step 3: every client drains until `deadline`.
+    fn begin_draining_everyone(&mut self, deadline: Instant) {
+        self.distribute();
+        if let Some(shutdown) = &mut self.shutdown {
+            shutdown.draining = true;
+        }
+        let tokens: Vec<Token> = self.connections.keys().copied().collect();
+        for token in tokens {
+            self.begin_drain(token, DisconnectReason::Shutdown, b"", deadline);
+            // Input that came after the signal is discarded, so that the close is a FIN
+            // (unread input would make it a reset, which can destroy output in flight).
+            self.on_readable(token);
+            self.on_writable(token);
+        }
+    }
+}
