@@ -1,20 +1,23 @@
 //! The load generator: one thread, one mio `Poll`, every client of a scenario.
 //!
-//! Senders write fixed-length lines at an offered rate, each starting with its send time
-//! (nanoseconds since the swarm's epoch, 16 hex digits). Readers count bytes (every line has
-//! the same length, so lines = bytes / length) and take one latency sample per read: the first
-//! complete line of the chunk, which is the oldest line in it, so the reported latencies lean
-//! pessimistic. Parsing every line would make the generator, not the server, the bottleneck.
+//! Senders write fixed-length lines (see `line`) at an offered rate, round-robin over the
+//! senders so the load is spread evenly, in 1 ms ticks (mio's poll timeout is whole
+//! milliseconds): at 5,000 lines/s each tick writes 5 lines. Every reader checks every line it
+//! receives (see `receive`) and times it from the kernel's arrival timestamp (see `net`).
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::histogram::Histogram;
-use crate::target::{Target, thread_cpu_time};
+use crate::line::{self, Header};
+use crate::net::{enable_rx_timestamps, quick_ack, recv_stamped, wall_ns};
+use crate::receive::{Expect, Receiver, Tally};
+use crate::target::{Target, thread_cpu_time, thread_cpu_wait};
 
 /// What a client of the swarm does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,133 +30,261 @@ pub enum Role {
     Stuck,
 }
 
+/// One client connection of the swarm.
 struct Peer {
     stream: TcpStream,
     role: Role,
-    /// Bytes read since the last reset.
+    /// Its checks on what it receives.
+    receiver: Receiver,
+    /// Bytes read over the swarm's lifetime (warm-up waits until each reader has some).
     bytes_in: u64,
-    /// Total bytes read mod the line length: where the next line starts.
-    phase: usize,
     /// Set when the server closed or reset the connection.
     closed_at: Option<Instant>,
     /// Lines generated but not yet taken by the kernel.
     out: Vec<u8>,
     out_sent: usize,
-    lines_sent: u64,
+}
+
+/// What to offer in one measured run.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    /// Lines per second, over all senders together.
+    pub rate: f64,
+    /// How long lines are offered: the send phase.
+    pub duration: Duration,
+    /// How long after the send phase to wait for lines still on their way.
+    pub drain: Duration,
 }
 
 /// The result of one measured run.
-#[derive(Clone, Default)]
 pub struct Outcome {
-    pub offered_rate: f64,
+    pub load: Load,
+    /// Deliveries each line should make: the clients other than its sender that read.
+    pub recipients: u64,
+    /// Deliveries the lines offered in the send phase should have made.
     pub expected: u64,
-    pub delivered: u64,
-    pub latency: Histogram,
-    /// Readers and senders the server disconnected.
+    /// What the readers received: distinct lines (a line to 100 readers counts 100), faults,
+    /// latencies.
+    pub tally: Tally,
+    /// Readers and senders the server disconnected (stuck clients are not counted).
     pub disconnected: usize,
     /// When (since the run started) each stuck client was disconnected.
     pub stuck_dropped_after: Vec<Duration>,
+    /// The send phase as it happened (the first pass at or past `load.duration`).
     pub send_phase: Duration,
-    /// The whole run: send phase plus drain (the span the CPU times cover).
-    pub wall: Duration,
-    pub loadgen_cpu: Duration,
-    pub server_cpu: Duration,
+    /// From the start of the send phase to the read of the last line counted in `tally`:
+    /// the span delivery rates are computed over.
+    pub counted_span: Duration,
+    /// CPU used during the send phase, by the generator and by the server.
+    pub loadgen_cpu_send: Duration,
+    pub server_cpu_send: Duration,
+    /// Server CPU over the whole run, drain included: all the work for `tally.delivered`.
+    pub server_cpu_total: Duration,
+    /// Time the generator and the server were runnable but waiting for their CPU during the
+    /// send phase: other processes on a shared machine.
+    pub loadgen_wait: Duration,
+    pub server_wait: Duration,
     pub rss_start: u64,
     pub rss_max: u64,
     pub rss_end: u64,
-    /// The generator could not hand its lines to the server (its send backlog grew).
+    /// The server stopped reading a sender: lines the kernel would not take piled up past
+    /// `MAX_BACKLOG` in the generator (TCP flow control pushing back from the server).
     pub backlogged: bool,
-    /// Lines found where the stream should have had a line boundary.
-    pub misaligned: u64,
+    /// The generator could not even generate the offered lines on time.
+    pub behind: bool,
 }
+
+/// Generator CPU during the send phase at or above this means the generator, not the
+/// server, may be what limits the run.
+pub const GENERATOR_SATURATED_PCT: f64 = 95.0;
+/// Waiting for a CPU longer than this share of the send phase means the machine was busy
+/// with something else: the run's figures are not the servers' alone.
+pub const CONTENDED_PCT: f64 = 5.0;
 
 impl Outcome {
-    pub fn loss(&self) -> f64 {
-        if self.expected == 0 {
-            return 0.0;
-        }
-        self.expected.saturating_sub(self.delivered) as f64 / self.expected as f64
+    pub fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.tally.delivered)
     }
 
-    pub fn deliveries_per_sec(&self) -> f64 {
-        self.delivered as f64 / self.send_phase.as_secs_f64().max(1e-9)
+    /// Lost lines as a fraction of the expected deliveries.
+    pub fn loss(&self) -> f64 {
+        self.lost() as f64 / self.expected.max(1) as f64
+    }
+
+    /// The rate asked for, in deliveries per second.
+    pub fn offered_deliveries_per_sec(&self) -> f64 {
+        self.load.rate * self.recipients as f64
+    }
+
+    /// Deliveries counted over the span they were counted in (send start → last arrival).
+    pub fn achieved_deliveries_per_sec(&self) -> f64 {
+        self.tally.delivered as f64 / self.counted_span.as_secs_f64().max(1e-9)
+    }
+
+    pub fn server_cpu_pct(&self) -> f64 {
+        percent(self.server_cpu_send, self.send_phase)
+    }
+
+    pub fn loadgen_cpu_pct(&self) -> f64 {
+        percent(self.loadgen_cpu_send, self.send_phase)
+    }
+
+    /// Server CPU per delivery, drain included.
+    pub fn server_ns_per_delivery(&self) -> f64 {
+        self.server_cpu_total.as_nanos() as f64 / self.tally.delivered.max(1) as f64
+    }
+
+    /// The generator was saturated or could not generate the offered lines on time, or
+    /// other processes took the CPUs: the run measures the generator (or the machine) at
+    /// least as much as the server.
+    pub fn generator_limited(&self) -> bool {
+        self.loadgen_cpu_pct() >= GENERATOR_SATURATED_PCT || self.behind || self.contended()
+    }
+
+    /// The generator or the server waited for its CPU more than `CONTENDED_PCT` of the
+    /// send phase.
+    pub fn contended(&self) -> bool {
+        let waited = self.loadgen_wait.max(self.server_wait);
+        percent(waited, self.send_phase) > CONTENDED_PCT
+    }
+
+    /// Latency quantile in milliseconds (NaN when nothing arrived).
+    pub fn latency_ms(&self, quantile: f64) -> f64 {
+        quantile_ms(&self.tally.latency, quantile)
+    }
+
+    /// Dups, reorderings, cut lines: faults a correct server never has.
+    pub fn integrity_faults(&self) -> u64 {
+        self.tally.duplicates + self.tally.reordered + self.tally.malformed
     }
 }
 
-/// A generator backlog past this means the server is not keeping up with the offered rate.
-const MAX_BACKLOG: usize = 4 << 20;
+/// A histogram quantile (µs) in milliseconds; `quantile` 1.0 is the maximum.
+pub fn quantile_ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    if histogram.is_empty() {
+        return f64::NAN;
+    }
+    let us = if quantile >= 1.0 {
+        histogram.max()
+    } else {
+        histogram.value_at_quantile(quantile)
+    };
+    us as f64 / 1000.0
+}
+
+fn percent(part: Duration, whole: Duration) -> f64 {
+    100.0 * part.as_secs_f64() / whole.as_secs_f64().max(1e-9)
+}
+
+/// What was measured at the end of the send phase.
+#[derive(Default)]
+struct SendEnd {
+    elapsed: Duration,
+    server_cpu: Duration,
+    loadgen_cpu: Duration,
+    loadgen_wait: Duration,
+    server_wait: Duration,
+    /// Deliveries owed for the lines written in the send phase.
+    expected: u64,
+}
+
+/// A sender backlog past this means the server is not reading the offered lines.
+pub const MAX_BACKLOG: usize = 4 << 20;
+/// Reads of one socket per visit; a socket with more left is visited again next pass, so
+/// one flooded reader cannot starve the others (or the senders' schedule).
+const MAX_READS_PER_VISIT: usize = 16;
+const READ_BUF_LEN: usize = 256 * 1024;
 
 /// All clients of a scenario.
 pub struct Swarm {
     poll: Poll,
     events: Events,
     peers: Vec<Peer>,
-    /// Indices of the senders in `peers`: the per-pass work touches only them.
+    /// Peer index of each sender, by sender id.
     senders: Vec<usize>,
-    /// Reused list of (peer, hung up) from the last poll.
-    ready: Vec<(usize, bool)>,
-    epoch: Instant,
+    /// Lines each sender has written so far, by sender id: its next sequence number.
+    sent: Vec<u32>,
     line_len: usize,
     template: Vec<u8>,
     read_buf: Vec<u8>,
-    latency: Histogram,
-    misaligned: u64,
+    tally: Tally,
+    /// Peers whose last visit stopped at `MAX_READS_PER_VISIT` with data left.
+    unfinished: Vec<usize>,
+    /// Reused list of (peer, hung up) for one pass.
+    ready: Vec<(usize, bool)>,
+    /// Readers ACK everything at once after each read (`--quickack`).
+    quickack: bool,
 }
 
 impl Swarm {
-    pub fn new(line_len: usize) -> Swarm {
-        assert!(line_len >= 32, "lines carry a 26-byte header");
-        let mut template = vec![b'x'; line_len];
-        template[line_len - 1] = b'\n';
-        Swarm {
-            poll: Poll::new().expect("create poll"),
+    /// An empty swarm whose lines are `line_len` bytes long. With `quickack` its readers
+    /// re-arm `TCP_QUICKACK` after every read, as a latency-sensitive client would: a server
+    /// that leaves Nagle on (ncat) then no longer waits out the readers' delayed ACKs.
+    pub fn new(line_len: usize, quickack: bool) -> Result<Swarm, String> {
+        if line_len < line::MIN_LINE_LEN {
+            return Err(format!("lines need at least {} bytes", line::MIN_LINE_LEN));
+        }
+        Ok(Swarm {
+            poll: Poll::new().map_err(|e| format!("cannot create a poll: {e}"))?,
             events: Events::with_capacity(4096),
             peers: Vec::new(),
             senders: Vec::new(),
-            ready: Vec::new(),
-            epoch: Instant::now(),
+            sent: Vec::new(),
             line_len,
-            template,
-            read_buf: vec![0; 256 * 1024],
-            latency: Histogram::default(),
-            misaligned: 0,
-        }
+            template: line::template(line_len),
+            read_buf: vec![0; READ_BUF_LEN + line_len],
+            tally: Tally::default(),
+            unfinished: Vec::new(),
+            ready: Vec::new(),
+            quickack,
+        })
     }
 
     /// Connects `count` clients with `role`; fails if the server stops accepting.
     pub fn connect(&mut self, addr: SocketAddr, role: Role, count: usize) -> Result<(), String> {
         for _ in 0..count {
+            let n = self.peers.len() + 1;
+            let fail = |e: std::io::Error| format!("connection {n} failed: {e}");
             let std_stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-                .map_err(|e| format!("connection {} failed: {e}", self.peers.len() + 1))?;
-            std_stream.set_nodelay(true).map_err(|e| e.to_string())?;
-            std_stream
-                .set_nonblocking(true)
-                .map_err(|e| e.to_string())?;
+                .map_err(fail)?;
+            // Senders must not sit on lines (Nagle): their send time is stamped when written.
+            std_stream.set_nodelay(true).map_err(fail)?;
+            std_stream.set_nonblocking(true).map_err(fail)?;
+            if role != Role::Stuck {
+                enable_rx_timestamps(&std_stream).map_err(fail)?;
+            }
             let mut stream = TcpStream::from_std(std_stream);
-            let token = Token(self.peers.len());
             let interest = match role {
                 Role::Sender => Interest::READABLE | Interest::WRITABLE,
                 Role::Reader | Role::Stuck => Interest::READABLE,
             };
             self.poll
                 .registry()
-                .register(&mut stream, token, interest)
-                .map_err(|e| e.to_string())?;
-            if role == Role::Sender {
-                self.senders.push(self.peers.len());
-            }
+                .register(&mut stream, Token(self.peers.len()), interest)
+                .map_err(fail)?;
+            let sender = (role == Role::Sender).then(|| self.add_sender());
             self.peers.push(Peer {
                 stream,
                 role,
+                receiver: Receiver::new(sender, &self.sent),
                 bytes_in: 0,
-                phase: 0,
                 closed_at: None,
                 out: Vec::new(),
                 out_sent: 0,
-                lines_sent: 0,
             });
         }
         Ok(())
+    }
+
+    /// Registers the next peer as a sender; every reader starts expecting its lines.
+    fn add_sender(&mut self) -> u32 {
+        let id = self.senders.len() as u32;
+        self.senders.push(self.peers.len());
+        self.sent.push(0);
+        for peer in &mut self.peers {
+            peer.receiver.add_sender();
+        }
+        id
     }
 
     pub fn len(&self) -> usize {
@@ -161,15 +292,15 @@ impl Swarm {
     }
 
     /// Makes sure the server has registered every client: the first sender repeats a line
-    /// until every reader has one, then the swarm waits for quiet and forgets the counts.
+    /// until every reader has one; then the swarm waits for quiet and starts counting afresh.
     pub fn warm_up(&mut self) -> Result<(), String> {
-        let sender = *self.senders.first().ok_or("no sender")?;
+        let probe = *self.senders.first().ok_or("no sender")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut next_probe = Instant::now();
         loop {
             let now = Instant::now();
             if now >= next_probe {
-                self.queue_lines(sender, 1, now);
+                self.queue_line(0, wall_ns());
                 next_probe = now + Duration::from_millis(50);
             }
             self.flush_senders();
@@ -181,7 +312,7 @@ impl Swarm {
                 .peers
                 .iter()
                 .enumerate()
-                .all(|(i, p)| i == sender || p.role == Role::Stuck || p.bytes_in > 0);
+                .all(|(i, p)| i == probe || p.role == Role::Stuck || p.bytes_in > 0);
             if everyone {
                 break;
             }
@@ -189,129 +320,154 @@ impl Swarm {
                 return Err("warm-up: not every client received a line in 30 s".into());
             }
         }
-        // Quiet: nothing arrives for 100 ms.
+        self.wait_for_quiet()?;
+        self.tally = Tally::default();
+        for peer in &mut self.peers {
+            peer.receiver.restart(&self.sent);
+        }
+        Ok(())
+    }
+
+    /// Reads until nothing has arrived for 100 ms (at most 10 s).
+    fn wait_for_quiet(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
         let mut last_total = u64::MAX;
         while last_total != self.total_bytes_in() {
+            if Instant::now() > deadline {
+                return Err("warm-up: traffic did not stop within 10 s".into());
+            }
             last_total = self.total_bytes_in();
             let until = Instant::now() + Duration::from_millis(100);
             while Instant::now() < until {
                 self.poll_once(Duration::from_millis(10));
             }
         }
-        for peer in &mut self.peers {
-            peer.bytes_in = 0;
-            peer.lines_sent = 0;
-        }
         Ok(())
     }
 
-    /// Offers `rate` lines/s (spread over the senders) for `duration`, then reads for up to
-    /// `drain` until everything expected arrived.
-    pub fn run(
-        &mut self,
-        target: &Target,
-        rate: f64,
-        duration: Duration,
-        drain: Duration,
-    ) -> Outcome {
-        let senders = self.senders.clone();
-        let mut outcome = Outcome {
-            offered_rate: rate,
-            rss_start: target.rss_bytes(),
-            ..Outcome::default()
-        };
-        self.latency = Histogram::default();
-        self.misaligned = 0;
-        let cpu_server = target.cpu_time();
-        let cpu_self = thread_cpu_time();
-        let start = Instant::now();
-        let mut next_rss = start;
+    /// Offers `load`, then reads for up to `load.drain` until every expected line arrived.
+    pub fn run(&mut self, target: &Target, load: Load) -> Outcome {
+        let sent_before = self.sent.clone();
+        let server_cpu_start = target.cpu_time();
+        let loadgen_cpu_start = thread_cpu_time();
+        let waits_start = (thread_cpu_wait(), target.cpu_wait());
+        let rss_start = target.rss_bytes();
+        let mut rss_max = rss_start;
+        let mut stuck_dropped_after = Vec::new();
+        let mut backlogged = false;
         let mut generated = 0u64;
         let mut turn = 0usize;
+        let mut send_end: Option<SendEnd> = None;
+        let start = Instant::now();
+        let mut next_rss = start;
         loop {
             let now = Instant::now();
             let elapsed = now - start;
             if now >= next_rss {
-                let rss = target.rss_bytes();
-                outcome.rss_max = outcome.rss_max.max(rss);
+                rss_max = rss_max.max(target.rss_bytes());
                 next_rss = now + Duration::from_millis(100);
             }
-            let sending = elapsed < duration;
-            if sending {
-                let due = (rate * elapsed.as_secs_f64()) as u64;
-                // At most 1,000 lines per sender per pass, so reading is never starved.
-                let batch = (due - generated.min(due)).min(1000 * senders.len() as u64);
-                for _ in 0..batch {
-                    let sender = senders[turn % senders.len()];
-                    turn += 1;
-                    self.queue_lines(sender, 1, now);
-                }
-                generated += batch;
-            } else if outcome.send_phase.is_zero() {
-                outcome.send_phase = elapsed;
+            if elapsed < load.duration {
+                generated += self.generate(load.rate, elapsed, generated, &mut turn);
+            } else if send_end.is_none() {
+                send_end = Some(SendEnd {
+                    elapsed,
+                    server_cpu: target.cpu_time().saturating_sub(server_cpu_start),
+                    loadgen_cpu: thread_cpu_time().saturating_sub(loadgen_cpu_start),
+                    loadgen_wait: thread_cpu_wait().saturating_sub(waits_start.0),
+                    server_wait: target.cpu_wait().saturating_sub(waits_start.1),
+                    expected: self.expected_since(&sent_before),
+                });
             }
             self.flush_senders();
-            if self
-                .peers
-                .iter()
-                .any(|p| p.out.len() - p.out_sent > MAX_BACKLOG)
-            {
-                outcome.backlogged = true;
-            }
-            let wait = if sending {
-                let next_due = Duration::from_secs_f64((generated + 1) as f64 / rate);
+            backlogged |= self.backlog() > MAX_BACKLOG;
+            // While generation is paused by a backlog, nothing is due: don't spin.
+            let wait = if elapsed < load.duration && self.backlog() <= MAX_BACKLOG {
+                let next_due = Duration::from_secs_f64((generated + 1) as f64 / load.rate);
                 next_due
                     .saturating_sub(elapsed)
                     .min(Duration::from_millis(1))
             } else {
                 Duration::from_millis(1)
             };
-            let stuck_closed = self.poll_once(wait);
-            for _ in 0..stuck_closed {
-                outcome.stuck_dropped_after.push(now - start);
+            for _ in 0..self.poll_once(wait) {
+                stuck_dropped_after.push(now - start);
             }
-            if !sending {
-                let expected = self.expected_deliveries();
-                if self.delivered() >= expected || elapsed >= duration + drain {
-                    break;
-                }
+            if let Some(end) = &send_end
+                && (self.tally.delivered >= end.expected || elapsed >= load.duration + load.drain)
+            {
+                break;
             }
         }
-        outcome.wall = start.elapsed();
-        outcome.expected = self.expected_deliveries();
-        outcome.delivered = self.delivered();
-        outcome.latency = std::mem::take(&mut self.latency);
-        outcome.misaligned = self.misaligned;
-        outcome.disconnected = self
-            .peers
-            .iter()
-            .filter(|p| p.role != Role::Stuck && p.closed_at.is_some())
-            .count();
-        outcome.loadgen_cpu = thread_cpu_time() - cpu_self;
-        outcome.server_cpu = target.cpu_time().saturating_sub(cpu_server);
-        outcome.rss_end = target.rss_bytes();
-        outcome.rss_max = outcome.rss_max.max(outcome.rss_end);
-        outcome
+        let end = send_end.unwrap_or_default();
+        let send_phase = end.elapsed;
+        let rss_end = target.rss_bytes();
+        let tally = std::mem::take(&mut self.tally);
+        let counted_span = tally.last_arrival.map_or(send_phase, |t| t - start);
+        Outcome {
+            load,
+            recipients: self.readers().saturating_sub(1),
+            expected: end.expected,
+            tally,
+            disconnected: self
+                .peers
+                .iter()
+                .filter(|p| p.role != Role::Stuck && p.closed_at.is_some())
+                .count(),
+            stuck_dropped_after,
+            send_phase,
+            counted_span,
+            loadgen_cpu_send: end.loadgen_cpu,
+            server_cpu_send: end.server_cpu,
+            server_cpu_total: target.cpu_time().saturating_sub(server_cpu_start),
+            loadgen_wait: end.loadgen_wait,
+            server_wait: end.server_wait,
+            rss_start,
+            rss_max: rss_max.max(rss_end),
+            rss_end,
+            backlogged,
+            // Lines held back by a backlog are the server's doing, not the generator's.
+            behind: !backlogged
+                && (generated as f64) < 0.99 * load.rate * load.duration.as_secs_f64() - 1.0,
+        }
     }
 
-    /// Appends `count` lines stamped with `now` to a sender's output.
-    fn queue_lines(&mut self, sender: usize, count: usize, now: Instant) {
-        let stamp = now.duration_since(self.epoch).as_nanos() as u64;
-        let peer = &mut self.peers[sender];
+    /// Queues the lines due by `elapsed` that are not generated yet, round-robin over the
+    /// senders; at most 10 ms worth per pass, so a slow pass cannot starve reading, and
+    /// none while a sender is backlogged, so memory stays bounded (the run is then flagged).
+    fn generate(&mut self, rate: f64, elapsed: Duration, generated: u64, turn: &mut usize) -> u64 {
+        if self.backlog() > MAX_BACKLOG {
+            return 0;
+        }
+        let due = (rate * elapsed.as_secs_f64()) as u64;
+        let cap = (rate / 100.0).max(1.0) as u64;
+        let batch = due.saturating_sub(generated).min(cap);
+        let now_ns = wall_ns();
+        for _ in 0..batch {
+            let sender = *turn % self.senders.len();
+            *turn += 1;
+            self.queue_line(sender as u32, now_ns);
+        }
+        batch
+    }
+
+    /// Appends one line from `sender`, stamped `sent_ns`, to its output.
+    fn queue_line(&mut self, sender: u32, sent_ns: u64) {
+        let seq = self.sent[sender as usize];
+        self.sent[sender as usize] += 1;
+        let peer = &mut self.peers[self.senders[sender as usize]];
         if peer.out_sent == peer.out.len() {
             peer.out.clear();
             peer.out_sent = 0;
         }
-        for _ in 0..count {
-            let start = peer.out.len();
-            peer.out.extend_from_slice(&self.template);
-            let line = &mut peer.out[start..];
-            write_hex(&mut line[..16], stamp);
-            line[16] = b' ';
-            write_hex(&mut line[17..25], peer.lines_sent);
-            line[25] = b' ';
-            peer.lines_sent += 1;
-        }
+        let start = peer.out.len();
+        peer.out.extend_from_slice(&self.template);
+        let header = Header {
+            sent_ns,
+            sender,
+            seq,
+        };
+        line::stamp(&mut peer.out[start..], header);
     }
 
     /// Hands each sender's pending lines to the kernel, as far as it takes them.
@@ -329,14 +485,28 @@ impl Swarm {
         }
     }
 
+    /// The largest send backlog of any sender, in bytes.
+    fn backlog(&self) -> usize {
+        self.senders
+            .iter()
+            .map(|&i| self.peers[i].out.len() - self.peers[i].out_sent)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Waits up to `timeout` for events and reads every readable client; returns how many
     /// stuck clients the server closed in this pass.
     fn poll_once(&mut self, timeout: Duration) -> usize {
+        let timeout = if self.unfinished.is_empty() {
+            timeout
+        } else {
+            Duration::ZERO
+        };
         if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
+            // Only EINTR is plausible; anything else is a bug in the generator.
             assert_eq!(e.kind(), ErrorKind::Interrupted, "poll failed: {e}");
             return 0;
         }
-        let mut stuck_closed = 0;
         let mut ready = std::mem::take(&mut self.ready);
         ready.clear();
         ready.extend(
@@ -344,6 +514,8 @@ impl Swarm {
                 .iter()
                 .map(|e| (e.token().0, e.is_read_closed() || e.is_error())),
         );
+        ready.extend(self.unfinished.drain(..).map(|index| (index, false)));
+        let mut stuck_closed = 0;
         for &(index, hung_up) in &ready {
             let peer = &mut self.peers[index];
             if peer.closed_at.is_some() {
@@ -356,87 +528,94 @@ impl Swarm {
                 }
                 continue;
             }
-            self.read_peer(index, hung_up);
+            if !self.read_peer(index, hung_up) {
+                self.unfinished.push(index);
+            }
         }
         self.ready = ready;
         stuck_closed
     }
 
-    /// Reads one client until the kernel has nothing more, sampling one latency per read.
-    /// A read shorter than the buffer drained the socket (new data will raise a new edge),
-    /// unless the peer also hung up, when reading on finds the end of the stream.
-    fn read_peer(&mut self, index: usize, hung_up: bool) {
-        let line_len = self.line_len;
-        loop {
-            let peer = &mut self.peers[index];
-            let n = match peer.stream.read(&mut self.read_buf) {
-                Ok(0) => {
+    /// Reads one client until the kernel has nothing more (or the per-visit cap), checking
+    /// every line; returns false if data may be left. A read shorter than the buffer drained
+    /// the socket: with edge-triggered epoll any later segment raises a new event, so the
+    /// extra read that would return `WouldBlock` is skipped — unless the peer hung up, when
+    /// reading on finds the end of the stream.
+    fn read_peer(&mut self, index: usize, hung_up: bool) -> bool {
+        let Swarm {
+            peers,
+            read_buf,
+            tally,
+            sent,
+            line_len,
+            quickack,
+            ..
+        } = self;
+        let peer = &mut peers[index];
+        for _ in 0..MAX_READS_PER_VISIT {
+            let carried = peer.receiver.carried().len();
+            read_buf[..carried].copy_from_slice(peer.receiver.carried());
+            let room = read_buf.len() - carried;
+            let (n, stamp) = match recv_stamped(peer.stream.as_raw_fd(), &mut read_buf[carried..]) {
+                Ok((0, _)) => {
                     peer.closed_at = Some(Instant::now());
-                    return;
+                    return true;
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Ok(read) => read,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => {
                     peer.closed_at = Some(Instant::now());
-                    return;
+                    return true;
                 }
             };
-            let first = (line_len - peer.phase) % line_len;
             peer.bytes_in += n as u64;
-            peer.phase = (peer.phase + n) % line_len;
-            let chunk = &self.read_buf[..n];
-            if first + line_len <= n {
-                let line = &chunk[first..first + line_len];
-                match parse_hex(&line[..16]) {
-                    Some(stamp) if line[line_len - 1] == b'\n' => {
-                        let sent = self.epoch + Duration::from_nanos(stamp);
-                        self.latency
-                            .record(Instant::now().saturating_duration_since(sent));
-                    }
-                    _ => self.misaligned += 1,
-                }
+            if *quickack {
+                // Best effort: a socket that refuses it just keeps delaying its ACKs.
+                let _ = quick_ack(peer.stream.as_raw_fd());
             }
-            if n < self.read_buf.len() && !hung_up {
-                return;
+            let read_ns = wall_ns();
+            let arrival_ns = stamp.unwrap_or_else(|| {
+                tally.reads_without_kernel_time += 1;
+                read_ns
+            });
+            let expect = Expect {
+                line_len: *line_len,
+                sent,
+                arrival_ns,
+            };
+            let delivered_before = tally.delivered;
+            let lines = peer.receiver.scan(&read_buf[..carried + n], &expect, tally);
+            let lag_us = read_ns.saturating_sub(arrival_ns) / 1000;
+            tally.read_lag.saturating_record_n(lag_us, lines);
+            if tally.delivered > delivered_before {
+                tally.last_arrival = Some(Instant::now());
+            }
+            if n < room && !hung_up {
+                return true;
             }
         }
+        false
     }
 
     fn total_bytes_in(&self) -> u64 {
         self.peers.iter().map(|p| p.bytes_in).sum()
     }
 
-    /// Lines the readers should have: each sender's lines, once per other non-stuck client.
-    fn expected_deliveries(&self) -> u64 {
-        let readers = self.peers.iter().filter(|p| p.role != Role::Stuck).count() as u64;
-        self.peers
+    /// Clients that read (all but the stuck ones).
+    fn readers(&self) -> u64 {
+        self.peers.iter().filter(|p| p.role != Role::Stuck).count() as u64
+    }
+
+    /// Deliveries owed for the lines written since `before`: each line once to every other
+    /// client that reads.
+    fn expected_since(&self, before: &[u32]) -> u64 {
+        let lines: u64 = self
+            .sent
             .iter()
-            .filter(|p| p.role == Role::Sender)
-            .map(|p| p.lines_sent * (readers - 1))
-            .sum()
+            .zip(before)
+            .map(|(&now, &then)| u64::from(now - then))
+            .sum();
+        lines * self.readers().saturating_sub(1)
     }
-
-    fn delivered(&self) -> u64 {
-        self.peers
-            .iter()
-            .filter(|p| p.role != Role::Stuck)
-            .map(|p| p.bytes_in / self.line_len as u64)
-            .sum()
-    }
-}
-
-fn write_hex(out: &mut [u8], mut value: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in out.iter_mut().rev() {
-        *byte = DIGITS[(value & 0xf) as usize];
-        value >>= 4;
-    }
-}
-
-fn parse_hex(digits: &[u8]) -> Option<u64> {
-    digits.iter().try_fold(0u64, |acc, &d| {
-        let v = (d as char).to_digit(16)?;
-        Some(acc << 4 | u64::from(v))
-    })
 }

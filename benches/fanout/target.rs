@@ -1,5 +1,6 @@
 //! The servers under test: broadcast-server (release build) and `ncat --broker`, each started
-//! on a free loopback port, pinned to one core, and watched through /proc (RSS, CPU time).
+//! on a free loopback port, pinned to one core, and watched through /proc (RSS) and its
+//! CPU-time clock.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -7,9 +8,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// Which server to start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
+    /// This crate's release binary.
+    #[value(name = "broadcast-server")]
     BroadcastServer,
+    /// `ncat --broker` (nmap's ncat), when installed.
     Ncat,
 }
 
@@ -43,12 +47,14 @@ pub struct Target {
     /// ncat broadcasts its stdin too and hangs up on everyone when it ends: keep it open.
     _stdin: Option<ChildStdin>,
     pub addr: SocketAddr,
+    /// The process's CPU-time clock (`clock_getcpuclockid`), if the kernel gave one.
+    cpu_clock: Option<libc::clockid_t>,
 }
 
 impl Target {
     /// Starts `kind` with `extra` flags (broadcast-server only) and waits until it accepts.
-    pub fn start(kind: Kind, extra: &[&str]) -> Target {
-        let addr = free_port();
+    pub fn start(kind: Kind, extra: &[&str]) -> Result<Target, String> {
+        let addr = free_port()?;
         let mut command = Command::new("taskset");
         command.args(["-c", &SERVER_CPU.to_string()]);
         match kind {
@@ -61,15 +67,8 @@ impl Target {
             Kind::Ncat => {
                 // ncat refuses more than 100 clients unless told otherwise.
                 let port = addr.port().to_string();
-                command.args([
-                    "ncat",
-                    "--broker",
-                    "--max-conns",
-                    "20000",
-                    "--listen",
-                    "127.0.0.1",
-                    &port,
-                ]);
+                command.args(["ncat", "--broker", "--max-conns", "20000"]);
+                command.args(["--listen", "127.0.0.1", &port]);
             }
         }
         let mut child = command
@@ -77,30 +76,35 @@ impl Target {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start the server under taskset");
+            .map_err(|e| format!("cannot start {} under taskset: {e}", kind.name()))?;
         let stdin = child.stdin.take();
+        // taskset execs the server, so the child's pid is the server's.
+        let cpu_clock = process_cpu_clock(child.id());
         let mut target = Target {
             child,
             _stdin: stdin,
             addr,
+            cpu_clock,
         };
-        target.wait_until_listening();
-        target
+        target.wait_until_listening()?;
+        Ok(target)
     }
 
-    fn wait_until_listening(&mut self) {
+    fn wait_until_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(self.addr).is_err() {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("server exited at start: {status}");
+                return Err(format!("the server exited at start: {status}"));
             }
-            assert!(
-                Instant::now() < deadline,
-                "server did not listen on {}",
-                self.addr
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the server did not listen on {} in 10 s",
+                    self.addr
+                ));
+            }
             thread::sleep(Duration::from_millis(5));
         }
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
@@ -119,8 +123,20 @@ impl Target {
             .map_or(0, |kib| kib * 1024)
     }
 
-    /// CPU time (user + system) used so far.
+    /// CPU time (user + system) used so far: from the process's CPU-time clock (ns), or from
+    /// /proc/PID/stat (10 ms ticks) if that clock is unavailable.
     pub fn cpu_time(&self) -> Duration {
+        self.cpu_clock
+            .and_then(read_clock)
+            .unwrap_or_else(|| self.cpu_time_from_stat())
+    }
+
+    /// Time the server has spent runnable but waiting for a CPU (another process had it).
+    pub fn cpu_wait(&self) -> Duration {
+        schedstat_wait(&format!("/proc/{}/schedstat", self.pid()))
+    }
+
+    fn cpu_time_from_stat(&self) -> Duration {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())) else {
             return Duration::ZERO;
         };
@@ -146,9 +162,28 @@ impl Drop for Target {
 }
 
 /// A loopback address with a port that was free a moment ago.
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-    listener.local_addr().expect("probe address")
+fn free_port() -> Result<SocketAddr, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|e| format!("cannot find a free loopback port: {e}"))
+}
+
+/// The CPU-time clock of process `pid`.
+fn process_cpu_clock(pid: u32) -> Option<libc::clockid_t> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: clock_getcpuclockid writes one clockid_t into a live local.
+    let rc = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+    (rc == 0).then_some(clock)
+}
+
+fn read_clock(clock: libc::clockid_t) -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into a live local.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 /// Pins the calling thread to `cpu`.
@@ -158,25 +193,49 @@ pub fn pin_current_thread(cpu: usize) {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
             eprintln!("note: could not pin the load generator to CPU {cpu}");
         }
     }
 }
 
-/// CPU time used by the calling thread.
+/// CPU time used by the calling thread (ns resolution).
 pub fn thread_cpu_time() -> Duration {
-    // SAFETY: getrusage writes one rusage into a live local.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    read_clock(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or_default()
 }
 
-/// Raises this process's descriptor limit to its hard limit; returns the new soft limit.
+/// Time the calling thread has spent runnable but waiting for a CPU.
+pub fn thread_cpu_wait() -> Duration {
+    schedstat_wait("/proc/thread-self/schedstat")
+}
+
+/// The run-queue wait (second field, ns) of a schedstat file; zero if it cannot be read.
+fn schedstat_wait(path: &str) -> Duration {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1)?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
+/// Raises this process's soft descriptor limit to its hard limit (10,000 idle clients need
+/// more than the usual 1,024); returns the soft limit now in force.
 pub fn raise_fd_limit() -> u64 {
-    broadcast_server::fd_limit::raise_to_hard_limit().unwrap_or(1024)
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a live local; setrlimit only reads one.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    limit.rlim_cur
 }
