@@ -393,13 +393,7 @@ fn an_unterminated_line_already_read_is_delivered_even_when_its_sender_resets() 
     let server = Server::start(&["-vv"]);
     let mut receiver = server.connect();
     let mut sender = server.connect();
-    let token = server
-        .wait_for_log(&format!("client {} connected (token ", sender.local_addr()))
-        .rsplit("(token ")
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .to_string();
+    let token = server.token_of(&sender);
     sender.send(b"cut short");
     // The server has the bytes (they left the kernel) before the reset can discard them.
     server.wait_for_log(&format!("token {token}: read 9 bytes, 0 lines"));

@@ -307,13 +307,7 @@ fn a_client_is_read_at_most_one_budget_per_turn() {
     let mut server = Server::start(&["-vv", "--coalesce-us", "0", "--max-line", "1MiB"]);
     let mut receiver = server.connect();
     let mut sender = server.connect();
-    let token = server
-        .wait_for_log(&format!("client {} connected (token ", sender.local_addr()))
-        .rsplit("(token ")
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .to_string();
+    let token = server.token_of(&sender);
     let line = [vec![b'r'; 100_000], vec![b'\n']].concat();
     server.signal(libc::SIGSTOP);
     sender.send(&line);

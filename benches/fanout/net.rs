@@ -21,34 +21,24 @@ pub fn wall_ns() -> u64 {
 
 /// Asks the kernel to stamp each segment `socket` receives with its arrival time.
 pub fn enable_rx_timestamps(socket: &impl AsRawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt reads one c_int from a live local; the fd is open (borrowed).
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    set_flag(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS)
 }
 
 /// Makes the kernel ACK what `fd` has received at once instead of delaying the ACK. Linux
 /// clears the flag again by itself, so a reader that wants it re-arms it after every read.
 pub fn quick_ack(fd: RawFd) -> io::Result<()> {
+    set_flag(fd, libc::IPPROTO_TCP, libc::TCP_QUICKACK)
+}
+
+/// Turns on a boolean socket option.
+fn set_flag(fd: RawFd, level: libc::c_int, option: libc::c_int) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: setsockopt reads one c_int from a live local; fd is an open socket.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
+            level,
+            option,
             (&on as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )

@@ -150,6 +150,16 @@ impl Server {
         client
     }
 
+    /// The token the server gave `client` (from its `connected (token N)` log line).
+    pub fn token_of(&self, client: &Client) -> String {
+        self.wait_for_log(&format!("client {} connected (token ", client.local_addr()))
+            .rsplit("(token ")
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(')')
+            .to_string()
+    }
+
     /// Connects `n` clients, waiting for all of them to be registered.
     pub fn connect_many(&self, n: usize) -> Vec<Client> {
         let clients: Vec<Client> = (0..n).map(|_| Client::connect_raw(self.addr)).collect();
