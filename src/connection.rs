@@ -571,3 +571,68 @@ fn enable_keepalive(stream: &TcpStream, idle: Duration) -> io::Result<()> {
             .with_retries(KEEPALIVE_PROBES),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair on loopback: our side as a client connection, and the peer.
+    fn pair() -> (ClientConnection, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, addr) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let connection =
+            ClientConnection::register(TcpStream::from_std(ours), addr, poll.registry(), Token(9))
+                .unwrap();
+        (connection, peer)
+    }
+
+    #[test]
+    fn more_slices_than_iov_max_go_out_whole_and_in_order() {
+        let (mut connection, mut peer) = pair();
+        let bytes: Vec<u8> = (0..3 * IOV_MAX + 7).map(|i| (i % 251) as u8).collect();
+        let mut slices: Vec<IoSlice<'_>> = bytes.chunks(1).map(IoSlice::new).collect();
+        let sent = connection.send(&mut slices, 1 << 20);
+        assert_eq!(sent.failure, None);
+        assert_eq!(sent.written + connection.queued(), bytes.len());
+        connection.flush().expect("flush");
+        let mut got = vec![0; bytes.len()];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(got, bytes);
+    }
+
+    #[test]
+    fn a_send_that_would_pass_max_queue_queues_nothing_and_says_slow_consumer() {
+        let (mut connection, _peer) = pair();
+        let chunk = vec![b'q'; 1 << 20];
+        let mut total_queued = 0;
+        // Fill the kernel's buffers until output has to wait here.
+        for _ in 0..64 {
+            let sent = connection.send(&mut [IoSlice::new(&chunk)], 8 << 20);
+            assert_eq!(sent.failure, None);
+            total_queued = connection.queued();
+            if total_queued > 0 {
+                break;
+            }
+        }
+        assert!(total_queued > 0, "the kernel took 64 MiB without a reader");
+        let sent = connection.send(&mut [IoSlice::new(&chunk)], total_queued + 10);
+        assert!(matches!(
+            sent.failure,
+            Some(DisconnectReason::SlowConsumer { .. })
+        ));
+        assert_eq!(connection.queued(), total_queued, "nothing was queued");
+    }
+
+    #[test]
+    fn discarding_queued_lines_keeps_the_line_being_sent() {
+        let (mut connection, _peer) = pair();
+        connection
+            .write_buf
+            .extend(b"rest of a line\nnext\nand more\n");
+        connection.discard_queued_lines();
+        assert_eq!(connection.write_buf.make_contiguous(), b"rest of a line\n");
+    }
+}
