@@ -295,23 +295,27 @@ impl ClientConnection {
         max_line: usize,
         lines_out: &mut Vec<u8>,
     ) -> usize {
-        if self.framer.pending() == 0 || !self.is_open() {
-            return 0;
-        }
-        // One byte more than the line may still hold: its newline, or the proof it is too long.
-        let want = (max_line + 1 - self.framer.pending()).min(scratch.len());
-        let n = loop {
-            match self.stream.read(&mut scratch[..want]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return 0, // nothing more is coming: the line ends here
+        while self.framer.pending() > 0 && self.is_open() {
+            // One byte more than the line may still hold: its newline, or the proof that it
+            // is too long. In all, at most --max-line + 1 bytes are read.
+            let want = (max_line + 1 - self.framer.pending()).min(scratch.len());
+            let n = match self.stream.read(&mut scratch[..want]) {
+                Ok(0) => return 0, // the client closed: the line ends here
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return 0, // nothing more yet (WouldBlock) or ever: it ends here
+            };
+            let end = memchr::memchr(b'\n', &scratch[..n]).map_or(n, |newline| newline + 1);
+            // Grow exactly: this runs once per closing client, and the caller's buffer has
+            // a size bound to keep.
+            lines_out.reserve_exact(self.framer.pending() + end);
+            match self.framer.push(&scratch[..end], max_line, lines_out) {
+                Ok(0) => {}
+                Ok(lines) => return lines,
+                Err(_) => return 0, // past --max-line: never broadcast, like any such line
             }
-        };
-        let end = memchr::memchr(b'\n', &scratch[..n]).map_or(n, |newline| newline + 1);
-        // Past --max-line it is never broadcast, like any over-long line.
-        self.framer
-            .push(&scratch[..end], max_line, lines_out)
-            .unwrap_or_default()
+        }
+        0
     }
 
     /// The input stream ended, cleanly or not: an unfinished line still goes out, with a
@@ -493,6 +497,17 @@ impl ClientConnection {
         };
     }
 
+    /// Brings a leaving client's deadline forward to `deadline` if that is sooner.
+    pub fn shorten_deadline(&mut self, deadline: Instant) {
+        if let Phase::Draining {
+            deadline: ref mut own,
+            ..
+        } = self.phase
+        {
+            *own = (*own).min(deadline);
+        }
+    }
+
     /// Bytes of the unfinished line held for the client.
     pub fn unfinished_line_len(&self) -> usize {
         self.framer.pending()
@@ -624,6 +639,46 @@ mod tests {
             Some(DisconnectReason::SlowConsumer { .. })
         ));
         assert_eq!(connection.queued(), total_queued, "nothing was queued");
+    }
+
+    #[test]
+    fn the_rest_of_a_line_is_read_across_reads_and_no_further() {
+        use std::io::Write as _;
+        let (mut connection, mut peer) = pair();
+        let mut scratch = vec![0; 64 * 1024];
+        let mut out = Vec::new();
+        peer.write_all(b"start-").unwrap();
+        // Wait (bounded) until the bytes are readable, then frame them as an unfinished line.
+        for _ in 0..1000 {
+            if connection.unread_input() > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let report = connection.read_until_would_block(&mut scratch, 1 << 20, &mut out);
+        assert_eq!((report.lines, connection.unfinished_line_len()), (0, 6));
+        // The rest is longer than one read (but fits the receive window), and more input
+        // follows it.
+        let rest = vec![b'r'; 90_000];
+        peer.write_all(&rest).unwrap();
+        peer.write_all(b"\nnext line\n").unwrap();
+        for _ in 0..1000 {
+            if connection.unread_input() >= rest.len() + 11 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(
+            connection.read_rest_of_line(&mut scratch, 1 << 20, &mut out),
+            1
+        );
+        assert_eq!(out.len(), 6 + rest.len() + 1);
+        assert!(out.starts_with(b"start-r") && out.ends_with(b"r\n"));
+        assert_eq!(connection.unfinished_line_len(), 0);
+        assert_eq!(
+            connection.read_rest_of_line(&mut scratch, 1 << 20, &mut out),
+            0
+        );
     }
 
     #[test]

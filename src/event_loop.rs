@@ -212,7 +212,7 @@ impl EventLoop {
     /// earlier go out first, so that a line reaches exactly the clients connected when it
     /// was framed.
     fn accept_all(&mut self) {
-        self.distribute();
+        self.distribute_everything_framed();
         self.more_to_accept = false;
         while let Some(listener) = &self.listener {
             if self.accept_budget == 0 {
@@ -238,6 +238,18 @@ impl EventLoop {
                     return;
                 }
             }
+        }
+    }
+
+    /// Hands out the batch and every kept unfinished line (a batch at a time), so that none
+    /// reaches a client accepted after it.
+    fn distribute_everything_framed(&mut self) {
+        loop {
+            self.distribute();
+            if self.leftover_lines.is_empty() || self.shutdown.is_some() {
+                return;
+            }
+            self.take_leftover_lines();
         }
     }
 
@@ -331,6 +343,10 @@ impl EventLoop {
             ReadEnd::WouldBlock => {}
             ReadEnd::BudgetSpent => self.unfinished_readers.push(token),
             ReadEnd::Closed(DisconnectReason::LineTooLong) => self.reject_long_line(token),
+            // A leaving client that half-closes may still be reading what it is owed: keep
+            // flushing until it has everything or its deadline (its writes fail if it is
+            // really gone).
+            ReadEnd::Closed(DisconnectReason::ClientClosed) if !open => {}
             ReadEnd::Closed(reason) => self.close(token, reason),
         }
     }
@@ -411,6 +427,8 @@ impl EventLoop {
             return;
         };
         if !connection.is_open() {
+            // Already leaving (e.g. lingering after an ERR): no later than this deadline.
+            connection.shorten_deadline(deadline);
             return;
         }
         connection.begin_drain(reason, farewell, deadline, self.config.max_queue);
@@ -521,17 +539,17 @@ impl EventLoop {
         let Some(mut connection) = self.connections.remove(&token) else {
             return;
         };
-        // A client that was already being sent away is counted for why it was sent away,
-        // even if it hung up before we were done with it.
+        // A client that was being sent away and then closed is counted for why it was sent
+        // away; a failure (reset, timeout) is counted as what it is.
         let reason = match connection.phase() {
             Phase::Draining {
                 reason: sent_away, ..
             } => {
                 self.leaving -= 1;
-                if reason.abandons_output() {
-                    reason
-                } else {
+                if reason == DisconnectReason::ClientClosed {
                     sent_away
+                } else {
+                    reason
                 }
             }
             Phase::Open => {
@@ -542,7 +560,9 @@ impl EventLoop {
         if let Err(e) = connection.deregister(self.poll.registry()) {
             debug!("token {}: deregister: {e}", token.0);
         }
-        if reason.abandons_output()
+        // Output dropped here makes the close a reset, so the client can tell it was cut
+        // (a FIN would look like the clean end of its stream).
+        if (reason.abandons_output() || connection.queued() > 0)
             && let Err(e) = connection.reset_on_close()
         {
             debug!("token {}: SO_LINGER: {e}", token.0);

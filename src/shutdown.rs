@@ -7,7 +7,7 @@
 //! reading a "pending" flag keeps two quick Ctrl-C's two signals: the second one forces the
 //! exit even when both arrive before the loop looks.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, Read};
 use std::time::Instant;
 
@@ -66,6 +66,9 @@ pub struct Shutdown {
     pub finales: VecDeque<Finale>,
     /// Since when the next batch of finales has waited for a client to make room.
     pub blocked_since: Option<Instant>,
+    /// Clients that had no room for a batch for the whole patience: not waited for again
+    /// (`--max-queue` judges them).
+    pub not_waited_for: HashSet<Token>,
     /// Set once the finales are done and every client was told to drain.
     pub draining: bool,
 }

@@ -8,8 +8,6 @@ use std::collections::HashSet;
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,93 +23,104 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// Reads from `stream` until EOF into a shared counter-reporting buffer, as fast as it can.
-fn read_all(mut stream: TcpStream, progress: Arc<AtomicUsize>) -> Vec<u8> {
+/// Reads from `stream` as fast as it can until EOF.
+fn read_all(mut stream: TcpStream) -> Vec<u8> {
     let mut all = Vec::new();
     let mut buf = vec![0; 256 * 1024];
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     loop {
         match stream.read(&mut buf) {
             Ok(0) => return all,
-            Ok(n) => {
-                all.extend_from_slice(&buf[..n]);
-                progress.store(all.len(), Ordering::Release);
-            }
+            Ok(n) => all.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => panic!("reader failed after {} bytes: {e}", all.len()),
         }
     }
 }
 
-#[test]
-fn shutdown_hands_many_unfinished_lines_to_readers_that_keep_up_in_bounded_chunks() {
-    const SENDERS: usize = 300;
-    const LINE: usize = 60_000;
-    let mut server = Server::start(&["--max-queue", "128KiB", "--shutdown-timeout", "25"]);
-    let readers = server.connect_many(3);
-    let mut senders = server.connect_many(SENDERS);
+/// Has each of `senders` send one unfinished line of `len` bytes (distinct contents), and
+/// waits until the server's kernel has acknowledged them all; returns the lines as they
+/// must be delivered (with a `\n`).
+fn send_unfinished_lines(senders: &mut [Client], len: usize) -> HashSet<Vec<u8>> {
     let mut expected = HashSet::new();
     for (i, sender) in senders.iter_mut().enumerate() {
         let mut line = format!("{i:05}").into_bytes();
-        line.resize(LINE, b'a' + (i % 26) as u8);
+        line.resize(len, b'a' + (i % 26) as u8);
         sender.send(&line);
         line.push(b'\n');
         expected.insert(line);
     }
-    // Every unfinished line is at the server (its kernel acknowledged every byte).
-    for sender in &senders {
+    for sender in senders.iter() {
         wait_until("the server's kernel has every line", || {
             unacknowledged_output(&sender.stream) == 0
         });
     }
+    expected
+}
+
+/// Sends SIGTERM while `readers` read as fast as they can; asserts each got exactly the
+/// `expected` lines, whole and once, then a clean end ("server shutdown"), that no final
+/// line was dropped, and exit 0.
+fn shut_down_and_expect(mut server: Server, readers: &[Client], expected: &HashSet<Vec<u8>>) {
     let reading: Vec<_> = readers
         .iter()
         .map(|reader| {
             let stream = reader.stream.try_clone().unwrap();
-            thread::spawn(move || read_all(stream, Arc::new(AtomicUsize::new(0))))
+            thread::spawn(move || read_all(stream))
         })
         .collect();
     server.signal(libc::SIGTERM);
     for (reader, reading) in readers.iter().zip(reading) {
-        let Ok(got) = reading.join() else {
+        let mine = || {
             let log = server.log_text();
-            let mine: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains(&reader.local_addr().to_string()) || l.contains("shut"))
-                .collect();
-            panic!("a reader failed; its log:\n{}", mine.join("\n"));
+            let addr = reader.local_addr().to_string();
+            log.lines()
+                .filter(|l| l.contains(&addr) || l.contains("shut") || l.contains("dropped"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let Ok(got) = reading.join() else {
+            panic!("a reader failed; log:\n{}", mine());
         };
         let lines: Vec<&[u8]> = got.split_inclusive(|&b| b == b'\n').collect();
-        if lines.len() != SENDERS {
-            let log = server.log_text();
-            let tail: Vec<&str> = log
-                .lines()
-                .filter(|l| {
-                    l.contains("(token 3)")
-                        || l.contains("(token 4)")
-                        || l.contains("(token 5)")
-                        || l.contains("shutting")
-                })
-                .collect();
-            panic!(
-                "{} lines, {} bytes; log tail:\n{}",
-                lines.len(),
-                got.len(),
-                tail.join("\n")
-            );
-        }
         let distinct: HashSet<Vec<u8>> = lines.iter().map(|l| l.to_vec()).collect();
         assert!(
-            distinct == expected,
-            "a reader got cut, changed or repeated lines"
+            lines.len() == expected.len() && distinct == *expected,
+            "a reader got {} lines ({} bytes), not the {} expected, whole and once; log:\n{}",
+            lines.len(),
+            got.len(),
+            expected.len(),
+            mine()
         );
         let log = server.wait_for_disconnect(reader.local_addr());
         assert!(log.ends_with("server shutdown"), "{log}");
     }
     assert_eq!(server.wait_exit().code(), Some(0));
     let log = server.final_log();
-    assert!(!log.contains("timed out"), "the drain ran out of time");
-    drop(senders);
+    assert!(!log.contains("dropped"), "final lines were dropped:\n{log}");
+}
+
+#[test]
+fn shutdown_hands_many_unfinished_lines_to_readers_that_keep_up_in_bounded_chunks() {
+    let server = Server::start(&["--max-queue", "128KiB", "--shutdown-timeout", "25"]);
+    let readers = server.connect_many(3);
+    let mut senders = server.connect_many(300);
+    let expected = send_unfinished_lines(&mut senders, 60_000);
+    shut_down_and_expect(server, &readers, &expected);
+}
+
+#[test]
+fn a_client_without_room_holds_the_final_lines_up_once_not_per_batch() {
+    // With --max-line 4MiB a batch needs about 4.3 MB of room in a queue, so a client that
+    // never reads, with megabytes queued, has none (nor have the senders, which never read
+    // either). They may hold the final lines up for one patience (500 ms), not once per
+    // batch: 32 batches would need far more than the 3 of the 4 s the finales get.
+    let server = Server::start(&["--max-line", "4MiB", "--shutdown-timeout", "4"]);
+    let (_stuck, _) = stuck_client_behind(&server, 6 << 20);
+    let readers = server.connect_many(2);
+    let mut senders = server.connect_many(40);
+    let expected = send_unfinished_lines(&mut senders, 200_000);
+    shut_down_and_expect(server, &readers, &expected);
 }
 
 #[test]
@@ -218,6 +227,38 @@ fn a_zero_shutdown_timeout_exits_at_once_resetting_clients_still_behind() {
     idle.stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut buf = [0; 16];
     assert_eq!(idle.stream.read(&mut buf).expect("a FIN, not a reset"), 0);
+}
+
+#[test]
+fn a_client_that_half_closes_while_draining_still_gets_everything() {
+    // More than the kernel's buffers hold, so that most of it waits in the server's queue.
+    let mut server = Server::start(&["--shutdown-timeout", "20", "--max-queue", "64MiB"]);
+    let mut slow = server.connect();
+    slow.set_receive_buffer(64 * 1024);
+    let mut fast = server.connect();
+    let sender = server.connect();
+    let lines = common::numbered_lines(&"h".repeat(100), 200_000); // 20 MB
+    let writer = sender.stream.try_clone().unwrap();
+    let to_send = lines.clone();
+    let sending = thread::spawn(move || {
+        let mut writer = writer;
+        std::io::Write::write_all(&mut writer, &to_send).unwrap();
+    });
+    fast.expect(&lines); // so the rest is queued for `slow`
+    sending.join().unwrap();
+    server.signal(libc::SIGTERM);
+    server.wait_for_log("received SIGTERM");
+    // Done sending, still reading: the drain goes on (no cut, no reset).
+    slow.half_close();
+    let got = slow.read_to_eof();
+    assert_eq!(got.len(), lines.len());
+    assert!(got == lines);
+    assert!(
+        server
+            .wait_for_disconnect(slow.local_addr())
+            .ends_with("server shutdown")
+    );
+    assert_eq!(server.wait_exit().code(), Some(0));
 }
 
 /// Runs the binary with `args`, which it must refuse; returns (exit code, stderr).

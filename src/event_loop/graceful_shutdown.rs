@@ -6,15 +6,17 @@
 //! 2. Finales: that input, and each client's unfinished line (ended with a `\n`, after
 //!    reading what the kernel already holds of its end), is framed and handed out one batch
 //!    at a time, each batch once every client has room for it in its `--max-queue`; a
-//!    client that has had no room for `SHUTDOWN_PATIENCE` is not waited for (it gets the
-//!    batch like everyone else, and is a slow consumer if it overflows). So a reader that
-//!    keeps up gets every line, and memory stays within the same bounds as in normal running.
+//!    client that has had no room for `SHUTDOWN_PATIENCE` is not waited for again (it gets
+//!    the batches like everyone else, and is a slow consumer if it overflows). So a reader
+//!    that keeps up gets every line, and memory stays within the same bounds as in normal
+//!    running.
 //! 3. Drain: every client is flushed, shut down for writing and closed once it has
 //!    acknowledged everything, or reset at the deadline.
 //!
 //! Finales may use three quarters of `--shutdown-timeout`; what they have not handed out by
 //! then is dropped with a warning, so the drain always has time left.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -39,8 +41,11 @@ impl EventLoop {
         }
         self.accept_retry_at = None;
         self.more_to_accept = false;
-        // From now on open clients are read only through their finales.
-        self.unfinished_readers.clear();
+        // From now on open clients are read only through their finales; leaving clients
+        // still need their reads (to discard input and notice a close).
+        let connections = &self.connections;
+        self.unfinished_readers
+            .retain(|token| connections.get(token).is_some_and(|c| !c.is_open()));
         let mut finales: Vec<Finale> = self
             .connections
             .iter()
@@ -72,6 +77,7 @@ impl EventLoop {
             finales_deadline: now + timeout.mul_f64(0.75),
             finales: finales.into(),
             blocked_since: None,
+            not_waited_for: HashSet::new(),
             draining: false,
         });
     }
@@ -109,29 +115,37 @@ impl EventLoop {
 
     /// When a batch of final lines waits for a client to make room: the end of its patience.
     pub(super) fn finales_wake_at(&self) -> Option<Instant> {
-        let shutdown = self.shutdown.as_ref()?;
+        let shutdown = self.shutdown.as_ref().filter(|s| !s.draining)?;
         let blocked_since = shutdown.blocked_since?;
         Some((blocked_since + SHUTDOWN_PATIENCE).min(shutdown.finales_deadline))
     }
 
     /// Whether every open client has room in its queue for one more batch (with the line
-    /// that may complete it), or the batch has waited `SHUTDOWN_PATIENCE` for those without.
+    /// that may complete it). A client without room is waited for `SHUTDOWN_PATIENCE`, once:
+    /// after that it is not waited for again.
     fn may_hand_out_next_batch(&mut self, now: Instant) -> bool {
         let need = self.batch.limit() + self.config.max_line + 1;
         let max_queue = self.config.max_queue;
-        let blocked = self
-            .connections
-            .values()
-            .any(|c| c.is_open() && c.queued().saturating_add(need) > max_queue);
         let Some(shutdown) = &mut self.shutdown else {
             return false;
         };
-        if !blocked {
+        let blocking: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(token, c)| {
+                c.is_open()
+                    && c.queued().saturating_add(need) > max_queue
+                    && !shutdown.not_waited_for.contains(token)
+            })
+            .map(|(&token, _)| token)
+            .collect();
+        if blocking.is_empty() {
             shutdown.blocked_since = None;
             return true;
         }
         let since = *shutdown.blocked_since.get_or_insert(now);
         if now.saturating_duration_since(since) >= SHUTDOWN_PATIENCE {
+            shutdown.not_waited_for.extend(blocking);
             shutdown.blocked_since = None;
             return true;
         }
@@ -174,6 +188,9 @@ impl EventLoop {
             let finished = match report.map(|r| r.end) {
                 None => true,
                 Some(ReadEnd::BudgetSpent) if unread > 0 => false,
+                // The read filled the batch: the line's end goes in the next one, so that
+                // the batch stays within its bound.
+                Some(ReadEnd::WouldBlock | ReadEnd::BudgetSpent) if self.batch.room() == 0 => false,
                 Some(ReadEnd::WouldBlock | ReadEnd::BudgetSpent) => {
                     self.finish_unfinished_line(finale.token);
                     true
@@ -206,8 +223,7 @@ impl EventLoop {
             return;
         };
         let start = self.batch.len();
-        let longest = (connection.unfinished_line_len() + READ_BUDGET).min(max_line) + 1;
-        let out = self.batch.bytes_for(longest);
+        let out = self.batch.bytes_for(connection.unfinished_line_len() + 1);
         let mut lines = connection.read_rest_of_line(&mut self.scratch, max_line, out);
         lines += connection.finish_partial_line(out);
         self.batch.record(token, start, lines);
@@ -221,6 +237,7 @@ impl EventLoop {
             return;
         };
         let finales = std::mem::take(&mut shutdown.finales);
+        shutdown.blocked_since = None;
         let mut clients = 0;
         let mut bytes: usize = self.leftover_lines.drain(..).map(|(_, l)| l.len()).sum();
         for finale in &finales {
@@ -251,10 +268,11 @@ impl EventLoop {
         let tokens: Vec<Token> = self.connections.keys().copied().collect();
         for token in tokens {
             self.begin_drain(token, DisconnectReason::Shutdown, b"", deadline);
-            // Input that came after the signal is discarded, so that the close is a FIN
-            // (unread input would make it a reset, which can destroy output in flight).
-            self.on_readable(token);
             self.on_writable(token);
+            // Input that came after the signal is read (next turn) and discarded, so that
+            // the close is a FIN: unread input would make it a reset, which can destroy
+            // output in flight.
+            self.unfinished_readers.push(token);
         }
     }
 }
