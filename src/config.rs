@@ -7,6 +7,10 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use crate::bridge::{self, BridgeSettings};
+
+/// The NATS subject used when `--nats-subject` is not given.
+pub const DEFAULT_NATS_SUBJECT: &str = "broadcast-server.lines";
 /// Address used when `--addr` is not given.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 /// Longest line a client may send, in bytes, not counting its `\n`.
@@ -60,6 +64,8 @@ pub struct Config {
     pub stats_interval: Option<Duration>,
     /// Idle time before keepalive probes start; `None` turns keepalive off.
     pub tcp_keepalive: Option<Duration>,
+    /// The NATS bridge, when `--nats` is given.
+    pub nats: Option<BridgeSettings>,
 }
 
 /// The values `Config::new` checks, as given on the command line.
@@ -74,6 +80,9 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub stats_interval: Duration,
     pub tcp_keepalive: Duration,
+    /// `--nats`: comma-separated URLs, or `None`.
+    pub nats: Option<String>,
+    pub nats_subject: String,
 }
 
 impl Default for Settings {
@@ -88,6 +97,8 @@ impl Default for Settings {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             stats_interval: Duration::ZERO,
             tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
+            nats: None,
+            nats_subject: DEFAULT_NATS_SUBJECT.to_string(),
         }
     }
 }
@@ -99,6 +110,8 @@ pub enum ConfigError {
     BadAddr { addr: String, why: String },
     /// A limit that must be positive was zero.
     Zero { flag: &'static str },
+    /// `--nats` or `--nats-subject` cannot be used.
+    BadNats { why: String },
     /// `--max-queue` cannot hold a full line with its newline and more.
     QueueNotLargerThanLine { max_queue: usize, max_line: usize },
 }
@@ -112,6 +125,7 @@ impl fmt::Display for ConfigError {
                  localhost:0 or [::1]:8080)"
             ),
             ConfigError::Zero { flag } => write!(f, "{flag} must be at least 1"),
+            ConfigError::BadNats { why } => write!(f, "invalid --nats: {why}"),
             ConfigError::QueueNotLargerThanLine {
                 max_queue,
                 max_line,
@@ -146,6 +160,11 @@ impl Config {
             });
         }
         let addrs = resolve_addr(&settings.addr)?;
+        let nats = settings
+            .nats
+            .as_deref()
+            .map(|urls| nats_settings(urls, &settings.nats_subject))
+            .transpose()?;
         Ok(Config {
             addrs,
             echo: settings.echo,
@@ -159,6 +178,7 @@ impl Config {
             stats_interval: Some(settings.stats_interval.min(MAX_DURATION))
                 .filter(|d| !d.is_zero()),
             tcp_keepalive: Some(settings.tcp_keepalive.min(MAX_KEEPALIVE)).filter(|d| !d.is_zero()),
+            nats,
         })
     }
 
@@ -169,6 +189,25 @@ impl Config {
     pub fn batch_limit(&self) -> usize {
         BATCH_LIMIT.min(self.max_queue - self.max_line - 1)
     }
+}
+
+/// Checks the NATS URLs and subject.
+fn nats_settings(urls: &str, subject: &str) -> Result<BridgeSettings, ConfigError> {
+    let (servers, credentials) =
+        bridge::parse_servers(urls).map_err(|why| ConfigError::BadNats { why })?;
+    if subject.is_empty() || subject.contains(char::is_whitespace) {
+        return Err(ConfigError::BadNats {
+            why: format!(
+                "--nats-subject '{subject}' must be a NATS subject: no spaces, not empty \
+                 (e.g. {DEFAULT_NATS_SUBJECT})"
+            ),
+        });
+    }
+    Ok(BridgeSettings {
+        servers,
+        credentials,
+        subject: subject.to_string(),
+    })
 }
 
 /// Turns `HOST:PORT` into the socket addresses to try, the way `TcpListener::bind` would.

@@ -17,6 +17,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use crate::batch::Batch;
+use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::connection::{self, ClientConnection, DisconnectReason, Phase, ReadEnd, ReadReport};
 use crate::error::ServerError;
@@ -30,7 +31,12 @@ use crate::stats::Stats;
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const HOLD_TIMER: Token = Token(2);
-const FIRST_CLIENT: usize = 3;
+/// The NATS bridge's waker: lines from other instances are waiting.
+const BRIDGE: Token = Token(3);
+const FIRST_CLIENT: usize = 4;
+/// The sender recorded for lines that came from NATS: no client has it, so every client
+/// receives them, and they are never published again.
+const FROM_NATS: Token = Token(usize::MAX);
 
 /// Most bytes taken from one client per turn, so that a firehose cannot starve the others.
 pub const READ_BUDGET: usize = 64 * 1024;
@@ -101,6 +107,8 @@ pub struct EventLoop {
     shutdown: Option<Shutdown>,
     stats: Stats,
     next_stats_at: Option<Instant>,
+    /// The NATS bridge, with `--nats`.
+    bridge: Option<Bridge>,
     /// Refusals of a full server, accept failures, and warnings about misbehaving clients
     /// (slow consumers, over-long lines) are logged at most once a second each, then summed.
     refusal_log: RateLimit,
@@ -122,8 +130,16 @@ impl EventLoop {
             StopSignals::register(poll.registry(), SIGNALS).map_err(ServerError::Signals)?;
         let hold_timer =
             HoldTimer::register(poll.registry(), HOLD_TIMER).map_err(ServerError::Poll)?;
+        let bridge = match &config.nats {
+            Some(settings) => {
+                let waker = mio::Waker::new(poll.registry(), BRIDGE).map_err(ServerError::Poll)?;
+                Some(Bridge::start(settings.clone(), waker).map_err(ServerError::Poll)?)
+            }
+            None => None,
+        };
         info!("listening on {local_addr}");
         Ok(EventLoop {
+            bridge,
             poll,
             listener: Some(listener),
             local_addr,
@@ -187,7 +203,7 @@ impl EventLoop {
                 break Exit::Graceful;
             }
         };
-        info!("{}", self.stats);
+        info!("{}", self.stats_line());
         Ok(exit)
     }
 
@@ -197,6 +213,7 @@ impl EventLoop {
             match event.token() {
                 LISTENER => self.accept_all(),
                 HOLD_TIMER => self.hold_timer.acknowledge(),
+                BRIDGE => self.take_lines_from_nats(),
                 SIGNALS => {
                     if let Some(exit) = self.on_signals() {
                         return Some(exit);
@@ -485,6 +502,10 @@ impl EventLoop {
         }
         self.hand_outs += 1;
         let id = self.hand_outs;
+        if !self.config.echo || self.bridge.is_some() {
+            self.batch.index_senders();
+        }
+        self.publish_local_lines();
         let mut hand_out = HandOut {
             registry: self.poll.registry(),
             max_queue: self.config.max_queue,
@@ -492,7 +513,6 @@ impl EventLoop {
             doomed: &mut self.doomed,
         };
         if !self.config.echo {
-            self.batch.index_senders();
             let mut slices = Vec::new();
             for share in self.batch.senders() {
                 let token = share.sender();
@@ -531,6 +551,59 @@ impl EventLoop {
                 );
             }
             self.close(token, reason);
+        }
+    }
+
+    /// Hands this hand-out's local lines (not those that came from NATS) to the bridge:
+    /// one copy, one non-blocking send. Call after `Batch::index_senders`.
+    fn publish_local_lines(&self) {
+        let Some(bridge) = &self.bridge else {
+            return;
+        };
+        match self
+            .batch
+            .senders()
+            .find(|share| share.sender() == FROM_NATS)
+        {
+            None => bridge.publish(&[self.batch.whole()], self.batch.lines()),
+            Some(remote) => {
+                let parts: Vec<&[u8]> = remote.parts().collect();
+                if !parts.is_empty() {
+                    bridge.publish(&parts, remote.lines_for_sender());
+                }
+            }
+        }
+    }
+
+    /// Appends the lines other instances published (through the bridge) to the batch, as
+    /// from no client: every client gets them. Each is a whole line; one longer than our
+    /// `--max-line` is dropped, so the batch keeps its bound.
+    fn take_lines_from_nats(&mut self) {
+        let max_line = self.config.max_line;
+        while let Some(message) = self.bridge.as_ref().and_then(Bridge::take_received) {
+            for line in message.split_inclusive(|&b| b == b'\n') {
+                if line.len() > max_line + 1 {
+                    debug!(
+                        "nats: dropped a line of {} bytes, over --max-line",
+                        line.len()
+                    );
+                    continue;
+                }
+                if self.batch.room() < line.len() {
+                    self.distribute();
+                }
+                let start = self.batch.len();
+                self.batch.bytes_for(line.len()).extend_from_slice(line);
+                self.batch.record(FROM_NATS, start, 1);
+            }
+        }
+    }
+
+    /// The stats line, with the bridge's counters when there is one.
+    fn stats_line(&self) -> String {
+        match &self.bridge {
+            Some(bridge) => format!("{} {}", self.stats, bridge.counters().summary()),
+            None => self.stats.to_string(),
         }
     }
 
@@ -633,7 +706,7 @@ impl EventLoop {
         if let (Some(at), Some(every)) = (self.next_stats_at, self.config.stats_interval)
             && at <= now
         {
-            info!("{}", self.stats);
+            info!("{}", self.stats_line());
             self.next_stats_at = Some(now + every);
         }
         if let Some(count) = self.refusal_log.take_summary(now) {

@@ -7,6 +7,7 @@
 //! [`Config`] and reports errors.
 
 pub mod batch;
+pub mod bridge;
 pub mod config;
 pub mod connection;
 pub mod error;

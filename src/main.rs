@@ -69,6 +69,16 @@ struct Args {
     )]
     tcp_keepalive: u64,
 
+    /// Join a NATS bus so that every instance on the same subject forms one broadcast:
+    /// nats://HOST:PORT, several comma-separated for one cluster, credentials as
+    /// nats://USER:PASS@HOST:PORT or nats://TOKEN@HOST:PORT
+    #[arg(long, value_name = "URLS")]
+    nats: Option<String>,
+
+    /// The NATS subject of the broadcast (instances on another subject are another broadcast)
+    #[arg(long, value_name = "SUBJECT", default_value = config::DEFAULT_NATS_SUBJECT)]
+    nats_subject: String,
+
     /// More log output (-v: debug, -vv: trace); RUST_LOG overrides
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -102,6 +112,8 @@ fn run(args: Args) -> Result<Exit, ServerError> {
         shutdown_timeout: args.shutdown_timeout,
         stats_interval: args.stats_interval,
         tcp_keepalive: Duration::from_secs(args.tcp_keepalive),
+        nats: args.nats,
+        nats_subject: args.nats_subject,
     })?;
     check_descriptor_budget(config.max_clients);
     check_batch_room(&config);

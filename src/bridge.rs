@@ -1,0 +1,429 @@
+//! The NATS bridge: instances that join the same NATS subject behave as one broadcast.
+//!
+//! The event loop stays single-threaded mio and never waits on NATS. The bridge is one thread
+//! running a tokio current-thread runtime with the `async-nats` client; the two meet through
+//! two bounded channels and a `mio::Waker`:
+//!
+//! - outbound: once per hand-out the loop copies the batch's *local* lines (never lines that
+//!   came from NATS) into one buffer and `try_send`s it. A full channel drops that batch for
+//!   NATS only (counted): the local broadcast never waits.
+//! - inbound: each NATS message (whole lines from another instance) is `try_send`t to the
+//!   loop, then the waker is woken; the loop drains what is there. A full channel drops the
+//!   message (counted).
+//!
+//! Delivery across instances is at most once: what is published while NATS is unreachable
+//! is dropped, not queued (counted); NATS's own buffers may lose a message in flight when a
+//! connection breaks. Our own publications never come back (`no_echo`, plus an origin
+//! header checked on receipt). This room knows nothing of clients or framing.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::{ConnectOptions, Event, HeaderMap, ServerAddr};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use log::{debug, info, warn};
+
+use crate::log_limit::RateLimit;
+use tokio::sync::mpsc;
+
+/// Batches waiting to be published; past this the loop drops batches for NATS.
+const OUTBOX_CAPACITY: usize = 64;
+/// Messages from NATS waiting for the loop; past this they are dropped.
+const INBOX_CAPACITY: usize = 256;
+/// The NATS client's own command queue (messages): small, so that an outage cannot pile up
+/// much behind it (we do not publish while disconnected anyway).
+const CLIENT_CAPACITY: usize = 128;
+/// How often the client pings the server, so a dead connection is noticed in seconds.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// The header naming the instance that published a message.
+const ORIGIN_HEADER: &str = "Broadcast-Origin";
+
+/// Where the bridge connects and what it shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeSettings {
+    /// Server URLs of one NATS cluster (credentials already split off).
+    pub servers: Vec<String>,
+    /// `user:password` or a token given in the URLs (async-nats ignores URL credentials).
+    pub credentials: Option<Credentials>,
+    /// Instances with the same subject form one broadcast.
+    pub subject: String,
+}
+
+/// Credentials taken out of a `--nats` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// Parses `--nats`: comma-separated `nats://[user:pass@|token@]host:port` URLs.
+pub fn parse_servers(text: &str) -> Result<(Vec<String>, Option<Credentials>), String> {
+    let mut servers = Vec::new();
+    let mut credentials = None;
+    for url in text.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let addr: ServerAddr = url
+            .parse()
+            .map_err(|e| format!("'{url}' is not a NATS URL ({e}); try nats://127.0.0.1:4222"))?;
+        match (addr.username(), addr.password()) {
+            (Some(user), Some(pass)) => {
+                credentials = Some(Credentials::UserPassword(user.into(), pass.into()))
+            }
+            (Some(token), None) => credentials = Some(Credentials::Token(token.into())),
+            _ => {}
+        }
+        servers.push(format!(
+            "{}://{}:{}",
+            addr.scheme(),
+            addr.host(),
+            addr.port()
+        ));
+    }
+    if servers.is_empty() {
+        return Err("--nats needs at least one URL, e.g. nats://127.0.0.1:4222".into());
+    }
+    Ok((servers, credentials))
+}
+
+/// What the bridge did, for the stats line.
+#[derive(Debug, Default)]
+pub struct BridgeCounters {
+    /// Lines published to NATS.
+    pub published: AtomicU64,
+    /// Lines received from other instances.
+    pub received: AtomicU64,
+    /// Lines not published because the outbound channel was full (NATS slower than us).
+    pub dropped_backlog: AtomicU64,
+    /// Lines not published because NATS was unreachable.
+    pub dropped_offline: AtomicU64,
+    /// Lines not published because one line is larger than NATS's max payload.
+    pub dropped_too_large: AtomicU64,
+    /// Lines from NATS dropped because the loop's inbound channel was full.
+    pub dropped_inbound: AtomicU64,
+}
+
+impl BridgeCounters {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The bridge's part of the stats line.
+    pub fn summary(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "nats: published={} received={} dropped: backlog={} offline={} too_large={} \
+             inbound={}",
+            get(&self.published),
+            get(&self.received),
+            get(&self.dropped_backlog),
+            get(&self.dropped_offline),
+            get(&self.dropped_too_large),
+            get(&self.dropped_inbound),
+        )
+    }
+}
+
+/// The loop's handle on the bridge thread.
+pub struct Bridge {
+    outbox: mpsc::Sender<Bytes>,
+    inbox: std_mpsc::Receiver<Bytes>,
+    counters: Arc<BridgeCounters>,
+}
+
+impl Bridge {
+    /// Starts the bridge thread; it connects (and reconnects) on its own and wakes the loop
+    /// through `waker` when lines arrive.
+    pub fn start(settings: BridgeSettings, waker: mio::Waker) -> io::Result<Bridge> {
+        let (outbox, outbound) = mpsc::channel(OUTBOX_CAPACITY);
+        let (inbound, inbox) = std_mpsc::sync_channel(INBOX_CAPACITY);
+        let counters = Arc::new(BridgeCounters::default());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let link = Link {
+            settings,
+            waker,
+            inbound,
+            counters: Arc::clone(&counters),
+            origin: format!("{:016x}", origin_id()),
+            too_large_log: RateLimit::default(),
+            ever_connected: false,
+            said_unreachable: false,
+        };
+        std::thread::Builder::new()
+            .name("nats-bridge".into())
+            .spawn(move || runtime.block_on(link.run(outbound)))?;
+        Ok(Bridge {
+            outbox,
+            inbox,
+            counters,
+        })
+    }
+
+    /// Hands the local lines of one hand-out (`parts`, `lines` of them) to the bridge: one
+    /// copy into one buffer, one non-blocking send. Never waits.
+    pub fn publish(&self, parts: &[&[u8]], lines: usize) {
+        let batch = Bytes::from(parts.concat());
+        if self.outbox.try_send(batch).is_err() {
+            BridgeCounters::add(&self.counters.dropped_backlog, lines);
+        }
+    }
+
+    /// One message of whole lines from another instance, if any is waiting.
+    pub fn take_received(&self) -> Option<Bytes> {
+        self.inbox.try_recv().ok()
+    }
+
+    pub fn counters(&self) -> &BridgeCounters {
+        &self.counters
+    }
+}
+
+/// A random-enough id for this instance: its messages are recognised if they ever come back.
+fn origin_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}
+
+/// The bridge thread's side.
+struct Link {
+    settings: BridgeSettings,
+    waker: mio::Waker,
+    inbound: std_mpsc::SyncSender<Bytes>,
+    counters: Arc<BridgeCounters>,
+    origin: String,
+    /// Lines too large for NATS are logged at most once a second.
+    too_large_log: RateLimit,
+    /// Whether NATS was ever reached, and whether we already said it could not be.
+    ever_connected: bool,
+    said_unreachable: bool,
+}
+
+impl Link {
+    /// Connects (in the background, retrying for ever), subscribes, and moves lines both
+    /// ways until the loop drops its handle.
+    async fn run(mut self, mut outbound: mpsc::Receiver<Bytes>) {
+        let (events_tx, mut events) = mpsc::channel::<Event>(64);
+        let mut options = ConnectOptions::new()
+            .name("broadcast-server")
+            .no_echo()
+            .retry_on_initial_connect()
+            .ping_interval(PING_INTERVAL)
+            .client_capacity(CLIENT_CAPACITY)
+            .subscription_capacity(INBOX_CAPACITY)
+            .event_callback(move |event| {
+                let events_tx = events_tx.clone();
+                async move {
+                    let _ = events_tx.try_send(event);
+                }
+            });
+        options = match &self.settings.credentials {
+            Some(Credentials::UserPassword(user, pass)) => {
+                options.user_and_password(user.clone(), pass.clone())
+            }
+            Some(Credentials::Token(token)) => options.token(token.clone()),
+            None => options,
+        };
+        let servers: Vec<&str> = self.settings.servers.iter().map(String::as_str).collect();
+        let client = match options.connect(servers).await {
+            Ok(client) => client,
+            Err(e) => {
+                warn!("nats: cannot start the client, bridging is off: {e}");
+                return;
+            }
+        };
+        let mut subscriber = match client.subscribe(self.settings.subject.clone()).await {
+            Ok(subscriber) => subscriber,
+            Err(e) => {
+                warn!("nats: cannot subscribe, bridging is off: {e}");
+                return;
+            }
+        };
+        info!(
+            "nats: bridging subject {} through {} (connecting)",
+            self.settings.subject,
+            self.settings.servers.join(",")
+        );
+        loop {
+            tokio::select! {
+                batch = outbound.recv() => match batch {
+                    Some(batch) => self.publish(&client, batch).await,
+                    None => break, // the loop is gone
+                },
+                Some(message) = subscriber.next() => self.deliver(message),
+                Some(event) = events.recv() => self.log_event(&event),
+            }
+        }
+    }
+
+    /// Publishes a batch of local lines, split at line ends into messages within NATS's max
+    /// payload. Nothing is published, or queued, while NATS is unreachable.
+    async fn publish(&mut self, client: &async_nats::Client, batch: Bytes) {
+        let lines = count_lines(&batch);
+        if client.connection_state() != State::Connected {
+            BridgeCounters::add(&self.counters.dropped_offline, lines);
+            return;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(ORIGIN_HEADER, self.origin.as_str());
+        // Room for the headers on the wire.
+        let limit = client.max_payload().saturating_sub(128).max(1);
+        for chunk in split_at_lines(batch, limit) {
+            let n = count_lines(&chunk);
+            if chunk.len() > limit {
+                BridgeCounters::add(&self.counters.dropped_too_large, n);
+                let now = std::time::Instant::now();
+                if let Some(more) = self.too_large_log.take_summary(now) {
+                    warn!("nats: {more} more lines over NATS's max payload stayed local");
+                }
+                if self.too_large_log.admit(now) {
+                    warn!(
+                        "nats: a line of {} bytes is over NATS's max payload ({limit}): \
+                         delivered here only",
+                        chunk.len()
+                    );
+                }
+                continue;
+            }
+            let sent = client
+                .publish_with_headers(self.settings.subject.clone(), headers.clone(), chunk)
+                .await;
+            match sent {
+                Ok(()) => BridgeCounters::add(&self.counters.published, n),
+                Err(e) => {
+                    BridgeCounters::add(&self.counters.dropped_offline, n);
+                    debug!("nats: publish failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// One log line per connection state change; failed (re)connect attempts are debug,
+    /// except the first at start, which says NATS cannot be reached yet.
+    fn log_event(&mut self, event: &Event) {
+        match event {
+            Event::Connected => {
+                self.ever_connected = true;
+                info!("nats: connected; bridging");
+            }
+            Event::Disconnected => {
+                warn!("nats: disconnected; lines stay local until it is back")
+            }
+            Event::SlowConsumer(_) => debug!("nats: a message was dropped (slow consumer)"),
+            Event::ClientError(e) if !self.ever_connected && !self.said_unreachable => {
+                self.said_unreachable = true;
+                warn!(
+                    "nats: cannot reach {} yet ({e}); serving locally and retrying",
+                    self.settings.servers.join(",")
+                );
+            }
+            Event::ClientError(e) => debug!("nats: {e}"),
+            other => info!("nats: {other}"),
+        }
+    }
+
+    /// Passes a message from another instance to the loop.
+    fn deliver(&self, message: async_nats::Message) {
+        let from_us = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(ORIGIN_HEADER))
+            .is_some_and(|origin| origin.as_str() == self.origin);
+        if from_us || message.payload.is_empty() || !message.payload.ends_with(b"\n") {
+            return; // our own (no_echo should prevent it), or not whole lines
+        }
+        let lines = count_lines(&message.payload);
+        match self.inbound.try_send(message.payload) {
+            Ok(()) => {
+                BridgeCounters::add(&self.counters.received, lines);
+                if let Err(e) = self.waker.wake() {
+                    warn!("nats: cannot wake the event loop: {e}");
+                }
+            }
+            Err(_) => BridgeCounters::add(&self.counters.dropped_inbound, lines),
+        }
+    }
+}
+
+fn count_lines(bytes: &[u8]) -> usize {
+    memchr::memchr_iter(b'\n', bytes).count()
+}
+
+/// Splits whole lines into chunks of at most `limit` bytes where possible; a single line
+/// longer than `limit` comes as a chunk of its own (the caller drops it).
+fn split_at_lines(batch: Bytes, limit: usize) -> Vec<Bytes> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while start < batch.len() {
+        let window_end = (start + limit).min(batch.len());
+        let end = if window_end == batch.len() {
+            window_end
+        } else {
+            match memchr::memrchr(b'\n', &batch[start..window_end]) {
+                Some(at) => start + at + 1,
+                // One line longer than the limit: up to its end.
+                None => {
+                    memchr::memchr(b'\n', &batch[start..]).map_or(batch.len(), |at| start + at + 1)
+                }
+            }
+        };
+        chunks.push(batch.slice(start..end));
+        start = end;
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_give_servers_and_credentials() {
+        assert_eq!(
+            parse_servers("nats://127.0.0.1:4222"),
+            Ok((vec!["nats://127.0.0.1:4222".to_string()], None))
+        );
+        let (servers, credentials) =
+            parse_servers("nats://u:pw@127.0.0.2:4222, nats://u:pw@127.0.0.3:4223").unwrap();
+        assert_eq!(servers, ["nats://127.0.0.2:4222", "nats://127.0.0.3:4223"]);
+        assert_eq!(
+            credentials,
+            Some(Credentials::UserPassword("u".into(), "pw".into()))
+        );
+        assert_eq!(
+            parse_servers("nats://s3cret@127.0.0.1:4222").unwrap().1,
+            Some(Credentials::Token("s3cret".into()))
+        );
+        assert!(parse_servers("").is_err());
+        assert!(parse_servers("nats://host:notaport").is_err());
+    }
+
+    #[test]
+    fn batches_split_at_line_ends_within_the_limit() {
+        let batch = Bytes::from_static(b"aaa\nbb\ncccccc\nd\n");
+        let chunks: Vec<Bytes> = split_at_lines(batch.clone(), 7);
+        assert_eq!(
+            chunks,
+            [
+                Bytes::from_static(b"aaa\nbb\n"),
+                Bytes::from_static(b"cccccc\n"),
+                Bytes::from_static(b"d\n")
+            ]
+        );
+        // A line over the limit is a chunk of its own.
+        let chunks = split_at_lines(batch, 4);
+        assert_eq!(chunks[2], Bytes::from_static(b"cccccc\n"));
+        assert_eq!(chunks.concat(), b"aaa\nbb\ncccccc\nd\n");
+    }
+}

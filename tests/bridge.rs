@@ -1,0 +1,374 @@
+//! Instances joined through NATS, through the binary, against a real nats-server (Debian's
+//! `nats-server`; each test skips with one SKIPPED line when it is missing).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Client, DEADLINE, Server, numbered_lines, report_skip};
+
+/// A nats-server on a loopback port of its choosing; killed when dropped.
+struct Nats {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nats {
+    /// Starts nats-server on a free port, or says why the test must skip.
+    fn start(test: &str) -> Option<Nats> {
+        if Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            report_skip(test, "needs nats-server (apt-get install nats-server)");
+            return None;
+        }
+        Some(Nats::start_with(None, &[]))
+    }
+
+    /// Starts nats-server on `port` (`None`: any free port, learned from its ports file).
+    fn start_on(port: Option<u16>) -> Nats {
+        Nats::start_with(port, &[])
+    }
+
+    /// Starts nats-server on `port` with these lines of configuration.
+    fn start_with(port: Option<u16>, config: &[&str]) -> Nats {
+        let dir = std::env::temp_dir().join(format!(
+            "broadcast-server-nats-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the ports file directory");
+        let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
+        let config_file = dir.join("nats.conf");
+        std::fs::write(&config_file, config.join("\n")).expect("write the nats config");
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "--ports_file_dir"])
+            .arg(&dir)
+            .arg("-c")
+            .arg(&config_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let ports_file = dir.join(format!("nats-server_{}.ports", child.id()));
+        let deadline = Instant::now() + DEADLINE;
+        let port = loop {
+            if let Ok(text) = std::fs::read_to_string(&ports_file)
+                && let Some(port) = text
+                    .split("nats://127.0.0.1:")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .and_then(|p| p.parse().ok())
+            {
+                break port;
+            }
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            thread::sleep(Duration::from_millis(10)); // polling a file, with a deadline
+        };
+        Nats { child, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it (SIGKILL: as a crash would) and waits until it is gone.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A broadcast-server joined to `nats`, once it has said it is bridging.
+fn instance(url: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--nats", url];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
+    server.wait_for_log("nats: connected");
+    server
+}
+
+/// Reads `client` until what it received ends with `marker`; returns all of it.
+fn read_through(client: &mut Client, marker: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    while !got.ends_with(marker) {
+        got.extend_from_slice(&client.read_exact(1));
+    }
+    got
+}
+
+/// Instances subscribe as they start, in the background: a line published before another
+/// instance's subscription is active does not reach it. Sends probes from `from` until
+/// `to` gets one, then a `ready` marker, and reads every client of `everyone` (all but
+/// `from`) through it, so that no probe is left in flight.
+fn wait_until_bridged(from: &mut Client, to: &mut Client, everyone: &mut [&mut Client]) {
+    let deadline = Instant::now() + DEADLINE;
+    to.stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut buf = [0; 64];
+    loop {
+        assert!(Instant::now() < deadline, "the instances never bridged");
+        from.send(b"probe\n");
+        // A bounded wait for the probe to cross; then another probe.
+        if std::io::Read::read(&mut to.stream, &mut buf).is_ok_and(|n| n > 0) {
+            break;
+        }
+    }
+    to.stream.set_read_timeout(None).unwrap();
+    from.send(b"ready\n");
+    read_through(to, b"ready\n");
+    for client in everyone.iter_mut() {
+        read_through(client, b"ready\n");
+    }
+}
+
+#[test]
+fn two_instances_are_one_broadcast_exactly_once_and_never_back_to_the_sender() {
+    let Some(nats) = Nats::start("two_instances_are_one_broadcast") else {
+        return;
+    };
+    let a = instance(&nats.url(), &[]);
+    let b = instance(&nats.url(), &[]);
+    let mut a1 = a.connect();
+    let mut a2 = a.connect();
+    let mut b1 = b.connect();
+    let mut b2 = b.connect();
+    wait_until_bridged(&mut a1, &mut b1, &mut [&mut a2, &mut b2]);
+    wait_until_bridged(&mut b1, &mut a1, &mut [&mut a2, &mut b2]);
+
+    a1.send(b"from a\n");
+    a2.expect(b"from a\n");
+    b1.expect(b"from a\n");
+    b2.expect(b"from a\n");
+    b2.send(b"from b\n");
+    b1.expect(b"from b\n");
+    a1.expect(b"from b\n");
+    a2.expect(b"from b\n");
+    // Nothing more anywhere: not twice, not back to the sender. A last marker proves it.
+    a2.send(b"end\n");
+    a1.expect(b"end\n");
+    b1.expect(b"end\n");
+    b2.expect(b"end\n");
+}
+
+#[test]
+fn ten_thousand_lines_cross_in_order_and_a_60000_byte_line_of_every_byte_crosses_intact() {
+    let Some(nats) = Nats::start("ten_thousand_lines_cross_in_order") else {
+        return;
+    };
+    let a = instance(&nats.url(), &[]);
+    let b = instance(&nats.url(), &[]);
+    let mut sender = a.connect();
+    let mut far = b.connect();
+    wait_until_bridged(&mut sender, &mut far, &mut []);
+    let lines = numbered_lines("across", 10_000);
+    sender.send(&lines);
+    far.expect(&lines);
+    let mut long: Vec<u8> = (0..60_000)
+        .map(|i| (i % 256) as u8)
+        .filter(|&b| b != b'\n')
+        .collect();
+    long.push(b'\n');
+    sender.send(&long);
+    far.expect(&long);
+}
+
+#[test]
+fn three_instances_with_a_sender_each_get_every_line_once_and_the_bus_goes_quiet() {
+    let Some(nats) = Nats::start("three_instances_with_a_sender_each") else {
+        return;
+    };
+    let servers: Vec<Server> = (0..3).map(|_| instance(&nats.url(), &[])).collect();
+    let mut clients: Vec<Client> = servers.iter().map(Server::connect).collect();
+    for i in 0..3 {
+        for j in 0..3 {
+            if i != j {
+                let (from, to) = pair_mut(&mut clients, i, j);
+                wait_until_bridged(from, to, &mut []);
+                // The third client got the probes and the marker too.
+                let k = 3 - i - j;
+                read_through(&mut clients[k], b"ready\n");
+            }
+        }
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.send(&numbered_lines(&format!("from{i}"), 1_000));
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        // Everyone else's 2,000 lines, each sender's in order, none twice, none of its own.
+        let got = client.read_exact(2 * numbered_lines("from0", 1_000).len());
+        for j in (0..3).filter(|&j| j != i) {
+            let theirs: Vec<&[u8]> = got
+                .split_inclusive(|&b| b == b'\n')
+                .filter(|l| l.starts_with(format!("from{j}-").as_bytes()))
+                .collect();
+            assert_eq!(theirs.concat(), numbered_lines(&format!("from{j}"), 1_000));
+        }
+    }
+    // Quiet: a last line per instance is the next thing every other client reads.
+    for i in 0..3 {
+        clients[i].send(format!("last{i}\n").as_bytes());
+        for j in (0..3).filter(|&j| j != i) {
+            clients[j].expect(format!("last{i}\n").as_bytes());
+        }
+    }
+    let published: u64 = servers
+        .iter()
+        .map(|s| {
+            s.signal(libc::SIGTERM);
+            s.wait_for_log("nats: published=")
+                .split("nats: published=")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(published >= 3 * 1_001, "published {published}");
+}
+
+/// Two distinct elements of `v`, mutably.
+fn pair_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
+    assert_ne!(i, j);
+    if i < j {
+        let (left, right) = v.split_at_mut(j);
+        (&mut left[i], &mut right[0])
+    } else {
+        let (left, right) = v.split_at_mut(i);
+        (&mut right[0], &mut left[j])
+    }
+}
+
+#[test]
+fn nats_down_at_start_then_up_bridges_by_itself_and_local_delivery_never_waits() {
+    let Some(probe) = Nats::start("nats_down_at_start_then_up") else {
+        return;
+    };
+    let port = probe.port;
+    drop(probe); // a port where nothing listens yet
+    let url = format!("nats://127.0.0.1:{port}");
+    let a = Server::start(&["--nats", &url]);
+    let b = Server::start(&["--nats", &url]);
+    a.wait_for_log("nats: cannot reach");
+    let mut a1 = a.connect();
+    let mut a2 = a.connect();
+    let mut b1 = b.connect();
+    a1.send(b"local while nats is down\n");
+    a2.expect(b"local while nats is down\n");
+    let _nats = Nats::start_on(Some(port));
+    a.wait_for_log("nats: connected");
+    b.wait_for_log("nats: connected");
+    wait_until_bridged(&mut a1, &mut b1, &mut [&mut a2]);
+    a1.send(b"bridged\n");
+    b1.expect(b"bridged\n");
+    a2.expect(b"bridged\n");
+}
+
+#[test]
+fn nats_killed_mid_stream_local_delivery_goes_on_far_side_has_no_dups_and_bridging_resumes() {
+    let Some(mut nats) = Nats::start("nats_killed_mid_stream") else {
+        return;
+    };
+    let port = nats.port;
+    let a = instance(&nats.url(), &[]);
+    let b = instance(&nats.url(), &[]);
+    let mut sender = a.connect();
+    let mut near = a.connect();
+    let mut far = b.connect();
+    wait_until_bridged(&mut sender, &mut far, &mut [&mut near]);
+    let before = numbered_lines("before", 2_000);
+    sender.send(&before);
+    near.expect(&before);
+    far.expect(&before);
+    nats.kill();
+    a.wait_for_log("nats: disconnected");
+    let during = numbered_lines("during", 2_000);
+    sender.send(&during);
+    near.expect(&during); // local delivery does not notice
+    let _nats = Nats::start_on(Some(port));
+    a.wait_for_logs("nats: connected", 2);
+    b.wait_for_logs("nats: connected", 2);
+    wait_until_bridged(&mut sender, &mut far, &mut [&mut near]);
+    let after = numbered_lines("after", 2_000);
+    sender.send(&after);
+    near.expect(&after);
+    // The far side: lines from the outage may be missing (at most once), never twice or
+    // out of order, and everything after the reconnect arrives.
+    let got = read_through(&mut far, b"after-1999\n");
+    let got_lines: Vec<&[u8]> = got.split_inclusive(|&b| b == b'\n').collect();
+    let mut seen = std::collections::HashSet::new();
+    for line in &got_lines {
+        assert!(seen.insert(line.to_vec()), "a line arrived twice");
+    }
+    assert!(
+        got.ends_with(&after),
+        "the lines after the reconnect did not all arrive in order"
+    );
+}
+
+#[test]
+fn a_slow_consumer_on_one_instance_is_cut_there_and_no_one_else_notices() {
+    let Some(nats) = Nats::start("a_slow_consumer_on_one_instance") else {
+        return;
+    };
+    let a = instance(&nats.url(), &[]);
+    let b = instance(&nats.url(), &["--max-queue", "1MiB"]);
+    let mut sender = a.connect();
+    let mut near = a.connect();
+    let mut far = b.connect();
+    let stuck = b.connect();
+    stuck.set_receive_buffer(4096);
+    wait_until_bridged(&mut sender, &mut far, &mut [&mut near]);
+    // 16 MB, far beyond the stuck client's 1 MiB queue and the kernel's buffers, sent a
+    // piece at a time as the others take it (NATS delivery is at most once: a burst larger
+    // than the bridge's queues could drop lines, which is not what this test is about).
+    let filler = "s".repeat(200);
+    for k in 0..80 {
+        let piece = numbered_lines(&format!("{filler}{k}"), 1_000);
+        sender.send(&piece);
+        near.expect(&piece);
+        far.expect(&piece);
+    }
+    let log = b.wait_for_disconnect(stuck.local_addr());
+    assert!(log.contains("slow consumer"), "{log}");
+    assert!(a.log_lines("slow consumer").is_empty());
+}
+
+#[test]
+fn a_line_over_nats_max_payload_is_delivered_locally_only_logged_and_counted() {
+    if Nats::start("a_line_over_nats_max_payload").is_none() {
+        return;
+    }
+    let nats = Nats::start_with(None, &["max_payload: 4096"]);
+    let a = instance(&nats.url(), &[]);
+    let b = instance(&nats.url(), &[]);
+    let mut sender = a.connect();
+    let mut near = a.connect();
+    let mut far = b.connect();
+    wait_until_bridged(&mut sender, &mut far, &mut [&mut near]);
+    let mut big = vec![b'B'; 10_000];
+    big.push(b'\n');
+    sender.send(&big);
+    near.expect(&big);
+    sender.send(b"small\n");
+    near.expect(b"small\n");
+    far.expect(b"small\n"); // the big line never crossed
+    a.wait_for_log("over NATS's max payload");
+    a.signal(libc::SIGTERM);
+    let stats = a.wait_for_log("nats: published=");
+    assert!(stats.contains(" too_large=1 "), "{stats}");
+}
