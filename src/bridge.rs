@@ -33,15 +33,26 @@ use tokio::sync::mpsc;
 
 /// Batches waiting to be published; past this the loop drops batches for NATS.
 const OUTBOX_CAPACITY: usize = 64;
-/// Messages from NATS waiting for the loop; past this they are dropped.
-const INBOX_CAPACITY: usize = 256;
+/// Messages from NATS waiting for the loop; past this they are dropped. The client's own
+/// subscription queue has the same size, so messages from NATS hold at most twice this many
+/// times NATS's max payload (1 MiB by default: 64 MiB).
+const INBOX_CAPACITY: usize = 32;
 /// The NATS client's own command queue (messages): small, so that an outage cannot pile up
 /// much behind it (we do not publish while disconnected anyway).
 const CLIENT_CAPACITY: usize = 128;
-/// How often the client pings the server, so a dead connection is noticed in seconds.
-const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the client pings the server: a stalled connection is noticed after two
+/// unanswered pings, in seconds.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// The longest a publish may wait for room in the client's queue before its lines count as
+/// dropped: a stalled NATS must not hold lines back to deliver them late.
+const PUBLISH_WAIT: Duration = Duration::from_millis(200);
 /// The header naming the instance that published a message.
 const ORIGIN_HEADER: &str = "Broadcast-Origin";
+/// The header numbering an instance's messages: a receiver drops any message not newer
+/// than the last it delivered from that instance (late, after a stalled connection).
+const SEQUENCE_HEADER: &str = "Broadcast-Seq";
+/// Instances whose last sequence number a receiver remembers; past this it starts over.
+const MAX_ORIGINS: usize = 4096;
 
 /// Where the bridge connects and what it shares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,8 +113,11 @@ pub struct BridgeCounters {
     pub dropped_offline: AtomicU64,
     /// Lines not published because one line is larger than NATS's max payload.
     pub dropped_too_large: AtomicU64,
-    /// Lines from NATS dropped because the loop's inbound channel was full.
+    /// Lines (or, when the client's own queue overflowed, messages) from NATS dropped: the
+    /// queues to the loop were full, or a line was over this instance's `--max-line`.
     pub dropped_inbound: AtomicU64,
+    /// Lines from NATS dropped because they came after newer ones from the same instance.
+    pub dropped_stale: AtomicU64,
 }
 
 impl BridgeCounters {
@@ -111,18 +125,24 @@ impl BridgeCounters {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// Counts `n` lines from NATS dropped on arrival.
+    pub fn count_inbound_drop(&self, n: usize) {
+        BridgeCounters::add(&self.dropped_inbound, n);
+    }
+
     /// The bridge's part of the stats line.
     pub fn summary(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "nats: published={} received={} dropped: backlog={} offline={} too_large={} \
-             inbound={}",
+             inbound={} stale={}",
             get(&self.published),
             get(&self.received),
             get(&self.dropped_backlog),
             get(&self.dropped_offline),
             get(&self.dropped_too_large),
             get(&self.dropped_inbound),
+            get(&self.dropped_stale),
         )
     }
 }
@@ -132,6 +152,10 @@ pub struct Bridge {
     outbox: mpsc::Sender<Bytes>,
     inbox: std_mpsc::Receiver<Bytes>,
     counters: Arc<BridgeCounters>,
+    /// Says when the bridge thread has handed its last lines to NATS and ended.
+    done: std_mpsc::Receiver<()>,
+    /// Set once the bridge thread is found gone (said once).
+    gone: std::cell::Cell<bool>,
 }
 
 impl Bridge {
@@ -140,6 +164,7 @@ impl Bridge {
     pub fn start(settings: BridgeSettings, waker: mio::Waker) -> io::Result<Bridge> {
         let (outbox, outbound) = mpsc::channel(OUTBOX_CAPACITY);
         let (inbound, inbox) = std_mpsc::sync_channel(INBOX_CAPACITY);
+        let (done_tx, done) = std_mpsc::channel();
         let counters = Arc::new(BridgeCounters::default());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -153,24 +178,47 @@ impl Bridge {
             too_large_log: RateLimit::default(),
             ever_connected: false,
             said_unreachable: false,
+            sequence: 0,
+            last_seen: std::collections::HashMap::new(),
         };
         std::thread::Builder::new()
             .name("nats-bridge".into())
-            .spawn(move || runtime.block_on(link.run(outbound)))?;
+            .spawn(move || {
+                runtime.block_on(link.run(outbound));
+                let _ = done_tx.send(());
+            })?;
         Ok(Bridge {
             outbox,
             inbox,
             counters,
+            done,
+            gone: std::cell::Cell::new(false),
         })
     }
 
-    /// Hands the local lines of one hand-out (`parts`, `lines` of them) to the bridge: one
-    /// copy into one buffer, one non-blocking send. Never waits.
-    pub fn publish(&self, parts: &[&[u8]], lines: usize) {
-        let batch = Bytes::from(parts.concat());
-        if self.outbox.try_send(batch).is_err() {
-            BridgeCounters::add(&self.counters.dropped_backlog, lines);
+    /// Hands local lines (`lines` of them, whole) to the bridge: one non-blocking send,
+    /// never a wait. A full queue drops them for NATS only (counted).
+    pub fn publish(&self, batch: Vec<u8>, lines: usize) {
+        match self.outbox.try_send(Bytes::from(batch)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                BridgeCounters::add(&self.counters.dropped_backlog, lines);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                BridgeCounters::add(&self.counters.dropped_offline, lines);
+                if !self.gone.replace(true) {
+                    warn!("nats: the bridge has stopped; lines stay local");
+                }
+            }
         }
+    }
+
+    /// Ends the bridge: it hands what it still holds to NATS, waiting at most `wait`, and
+    /// the counters are final.
+    pub fn finish(self, wait: Duration) -> Arc<BridgeCounters> {
+        drop(self.outbox);
+        let _ = self.done.recv_timeout(wait);
+        self.counters
     }
 
     /// One message of whole lines from another instance, if any is waiting.
@@ -208,6 +256,10 @@ struct Link {
     /// Whether NATS was ever reached, and whether we already said it could not be.
     ever_connected: bool,
     said_unreachable: bool,
+    /// The number of this instance's last published message.
+    sequence: u64,
+    /// The last message number delivered from each other instance.
+    last_seen: std::collections::HashMap<String, u64>,
 }
 
 impl Link {
@@ -259,7 +311,11 @@ impl Link {
             tokio::select! {
                 batch = outbound.recv() => match batch {
                     Some(batch) => self.publish(&client, batch).await,
-                    None => break, // the loop is gone
+                    None => {
+                        // The loop is done: what was handed over goes out before we end.
+                        let _ = tokio::time::timeout(PUBLISH_WAIT * 5, client.flush()).await;
+                        break;
+                    }
                 },
                 Some(message) = subscriber.next() => self.deliver(message),
                 Some(event) = events.recv() => self.log_event(&event),
@@ -275,8 +331,6 @@ impl Link {
             BridgeCounters::add(&self.counters.dropped_offline, lines);
             return;
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(ORIGIN_HEADER, self.origin.as_str());
         // Room for the headers on the wire.
         let limit = client.max_payload().saturating_sub(128).max(1);
         for chunk in split_at_lines(batch, limit) {
@@ -296,14 +350,21 @@ impl Link {
                 }
                 continue;
             }
-            let sent = client
-                .publish_with_headers(self.settings.subject.clone(), headers.clone(), chunk)
-                .await;
-            match sent {
-                Ok(()) => BridgeCounters::add(&self.counters.published, n),
-                Err(e) => {
+            self.sequence += 1;
+            let mut headers = HeaderMap::new();
+            headers.insert(ORIGIN_HEADER, self.origin.as_str());
+            headers.insert(SEQUENCE_HEADER, self.sequence.to_string().as_str());
+            let publish =
+                client.publish_with_headers(self.settings.subject.clone(), headers, chunk);
+            match tokio::time::timeout(PUBLISH_WAIT, publish).await {
+                Ok(Ok(())) => BridgeCounters::add(&self.counters.published, n),
+                Ok(Err(e)) => {
                     BridgeCounters::add(&self.counters.dropped_offline, n);
                     debug!("nats: publish failed: {e}");
+                }
+                Err(_) => {
+                    BridgeCounters::add(&self.counters.dropped_offline, n);
+                    debug!("nats: publish timed out (NATS stalled)");
                 }
             }
         }
@@ -320,7 +381,10 @@ impl Link {
             Event::Disconnected => {
                 warn!("nats: disconnected; lines stay local until it is back")
             }
-            Event::SlowConsumer(_) => debug!("nats: a message was dropped (slow consumer)"),
+            Event::SlowConsumer(_) => {
+                // The client's own queue for us overflowed: one message lost.
+                self.counters.count_inbound_drop(1);
+            }
             Event::ClientError(e) if !self.ever_connected && !self.said_unreachable => {
                 self.said_unreachable = true;
                 warn!(
@@ -334,16 +398,32 @@ impl Link {
     }
 
     /// Passes a message from another instance to the loop.
-    fn deliver(&self, message: async_nats::Message) {
-        let from_us = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(ORIGIN_HEADER))
-            .is_some_and(|origin| origin.as_str() == self.origin);
-        if from_us || message.payload.is_empty() || !message.payload.ends_with(b"\n") {
+    fn deliver(&mut self, message: async_nats::Message) {
+        let header = |name| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        let origin = header(ORIGIN_HEADER).unwrap_or_default();
+        if origin == self.origin || message.payload.is_empty() || !message.payload.ends_with(b"\n")
+        {
             return; // our own (no_echo should prevent it), or not whole lines
         }
         let lines = count_lines(&message.payload);
+        if let Some(sequence) = header(SEQUENCE_HEADER).and_then(|s| s.parse::<u64>().ok()) {
+            if self.last_seen.len() >= MAX_ORIGINS && !self.last_seen.contains_key(&origin) {
+                self.last_seen.clear();
+            }
+            let last = self.last_seen.entry(origin).or_insert(0);
+            if sequence <= *last {
+                // Older than what we delivered from that instance: late, after a stall.
+                BridgeCounters::add(&self.counters.dropped_stale, lines);
+                return;
+            }
+            *last = sequence;
+        }
         match self.inbound.try_send(message.payload) {
             Ok(()) => {
                 BridgeCounters::add(&self.counters.received, lines);

@@ -195,11 +195,14 @@ impl Config {
 fn nats_settings(urls: &str, subject: &str) -> Result<BridgeSettings, ConfigError> {
     let (servers, credentials) =
         bridge::parse_servers(urls).map_err(|why| ConfigError::BadNats { why })?;
-    if subject.is_empty() || subject.contains(char::is_whitespace) {
+    let valid = subject.split('.').all(|token| {
+        !token.is_empty() && !token.contains(char::is_whitespace) && token != "*" && token != ">"
+    });
+    if !valid {
         return Err(ConfigError::BadNats {
             why: format!(
-                "--nats-subject '{subject}' must be a NATS subject: no spaces, not empty \
-                 (e.g. {DEFAULT_NATS_SUBJECT})"
+                "--nats-subject '{subject}' must be a NATS subject to publish on: dot-separated \
+                 non-empty names, no spaces or wildcards (e.g. {DEFAULT_NATS_SUBJECT})"
             ),
         });
     }
@@ -335,6 +338,25 @@ mod tests {
             "soon",
         ] {
             assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nats_subjects_are_names_to_publish_on() {
+        let with = |subject: &str| {
+            Config::new(Settings {
+                nats: Some("nats://127.0.0.1:4222".into()),
+                nats_subject: subject.into(),
+                ..Settings::default()
+            })
+        };
+        assert!(with("broadcast-server.lines").is_ok());
+        assert!(with("chat").is_ok());
+        for bad in ["", "a..b", ".a", "a.", "a b", "a.*", "a.>", ">"] {
+            assert!(
+                matches!(with(bad), Err(ConfigError::BadNats { .. })),
+                "{bad:?}"
+            );
         }
     }
 

@@ -37,6 +37,11 @@ const FIRST_CLIENT: usize = 4;
 /// The sender recorded for lines that came from NATS: no client has it, so every client
 /// receives them, and they are never published again.
 const FROM_NATS: Token = Token(usize::MAX);
+/// Most messages from NATS taken per turn, so that a flooding instance cannot starve this
+/// one's clients, timers or signals; the rest wait in the bridge's bounded queue.
+const NATS_MESSAGES_PER_TURN: usize = 4;
+/// How long the exit waits for the bridge to hand its last lines to NATS.
+const NATS_FINAL_FLUSH: Duration = Duration::from_secs(1);
 
 /// Most bytes taken from one client per turn, so that a firehose cannot starve the others.
 pub const READ_BUDGET: usize = 64 * 1024;
@@ -109,6 +114,11 @@ pub struct EventLoop {
     next_stats_at: Option<Instant>,
     /// The NATS bridge, with `--nats`.
     bridge: Option<Bridge>,
+    /// Messages from NATS may be waiting (the waker fired, or the last turn's budget ran out).
+    nats_waiting: bool,
+    /// This turn's local lines for NATS, handed to the bridge once at the end of the turn.
+    nats_outgoing: Vec<u8>,
+    nats_outgoing_lines: usize,
     /// Refusals of a full server, accept failures, and warnings about misbehaving clients
     /// (slow consumers, over-long lines) are logged at most once a second each, then summed.
     refusal_log: RateLimit,
@@ -140,6 +150,9 @@ impl EventLoop {
         info!("listening on {local_addr}");
         Ok(EventLoop {
             bridge,
+            nats_waiting: false,
+            nats_outgoing: Vec::new(),
+            nats_outgoing_lines: 0,
             poll,
             listener: Some(listener),
             local_addr,
@@ -192,18 +205,28 @@ impl EventLoop {
                 break exit;
             }
             self.serve_unfinished_readers(carried_readers);
+            if self.nats_waiting {
+                self.take_lines_from_nats();
+            }
             if self.more_to_accept {
                 self.accept_all();
             }
             let now = Instant::now();
             self.continue_shutdown(now);
             self.distribute_when_due(now);
+            self.hand_lines_to_nats();
             self.run_timers(now);
             if self.shutdown.is_some() && self.connections.is_empty() {
                 break Exit::Graceful;
             }
         };
-        info!("{}", self.stats_line());
+        self.hand_lines_to_nats();
+        if let Some(bridge) = self.bridge.take() {
+            let counters = bridge.finish(NATS_FINAL_FLUSH);
+            info!("{} {}", self.stats, counters.summary());
+        } else {
+            info!("{}", self.stats);
+        }
         Ok(exit)
     }
 
@@ -213,7 +236,7 @@ impl EventLoop {
             match event.token() {
                 LISTENER => self.accept_all(),
                 HOLD_TIMER => self.hold_timer.acknowledge(),
-                BRIDGE => self.take_lines_from_nats(),
+                BRIDGE => self.nats_waiting = true,
                 SIGNALS => {
                     if let Some(exit) = self.on_signals() {
                         return Some(exit);
@@ -554,39 +577,62 @@ impl EventLoop {
         }
     }
 
-    /// Hands this hand-out's local lines (not those that came from NATS) to the bridge:
-    /// one copy, one non-blocking send. Call after `Batch::index_senders`.
-    fn publish_local_lines(&self) {
-        let Some(bridge) = &self.bridge else {
+    /// Copies this hand-out's local lines (not those that came from NATS) into the turn's
+    /// buffer for NATS. Call after `Batch::index_senders`.
+    fn publish_local_lines(&mut self) {
+        if self.bridge.is_none() {
             return;
-        };
+        }
         match self
             .batch
             .senders()
             .find(|share| share.sender() == FROM_NATS)
         {
-            None => bridge.publish(&[self.batch.whole()], self.batch.lines()),
+            None => {
+                self.nats_outgoing.extend_from_slice(self.batch.whole());
+                self.nats_outgoing_lines += self.batch.lines();
+            }
             Some(remote) => {
-                let parts: Vec<&[u8]> = remote.parts().collect();
-                if !parts.is_empty() {
-                    bridge.publish(&parts, remote.lines_for_sender());
+                for part in remote.parts() {
+                    self.nats_outgoing.extend_from_slice(part);
                 }
+                self.nats_outgoing_lines += remote.lines_for_sender();
             }
         }
     }
 
-    /// Appends the lines other instances published (through the bridge) to the batch, as
-    /// from no client: every client gets them. Each is a whole line; one longer than our
-    /// `--max-line` is dropped, so the batch keeps its bound.
+    /// Hands the turn's local lines to the bridge: one non-blocking send per turn.
+    fn hand_lines_to_nats(&mut self) {
+        if let Some(bridge) = &self.bridge
+            && !self.nats_outgoing.is_empty()
+        {
+            bridge.publish(
+                std::mem::take(&mut self.nats_outgoing),
+                self.nats_outgoing_lines,
+            );
+            self.nats_outgoing_lines = 0;
+        }
+    }
+
+    /// Appends lines other instances published (through the bridge) to the batch, as from
+    /// no client: every client gets them. At most `NATS_MESSAGES_PER_TURN` messages a turn;
+    /// none once shutdown began (its final batches are paced for the clients' queues). A
+    /// line longer than our `--max-line` is dropped (counted), so the batch keeps its bound.
     fn take_lines_from_nats(&mut self) {
         let max_line = self.config.max_line;
-        while let Some(message) = self.bridge.as_ref().and_then(Bridge::take_received) {
+        self.nats_waiting = false;
+        if self.shutdown.is_some() {
+            return;
+        }
+        for _ in 0..NATS_MESSAGES_PER_TURN {
+            let Some(message) = self.bridge.as_ref().and_then(Bridge::take_received) else {
+                return;
+            };
             for line in message.split_inclusive(|&b| b == b'\n') {
                 if line.len() > max_line + 1 {
-                    debug!(
-                        "nats: dropped a line of {} bytes, over --max-line",
-                        line.len()
-                    );
+                    if let Some(bridge) = &self.bridge {
+                        bridge.counters().count_inbound_drop(1);
+                    }
                     continue;
                 }
                 if self.batch.room() < line.len() {
@@ -597,6 +643,7 @@ impl EventLoop {
                 self.batch.record(FROM_NATS, start, 1);
             }
         }
+        self.nats_waiting = true; // the budget ran out: more may be waiting
     }
 
     /// The stats line, with the bridge's counters when there is one.
@@ -764,6 +811,7 @@ impl EventLoop {
         if !self.unfinished_readers.is_empty()
             || self.more_to_accept
             || (!self.leftover_lines.is_empty() && self.shutdown.is_none())
+            || (self.nats_waiting && self.shutdown.is_none())
         {
             return Some(Duration::ZERO);
         }

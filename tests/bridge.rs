@@ -5,6 +5,8 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -76,6 +78,15 @@ impl Nats {
 
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends it a signal (SIGSTOP/SIGCONT freeze and thaw it, as a stalled server).
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
+            0
+        );
     }
 
     /// Stops it (SIGKILL: as a crash would) and waits until it is gone.
@@ -226,19 +237,29 @@ fn three_instances_with_a_sender_each_get_every_line_once_and_the_bus_goes_quiet
             clients[j].expect(format!("last{i}\n").as_bytes());
         }
     }
-    let published: u64 = servers
-        .iter()
-        .map(|s| {
-            s.signal(libc::SIGTERM);
-            s.wait_for_log("nats: published=")
-                .split("nats: published=")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum();
-    assert!(published >= 3 * 1_001, "published {published}");
+    // Every line published reached both other instances once: no loss, no duplicate.
+    let (mut published, mut received) = (0, 0);
+    for server in &servers {
+        server.signal(libc::SIGTERM);
+        let stats = server.wait_for_log("nats: published=");
+        published += counter(&stats, "published=");
+        received += counter(&stats, "received=");
+    }
+    assert_eq!(
+        received,
+        2 * published,
+        "published {published}, received {received}"
+    );
+}
+
+/// The number after `name` in a stats line.
+fn counter(stats: &str, name: &str) -> u64 {
+    stats
+        .split(name)
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {stats}"))
 }
 
 /// Two distinct elements of `v`, mutably.
@@ -278,6 +299,46 @@ fn nats_down_at_start_then_up_bridges_by_itself_and_local_delivery_never_waits()
     a2.expect(b"bridged\n");
 }
 
+/// Reads `client` on a thread until its stream ends with `end`, counting `probe` lines as
+/// they come (so the test can tell bridging works without taking the reader's bytes).
+fn record_until(
+    mut client: Client,
+    end: &'static [u8],
+) -> (Arc<AtomicUsize>, thread::JoinHandle<Vec<u8>>) {
+    let probes = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&probes);
+    let recording = thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut counted_to = 0;
+        while !got.ends_with(end) {
+            let n = got.len();
+            got.extend_from_slice(&client.read_exact(1));
+            if got[n] == b'\n' {
+                if got[counted_to..].starts_with(b"probe\n") {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                counted_to = got.len();
+            }
+        }
+        got
+    });
+    (probes, recording)
+}
+
+/// Sends probes from `from` until the recorder has seen one more than `before`; returns
+/// them, as the sender's local peers receive them.
+fn probe_until_seen(from: &mut Client, probes: &AtomicUsize, before: usize) -> Vec<u8> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut sent = Vec::new();
+    while probes.load(Ordering::SeqCst) <= before {
+        assert!(Instant::now() < deadline, "bridging did not resume");
+        from.send(b"probe\n");
+        sent.extend_from_slice(b"probe\n");
+        thread::sleep(Duration::from_millis(20)); // the probe's pace, not a wait
+    }
+    sent
+}
+
 #[test]
 fn nats_killed_mid_stream_local_delivery_goes_on_far_side_has_no_dups_and_bridging_resumes() {
     let Some(mut nats) = Nats::start("nats_killed_mid_stream") else {
@@ -290,10 +351,13 @@ fn nats_killed_mid_stream_local_delivery_goes_on_far_side_has_no_dups_and_bridgi
     let mut near = a.connect();
     let mut far = b.connect();
     wait_until_bridged(&mut sender, &mut far, &mut [&mut near]);
+    let (probes, recording) = record_until(far, b"end\n");
     let before = numbered_lines("before", 2_000);
     sender.send(&before);
     near.expect(&before);
-    far.expect(&before);
+    // A probe seen after them means the far side has them all (one sender keeps its order).
+    let sent = probe_until_seen(&mut sender, &probes, probes.load(Ordering::SeqCst));
+    near.expect(&sent);
     nats.kill();
     a.wait_for_log("nats: disconnected");
     let during = numbered_lines("during", 2_000);
@@ -302,21 +366,93 @@ fn nats_killed_mid_stream_local_delivery_goes_on_far_side_has_no_dups_and_bridgi
     let _nats = Nats::start_on(Some(port));
     a.wait_for_logs("nats: connected", 2);
     b.wait_for_logs("nats: connected", 2);
-    wait_until_bridged(&mut sender, &mut far, &mut [&mut near]);
+    let seen = probes.load(Ordering::SeqCst);
+    let sent = probe_until_seen(&mut sender, &probes, seen);
+    near.expect(&sent);
     let after = numbered_lines("after", 2_000);
     sender.send(&after);
     near.expect(&after);
-    // The far side: lines from the outage may be missing (at most once), never twice or
-    // out of order, and everything after the reconnect arrives.
-    let got = read_through(&mut far, b"after-1999\n");
-    let got_lines: Vec<&[u8]> = got.split_inclusive(|&b| b == b'\n').collect();
-    let mut seen = std::collections::HashSet::new();
-    for line in &got_lines {
-        assert!(seen.insert(line.to_vec()), "a line arrived twice");
+    sender.send(b"end\n");
+    let got = recording.join().expect("the far reader");
+    // The far side: each kind of line in order, none twice; the ones from the outage may
+    // be missing (at most once); all of those sent once bridging was back arrived.
+    let lines: Vec<&[u8]> = got.split_inclusive(|&b| b == b'\n').collect();
+    for prefix in ["before-", "during-", "after-"] {
+        let numbers: Vec<usize> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix.as_bytes()))
+            .map(|n| std::str::from_utf8(n).unwrap().trim_end().parse().unwrap())
+            .collect();
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "{prefix} lines repeated or out of order"
+        );
+        if prefix != "during-" {
+            assert_eq!(
+                numbers,
+                (0..2_000).collect::<Vec<_>>(),
+                "{prefix} lines missing"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_stalled_nats_never_delivers_lines_late_out_of_order_or_twice() {
+    let Some(nats) = Nats::start("a_stalled_nats") else {
+        return;
+    };
+    let a = instance(&nats.url(), &[]);
+    let b = instance(&nats.url(), &[]);
+    let mut sender = a.connect();
+    let mut near = a.connect();
+    let far = b.connect();
+    let (probes, recording) = record_until(far, b"end\n");
+    probe_until_seen(&mut sender, &probes, 0);
+    // Frozen, not gone: the connection stays open and nothing is acknowledged, until the
+    // clients' pings go unanswered. Lines keep coming meanwhile, and after the thaw.
+    nats.signal(libc::SIGSTOP);
+    for i in 0..300 {
+        let line = format!("stall-{i}\n");
+        sender.send(line.as_bytes());
+        thread::sleep(Duration::from_millis(20)); // the sender's pace over 6 s
+    }
+    nats.signal(libc::SIGCONT);
+    a.wait_for_logs("nats: connected", 2);
+    let seen = probes.load(Ordering::SeqCst);
+    probe_until_seen(&mut sender, &probes, seen);
+    let after = numbered_lines("after", 1_000);
+    sender.send(&after);
+    sender.send(b"end\n");
+    let got = recording.join().expect("the far reader");
+    let lines: Vec<&[u8]> = got.split_inclusive(|&b| b == b'\n').collect();
+    let mut sequence = Vec::new();
+    for line in &lines {
+        for (prefix, base) in [("stall-", 0), ("after-", 1_000_000)] {
+            if let Some(n) = line.strip_prefix(prefix.as_bytes()) {
+                let n: usize = std::str::from_utf8(n).unwrap().trim_end().parse().unwrap();
+                sequence.push(base + n);
+            }
+        }
     }
     assert!(
-        got.ends_with(&after),
-        "the lines after the reconnect did not all arrive in order"
+        sequence.windows(2).all(|w| w[0] < w[1]),
+        "lines arrived late, out of order or twice"
+    );
+    let after_count = sequence.iter().filter(|&&n| n >= 1_000_000).count();
+    assert_eq!(after_count, 1_000, "lines sent after the thaw went missing");
+    // Locally nothing was held up: every stalled-period line reached the near client.
+    let near_got = read_through(&mut near, b"stall-299\n");
+    let local: Vec<&[u8]> = near_got
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"stall-"))
+        .collect();
+    assert_eq!(
+        local.concat(),
+        (0..300)
+            .map(|i| format!("stall-{i}\n"))
+            .collect::<String>()
+            .into_bytes()
     );
 }
 
