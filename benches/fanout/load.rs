@@ -17,7 +17,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::line::{self, Header};
 use crate::net::{enable_rx_timestamps, quick_ack, recv_stamped, wall_ns};
 use crate::receive::{Expect, Receiver, Tally};
-use crate::target::{Target, thread_cpu_time, thread_cpu_wait};
+use crate::target::{Watched, thread_cpu_time, thread_cpu_wait};
 
 /// What a client of the swarm does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +34,8 @@ pub enum Role {
 struct Peer {
     stream: TcpStream,
     role: Role,
+    /// The server it is connected to: an index into the swarm's `servers`.
+    side: usize,
     /// Its checks on what it receives.
     receiver: Receiver,
     /// Bytes read over the swarm's lifetime (warm-up waits until each reader has some).
@@ -66,6 +68,9 @@ pub struct Outcome {
     /// What the readers received: distinct lines (a line to 100 readers counts 100), faults,
     /// latencies.
     pub tally: Tally,
+    /// The same, split by the server the readers are connected to, in the order the swarm
+    /// first connected to each (one entry when every client is on one server).
+    pub sides: Vec<Side>,
     /// Readers and senders the server disconnected (stuck clients are not counted).
     pub disconnected: usize,
     /// When (since the run started) each stuck client was disconnected.
@@ -78,10 +83,14 @@ pub struct Outcome {
     /// CPU used during the send phase, by the generator and by the server.
     pub loadgen_cpu_send: Duration,
     pub server_cpu_send: Duration,
+    /// `server_cpu_send` by process, in the order the watched servers list them.
+    pub server_cpu_send_each: Vec<Duration>,
     /// Server CPU over the whole run, drain included: all the work for `tally.delivered`.
     pub server_cpu_total: Duration,
-    /// Time the generator and the server were runnable but waiting for their CPU during the
-    /// send phase: other processes on a shared machine.
+    /// `server_cpu_total` by process.
+    pub server_cpu_total_each: Vec<Duration>,
+    /// Time the generator and the server were kept from their CPU during the send phase by
+    /// other processes on a shared machine (see [`Watched::cpu_denied`] for the server's).
     pub loadgen_wait: Duration,
     pub server_wait: Duration,
     pub rss_start: u64,
@@ -159,6 +168,31 @@ impl Outcome {
     }
 }
 
+/// What the readers connected to one server received in a run.
+pub struct Side {
+    /// Deliveries the lines of the send phase owed these readers.
+    pub expected: u64,
+    pub tally: Tally,
+    /// Readers (and senders) on this server that it disconnected.
+    pub disconnected: usize,
+}
+
+impl Side {
+    pub fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.tally.delivered)
+    }
+
+    /// Lost lines as a fraction of the expected deliveries.
+    pub fn loss(&self) -> f64 {
+        self.lost() as f64 / self.expected.max(1) as f64
+    }
+
+    /// Latency quantile in milliseconds (NaN when nothing arrived).
+    pub fn latency_ms(&self, quantile: f64) -> f64 {
+        quantile_ms(&self.tally.latency, quantile)
+    }
+}
+
 /// A histogram quantile (µs) in milliseconds; `quantile` 1.0 is the maximum.
 pub fn quantile_ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     if histogram.is_empty() {
@@ -172,6 +206,14 @@ pub fn quantile_ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// CPU used by each process since `start` (both in the same process order).
+fn cpu_since(start: &[Duration], now: &[Duration]) -> Vec<Duration> {
+    now.iter()
+        .zip(start)
+        .map(|(now, start)| now.saturating_sub(*start))
+        .collect()
+}
+
 fn percent(part: Duration, whole: Duration) -> f64 {
     100.0 * part.as_secs_f64() / whole.as_secs_f64().max(1e-9)
 }
@@ -180,11 +222,13 @@ fn percent(part: Duration, whole: Duration) -> f64 {
 #[derive(Default)]
 struct SendEnd {
     elapsed: Duration,
-    server_cpu: Duration,
+    /// Server CPU by process.
+    server_cpu: Vec<Duration>,
     loadgen_cpu: Duration,
     loadgen_wait: Duration,
     server_wait: Duration,
-    /// Deliveries owed for the lines written in the send phase.
+    /// Deliveries owed for the lines written in the send phase, by server side, and in all.
+    expected_by_side: Vec<u64>,
     expected: u64,
 }
 
@@ -207,7 +251,10 @@ pub struct Swarm {
     line_len: usize,
     template: Vec<u8>,
     read_buf: Vec<u8>,
-    tally: Tally,
+    /// The servers the clients are connected to, in the order of their first client.
+    servers: Vec<SocketAddr>,
+    /// What the readers of each server received in the current run, by side.
+    tallies: Vec<Tally>,
     /// Peers whose last visit stopped at `MAX_READS_PER_VISIT` with data left.
     unfinished: Vec<usize>,
     /// Reused list of (peer, hung up) for one pass.
@@ -233,7 +280,8 @@ impl Swarm {
             line_len,
             template: line::template(line_len),
             read_buf: vec![0; READ_BUF_LEN + line_len],
-            tally: Tally::default(),
+            servers: Vec::new(),
+            tallies: Vec::new(),
             unfinished: Vec::new(),
             ready: Vec::new(),
             quickack,
@@ -242,6 +290,7 @@ impl Swarm {
 
     /// Connects `count` clients with `role`; fails if the server stops accepting.
     pub fn connect(&mut self, addr: SocketAddr, role: Role, count: usize) -> Result<(), String> {
+        let side = self.side_of(addr);
         for _ in 0..count {
             let n = self.peers.len() + 1;
             let fail = |e: std::io::Error| format!("connection {n} failed: {e}");
@@ -266,6 +315,7 @@ impl Swarm {
             self.peers.push(Peer {
                 stream,
                 role,
+                side,
                 receiver: Receiver::new(sender, &self.sent),
                 bytes_in: 0,
                 closed_at: None,
@@ -274,6 +324,16 @@ impl Swarm {
             });
         }
         Ok(())
+    }
+
+    /// The index of the server at `addr` among the swarm's servers, added if new.
+    fn side_of(&mut self, addr: SocketAddr) -> usize {
+        if let Some(side) = self.servers.iter().position(|&a| a == addr) {
+            return side;
+        }
+        self.servers.push(addr);
+        self.tallies.push(Tally::default());
+        self.servers.len() - 1
     }
 
     /// Registers the next peer as a sender; every reader starts expecting its lines.
@@ -321,7 +381,7 @@ impl Swarm {
             }
         }
         self.wait_for_quiet()?;
-        self.tally = Tally::default();
+        self.tallies.fill_with(Tally::default);
         for peer in &mut self.peers {
             peer.receiver.restart(&self.sent);
         }
@@ -345,12 +405,13 @@ impl Swarm {
         Ok(())
     }
 
-    /// Offers `load`, then reads for up to `load.drain` until every expected line arrived.
-    pub fn run(&mut self, target: &Target, load: Load) -> Outcome {
+    /// Offers `load`, then reads for up to `load.drain` until every expected line arrived;
+    /// `target` is the server, or the servers, the clients are connected to.
+    pub fn run(&mut self, target: &impl Watched, load: Load) -> Outcome {
         let sent_before = self.sent.clone();
-        let server_cpu_start = target.cpu_time();
+        let server_cpu_start = target.cpu_times();
         let loadgen_cpu_start = thread_cpu_time();
-        let waits_start = (thread_cpu_wait(), target.cpu_wait());
+        let waits_start = (thread_cpu_wait(), target.cpu_denied());
         let rss_start = target.rss_bytes();
         let mut rss_max = rss_start;
         let mut stuck_dropped_after = Vec::new();
@@ -370,13 +431,15 @@ impl Swarm {
             if elapsed < load.duration {
                 generated += self.generate(load.rate, elapsed, generated, &mut turn);
             } else if send_end.is_none() {
+                let expected_by_side = self.expected_since(&sent_before);
                 send_end = Some(SendEnd {
                     elapsed,
-                    server_cpu: target.cpu_time().saturating_sub(server_cpu_start),
+                    server_cpu: cpu_since(&server_cpu_start, &target.cpu_times()),
                     loadgen_cpu: thread_cpu_time().saturating_sub(loadgen_cpu_start),
                     loadgen_wait: thread_cpu_wait().saturating_sub(waits_start.0),
-                    server_wait: target.cpu_wait().saturating_sub(waits_start.1),
-                    expected: self.expected_since(&sent_before),
+                    server_wait: target.cpu_denied().saturating_sub(waits_start.1),
+                    expected: expected_by_side.iter().sum(),
+                    expected_by_side,
                 });
             }
             self.flush_senders();
@@ -394,7 +457,7 @@ impl Swarm {
                 stuck_dropped_after.push(now - start);
             }
             if let Some(end) = &send_end
-                && (self.tally.delivered >= end.expected || elapsed >= load.duration + load.drain)
+                && (self.delivered() >= end.expected || elapsed >= load.duration + load.drain)
             {
                 break;
             }
@@ -402,13 +465,19 @@ impl Swarm {
         let end = send_end.unwrap_or_default();
         let send_phase = end.elapsed;
         let rss_end = target.rss_bytes();
-        let tally = std::mem::take(&mut self.tally);
+        let server_cpu_total_each = cpu_since(&server_cpu_start, &target.cpu_times());
+        let sides = self.take_sides(&end.expected_by_side);
+        let mut tally = Tally::default();
+        for side in &sides {
+            tally.absorb(&side.tally);
+        }
         let counted_span = tally.last_arrival.map_or(send_phase, |t| t - start);
         Outcome {
             load,
             recipients: self.readers().saturating_sub(1),
             expected: end.expected,
             tally,
+            sides,
             disconnected: self
                 .peers
                 .iter()
@@ -418,8 +487,10 @@ impl Swarm {
             send_phase,
             counted_span,
             loadgen_cpu_send: end.loadgen_cpu,
-            server_cpu_send: end.server_cpu,
-            server_cpu_total: target.cpu_time().saturating_sub(server_cpu_start),
+            server_cpu_send: end.server_cpu.iter().sum(),
+            server_cpu_send_each: end.server_cpu,
+            server_cpu_total: server_cpu_total_each.iter().sum(),
+            server_cpu_total_each,
             loadgen_wait: end.loadgen_wait,
             server_wait: end.server_wait,
             rss_start,
@@ -430,6 +501,31 @@ impl Swarm {
             behind: !backlogged
                 && (generated as f64) < 0.99 * load.rate * load.duration.as_secs_f64() - 1.0,
         }
+    }
+
+    /// Distinct deliveries counted so far in this run, on every server.
+    fn delivered(&self) -> u64 {
+        self.tallies.iter().map(|t| t.delivered).sum()
+    }
+
+    /// Ends a run's counting: what each server's readers received (`expected`: owed, by
+    /// side), leaving fresh tallies for the next run.
+    fn take_sides(&mut self, expected: &[u64]) -> Vec<Side> {
+        let tallies = std::mem::take(&mut self.tallies);
+        self.tallies = tallies.iter().map(|_| Tally::default()).collect();
+        tallies
+            .into_iter()
+            .enumerate()
+            .map(|(side, tally)| Side {
+                expected: expected.get(side).copied().unwrap_or(0),
+                tally,
+                disconnected: self
+                    .peers
+                    .iter()
+                    .filter(|p| p.side == side && p.role != Role::Stuck && p.closed_at.is_some())
+                    .count(),
+            })
+            .collect()
     }
 
     /// Queues the lines due by `elapsed` that are not generated yet, round-robin over the
@@ -545,13 +641,14 @@ impl Swarm {
         let Swarm {
             peers,
             read_buf,
-            tally,
+            tallies,
             sent,
             line_len,
             quickack,
             ..
         } = self;
         let peer = &mut peers[index];
+        let tally = &mut tallies[peer.side];
         for _ in 0..MAX_READS_PER_VISIT {
             let carried = peer.receiver.carried().len();
             read_buf[..carried].copy_from_slice(peer.receiver.carried());
@@ -607,15 +704,22 @@ impl Swarm {
         self.peers.iter().filter(|p| p.role != Role::Stuck).count() as u64
     }
 
-    /// Deliveries owed for the lines written since `before`: each line once to every other
-    /// client that reads.
-    fn expected_since(&self, before: &[u32]) -> u64 {
-        let lines: u64 = self
-            .sent
-            .iter()
-            .zip(before)
-            .map(|(&now, &then)| u64::from(now - then))
-            .sum();
-        lines * self.readers().saturating_sub(1)
+    /// Deliveries owed for the lines written since `before`, by server side: each line once
+    /// to every other client that reads.
+    fn expected_since(&self, before: &[u32]) -> Vec<u64> {
+        let mut readers = vec![0u64; self.servers.len()];
+        for peer in self.peers.iter().filter(|p| p.role != Role::Stuck) {
+            readers[peer.side] += 1;
+        }
+        let mut owed = vec![0u64; self.servers.len()];
+        for (id, (&now, &then)) in self.sent.iter().zip(before).enumerate() {
+            let lines = u64::from(now - then);
+            let own_side = self.peers[self.senders[id]].side;
+            for (side, owed) in owed.iter_mut().enumerate() {
+                let others = readers[side].saturating_sub(u64::from(side == own_side));
+                *owed += lines * others;
+            }
+        }
+        owed
     }
 }

@@ -5,9 +5,11 @@
 //! Every line carries (send time, sender id, sequence number); every reader checks every line
 //! it receives: latency from the kernel's arrival timestamp into an HDR histogram; loss,
 //! duplicates and reordering by sequence number; cut or corrupt lines as malformed. Scenarios:
-//! fanout (highest sustained rate and same-rate figures, 1 → 100), chat, idle, slow-consumer
-//! and all-talk. Prints the tables and writes them to fanout-bench.json in the target dir.
+//! fanout (highest sustained rate and same-rate figures, 1 → 100), chat, idle, slow-consumer,
+//! all-talk, and bridge (two instances joined through nats-server, when it is installed).
+//! Prints the tables and writes them to fanout-bench.json in the target dir.
 
+mod bridge;
 mod line;
 mod load;
 mod net;
@@ -108,6 +110,14 @@ fn main() -> ExitCode {
             continue;
         }
         for &kind in &kinds {
+            if let Some(why) = scenario.skip_reason(kind) {
+                println!(
+                    "note: {} skipped for {}: {why}",
+                    scenario.name(),
+                    kind.name()
+                );
+                continue;
+            }
             println!("== {} / {}", scenario.name(), kind.name());
             for row in scenario.run(kind, &options) {
                 match &row.result {

@@ -64,6 +64,24 @@ impl Default for Tally {
     }
 }
 
+impl Tally {
+    /// Adds `other`'s counts and latencies to these (e.g. the readers of several servers).
+    pub fn absorb(&mut self, other: &Tally) {
+        self.delivered += other.delivered;
+        self.duplicates += other.duplicates;
+        self.reordered += other.reordered;
+        self.malformed += other.malformed;
+        self.latency
+            .add(&other.latency)
+            .expect("tallies share histogram bounds");
+        self.read_lag
+            .add(&other.read_lag)
+            .expect("tallies share histogram bounds");
+        self.last_arrival = self.last_arrival.max(other.last_arrival);
+        self.reads_without_kernel_time += other.reads_without_kernel_time;
+    }
+}
+
 /// What received lines are checked against, for one read.
 pub struct Expect<'a> {
     pub line_len: usize,

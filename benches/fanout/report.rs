@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::load::{Outcome, quantile_ms};
+use crate::load::{Outcome, Side, quantile_ms};
 
 /// Named figures of one scenario for one server, in print order.
 pub type Metrics = Vec<(&'static str, f64)>;
@@ -57,6 +57,24 @@ pub fn delivery_metrics(o: &Outcome) -> Metrics {
             "generator_limited",
             f64::from(u8::from(o.generator_limited())),
         ),
+    ]
+}
+
+/// What the readers connected to one server of several received, on their own (the
+/// delivery figures of the whole run are in [`delivery_metrics`]).
+pub fn side_metrics(side: &Side) -> Metrics {
+    vec![
+        ("expected_deliveries", side.expected as f64),
+        ("delivered", side.tally.delivered as f64),
+        ("loss_pct", side.loss() * 100.0),
+        ("lost", side.lost() as f64),
+        ("duplicates", side.tally.duplicates as f64),
+        ("reordered", side.tally.reordered as f64),
+        ("malformed", side.tally.malformed as f64),
+        ("disconnects", side.disconnected as f64),
+        ("p50_ms", side.latency_ms(0.5)),
+        ("p99_ms", side.latency_ms(0.99)),
+        ("max_ms", side.latency_ms(1.0)),
     ]
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::Options;
 use crate::load::{Load, Outcome, Role, Swarm};
 use crate::report::{self, Metrics, Row, SAME_RATE, delivery_metrics, print_trial};
-use crate::target::{Kind, Target};
+use crate::target::{Kind, Target, Watched, nats_server_available};
 
 /// The scenarios, in run order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -20,18 +20,22 @@ pub enum Scenario {
     SlowConsumer,
     /// 1,000 clients, every one sending 1 line/s and receiving everyone else's.
     AllTalk,
+    /// Two instances joined through nats-server (`--nats`): 1 sender on A, 50 receivers on
+    /// A and 50 on B; broadcast-server only.
+    Bridge,
 }
 
 /// The rates of the same-rate fanout table when `--rates` is not given.
 pub const DEFAULT_RATES: [u32; 4] = [5_000, 20_000, 50_000, 200_000];
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Fanout,
         Scenario::Chat,
         Scenario::Idle,
         Scenario::SlowConsumer,
         Scenario::AllTalk,
+        Scenario::Bridge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +45,18 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::SlowConsumer => "slow-consumer",
             Scenario::AllTalk => "all-talk",
+            Scenario::Bridge => "bridge",
+        }
+    }
+
+    /// Why the scenario cannot run against `kind` here (then it is skipped, not failed).
+    pub fn skip_reason(self, kind: Kind) -> Option<String> {
+        match (self, kind) {
+            (Scenario::Bridge, Kind::Ncat) => {
+                Some("ncat --broker has no equivalent of --nats".to_string())
+            }
+            (Scenario::Bridge, Kind::BroadcastServer) => nats_server_available().err(),
+            _ => None,
         }
     }
 
@@ -64,6 +80,7 @@ impl Scenario {
             Scenario::Idle => row(idle(kind, options)),
             Scenario::SlowConsumer => row(slow_consumer(kind, options)),
             Scenario::AllTalk => row(all_talk(kind, options)),
+            Scenario::Bridge => crate::bridge::bridge(kind, options),
         }
     }
 }
@@ -88,7 +105,7 @@ fn setup(
 }
 
 /// What besides the server limited a run, for a row's note ("" if nothing).
-fn limit_note(o: &Outcome) -> String {
+pub fn limit_note(o: &Outcome) -> String {
     report::limit_note(o).unwrap_or_default()
 }
 
@@ -160,7 +177,7 @@ fn judge(o: &Outcome, p99_bar_ms: f64) -> Verdict {
 const CONTENDED_RERUNS: usize = 2;
 
 /// Offers `load` and prints the outcome, running it again if the machine was busy.
-fn measure(swarm: &mut Swarm, target: &Target, load: Load) -> Result<Outcome, String> {
+pub fn measure(swarm: &mut Swarm, target: &impl Watched, load: Load) -> Result<Outcome, String> {
     let mut outcome = swarm.run(target, load);
     print_trial(&outcome);
     for _ in 0..CONTENDED_RERUNS {
@@ -176,16 +193,20 @@ fn measure(swarm: &mut Swarm, target: &Target, load: Load) -> Result<Outcome, St
     Ok(outcome)
 }
 
-/// One fanout run at `rate` lines/s on a fresh server.
-fn fanout_trial(kind: Kind, rate: f64, options: &Options) -> Result<Outcome, String> {
-    let duration = options
+/// How long each fanout rate is offered: `--trial-secs`, else 2 s (0.5 s with `--quick`).
+pub fn trial_duration(options: &Options) -> Duration {
+    options
         .trial_secs
-        .map_or_else(|| secs(options, 2.0, 0.5), Duration::from_secs_f64);
+        .map_or_else(|| secs(options, 2.0, 0.5), Duration::from_secs_f64)
+}
+
+/// One fanout run at `rate` lines/s on a fresh server.
+pub fn fanout_trial(kind: Kind, rate: f64, options: &Options) -> Result<Outcome, String> {
     let clients = [(Role::Sender, 1), (Role::Reader, 100)];
     let (target, mut swarm) = setup(kind, options, &[], 64, &clients)?;
     let load = Load {
         rate,
-        duration,
+        duration: trial_duration(options),
         drain: Duration::from_secs(1),
     };
     let outcome = measure(&mut swarm, &target, load)?;
@@ -210,7 +231,13 @@ fn fanout(kind: Kind, options: &Options) -> Vec<Row> {
         return rows;
     }
     if options.rates.is_empty() {
-        rows.push(fanout_search(kind, options));
+        rows.push(rate_search("fanout", kind, options, |rate| {
+            let outcome = fanout_trial(kind, rate, options)?;
+            Ok(Trial {
+                outcome,
+                detail: String::new(),
+            })
+        }));
     }
     let rates = if options.rates.is_empty() {
         DEFAULT_RATES.to_vec()
@@ -251,12 +278,25 @@ fn same_rate_row(kind: Kind, rate: f64, options: &Options) -> Row {
     }
 }
 
-/// The highest sustained fanout rate: doubling from 5,000 lines/s until the server fails on
-/// throughput (then 3 bisection steps) or the generator is the limit (then no bisection: the
-/// server was not, and the same-rate table is the comparison to read).
-fn fanout_search(kind: Kind, options: &Options) -> Row {
+/// One run of a rate search: its outcome, and what else it found, for the search's note
+/// when this run ends the search (e.g. where the lines were lost).
+pub struct Trial {
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+/// The highest sustained rate of `trial` (a fresh setup per run), as the `scenario` row:
+/// doubling from 5,000 lines/s until the server fails on throughput (then 3 bisection
+/// steps) or the generator is the limit (then no bisection: the server was not, and the
+/// same-rate figures are the comparison to read).
+pub fn rate_search(
+    scenario: &str,
+    kind: Kind,
+    options: &Options,
+    mut trial: impl FnMut(f64) -> Result<Trial, String>,
+) -> Row {
     let row = |result, note| Row {
-        scenario: "fanout".into(),
+        scenario: scenario.into(),
         server: kind.name(),
         result,
         note,
@@ -266,15 +306,15 @@ fn fanout_search(kind: Kind, options: &Options) -> Row {
     let mut stop = None;
     let mut rate = 5_000.0;
     while rate <= 2_560_000.0 {
-        let outcome = match fanout_trial(kind, rate, options) {
-            Ok(outcome) => outcome,
+        let Trial { outcome, detail } = match trial(rate) {
+            Ok(trial) => trial,
             Err(why) => return row(Err(why), String::new()),
         };
         match judge(&outcome, options.p99_bar_ms) {
             Verdict::Sustained => best = Some(outcome),
             Verdict::LatencyOnly => latency_only.push(rate),
             verdict => {
-                stop = Some((rate, verdict));
+                stop = Some((rate, with_detail(verdict, &detail)));
                 break;
             }
         }
@@ -284,10 +324,10 @@ fn fanout_search(kind: Kind, options: &Options) -> Row {
         let (mut low, mut high) = (low.load.rate, *high);
         for _ in 0..3 {
             let mid = (low + high) / 2.0;
-            match fanout_trial(kind, mid, options) {
-                Ok(o) if judge(&o, options.p99_bar_ms) == Verdict::Sustained => {
+            match trial(mid) {
+                Ok(t) if judge(&t.outcome, options.p99_bar_ms) == Verdict::Sustained => {
                     low = mid;
-                    best = Some(o);
+                    best = Some(t.outcome);
                 }
                 Ok(_) => high = mid,
                 Err(why) => return row(Err(why), String::new()),
@@ -311,6 +351,18 @@ fn fanout_search(kind: Kind, options: &Options) -> Row {
     ];
     metrics.extend(delivery_metrics(&best));
     row(Ok(metrics), note)
+}
+
+/// A failing verdict with the trial's `detail` added to its reason.
+fn with_detail(verdict: Verdict, detail: &str) -> Verdict {
+    if detail.is_empty() {
+        return verdict;
+    }
+    match verdict {
+        Verdict::ServerLimit(why) => Verdict::ServerLimit(format!("{why}; {detail}")),
+        Verdict::GeneratorLimit(why) => Verdict::GeneratorLimit(format!("{why}; {detail}")),
+        other => other,
+    }
 }
 
 /// Says what ended the search, so a max rate is never read as the server's when it was

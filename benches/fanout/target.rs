@@ -1,8 +1,10 @@
 //! The servers under test: broadcast-server (release build) and `ncat --broker`, each started
 //! on a free loopback port, pinned to one core, and watched through /proc (RSS) and its
-//! CPU-time clock.
+//! CPU-time clock; and `nats-server`, for the bridge scenario.
 
+use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -41,6 +43,33 @@ impl Kind {
 pub const SERVER_CPU: usize = 0;
 pub const LOADGEN_CPU: usize = 1;
 
+/// What a measured run watches of the server processes it drives: one [`Target`], or
+/// several sharing the server core.
+pub trait Watched {
+    /// CPU time used so far by each process, always in the same order.
+    fn cpu_times(&self) -> Vec<Duration>;
+    /// A counter of the time the processes were kept from their CPU by processes not under
+    /// test (only differences between two readings mean anything).
+    fn cpu_denied(&self) -> Duration;
+    /// Resident set size in bytes, all processes together.
+    fn rss_bytes(&self) -> u64;
+}
+
+impl Watched for Target {
+    fn cpu_times(&self) -> Vec<Duration> {
+        vec![self.cpu_time()]
+    }
+
+    /// Its run-queue wait: on its own core only other processes can delay it.
+    fn cpu_denied(&self) -> Duration {
+        self.cpu_wait()
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        Target::rss_bytes(self)
+    }
+}
+
 /// A running server process, killed on drop.
 pub struct Target {
     child: Child,
@@ -54,15 +83,25 @@ pub struct Target {
 impl Target {
     /// Starts `kind` with `extra` flags (broadcast-server only) and waits until it accepts.
     pub fn start(kind: Kind, extra: &[&str]) -> Result<Target, String> {
+        Target::start_logging(kind, extra, None)
+    }
+
+    /// As [`Target::start`]; with `log`, broadcast-server logs at info level (its NATS
+    /// bridge's state, its final counters) into that file instead of warnings to nowhere.
+    pub fn start_logging(kind: Kind, extra: &[&str], log: Option<&Path>) -> Result<Target, String> {
         let addr = free_port()?;
-        let mut command = Command::new("taskset");
-        command.args(["-c", &SERVER_CPU.to_string()]);
+        let mut command = pinned_command();
         match kind {
             Kind::BroadcastServer => {
                 command
                     .arg(env!("CARGO_BIN_EXE_broadcast-server"))
-                    .args(["--addr", &addr.to_string(), "-q"])
-                    .args(extra);
+                    .args(["--addr", &addr.to_string()]);
+                match log {
+                    // Info level whatever RUST_LOG says: the caller reads the log.
+                    Some(_) => command.env_remove("RUST_LOG"),
+                    None => command.arg("-q"),
+                };
+                command.args(extra);
             }
             Kind::Ncat => {
                 // ncat refuses more than 100 clients unless told otherwise.
@@ -71,23 +110,78 @@ impl Target {
                 command.args(["--listen", "127.0.0.1", &port]);
             }
         }
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {} under taskset: {e}", kind.name()))?;
+        let stderr = match log {
+            Some(path) => File::create(path)
+                .map(Stdio::from)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?,
+            None => Stdio::null(),
+        };
+        let child = spawn(command, stderr, kind.name())?;
+        let mut target = Target::watch(child, addr);
+        target.wait_until_listening()?;
+        Ok(target)
+    }
+
+    /// Starts `nats-server` on a free loopback port of its choosing, which it writes into a
+    /// file in `dir`; returns it once it listens, and its URL.
+    pub fn nats_server(dir: &Path) -> Result<(Target, String), String> {
+        let mut command = pinned_command();
+        command
+            .args([
+                "nats-server",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                "-1",
+                "--ports_file_dir",
+            ])
+            .arg(dir);
+        let mut child = spawn(command, Stdio::null(), "nats-server")?;
+        let url = match wait_for_ports_file(dir, &mut child) {
+            Ok(url) => url,
+            Err(why) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(why);
+            }
+        };
+        let addr = url
+            .strip_prefix("nats://")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("nats-server reported an odd address: {url}"))?;
+        Ok((Target::watch(child, addr), url))
+    }
+
+    /// Watches a started process that serves at `addr`.
+    fn watch(mut child: Child, addr: SocketAddr) -> Target {
         let stdin = child.stdin.take();
         // taskset execs the server, so the child's pid is the server's.
         let cpu_clock = process_cpu_clock(child.id());
-        let mut target = Target {
+        Target {
             child,
             _stdin: stdin,
             addr,
             cpu_clock,
-        };
-        target.wait_until_listening()?;
-        Ok(target)
+        }
+    }
+
+    /// Asks the process to finish (SIGTERM) and waits up to `patience` for it to exit,
+    /// then kills it; e.g. so that broadcast-server logs its final counters.
+    pub fn stop(&mut self, patience: Duration) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        // SAFETY: kill only sends a signal, to our own child, which is not yet reaped.
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn wait_until_listening(&mut self) -> Result<(), String> {
@@ -161,6 +255,55 @@ impl Drop for Target {
     }
 }
 
+/// `taskset -c SERVER_CPU`, ready for the program and its arguments.
+fn pinned_command() -> Command {
+    let mut command = Command::new("taskset");
+    command.args(["-c", &SERVER_CPU.to_string()]);
+    command
+}
+
+/// Spawns `command` (stdin kept open, stdout discarded, stderr to `stderr`).
+fn spawn(mut command: Command, stderr: Stdio, what: &str) -> Result<Child, String> {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("cannot start {what} under taskset: {e}"))
+}
+
+/// Waits (at most 10 s) for `nats-server_PID.ports` in `dir`, written once nats-server
+/// listens, and returns the client URL in it (`{"nats":["nats://127.0.0.1:PORT"]}`).
+fn wait_for_ports_file(dir: &Path, child: &mut Child) -> Result<String, String> {
+    let path = dir.join(format!("nats-server_{}.ports", child.id()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let url = text
+            .split('"')
+            .find(|part| part.starts_with("nats://"))
+            .map(str::to_string);
+        if let Some(url) = url {
+            return Ok(url);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("nats-server exited at start: {status}"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("nats-server wrote no {} in 10 s", path.display()));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `nats-server` can be run here; `Err` says why not.
+pub fn nats_server_available() -> Result<(), String> {
+    match Command::new("nats-server").arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => Err("nats-server is not installed (apt-get install nats-server)".to_string()),
+    }
+}
+
 /// A loopback address with a port that was free a moment ago.
 fn free_port() -> Result<SocketAddr, String> {
     TcpListener::bind("127.0.0.1:0")
@@ -215,6 +358,33 @@ fn schedstat_wait(path: &str) -> Duration {
         .ok()
         .and_then(|text| text.split_whitespace().nth(1)?.parse().ok())
         .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
+/// A counter of the time `cpu` was busy: running anything (processes, interrupts, kernel
+/// threads) or taken by the hypervisor (steal). It is the monotonic clock minus the CPU's
+/// idle and iowait times from /proc/stat, which come in 10 ms ticks.
+pub fn cpu_busy(cpu: usize) -> Duration {
+    let label = format!("cpu{cpu}");
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(label.as_str()))
+    else {
+        return Duration::ZERO;
+    };
+    // user nice system idle iowait ...
+    let idle_ticks: u64 = line
+        .split_whitespace()
+        .skip(4)
+        .take(2)
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let idle = Duration::from_nanos(idle_ticks * 1_000_000_000 / per_second);
+    read_clock(libc::CLOCK_MONOTONIC)
+        .unwrap_or_default()
+        .saturating_sub(idle)
 }
 
 /// Raises this process's soft descriptor limit to its hard limit (10,000 idle clients need
