@@ -333,8 +333,14 @@ impl Link {
         }
         // Room for the headers on the wire.
         let limit = client.max_payload().saturating_sub(128).max(1);
+        let mut stalled = false;
         for chunk in split_at_lines(batch, limit) {
             let n = count_lines(&chunk);
+            if stalled {
+                // NATS stalled on an earlier chunk: the rest would only arrive late.
+                BridgeCounters::add(&self.counters.dropped_offline, n);
+                continue;
+            }
             if chunk.len() > limit {
                 BridgeCounters::add(&self.counters.dropped_too_large, n);
                 let now = std::time::Instant::now();
@@ -365,6 +371,7 @@ impl Link {
                 Err(_) => {
                     BridgeCounters::add(&self.counters.dropped_offline, n);
                     debug!("nats: publish timed out (NATS stalled)");
+                    stalled = true;
                 }
             }
         }
@@ -412,9 +419,13 @@ impl Link {
             return; // our own (no_echo should prevent it), or not whole lines
         }
         let lines = count_lines(&message.payload);
-        if let Some(sequence) = header(SEQUENCE_HEADER).and_then(|s| s.parse::<u64>().ok()) {
-            if self.last_seen.len() >= MAX_ORIGINS && !self.last_seen.contains_key(&origin) {
-                self.last_seen.clear();
+        let sequence = header(SEQUENCE_HEADER).and_then(|s| s.parse::<u64>().ok());
+        if let Some(sequence) = sequence.filter(|_| !origin.is_empty()) {
+            if self.last_seen.len() >= MAX_ORIGINS
+                && !self.last_seen.contains_key(&origin)
+                && let Some(evicted) = self.last_seen.keys().next().cloned()
+            {
+                self.last_seen.remove(&evicted);
             }
             let last = self.last_seen.entry(origin).or_insert(0);
             if sequence <= *last {

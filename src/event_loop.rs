@@ -214,8 +214,8 @@ impl EventLoop {
             let now = Instant::now();
             self.continue_shutdown(now);
             self.distribute_when_due(now);
-            self.hand_lines_to_nats();
             self.run_timers(now);
+            self.hand_lines_to_nats();
             if self.shutdown.is_some() && self.connections.is_empty() {
                 break Exit::Graceful;
             }
@@ -598,6 +598,11 @@ impl EventLoop {
                 }
                 self.nats_outgoing_lines += remote.lines_for_sender();
             }
+        }
+        // Many hand-outs in one turn: hand over a batch's worth at a time, so that one send
+        // (and the bridge's queue of them) stays bounded in bytes.
+        if self.nats_outgoing.len() >= self.batch.limit() {
+            self.hand_lines_to_nats();
         }
     }
 
