@@ -17,7 +17,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use crate::batch::Batch;
-use crate::bridge::Bridge;
+use crate::bridge::{Bridge, BridgeCounters};
 use crate::config::Config;
 use crate::connection::{self, ClientConnection, DisconnectReason, Phase, ReadEnd, ReadReport};
 use crate::error::ServerError;
@@ -221,12 +221,11 @@ impl EventLoop {
             }
         };
         self.hand_lines_to_nats();
-        if let Some(bridge) = self.bridge.take() {
-            let counters = bridge.finish(NATS_FINAL_FLUSH);
-            info!("{} {}", self.stats, counters.summary());
-        } else {
-            info!("{}", self.stats);
-        }
+        let nats = self
+            .bridge
+            .take()
+            .map(|bridge| bridge.finish(NATS_FINAL_FLUSH));
+        info!("{}", stats_line(&self.stats, nats.as_deref()));
         Ok(exit)
     }
 
@@ -651,14 +650,6 @@ impl EventLoop {
         self.nats_waiting = true; // the budget ran out: more may be waiting
     }
 
-    /// The stats line, with the bridge's counters when there is one.
-    fn stats_line(&self) -> String {
-        match &self.bridge {
-            Some(bridge) => format!("{} {}", self.stats, bridge.counters().summary()),
-            None => self.stats.to_string(),
-        }
-    }
-
     /// Removes a client for good; the one place a disconnect is logged and counted.
     fn close(&mut self, token: Token, reason: DisconnectReason) {
         let Some(mut connection) = self.connections.remove(&token) else {
@@ -758,7 +749,8 @@ impl EventLoop {
         if let (Some(at), Some(every)) = (self.next_stats_at, self.config.stats_interval)
             && at <= now
         {
-            info!("{}", self.stats_line());
+            let nats = self.bridge.as_ref().map(Bridge::counters);
+            info!("{}", stats_line(&self.stats, nats));
             self.next_stats_at = Some(now + every);
         }
         if let Some(count) = self.refusal_log.take_summary(now) {
@@ -868,6 +860,14 @@ impl HandOut<'_> {
         if let Err(e) = connection.update_interest(self.registry, token) {
             self.doomed.push((token, DisconnectReason::Error(e.kind())));
         }
+    }
+}
+
+/// The stats line, with the bridge's counters when there is a bridge.
+fn stats_line(stats: &Stats, nats: Option<&BridgeCounters>) -> String {
+    match nats {
+        Some(counters) => format!("{stats} {}", counters.summary()),
+        None => stats.to_string(),
     }
 }
 

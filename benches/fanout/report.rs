@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::load::{Outcome, Side, quantile_ms};
+use crate::receive::Tally;
 
 /// Named figures of one scenario for one server, in print order.
 pub type Metrics = Vec<(&'static str, f64)>;
@@ -35,12 +36,10 @@ pub fn delivery_metrics(o: &Outcome) -> Metrics {
     vec![
         ("offered_deliveries_per_s", o.offered_deliveries_per_sec()),
         ("achieved_deliveries_per_s", o.achieved_deliveries_per_sec()),
-        ("loss_pct", o.loss() * 100.0),
-        ("lost", o.lost() as f64),
-        ("duplicates", o.tally.duplicates as f64),
-        ("reordered", o.tally.reordered as f64),
-        ("malformed", o.tally.malformed as f64),
-        ("disconnects", o.disconnected as f64),
+    ]
+    .into_iter()
+    .chain(faults(o.loss(), o.lost(), &o.tally, o.disconnected))
+    .chain([
         ("p50_ms", o.latency_ms(0.5)),
         ("p99_ms", o.latency_ms(0.99)),
         ("max_ms", o.latency_ms(1.0)),
@@ -57,7 +56,8 @@ pub fn delivery_metrics(o: &Outcome) -> Metrics {
             "generator_limited",
             f64::from(u8::from(o.generator_limited())),
         ),
-    ]
+    ])
+    .collect()
 }
 
 /// What the readers connected to one server of several received, on their own (the
@@ -66,15 +66,31 @@ pub fn side_metrics(side: &Side) -> Metrics {
     vec![
         ("expected_deliveries", side.expected as f64),
         ("delivered", side.tally.delivered as f64),
-        ("loss_pct", side.loss() * 100.0),
-        ("lost", side.lost() as f64),
-        ("duplicates", side.tally.duplicates as f64),
-        ("reordered", side.tally.reordered as f64),
-        ("malformed", side.tally.malformed as f64),
-        ("disconnects", side.disconnected as f64),
+    ]
+    .into_iter()
+    .chain(faults(
+        side.loss(),
+        side.lost(),
+        &side.tally,
+        side.disconnected,
+    ))
+    .chain([
         ("p50_ms", side.latency_ms(0.5)),
         ("p99_ms", side.latency_ms(0.99)),
         ("max_ms", side.latency_ms(1.0)),
+    ])
+    .collect()
+}
+
+/// The fault figures every report shares: loss, and what a correct server never does.
+fn faults(loss: f64, lost: u64, tally: &Tally, disconnected: usize) -> [(&'static str, f64); 6] {
+    [
+        ("loss_pct", loss * 100.0),
+        ("lost", lost as f64),
+        ("duplicates", tally.duplicates as f64),
+        ("reordered", tally.reordered as f64),
+        ("malformed", tally.malformed as f64),
+        ("disconnects", disconnected as f64),
     ]
 }
 

@@ -7,7 +7,6 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -323,21 +322,9 @@ impl Client {
 
     /// Closes with an RST instead of a FIN (SO_LINGER with a zero timeout).
     pub fn reset(self) {
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: setsockopt reads a `linger` from a live local of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "SO_LINGER");
+        socket2::SockRef::from(&self.stream)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER");
         drop(self.stream);
     }
 
@@ -345,18 +332,9 @@ impl Client {
     /// use a size of at least 64 KiB: below one loopback MSS, the window reopens only on
     /// the sender's persist timer and reading crawls.
     pub fn set_receive_buffer(&self, bytes: usize) {
-        let size = bytes as libc::c_int;
-        // SAFETY: setsockopt reads one c_int from a live local.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "SO_RCVBUF");
+        socket2::SockRef::from(&self.stream)
+            .set_recv_buffer_size(bytes)
+            .expect("SO_RCVBUF");
     }
 }
 
