@@ -114,7 +114,8 @@ pub struct BridgeCounters {
     /// Lines not published because one line is larger than NATS's max payload.
     pub dropped_too_large: AtomicU64,
     /// Lines (or, when the client's own queue overflowed, messages) from NATS dropped: the
-    /// queues to the loop were full, or a line was over this instance's `--max-line`.
+    /// queues to the loop were full, a line was over this instance's `--max-line`, or a
+    /// message did not end in a line end (no instance publishes that).
     pub dropped_inbound: AtomicU64,
     /// Lines from NATS dropped because they came after newer ones from the same instance.
     pub dropped_stale: AtomicU64,
@@ -213,8 +214,9 @@ impl Bridge {
         }
     }
 
-    /// Ends the bridge: it hands what it still holds to NATS, waiting at most `wait`, and
-    /// the counters are final.
+    /// Ends the bridge: it hands what it still holds to NATS, waiting at most `wait`. The
+    /// counters are final unless the wait ran out (NATS stalled at exit): lines still
+    /// waiting then are in no counter.
     pub fn finish(self, wait: Duration) -> Arc<BridgeCounters> {
         drop(self.outbox);
         let _ = self.done.recv_timeout(wait);
@@ -303,9 +305,10 @@ impl Link {
             }
         };
         info!(
-            "nats: bridging subject {} through {} (connecting)",
+            "nats: bridging subject {} through {} as instance {} (connecting)",
             self.settings.subject,
-            self.settings.servers.join(",")
+            self.settings.servers.join(","),
+            self.origin
         );
         loop {
             tokio::select! {
@@ -414,9 +417,13 @@ impl Link {
                 .map(|v| v.as_str().to_string())
         };
         let origin = header(ORIGIN_HEADER).unwrap_or_default();
-        if origin == self.origin || message.payload.is_empty() || !message.payload.ends_with(b"\n")
-        {
-            return; // our own (no_echo should prevent it), or not whole lines
+        if origin == self.origin {
+            return; // our own: no_echo should prevent it, and a line never loops
+        }
+        if !message.payload.ends_with(b"\n") {
+            // Not whole lines (no instance publishes that): nothing to deliver it as.
+            self.counters.count_inbound_drop(1);
+            return;
         }
         let lines = count_lines(&message.payload);
         let sequence = header(SEQUENCE_HEADER).and_then(|s| s.parse::<u64>().ok());

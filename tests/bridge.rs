@@ -508,3 +508,305 @@ fn a_line_over_nats_max_payload_is_delivered_locally_only_logged_and_counted() {
     let stats = a.wait_for_log("nats: published=");
     assert!(stats.contains(" too_large=1 "), "{stats}");
 }
+
+/// A bare NATS client speaking NATS's text protocol, to play a publisher that is not one of
+/// our instances: a foreign or misbehaving one, or one flooding the subject.
+struct RawNats {
+    stream: std::net::TcpStream,
+    reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl RawNats {
+    fn connect(nats: &Nats) -> RawNats {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", nats.port)).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut raw = RawNats { stream, reader };
+        assert!(
+            raw.read_line().starts_with("INFO "),
+            "no INFO from nats-server"
+        );
+        raw.write(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\n");
+        raw.round_trip();
+        raw
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        std::io::Write::write_all(&mut self.stream, bytes).expect("write to nats-server");
+    }
+
+    fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.reader, &mut line).expect("read nats-server");
+        line
+    }
+
+    /// Publishes `payload` on `subject`, with these headers (none: a plain PUB).
+    fn publish(&mut self, subject: &str, headers: &[(&str, &str)], payload: &[u8]) {
+        let mut frame = Vec::new();
+        if headers.is_empty() {
+            frame.extend_from_slice(format!("PUB {subject} {}\r\n", payload.len()).as_bytes());
+        } else {
+            let mut head = String::from("NATS/1.0\r\n");
+            for (name, value) in headers {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\n");
+            let total = head.len() + payload.len();
+            frame.extend_from_slice(
+                format!("HPUB {subject} {} {total}\r\n{head}", head.len()).as_bytes(),
+            );
+        }
+        frame.extend_from_slice(payload);
+        frame.extend_from_slice(b"\r\n");
+        self.write(&frame);
+    }
+
+    /// PING, then read until PONG: nats-server has processed everything sent before, and
+    /// refused none of it (an `-ERR` fails the test).
+    fn round_trip(&mut self) {
+        self.write(b"PING\r\n");
+        loop {
+            let line = self.read_line();
+            assert!(!line.starts_with("-ERR"), "nats-server refused: {line}");
+            match line.trim_end() {
+                "PONG" => return,
+                "PING" => self.write(b"PONG\r\n"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Publishes plain probes from `raw` until `to` gets one, then a `ready` marker, and reads
+/// `to` through it: the instance's subscription is live and no probe is in flight.
+fn wait_until_subscribed(raw: &mut RawNats, to: &mut Client) {
+    let deadline = Instant::now() + DEADLINE;
+    to.stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut buf = [0; 64];
+    loop {
+        assert!(Instant::now() < deadline, "the instance never subscribed");
+        raw.publish(SUBJECT, &[], b"probe\n");
+        if std::io::Read::read(&mut to.stream, &mut buf).is_ok_and(|n| n > 0) {
+            break;
+        }
+    }
+    to.stream.set_read_timeout(None).unwrap();
+    raw.publish(SUBJECT, &[], b"ready\n");
+    read_through(to, b"ready\n");
+}
+
+/// The subject instances use by default.
+const SUBJECT: &str = "broadcast-server.lines";
+
+#[test]
+fn messages_from_nats_arrive_once_in_sequence_whole_within_max_line_and_never_our_own() {
+    let Some(nats) = Nats::start("messages_from_nats_arrive_once_in_sequence") else {
+        return;
+    };
+    let b = instance(&nats.url(), &["--max-line", "100"]);
+    let own = b
+        .wait_for_log("as instance ")
+        .split("as instance ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .expect("the instance's id")
+        .to_string();
+    let mut reader = b.connect();
+    let mut raw = RawNats::connect(&nats);
+    wait_until_subscribed(&mut raw, &mut reader);
+    let from = |origin: &'static str, seq: &'static str| {
+        [("Broadcast-Origin", origin), ("Broadcast-Seq", seq)]
+    };
+    raw.publish(SUBJECT, &from("x", "5"), b"x5\n");
+    raw.publish(SUBJECT, &from("x", "3"), b"x3 is older than x5\n");
+    raw.publish(SUBJECT, &from("x", "5"), b"x5 again\n");
+    raw.publish(SUBJECT, &from("x", "6"), b"x6\n");
+    raw.publish(
+        SUBJECT,
+        &from("y", "1"),
+        b"y1: another instance counts on its own\n",
+    );
+    raw.publish(
+        SUBJECT,
+        &[("Broadcast-Origin", own.as_str()), ("Broadcast-Seq", "99")],
+        b"our own, come back\n",
+    );
+    raw.publish(SUBJECT, &[], b"not a whole line");
+    let mut long = vec![b'L'; 101];
+    long.extend_from_slice(b"\nafter the long line\n");
+    raw.publish(SUBJECT, &[], &long);
+    raw.publish(SUBJECT, &[], b"end\n");
+    raw.round_trip();
+    let got = read_through(&mut reader, b"end\n");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "x5\nx6\ny1: another instance counts on its own\nafter the long line\nend\n"
+    );
+    b.signal(libc::SIGTERM);
+    let stats = b.wait_for_log("nats: published=");
+    assert_eq!(counter(&stats, " stale="), 2, "{stats}");
+    assert_eq!(counter(&stats, " inbound="), 2, "{stats}");
+}
+
+#[test]
+fn echo_with_nats_gives_the_sender_its_line_once_and_every_other_instance_once() {
+    let Some(nats) = Nats::start("echo_with_nats") else {
+        return;
+    };
+    let a = instance(&nats.url(), &["--echo"]);
+    let b = instance(&nats.url(), &[]);
+    let mut sender = a.connect();
+    let mut far = b.connect();
+    wait_until_bridged(&mut sender, &mut far, &mut []);
+    read_through(&mut sender, b"ready\n"); // its own probes, echoed
+    sender.send(b"hello\n");
+    sender.expect(b"hello\n");
+    far.expect(b"hello\n");
+    // Nothing more was on its way to either: the next line each gets is the marker.
+    far.send(b"from b\n");
+    sender.expect(b"from b\n");
+    sender.send(b"end\n");
+    sender.expect(b"end\n");
+    far.expect(b"end\n");
+}
+
+/// Reads `client` on a thread, fast, until the server closes it, keeping only the lines that
+/// start with `prefix` (the flood around them is counted, not kept).
+fn keep_lines_starting(
+    mut client: Client,
+    prefix: &'static [u8],
+) -> thread::JoinHandle<(Vec<u8>, usize)> {
+    thread::spawn(move || {
+        let (mut kept, mut line, mut total) = (Vec::new(), Vec::new(), 0);
+        let mut buf = vec![0; 256 * 1024];
+        client.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        loop {
+            let n = match std::io::Read::read(&mut client.stream, &mut buf) {
+                Ok(0) => return (kept, total),
+                Ok(n) => n,
+                Err(e) => panic!("read failed after {total} bytes: {e}"),
+            };
+            total += n;
+            for piece in buf[..n].split_inclusive(|&b| b == b'\n') {
+                // Only the start of a line tells; keep at most that much of others.
+                if line.len() < prefix.len() || line.starts_with(prefix) {
+                    line.extend_from_slice(piece);
+                }
+                if piece.ends_with(b"\n") {
+                    if line.starts_with(prefix) {
+                        kept.extend_from_slice(&line);
+                    }
+                    line.clear();
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn a_publisher_flooding_the_subject_stalls_no_local_client_and_memory_stays_bounded() {
+    let Some(nats) = Nats::start("a_publisher_flooding_the_subject") else {
+        return;
+    };
+    let mut b = instance(&nats.url(), &[]);
+    let talker = b.connect();
+    let listener = b.connect();
+    let mut raw = RawNats::connect(&nats);
+    let mut near = b.connect();
+    wait_until_subscribed(&mut raw, &mut near);
+    let mut talker_out = Client {
+        stream: talker.stream.try_clone().unwrap(),
+    };
+    let heard = keep_lines_starting(listener, b"local-");
+    let near_heard = keep_lines_starting(near, b"local-");
+    let talker_heard = keep_lines_starting(talker, b"local-");
+    let rss_before = b.rss_kib();
+    // 240 MB in 60,000-byte lines, 4 to a message, as fast as nats-server takes them.
+    let flood = thread::spawn(move || {
+        let mut message = Vec::new();
+        for _ in 0..4 {
+            message.extend_from_slice(&[b'F'; 59_999]);
+            message.push(b'\n');
+        }
+        for _ in 0..1_000 {
+            raw.publish(SUBJECT, &[], &message);
+        }
+        raw.round_trip();
+    });
+    // Meanwhile a local conversation goes on.
+    let mut sent = 0;
+    while !flood.is_finished() || sent < 50 {
+        talker_out.send(format!("local-{sent}\n").as_bytes());
+        sent += 1;
+        assert!(sent < 100_000, "the flood never ended");
+        thread::sleep(Duration::from_millis(5)); // the talker's pace, not a wait
+    }
+    flood.join().expect("the flood");
+    let peak = b.peak_rss_kib();
+    b.signal(libc::SIGTERM);
+    assert!(b.wait_exit().success());
+    let expected: String = (0..sent).map(|i| format!("local-{i}\n")).collect();
+    for (who, heard) in [("listener", heard), ("near", near_heard)] {
+        let (local, total) = heard.join().expect("a local reader");
+        assert!(
+            total > sent * 8,
+            "{who} got none of the flood ({total} bytes)"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&local),
+            expected,
+            "{who}: local lines lost, repeated or reordered during the flood"
+        );
+    }
+    let (echoed, _) = talker_heard.join().expect("the talker's reader");
+    assert!(echoed.is_empty(), "the talker got its own lines back");
+    assert!(
+        peak < rss_before + 96 * 1024,
+        "memory grew with the flood: {rss_before} KiB before, peak {peak} KiB"
+    );
+    let stats = b.final_log();
+    assert!(counter(&stats, " received=") > 0, "{stats}");
+}
+
+#[test]
+fn a_flood_while_the_loop_takes_nothing_from_nats_is_dropped_and_counted_not_held() {
+    let Some(nats) = Nats::start("a_flood_while_the_loop_takes_nothing") else {
+        return;
+    };
+    let b = instance(&nats.url(), &["--shutdown-timeout", "60"]);
+    let mut raw = RawNats::connect(&nats);
+    let mut stuck = b.connect();
+    stuck.set_receive_buffer(4096);
+    wait_until_subscribed(&mut raw, &mut stuck);
+    // Output the stuck client does not read keeps the shutdown draining; meanwhile the loop
+    // takes nothing from NATS (its final batches are paced for the clients).
+    let mut talker = b.connect();
+    let mut line = vec![b'x'; 59_999];
+    line.push(b'\n');
+    talker.send(&line.repeat(60));
+    b.signal(libc::SIGTERM);
+    b.wait_for_log("shutting down");
+    let rss_before = b.rss_kib();
+    let mut message = Vec::new();
+    for _ in 0..4 {
+        message.extend_from_slice(&[b'F'; 59_999]);
+        message.push(b'\n');
+    }
+    for _ in 0..1_000 {
+        raw.publish(SUBJECT, &[], &message);
+    }
+    raw.round_trip();
+    raw.publish(SUBJECT, &[], b"end\n");
+    raw.round_trip();
+    let peak = b.peak_rss_kib();
+    drop(stuck);
+    let stats = b.final_log();
+    assert!(
+        peak < rss_before + 64 * 1024,
+        "memory grew with the flood: {rss_before} KiB before, peak {peak} KiB"
+    );
+    assert!(counter(&stats, " inbound=") > 0, "{stats}");
+}
