@@ -114,6 +114,12 @@ impl Batch {
         }
     }
 
+    /// Where each run starts, in order: the first is 0, and each run ends where the next
+    /// starts (the last at [`Batch::len`]).
+    pub fn run_starts(&self) -> impl Iterator<Item = usize> + '_ {
+        self.runs.iter().map(|run| run.start)
+    }
+
     /// Groups the runs by sender, for [`Batch::senders`]. O(R log R) for R runs, once per
     /// hand-out; R is the number of (sender, read) pairs, not of lines.
     pub fn index_senders(&mut self) {
@@ -174,6 +180,13 @@ impl<'a> SenderShare<'a> {
     /// The stretches between the sender's own runs: others' adjacent runs come as one slice,
     /// so there are at most (own runs + 1) of them.
     pub fn parts(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        let bytes = &self.batch.bytes;
+        self.gaps().map(move |gap| &bytes[gap])
+    }
+
+    /// Where [`SenderShare::parts`] lie in the batch: each starts at 0 or a run's end and
+    /// ends at a run's start or the batch's end.
+    pub fn gaps(&self) -> impl Iterator<Item = Range<usize>> + use<'a> {
         let batch = self.batch;
         let end = batch.bytes.len();
         self.own
@@ -186,7 +199,6 @@ impl<'a> SenderShare<'a> {
                 Some(gap)
             })
             .filter(|gap| !gap.is_empty())
-            .map(|gap| &batch.bytes[gap])
     }
 }
 

@@ -37,9 +37,10 @@ const OUTBOX_CAPACITY: usize = 64;
 /// subscription queue has the same size, so messages from NATS hold at most twice this many
 /// times NATS's max payload (1 MiB by default: 64 MiB).
 const INBOX_CAPACITY: usize = 32;
-/// The NATS client's own command queue (messages): small, so that an outage cannot pile up
-/// much behind it (we do not publish while disconnected anyway).
-const CLIENT_CAPACITY: usize = 128;
+/// The NATS client's own command queue (messages). What is in it when NATS stalls still
+/// goes out after the reconnect, late: small, so that little can (one message per turn of
+/// the loop, so a few suffice).
+const CLIENT_CAPACITY: usize = 16;
 /// How often the client pings the server: a stalled connection is noticed after two
 /// unanswered pings, in seconds.
 const PING_INTERVAL: Duration = Duration::from_secs(2);
@@ -80,19 +81,33 @@ pub fn parse_servers(text: &str) -> Result<(Vec<String>, Option<Credentials>), S
         let addr: ServerAddr = url
             .parse()
             .map_err(|e| format!("'{url}' is not a NATS URL ({e}); try nats://127.0.0.1:4222"))?;
-        match (addr.username(), addr.password()) {
-            (Some(user), Some(pass)) => {
-                credentials = Some(Credentials::UserPassword(user.into(), pass.into()))
+        let given = match (addr.username(), addr.password()) {
+            (Some(user), Some(pass)) => Some(Credentials::UserPassword(user.into(), pass.into())),
+            (Some(token), None) => Some(Credentials::Token(token.into())),
+            _ => None,
+        };
+        if given.is_some() {
+            if credentials.is_some() && credentials != given {
+                return Err(
+                    "the URLs carry different credentials; one client logs in once, \
+                            so give the same credentials in each URL (or in one)"
+                        .into(),
+                );
             }
-            (Some(token), None) => credentials = Some(Credentials::Token(token.into())),
-            _ => {}
+            credentials = given;
         }
-        servers.push(format!(
-            "{}://{}:{}",
-            addr.scheme(),
-            addr.host(),
-            addr.port()
-        ));
+        // An IPv6 host keeps its brackets.
+        let host = addr.host();
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let server = format!("{}://{host}:{}", addr.scheme(), addr.port());
+        server
+            .parse::<ServerAddr>()
+            .map_err(|e| format!("'{url}' is not a usable NATS URL ({e})"))?;
+        servers.push(server);
     }
     if servers.is_empty() {
         return Err("--nats needs at least one URL, e.g. nats://127.0.0.1:4222".into());
@@ -131,19 +146,29 @@ impl BridgeCounters {
         BridgeCounters::add(&self.dropped_inbound, n);
     }
 
+    /// Every counter with its name: published, received, then the drops by reason.
+    pub fn each(&self) -> [(&'static str, u64); 7] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("published", get(&self.published)),
+            ("received", get(&self.received)),
+            ("backlog", get(&self.dropped_backlog)),
+            ("offline", get(&self.dropped_offline)),
+            ("too_large", get(&self.dropped_too_large)),
+            ("inbound", get(&self.dropped_inbound)),
+            ("stale", get(&self.dropped_stale)),
+        ]
+    }
+
     /// The bridge's part of the stats line.
     pub fn summary(&self) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let [published, received, dropped @ ..] = self.each();
+        let dropped: Vec<String> = dropped.iter().map(|(n, v)| format!("{n}={v}")).collect();
         format!(
-            "nats: published={} received={} dropped: backlog={} offline={} too_large={} \
-             inbound={} stale={}",
-            get(&self.published),
-            get(&self.received),
-            get(&self.dropped_backlog),
-            get(&self.dropped_offline),
-            get(&self.dropped_too_large),
-            get(&self.dropped_inbound),
-            get(&self.dropped_stale),
+            "nats: published={} received={} dropped: {}",
+            published.1,
+            received.1,
+            dropped.join(" ")
         )
     }
 }
@@ -185,7 +210,11 @@ impl Bridge {
         std::thread::Builder::new()
             .name("nats-bridge".into())
             .spawn(move || {
-                runtime.block_on(link.run(outbound));
+                let run = std::panic::AssertUnwindSafe(|| runtime.block_on(link.run(outbound)));
+                if std::panic::catch_unwind(run).is_err() {
+                    // The panic message went to stderr already; say what it means here.
+                    warn!("nats: the bridge failed and stopped; lines stay local");
+                }
                 let _ = done_tx.send(());
             })?;
         Ok(Bridge {
@@ -219,8 +248,17 @@ impl Bridge {
     /// waiting then are in no counter.
     pub fn finish(self, wait: Duration) -> Arc<BridgeCounters> {
         drop(self.outbox);
+        // Messages from NATS the loop never took (shutdown takes none) are dropped here.
+        while let Ok(message) = self.inbox.try_recv() {
+            self.counters.count_inbound_drop(count_lines(&message));
+        }
         let _ = self.done.recv_timeout(wait);
         self.counters
+    }
+
+    /// Counts `n` lines from NATS that reached the batch.
+    pub fn count_received(&self, n: usize) {
+        BridgeCounters::add(&self.counters.received, n);
     }
 
     /// One message of whole lines from another instance, if any is waiting.
@@ -260,8 +298,8 @@ struct Link {
     said_unreachable: bool,
     /// The number of this instance's last published message.
     sequence: u64,
-    /// The last message number delivered from each other instance.
-    last_seen: std::collections::HashMap<String, u64>,
+    /// The last message number delivered from each other instance, by its id.
+    last_seen: std::collections::HashMap<u64, u64>,
 }
 
 impl Link {
@@ -427,14 +465,17 @@ impl Link {
         }
         let lines = count_lines(&message.payload);
         let sequence = header(SEQUENCE_HEADER).and_then(|s| s.parse::<u64>().ok());
-        if let Some(sequence) = sequence.filter(|_| !origin.is_empty()) {
+        // Only an instance's id (16 hex digits) is remembered: a foreign publisher cannot
+        // grow the map with large or endless made-up origins beyond MAX_ORIGINS small keys.
+        let origin_id = parse_origin(&origin);
+        if let (Some(sequence), Some(origin_id)) = (sequence, origin_id) {
             if self.last_seen.len() >= MAX_ORIGINS
-                && !self.last_seen.contains_key(&origin)
-                && let Some(evicted) = self.last_seen.keys().next().cloned()
+                && !self.last_seen.contains_key(&origin_id)
+                && let Some(&evicted) = self.last_seen.keys().next()
             {
                 self.last_seen.remove(&evicted);
             }
-            let last = self.last_seen.entry(origin).or_insert(0);
+            let last = self.last_seen.entry(origin_id).or_insert(0);
             if sequence <= *last {
                 // Older than what we delivered from that instance: late, after a stall.
                 BridgeCounters::add(&self.counters.dropped_stale, lines);
@@ -444,7 +485,7 @@ impl Link {
         }
         match self.inbound.try_send(message.payload) {
             Ok(()) => {
-                BridgeCounters::add(&self.counters.received, lines);
+                // `received` is counted by the loop, as the lines reach the batch.
                 if let Err(e) = self.waker.wake() {
                     warn!("nats: cannot wake the event loop: {e}");
                 }
@@ -452,6 +493,15 @@ impl Link {
             Err(_) => BridgeCounters::add(&self.counters.dropped_inbound, lines),
         }
     }
+}
+
+/// An instance id: exactly 16 lowercase hex digits, as `origin_id` formats them.
+fn parse_origin(origin: &str) -> Option<u64> {
+    let hex = origin.len() == 16
+        && origin
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    hex.then(|| u64::from_str_radix(origin, 16).ok()).flatten()
 }
 
 fn count_lines(bytes: &[u8]) -> usize {
@@ -505,6 +555,15 @@ mod tests {
         );
         assert!(parse_servers("").is_err());
         assert!(parse_servers("nats://host:notaport").is_err());
+        assert_eq!(
+            parse_servers("nats://[::1]:4222").unwrap().0,
+            ["nats://[::1]:4222"]
+        );
+        assert!(parse_servers("nats://a:b@h1:4222,nats://c:d@h2:4222").is_err());
+        assert!(parse_servers("nats://a:b@h1:4222,nats://h2:4222").is_ok());
+        assert_eq!(parse_origin("00ff00ff00ff00ff"), Some(0x00ff00ff00ff00ff));
+        assert_eq!(parse_origin("00FF00FF00FF00FF"), None);
+        assert_eq!(parse_origin("x"), None);
     }
 
     #[test]

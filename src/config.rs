@@ -25,6 +25,9 @@ pub const DEFAULT_COALESCE: Duration = Duration::from_micros(1000);
 pub const MAX_COALESCE_US: u64 = 1_000_000;
 /// How long a graceful shutdown waits for pending output to drain.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a WebSocket client may be silent before it is pinged (and, silent as long
+/// again, dropped).
+pub const DEFAULT_WS_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Idle time before TCP keepalive starts probing a silent client.
 pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// The most `--tcp-keepalive` accepts: Linux's limit for `TCP_KEEPIDLE`.
@@ -66,6 +69,10 @@ pub struct Config {
     pub tcp_keepalive: Option<Duration>,
     /// The NATS bridge, when `--nats` is given.
     pub nats: Option<BridgeSettings>,
+    /// Addresses to try for the web listener (HTTP and WebSocket), when `--http` is given.
+    pub http: Option<Vec<SocketAddr>>,
+    /// How long a WebSocket client may be silent before it is pinged; `None`: never.
+    pub ws_ping: Option<Duration>,
 }
 
 /// The values `Config::new` checks, as given on the command line.
@@ -83,6 +90,9 @@ pub struct Settings {
     /// `--nats`: comma-separated URLs, or `None`.
     pub nats: Option<String>,
     pub nats_subject: String,
+    /// `--http HOST:PORT`, or `None`.
+    pub http: Option<String>,
+    pub ws_ping_interval: Duration,
 }
 
 impl Default for Settings {
@@ -99,6 +109,8 @@ impl Default for Settings {
             tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
             nats: None,
             nats_subject: DEFAULT_NATS_SUBJECT.to_string(),
+            http: None,
+            ws_ping_interval: DEFAULT_WS_PING_INTERVAL,
         }
     }
 }
@@ -106,8 +118,12 @@ impl Default for Settings {
 /// Why a setting was refused; each message says what to do instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
-    /// `--addr` is not `HOST:PORT` or the host does not resolve.
-    BadAddr { addr: String, why: String },
+    /// `--addr` (or `--http`) is not `HOST:PORT` or the host does not resolve.
+    BadAddr {
+        flag: &'static str,
+        addr: String,
+        why: String,
+    },
     /// A limit that must be positive was zero.
     Zero { flag: &'static str },
     /// `--nats` or `--nats-subject` cannot be used.
@@ -119,9 +135,9 @@ pub enum ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::BadAddr { addr, why } => write!(
+            ConfigError::BadAddr { flag, addr, why } => write!(
                 f,
-                "invalid --addr '{addr}': {why} (expected HOST:PORT, e.g. 127.0.0.1:8080, \
+                "invalid {flag} '{addr}': {why} (expected HOST:PORT, e.g. 127.0.0.1:8080, \
                  localhost:0 or [::1]:8080)"
             ),
             ConfigError::Zero { flag } => write!(f, "{flag} must be at least 1"),
@@ -159,7 +175,12 @@ impl Config {
                 max_line: settings.max_line,
             });
         }
-        let addrs = resolve_addr(&settings.addr)?;
+        let addrs = resolve_addr("--addr", &settings.addr)?;
+        let http = settings
+            .http
+            .as_deref()
+            .map(|addr| resolve_addr("--http", addr))
+            .transpose()?;
         let nats = settings
             .nats
             .as_deref()
@@ -179,6 +200,8 @@ impl Config {
                 .filter(|d| !d.is_zero()),
             tcp_keepalive: Some(settings.tcp_keepalive.min(MAX_KEEPALIVE)).filter(|d| !d.is_zero()),
             nats,
+            http,
+            ws_ping: Some(settings.ws_ping_interval.min(MAX_DURATION)).filter(|d| !d.is_zero()),
         })
     }
 
@@ -214,8 +237,9 @@ fn nats_settings(urls: &str, subject: &str) -> Result<BridgeSettings, ConfigErro
 }
 
 /// Turns `HOST:PORT` into the socket addresses to try, the way `TcpListener::bind` would.
-fn resolve_addr(addr: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+fn resolve_addr(flag: &'static str, addr: &str) -> Result<Vec<SocketAddr>, ConfigError> {
     let bad = |why: String| ConfigError::BadAddr {
+        flag,
         addr: addr.to_string(),
         why,
     };

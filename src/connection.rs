@@ -17,6 +17,7 @@ use socket2::{SockRef, TcpKeepalive};
 
 use crate::framing::LineFramer;
 use crate::socket_queues;
+use crate::websocket::{self, CloseCode, Stop};
 
 /// Most iovecs one `writev` takes (Linux's `IOV_MAX`).
 const IOV_MAX: usize = 1024;
@@ -41,6 +42,12 @@ pub enum DisconnectReason {
     Shutdown,
     /// The server shut down, and the drain deadline passed before the client took its output.
     ShutdownTimeout { unsent: usize },
+    /// A WebSocket client sent a Close frame (with this status code, if any).
+    WebSocketClosed { code: Option<u16> },
+    /// A WebSocket client broke the protocol; it is closed with `code`.
+    WebSocketViolation { code: u16, why: &'static str },
+    /// A WebSocket client did not answer a ping.
+    PingTimeout,
 }
 
 impl DisconnectReason {
@@ -74,6 +81,16 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::ShutdownTimeout { unsent } => {
                 write!(f, "server shutdown timed out with {unsent} bytes unsent")
             }
+            DisconnectReason::WebSocketClosed { code: Some(code) } => {
+                write!(f, "client closed (WebSocket close {code})")
+            }
+            DisconnectReason::WebSocketClosed { code: None } => {
+                write!(f, "client closed (WebSocket close)")
+            }
+            DisconnectReason::WebSocketViolation { code, why } => {
+                write!(f, "WebSocket protocol error {code}: {why}")
+            }
+            DisconnectReason::PingTimeout => write!(f, "no answer to WebSocket pings"),
         }
     }
 }
@@ -135,12 +152,42 @@ fn failure(error: &io::Error) -> DisconnectReason {
     }
 }
 
-/// A connected client: its socket, its unfinished input line and its pending output.
+/// How lines look on a client's wire.
+#[derive(Debug)]
+enum Wire {
+    /// Plain TCP: newline-terminated lines both ways.
+    Lines(LineFramer),
+    /// WebSocket: messages in, one frame per line out (boxed: plain clients stay small).
+    WebSocket(Box<WebSocketState>),
+}
+
+/// A WebSocket client's decoder and liveness.
+#[derive(Debug)]
+struct WebSocketState {
+    decoder: websocket::Decoder,
+    /// When the client last sent anything (any frame, a pong included).
+    last_heard: Instant,
+    /// Whether it was pinged since then.
+    pinged: bool,
+}
+
+/// What a WebSocket client's silence calls for (see [`ClientConnection::check_liveness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Heard from recently enough, or already pinged and still within its time to answer.
+    Fine,
+    /// Silent for a ping interval: a ping was queued.
+    Pinged,
+    /// Pinged, and silent for another interval: drop it.
+    Gone,
+}
+
+/// A connected client: its socket, its unfinished input and its pending output.
 #[derive(Debug)]
 pub struct ClientConnection {
     stream: TcpStream,
     peer: SocketAddr,
-    framer: LineFramer,
+    wire: Wire,
     /// Output the kernel would not take yet, oldest first. Empty (and unallocated) unless the
     /// client's socket buffer is full.
     write_buf: VecDeque<u8>,
@@ -165,7 +212,7 @@ impl ClientConnection {
         Ok(ClientConnection {
             stream,
             peer,
-            framer: LineFramer::default(),
+            wire: Wire::Lines(LineFramer::default()),
             write_buf: VecDeque::new(),
             interest: Interest::READABLE,
             phase: Phase::Open,
@@ -174,8 +221,86 @@ impl ClientConnection {
         })
     }
 
+    /// Wraps a socket whose WebSocket upgrade was accepted, registers it, and queues the
+    /// `101` answer `handshake` (the caller flushes it).
+    pub fn register_websocket(
+        stream: TcpStream,
+        peer: SocketAddr,
+        registry: &Registry,
+        token: Token,
+        handshake: &[u8],
+    ) -> io::Result<ClientConnection> {
+        let mut connection = ClientConnection::register(stream, peer, registry, token)?;
+        connection.wire = Wire::WebSocket(Box::new(WebSocketState {
+            decoder: websocket::Decoder::default(),
+            last_heard: Instant::now(),
+            pinged: false,
+        }));
+        connection.queue(handshake, handshake.len());
+        Ok(connection)
+    }
+
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// Whether this client speaks WebSocket (it receives the batch as frames).
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.wire, Wire::WebSocket(_))
+    }
+
+    /// For an open WebSocket client silent for `interval`: pings it (once), or, if it was
+    /// pinged and stayed silent for another `interval`, says it is gone. Plain clients are
+    /// always `Fine` (TCP keepalive watches them).
+    pub fn check_liveness(&mut self, now: Instant, interval: Duration) -> Liveness {
+        let Wire::WebSocket(state) = &mut self.wire else {
+            return Liveness::Fine;
+        };
+        let silent = now.saturating_duration_since(state.last_heard);
+        if !self.phase.eq(&Phase::Open) || silent < interval {
+            return Liveness::Fine;
+        }
+        if state.pinged {
+            return if silent >= interval * 2 {
+                Liveness::Gone
+            } else {
+                Liveness::Fine
+            };
+        }
+        state.pinged = true;
+        let ping = websocket::ping_frame();
+        let limit = self.write_buf.len() + ping.len();
+        self.queue(&ping, limit);
+        Liveness::Pinged
+    }
+
+    /// What the client is told as it is sent away for `reason`, on its own wire: an `ERR`
+    /// line or a WebSocket Close frame (nothing when there is nothing to say).
+    pub fn farewell(&self, reason: DisconnectReason, max_line: usize) -> Vec<u8> {
+        match (&self.wire, reason) {
+            (Wire::Lines(_), DisconnectReason::LineTooLong) => {
+                format!("ERR line too long (max {max_line} bytes)\n").into_bytes()
+            }
+            (Wire::Lines(_), _) => Vec::new(),
+            (Wire::WebSocket(_), reason) => {
+                let (code, why) = match reason {
+                    DisconnectReason::LineTooLong => (
+                        CloseCode::MessageTooBig.code(),
+                        format!("message too long (max {max_line} bytes)"),
+                    ),
+                    DisconnectReason::WebSocketClosed { code } => {
+                        (code.unwrap_or(CloseCode::Normal.code()), String::new())
+                    }
+                    DisconnectReason::WebSocketViolation { code, why } => (code, why.to_string()),
+                    DisconnectReason::Shutdown => (
+                        CloseCode::GoingAway.code(),
+                        "server shutting down".to_string(),
+                    ),
+                    _ => return Vec::new(),
+                };
+                websocket::close_frame(code, &why)
+            }
+        }
     }
 
     pub fn phase(&self) -> Phase {
@@ -261,13 +386,11 @@ impl ClientConnection {
                     if !self.is_open() {
                         continue; // leaving: read only to notice the close; input discarded
                     }
-                    match self.framer.push(&scratch[..n], max_line, lines_out) {
-                        Ok(lines) => report.lines += lines,
-                        Err(too_long) => {
-                            report.lines += too_long.lines_before;
-                            report.end = ReadEnd::Closed(DisconnectReason::LineTooLong);
-                            break;
-                        }
+                    let (lines, stop) = self.decode(&scratch[..n], max_line, lines_out);
+                    report.lines += lines;
+                    if let Some(reason) = stop {
+                        report.end = ReadEnd::Closed(reason);
+                        break;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -285,6 +408,44 @@ impl ClientConnection {
         report
     }
 
+    /// Turns one chunk of input into lines on the client's wire; returns how many, and why
+    /// the client must stop if it must. A WebSocket client's pongs are queued here.
+    fn decode(
+        &mut self,
+        chunk: &[u8],
+        max_line: usize,
+        lines_out: &mut Vec<u8>,
+    ) -> (usize, Option<DisconnectReason>) {
+        match &mut self.wire {
+            Wire::Lines(framer) => match framer.push(chunk, max_line, lines_out) {
+                Ok(lines) => (lines, None),
+                Err(too_long) => (too_long.lines_before, Some(DisconnectReason::LineTooLong)),
+            },
+            Wire::WebSocket(state) => {
+                state.last_heard = Instant::now();
+                state.pinged = false;
+                let mut pongs = Vec::new();
+                let decoded = state.decoder.push(chunk, max_line, lines_out, &mut pongs);
+                if !pongs.is_empty() {
+                    // Within --max-queue plus this read's pongs: the caller judges the
+                    // queue right after the read (a client that pings without reading is
+                    // a slow consumer like any other).
+                    let limit = self.write_buf.len() + pongs.len();
+                    self.queue(&pongs, limit);
+                }
+                let stop = decoded.stop.map(|stop| match stop {
+                    Stop::Closed(code) => DisconnectReason::WebSocketClosed { code },
+                    Stop::Fail(CloseCode::MessageTooBig, _) => DisconnectReason::LineTooLong,
+                    Stop::Fail(code, why) => DisconnectReason::WebSocketViolation {
+                        code: code.code(),
+                        why,
+                    },
+                });
+                (decoded.lines, stop)
+            }
+        }
+    }
+
     /// Reads what the kernel holds now, up to the end of the unfinished line (its `\n` and
     /// no further; the rest is discarded), so that a line whose end was already on its way
     /// is not cut. Used when the client's input is closing (shutdown, or the client being
@@ -295,10 +456,14 @@ impl ClientConnection {
         max_line: usize,
         lines_out: &mut Vec<u8>,
     ) -> usize {
-        while self.framer.pending() > 0 && self.is_open() {
+        // A WebSocket message is delivered whole or not at all: an unfinished one is not.
+        let Wire::Lines(framer) = &mut self.wire else {
+            return 0;
+        };
+        while framer.pending() > 0 && self.phase == Phase::Open {
             // One byte more than the line may still hold: its newline, or the proof that it
             // is too long. In all, at most --max-line + 1 bytes are read.
-            let want = (max_line + 1 - self.framer.pending()).min(scratch.len());
+            let want = (max_line + 1 - framer.pending()).min(scratch.len());
             let n = match self.stream.read(&mut scratch[..want]) {
                 Ok(0) => return 0, // the client closed: the line ends here
                 Ok(n) => n,
@@ -308,8 +473,8 @@ impl ClientConnection {
             let end = memchr::memchr(b'\n', &scratch[..n]).map_or(n, |newline| newline + 1);
             // Grow exactly: this runs once per closing client, and the caller's buffer has
             // a size bound to keep.
-            lines_out.reserve_exact(self.framer.pending() + end);
-            match self.framer.push(&scratch[..end], max_line, lines_out) {
+            lines_out.reserve_exact(framer.pending() + end);
+            match framer.push(&scratch[..end], max_line, lines_out) {
                 Ok(0) => {}
                 Ok(lines) => return lines,
                 Err(_) => return 0, // past --max-line: never broadcast, like any such line
@@ -327,7 +492,7 @@ impl ClientConnection {
         lines_out: &mut Vec<u8>,
     ) -> ReadReport {
         if self.is_open() {
-            report.lines += self.framer.finish(lines_out);
+            report.lines += self.finish_partial_line(lines_out);
         }
         report.end = ReadEnd::Closed(reason);
         report
@@ -510,13 +675,20 @@ impl ClientConnection {
 
     /// Bytes of the unfinished line held for the client.
     pub fn unfinished_line_len(&self) -> usize {
-        self.framer.pending()
+        match &self.wire {
+            Wire::Lines(framer) => framer.pending(),
+            Wire::WebSocket(state) => state.decoder.pending(),
+        }
     }
 
     /// Takes the unfinished line out (with a `\n`) into `lines_out`; used at shutdown so that
     /// nothing a client sent is lost. Returns how many lines it added.
     pub fn finish_partial_line(&mut self, lines_out: &mut Vec<u8>) -> usize {
-        self.framer.finish(lines_out)
+        match &mut self.wire {
+            Wire::Lines(framer) => framer.finish(lines_out),
+            // A WebSocket message is atomic: one the client never finished is not delivered.
+            Wire::WebSocket(_) => 0,
+        }
     }
 
     /// While draining with nothing left queued: shuts our side down once, then reports
@@ -547,7 +719,12 @@ impl ClientConnection {
 
     /// Drops queued output after the end of the line now being sent, so a client that is
     /// sent away for misbehaving holds no more than its farewell (and that line's rest).
+    /// A WebSocket client's queue is kept (bounded by `--max-queue`): it holds frames, and
+    /// where the one being sent ends is not known here.
     pub fn discard_queued_lines(&mut self) {
+        if self.is_websocket() {
+            return;
+        }
         let (front, back) = self.write_buf.as_slices();
         let keep = match memchr::memchr(b'\n', front) {
             Some(at) => at + 1,

@@ -13,7 +13,11 @@ pub enum ServerError {
     /// A flag had a value the server cannot use.
     Config(ConfigError),
     /// The listening socket could not be bound.
-    Bind { addr: SocketAddr, source: io::Error },
+    Bind {
+        flag: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
     /// The poller itself failed.
     Poll(io::Error),
     /// The SIGINT/SIGTERM handlers could not be installed.
@@ -24,13 +28,13 @@ impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServerError::Config(e) => write!(f, "{e}"),
-            ServerError::Bind { addr, source } => {
+            ServerError::Bind { flag, addr, source } => {
                 write!(f, "cannot listen on {addr}: {source}")?;
                 match source.kind() {
                     io::ErrorKind::AddrInUse => write!(
                         f,
                         " (another process holds this port: stop it, or pick another port \
-                         with --addr, e.g. --addr {}:0 for any free one)",
+                         with {flag}, e.g. {flag} {}:0 for any free one)",
                         host_of(addr)
                     ),
                     io::ErrorKind::PermissionDenied => {

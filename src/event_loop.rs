@@ -19,9 +19,13 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use crate::batch::Batch;
 use crate::bridge::{Bridge, BridgeCounters};
 use crate::config::Config;
-use crate::connection::{self, ClientConnection, DisconnectReason, Phase, ReadEnd, ReadReport};
+use crate::connection::{
+    self, ClientConnection, DisconnectReason, Liveness, Phase, ReadEnd, ReadReport,
+};
 use crate::error::ServerError;
+use crate::framed_batch::FramedBatch;
 use crate::hold_timer::HoldTimer;
+use crate::http::{self, PendingRequests, Request, Route};
 use crate::log_limit::RateLimit;
 use crate::shutdown::{Shutdown, StopSignals};
 
@@ -33,7 +37,15 @@ const SIGNALS: Token = Token(1);
 const HOLD_TIMER: Token = Token(2);
 /// The NATS bridge's waker: lines from other instances are waiting.
 const BRIDGE: Token = Token(3);
-const FIRST_CLIENT: usize = 4;
+/// The web listener (`--http`).
+const WEB_LISTENER: Token = Token(4);
+const FIRST_CLIENT: usize = 5;
+/// The live page served at `/`.
+const PAGE: &str = include_str!("page.html");
+/// The page's policy: its own inline script and style, WebSocket back to where it came
+/// from, nothing else (a line can never become markup, and this is the second fence).
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+                           style-src 'unsafe-inline'; connect-src 'self'; img-src data:";
 /// The sender recorded for lines that came from NATS: no client has it, so every client
 /// receives them, and they are never published again.
 const FROM_NATS: Token = Token(usize::MAX);
@@ -67,12 +79,31 @@ pub enum Exit {
     Forced,
 }
 
+/// Which listener a connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// `--addr`: plain TCP line clients.
+    Lines = 0,
+    /// `--http`: web requests and WebSocket clients.
+    Web = 1,
+}
+
 /// The server: listener, clients, and the state of one turn.
 pub struct EventLoop {
     poll: Poll,
     /// `None` once shutdown has begun: new connections wait in the kernel and are reset.
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
+    /// The web listener, with `--http` (`None` without it, or once shutdown has begun).
+    web_listener: Option<TcpListener>,
+    /// Web connections that have not become WebSocket clients (reading their request,
+    /// being answered).
+    web_requests: PendingRequests,
+    /// The batch as WebSocket frames, built at a hand-out only when WebSocket clients
+    /// receive it.
+    framed: FramedBatch,
+    /// When WebSocket clients are next checked for silence (with `--http`).
+    next_liveness_check: Option<Instant>,
     signals: StopSignals,
     /// Fires when a batch held for coalescing is due.
     hold_timer: HoldTimer,
@@ -103,11 +134,11 @@ pub struct EventLoop {
     leftover_lines: VecDeque<(Token, Vec<u8>)>,
     /// Set while accepting is paused after running out of descriptors.
     accept_retry_at: Option<Instant>,
-    /// Accepts left in this turn.
+    /// Accepts left in this turn (both listeners share it).
     accept_budget: usize,
-    /// The accept budget ran out with connections possibly still waiting (no new edge will
-    /// come for them).
-    more_to_accept: bool,
+    /// Per listener: the accept budget ran out with connections possibly still waiting (no
+    /// new edge will come for them).
+    more_to_accept: [bool; 2],
     /// `Some` once a stop signal arrived.
     shutdown: Option<Shutdown>,
     stats: Stats,
@@ -131,11 +162,21 @@ impl EventLoop {
     /// stop signals. Logs `listening on ADDR` once bound.
     pub fn bind(config: Config) -> Result<EventLoop, ServerError> {
         let poll = Poll::new().map_err(ServerError::Poll)?;
-        let mut listener = bind_any(&config)?;
+        let mut listener = bind_any("--addr", &config.addrs)?;
         let local_addr = listener.local_addr().map_err(ServerError::Poll)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(ServerError::Poll)?;
+        let web_listener = match &config.http {
+            Some(addrs) => {
+                let mut web = bind_any("--http", addrs)?;
+                poll.registry()
+                    .register(&mut web, WEB_LISTENER, Interest::READABLE)
+                    .map_err(ServerError::Poll)?;
+                Some(web)
+            }
+            None => None,
+        };
         let signals =
             StopSignals::register(poll.registry(), SIGNALS).map_err(ServerError::Signals)?;
         let hold_timer =
@@ -148,7 +189,18 @@ impl EventLoop {
             None => None,
         };
         info!("listening on {local_addr}");
+        if let Some(web) = &web_listener {
+            let addr = web.local_addr().map_err(ServerError::Poll)?;
+            info!("http listening on {addr}");
+        }
         Ok(EventLoop {
+            next_liveness_check: config
+                .ws_ping
+                .filter(|_| web_listener.is_some())
+                .map(|every| Instant::now() + every / 2),
+            web_listener,
+            web_requests: PendingRequests::default(),
+            framed: FramedBatch::default(),
             bridge,
             nats_waiting: false,
             nats_outgoing: Vec::new(),
@@ -173,7 +225,7 @@ impl EventLoop {
             leftover_lines: VecDeque::new(),
             accept_retry_at: None,
             accept_budget: ACCEPT_BUDGET,
-            more_to_accept: false,
+            more_to_accept: [false; 2],
             shutdown: None,
             stats: Stats::default(),
             refusal_log: RateLimit::default(),
@@ -208,8 +260,13 @@ impl EventLoop {
             if self.nats_waiting {
                 self.take_lines_from_nats();
             }
-            if self.more_to_accept {
-                self.accept_all();
+            for (listener, more) in [Listener::Lines, Listener::Web]
+                .into_iter()
+                .zip(self.more_to_accept)
+            {
+                if more {
+                    self.accept_all(listener);
+                }
             }
             let now = Instant::now();
             self.continue_shutdown(now);
@@ -221,11 +278,13 @@ impl EventLoop {
             }
         };
         self.hand_lines_to_nats();
-        let nats = self
-            .bridge
-            .take()
-            .map(|bridge| bridge.finish(NATS_FINAL_FLUSH));
-        info!("{}", stats_line(&self.stats, nats.as_deref()));
+        // A forced exit (second signal) does not wait for NATS either.
+        let flush = match exit {
+            Exit::Graceful => NATS_FINAL_FLUSH,
+            Exit::Forced => Duration::ZERO,
+        };
+        let nats = self.bridge.take().map(|bridge| bridge.finish(flush));
+        info!("{}", self.stats_line(nats.as_deref()));
         Ok(exit)
     }
 
@@ -233,7 +292,8 @@ impl EventLoop {
     fn handle_events(&mut self, events: &Events) -> Option<Exit> {
         for event in events.iter() {
             match event.token() {
-                LISTENER => self.accept_all(),
+                LISTENER => self.accept_all(Listener::Lines),
+                WEB_LISTENER => self.accept_all(Listener::Web),
                 HOLD_TIMER => self.hold_timer.acknowledge(),
                 BRIDGE => self.nats_waiting = true,
                 SIGNALS => {
@@ -247,20 +307,30 @@ impl EventLoop {
         None
     }
 
-    /// Accepts waiting connections, within what is left of this turn's budget. Lines framed
-    /// earlier go out first, so that a line reaches exactly the clients connected when it
-    /// was framed.
-    fn accept_all(&mut self) {
-        self.distribute_everything_framed();
-        self.more_to_accept = false;
-        while let Some(listener) = &self.listener {
+    /// Accepts waiting connections on `which`, within what is left of this turn's budget.
+    /// Lines framed earlier go out first, so that a line reaches exactly the clients
+    /// connected when it was framed.
+    fn accept_all(&mut self, which: Listener) {
+        if which == Listener::Lines {
+            self.distribute_everything_framed();
+        }
+        self.more_to_accept[which as usize] = false;
+        loop {
+            let listener = match which {
+                Listener::Lines => self.listener.as_ref(),
+                Listener::Web => self.web_listener.as_ref(),
+            };
+            let Some(listener) = listener else {
+                return;
+            };
             if self.accept_budget == 0 {
-                self.more_to_accept = true;
+                self.more_to_accept[which as usize] = true;
                 return;
             }
             self.accept_budget -= 1;
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer),
+                Ok((stream, peer)) if which == Listener::Lines => self.admit(stream, peer),
+                Ok((stream, peer)) => self.admit_web(stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.accept_retry_at.take().is_some()
                         && self.accept_failure_log.admit(Instant::now())
@@ -314,8 +384,116 @@ impl EventLoop {
         match ClientConnection::register(stream, peer, self.poll.registry(), token) {
             Ok(connection) => {
                 self.connections.insert(token, connection);
-                self.stats.connected();
+                self.stats.connected(false);
                 info!("client {peer} connected (token {})", token.0);
+            }
+            Err(e) => warn!("{peer}: cannot register with the poller, dropping it: {e}"),
+        }
+    }
+
+    /// Takes a web connection: its request is read as it arrives. Requests in progress are
+    /// limited to `--max-clients` too; past that a connection gets a 503 at once.
+    fn admit_web(&mut self, stream: TcpStream, peer: SocketAddr) {
+        if self.web_requests.len() >= self.config.max_clients {
+            self.stats.refused_server_full += 1;
+            if self.refusal_log.admit(Instant::now()) {
+                info!(
+                    "refused {peer}: {} web requests in progress already",
+                    self.config.max_clients
+                );
+            }
+            let refusal = http::Refusal {
+                status: http::SERVICE_UNAVAILABLE,
+                reason: "too many requests in progress".into(),
+            };
+            refuse_with(stream, &http::refusal_response(&refusal));
+            return;
+        }
+        if let Err(e) = connection::configure_socket(&stream, self.config.tcp_keepalive) {
+            debug!("{peer}: cannot set socket options: {e}");
+        }
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        if let Err(e) = self
+            .web_requests
+            .admit(stream, peer, token, self.poll.registry())
+        {
+            warn!("{peer}: cannot register with the poller, dropping it: {e}");
+        }
+    }
+
+    /// Readiness for a web connection still in its HTTP stage; answers a complete request.
+    fn on_web_event(&mut self, token: Token) {
+        if let Some(request) = self.web_requests.on_ready(token, self.poll.registry()) {
+            self.answer_web(token, request);
+        }
+    }
+
+    /// Answers a routed web request: a page, the metrics, the health check, or a WebSocket
+    /// upgrade (refused with 503 when the server is full).
+    fn answer_web(&mut self, token: Token, request: Request) {
+        let ok = |content_type: &str, extra: &[(&str, &str)], body: &[u8]| {
+            http::response(http::OK, content_type, extra, body, request.head_only)
+        };
+        let response = match request.route {
+            Route::Page => {
+                // The page shows its own lines itself unless the server echoes them.
+                let page = match self.config.echo {
+                    true => PAGE.replacen("data-echo=\"off\"", "data-echo=\"on\"", 1),
+                    false => PAGE.to_string(),
+                };
+                let policy = [("Content-Security-Policy", PAGE_POLICY)];
+                ok("text/html; charset=utf-8", &policy, page.as_bytes())
+            }
+            Route::Metrics => {
+                let nats = self.bridge.as_ref().map(Bridge::counters);
+                let text = self.stats.prometheus(self.web_requests.counters(), nats);
+                ok(
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    &[],
+                    text.as_bytes(),
+                )
+            }
+            Route::Health => ok("text/plain; charset=utf-8", &[], b"ok\n"),
+            Route::WebSocket { key } => return self.upgrade_to_websocket(token, &key),
+        };
+        self.web_requests
+            .answer(token, response, self.poll.registry());
+    }
+
+    /// Makes a web connection a WebSocket member of the broadcast, or refuses it (503) when
+    /// `--max-clients` are connected. Lines framed earlier go out first, as for a new TCP
+    /// client.
+    fn upgrade_to_websocket(&mut self, token: Token, key: &str) {
+        let max_clients = self.config.max_clients;
+        if self.connections.len() - self.leaving >= max_clients {
+            self.stats.refused_server_full += 1;
+            let refusal = http::Refusal {
+                status: http::SERVICE_UNAVAILABLE,
+                reason: format!("server full (max {max_clients} clients)"),
+            };
+            self.web_requests
+                .refuse(token, &refusal, self.poll.registry());
+            return;
+        }
+        self.distribute_everything_framed();
+        let Some((stream, peer)) = self.web_requests.take_upgrade(token, self.poll.registry())
+        else {
+            return;
+        };
+        let handshake = http::upgrade_response(key);
+        match ClientConnection::register_websocket(
+            stream,
+            peer,
+            self.poll.registry(),
+            token,
+            &handshake,
+        ) {
+            Ok(connection) => {
+                self.connections.insert(token, connection);
+                self.stats.connected(true);
+                info!("websocket client {peer} connected (token {})", token.0);
+                self.on_writable(token);
             }
             Err(e) => warn!("{peer}: cannot register with the poller, dropping it: {e}"),
         }
@@ -341,6 +519,9 @@ impl EventLoop {
     /// batch of events: that is normal, and the event is ignored.
     fn on_client_event(&mut self, token: Token, event: &Event) {
         if !self.connections.contains_key(&token) {
+            if self.web_requests.contains(token) {
+                return self.on_web_event(token);
+            }
             trace!("event for closed token {} ignored", token.0);
             return;
         }
@@ -378,10 +559,15 @@ impl EventLoop {
         let Some(report) = self.read_into_batch(token, budget) else {
             return;
         };
+        self.answer_control_frames(token);
         match report.end {
             ReadEnd::WouldBlock => {}
             ReadEnd::BudgetSpent => self.unfinished_readers.push(token),
             ReadEnd::Closed(DisconnectReason::LineTooLong) => self.reject_long_line(token),
+            ReadEnd::Closed(
+                reason @ (DisconnectReason::WebSocketClosed { .. }
+                | DisconnectReason::WebSocketViolation { .. }),
+            ) if open => self.send_away(token, reason),
             // A leaving client that half-closes may still be reading what it is owed: keep
             // flushing until it has everything or its deadline (its writes fail if it is
             // really gone).
@@ -426,7 +612,42 @@ impl EventLoop {
         }
     }
 
-    /// Sends the client a farewell `ERR` line and lets it drain; its line is never broadcast.
+    /// Flushes the pongs a WebSocket client's pings called for (a client that pings without
+    /// reading is a slow consumer like any other).
+    fn answer_control_frames(&mut self, token: Token) {
+        let Some(connection) = self.connections.get(&token) else {
+            return;
+        };
+        if !connection.is_websocket() || connection.queued() == 0 {
+            return;
+        }
+        let queued = connection.queued();
+        if queued > self.config.max_queue {
+            self.close(token, DisconnectReason::SlowConsumer { queued });
+        } else {
+            self.on_writable(token);
+        }
+    }
+
+    /// Lets a WebSocket client that closed, or broke the protocol, go: it gets its Close
+    /// frame after what is queued for it, then the connection is closed.
+    fn send_away(&mut self, token: Token, reason: DisconnectReason) {
+        if let DisconnectReason::WebSocketViolation { .. } = reason
+            && let Some(connection) = self.connections.get(&token)
+            && self.warning_log.admit(Instant::now())
+        {
+            warn!(
+                "client {} (token {}): {reason}; disconnecting it",
+                connection.peer(),
+                token.0
+            );
+        }
+        self.begin_drain(token, reason, Instant::now() + REJECT_LINGER);
+        self.on_writable(token);
+    }
+
+    /// Sends the client a farewell (`ERR` line, or WebSocket Close 1009) and lets it drain;
+    /// its line is never broadcast.
     fn reject_long_line(&mut self, token: Token) {
         let max_line = self.config.max_line;
         let Some(connection) = self.connections.get_mut(&token) else {
@@ -443,25 +664,18 @@ impl EventLoop {
         // It is being sent away: it keeps no more than its farewell and the rest of the line
         // it is receiving, not a whole queue, now that it no longer counts as a client.
         connection.discard_queued_lines();
-        let farewell = format!("ERR line too long (max {max_line} bytes)\n");
         self.begin_drain(
             token,
             DisconnectReason::LineTooLong,
-            farewell.as_bytes(),
             Instant::now() + REJECT_LINGER,
         );
         self.on_writable(token);
     }
 
-    /// Moves an open client to leaving: after `farewell` and its queue are flushed it is
-    /// shut down and closed, or reset at `deadline`.
-    fn begin_drain(
-        &mut self,
-        token: Token,
-        reason: DisconnectReason,
-        farewell: &[u8],
-        deadline: Instant,
-    ) {
+    /// Moves an open client to leaving: after its queue and its farewell (an `ERR` line or a
+    /// WebSocket Close frame, by reason) are flushed it is shut down and closed, or reset at
+    /// `deadline`.
+    fn begin_drain(&mut self, token: Token, reason: DisconnectReason, deadline: Instant) {
         let Some(connection) = self.connections.get_mut(&token) else {
             return;
         };
@@ -470,7 +684,8 @@ impl EventLoop {
             connection.shorten_deadline(deadline);
             return;
         }
-        connection.begin_drain(reason, farewell, deadline, self.config.max_queue);
+        let farewell = connection.farewell(reason, self.config.max_line);
+        connection.begin_drain(reason, &farewell, deadline, self.config.max_queue);
         self.leaving += 1;
         self.draining.push(token);
     }
@@ -528,6 +743,9 @@ impl EventLoop {
             self.batch.index_senders();
         }
         self.publish_local_lines();
+        if self.stats.websocket_active > 0 {
+            self.framed.build(&self.batch);
+        }
         let mut hand_out = HandOut {
             registry: self.poll.registry(),
             max_queue: self.config.max_queue,
@@ -543,14 +761,24 @@ impl EventLoop {
                 };
                 connection.mark_served_as_sender(id);
                 slices.clear();
-                slices.extend(share.parts().map(IoSlice::new));
+                if connection.is_websocket() {
+                    slices.extend(self.framed.parts_for(&share).map(IoSlice::new));
+                } else {
+                    slices.extend(share.parts().map(IoSlice::new));
+                }
                 hand_out.deliver(token, connection, &mut slices, share.lines_for_sender());
             }
         }
         let (whole, lines) = (self.batch.whole(), self.batch.lines());
+        let framed = self.framed.whole();
         for (&token, connection) in self.connections.iter_mut() {
             if !connection.was_served_as_sender(id) {
-                hand_out.deliver(token, connection, &mut [IoSlice::new(whole)], lines);
+                let bytes = if connection.is_websocket() {
+                    framed
+                } else {
+                    whole
+                };
+                hand_out.deliver(token, connection, &mut [IoSlice::new(bytes)], lines);
             }
         }
         trace!(
@@ -559,6 +787,7 @@ impl EventLoop {
             self.batch.lines()
         );
         self.batch.clear(Instant::now());
+        self.framed.clear();
         for (token, reason) in std::mem::take(&mut self.doomed) {
             if let DisconnectReason::SlowConsumer { queued } = reason
                 && let Some(connection) = self.connections.get(&token)
@@ -645,6 +874,9 @@ impl EventLoop {
                 let start = self.batch.len();
                 self.batch.bytes_for(line.len()).extend_from_slice(line);
                 self.batch.record(FROM_NATS, start, 1);
+                if let Some(bridge) = &self.bridge {
+                    bridge.count_received(1);
+                }
             }
         }
         self.nats_waiting = true; // the budget ran out: more may be waiting
@@ -683,7 +915,7 @@ impl EventLoop {
         {
             debug!("token {}: SO_LINGER: {e}", token.0);
         }
-        self.stats.disconnected(reason);
+        self.stats.disconnected(reason, connection.is_websocket());
         info!(
             "client {} disconnected (token {}): {reason}",
             connection.peer(),
@@ -741,7 +973,18 @@ impl EventLoop {
     /// line, the summaries of rate-limited messages.
     fn run_timers(&mut self, now: Instant) {
         if self.accept_retry_at.is_some_and(|at| at <= now) {
-            self.accept_all();
+            self.accept_all(Listener::Lines);
+            self.accept_all(Listener::Web);
+        }
+        if !self.web_requests.is_empty() {
+            self.web_requests.expire(now, self.poll.registry());
+        }
+        self.web_requests.log_summary(now);
+        if let (Some(at), Some(every)) = (self.next_liveness_check, self.config.ws_ping)
+            && at <= now
+        {
+            self.check_websocket_liveness(now, every);
+            self.next_liveness_check = Some(now + every / 2);
         }
         if !self.draining.is_empty() {
             self.sweep_draining(now);
@@ -750,7 +993,7 @@ impl EventLoop {
             && at <= now
         {
             let nats = self.bridge.as_ref().map(Bridge::counters);
-            info!("{}", stats_line(&self.stats, nats));
+            info!("{}", self.stats_line(nats));
             self.next_stats_at = Some(now + every);
         }
         if let Some(count) = self.refusal_log.take_summary(now) {
@@ -769,6 +1012,42 @@ impl EventLoop {
                  lines in the last second (each has its own disconnect line)"
             );
         }
+    }
+
+    /// Pings WebSocket clients silent for `interval`, and drops those pinged that stayed
+    /// silent for another.
+    fn check_websocket_liveness(&mut self, now: Instant, interval: Duration) {
+        if self.stats.websocket_active == 0 {
+            return;
+        }
+        let mut pinged = Vec::new();
+        for (&token, connection) in self.connections.iter_mut() {
+            match connection.check_liveness(now, interval) {
+                Liveness::Fine => {}
+                Liveness::Pinged => pinged.push(token),
+                Liveness::Gone => self.doomed.push((token, DisconnectReason::PingTimeout)),
+            }
+        }
+        for token in pinged {
+            self.on_writable(token);
+        }
+        for (token, reason) in std::mem::take(&mut self.doomed) {
+            self.close(token, reason);
+        }
+    }
+
+    /// The stats line, with the web listener's and the bridge's parts when they are on.
+    fn stats_line(&self, nats: Option<&BridgeCounters>) -> String {
+        let mut line = self.stats.to_string();
+        if self.config.http.is_some() {
+            line.push(' ');
+            line.push_str(&self.stats.web_summary(self.web_requests.counters()));
+        }
+        if let Some(counters) = nats {
+            line.push(' ');
+            line.push_str(&counters.summary());
+        }
+        line
     }
 
     /// Closes leaving clients that have everything, or whose deadline passed.
@@ -806,7 +1085,7 @@ impl EventLoop {
     /// batch is not one of them: the hold timer wakes the poll for it.
     fn next_timeout(&self) -> Option<Duration> {
         if !self.unfinished_readers.is_empty()
-            || self.more_to_accept
+            || self.more_to_accept.contains(&true)
             || (!self.leftover_lines.is_empty() && self.shutdown.is_none())
             || (self.nats_waiting && self.shutdown.is_none())
         {
@@ -816,6 +1095,8 @@ impl EventLoop {
         [
             self.accept_retry_at,
             self.next_stats_at,
+            self.next_liveness_check,
+            self.web_requests.next_deadline(),
             drain_tick,
             self.finales_wake_at(),
             self.refusal_log.summary_due_at(),
@@ -863,25 +1144,17 @@ impl HandOut<'_> {
     }
 }
 
-/// The stats line, with the bridge's counters when there is a bridge.
-fn stats_line(stats: &Stats, nats: Option<&BridgeCounters>) -> String {
-    match nats {
-        Some(counters) => format!("{stats} {}", counters.summary()),
-        None => stats.to_string(),
-    }
-}
-
-/// Binds the first of the configured addresses that accepts us.
-fn bind_any(config: &Config) -> Result<TcpListener, ServerError> {
+/// Binds the first of `addrs` (those of `flag`) that accepts us.
+fn bind_any(flag: &'static str, addrs: &[SocketAddr]) -> Result<TcpListener, ServerError> {
     let mut last_error = None;
-    for &addr in &config.addrs {
+    for &addr in addrs {
         match bind_with_backlog(addr) {
             Ok(listener) => return Ok(listener),
             Err(e) => last_error = Some((addr, e)),
         }
     }
     let (addr, source) = last_error.expect("Config::new guarantees at least one address");
-    Err(ServerError::Bind { addr, source })
+    Err(ServerError::Bind { flag, addr, source })
 }
 
 /// Binds a non-blocking listener with a backlog of `LISTEN_BACKLOG` (the kernel caps it at
@@ -917,12 +1190,17 @@ fn is_per_connection_accept_error(error: &io::Error) -> bool {
     )
 }
 
-/// Tells a client over `--max-clients` why it is refused, then closes it. The socket is new,
-/// so its send buffer is empty and one non-blocking write goes through.
-fn refuse(mut stream: TcpStream, max_clients: usize) {
-    use std::io::Write;
+/// Tells a client over `--max-clients` why it is refused, then closes it.
+fn refuse(stream: TcpStream, max_clients: usize) {
     let message = format!("ERR server full (max {max_clients} clients)\n");
-    if let Err(e) = stream.write_all(message.as_bytes()) {
+    refuse_with(stream, message.as_bytes());
+}
+
+/// Writes `message` to a new connection and closes it. The socket is new, so its send
+/// buffer is empty and one non-blocking write goes through.
+fn refuse_with(mut stream: TcpStream, message: &[u8]) {
+    use std::io::Write;
+    if let Err(e) = stream.write_all(message) {
         debug!("could not tell a refused client why: {e}");
     }
     let _ = stream.shutdown(std::net::Shutdown::Write);

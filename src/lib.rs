@@ -13,12 +13,15 @@ pub mod connection;
 pub mod error;
 pub mod event_loop;
 pub mod fd_limit;
+pub mod framed_batch;
 pub mod framing;
 pub mod hold_timer;
+pub mod http;
 pub mod log_limit;
 pub mod shutdown;
 pub mod socket_queues;
 pub mod stats;
+pub mod websocket;
 
 pub use config::Config;
 pub use error::ServerError;

@@ -76,8 +76,29 @@ struct Args {
     nats: Option<String>,
 
     /// The NATS subject of the broadcast (instances on another subject are another broadcast)
-    #[arg(long, value_name = "SUBJECT", default_value = config::DEFAULT_NATS_SUBJECT)]
+    #[arg(
+        long,
+        value_name = "SUBJECT",
+        default_value = config::DEFAULT_NATS_SUBJECT,
+        requires = "nats"
+    )]
     nats_subject: String,
+
+    /// Also serve browsers on HOST:PORT: a live page at /, WebSocket clients at /ws (members
+    /// of the same broadcast), Prometheus metrics at /metrics, /healthz (port 0 picks a free
+    /// port, reported in the "http listening on" log line)
+    #[arg(long, value_name = "HOST:PORT")]
+    http: Option<String>,
+
+    /// Ping a WebSocket client silent for SECS seconds, and drop it if it stays silent for
+    /// SECS more (0: never)
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = config::parse_seconds
+    )]
+    ws_ping_interval: Duration,
 
     /// More log output (-v: debug, -vv: trace); RUST_LOG overrides
     #[arg(short, long, action = ArgAction::Count)]
@@ -114,6 +135,8 @@ fn run(args: Args) -> Result<Exit, ServerError> {
         tcp_keepalive: Duration::from_secs(args.tcp_keepalive),
         nats: args.nats,
         nats_subject: args.nats_subject,
+        http: args.http,
+        ws_ping_interval: args.ws_ping_interval,
     })?;
     check_descriptor_budget(config.max_clients);
     check_batch_room(&config);

@@ -1,8 +1,11 @@
-//! Counters an operator watches, and the one log line that reports them.
+//! Counters an operator watches, and their two faces: the stats log line and the
+//! Prometheus text of `/metrics`.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
+use crate::bridge::BridgeCounters;
 use crate::connection::DisconnectReason;
+use crate::http::HttpCounters;
 
 /// What the server has done since it started.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -28,19 +31,31 @@ pub struct Stats {
     pub lines_too_long: u64,
     pub refused_server_full: u64,
     pub closed_at_shutdown: u64,
+    /// WebSocket clients connected now (also counted in `active`).
+    pub websocket_active: u64,
+    /// WebSocket clients closed for breaking the protocol.
+    pub protocol_errors: u64,
+    /// WebSocket clients that did not answer a ping.
+    pub ping_timeouts: u64,
 }
 
 impl Stats {
-    pub fn connected(&mut self) {
+    pub fn connected(&mut self, websocket: bool) {
         self.accepted += 1;
         self.active += 1;
+        self.websocket_active += u64::from(websocket);
         self.peak = self.peak.max(self.active);
     }
 
-    pub fn disconnected(&mut self, reason: DisconnectReason) {
+    pub fn disconnected(&mut self, reason: DisconnectReason, websocket: bool) {
         self.active -= 1;
+        self.websocket_active -= u64::from(websocket);
         let counter = match reason {
-            DisconnectReason::ClientClosed => &mut self.closed_by_client,
+            DisconnectReason::ClientClosed | DisconnectReason::WebSocketClosed { .. } => {
+                &mut self.closed_by_client
+            }
+            DisconnectReason::WebSocketViolation { .. } => &mut self.protocol_errors,
+            DisconnectReason::PingTimeout => &mut self.ping_timeouts,
             DisconnectReason::Error(_) => &mut self.errors,
             DisconnectReason::PeerVanished => &mut self.peers_vanished,
             DisconnectReason::SlowConsumer { .. } => &mut self.slow_consumers,
@@ -78,6 +93,138 @@ impl fmt::Display for Stats {
     }
 }
 
+impl Stats {
+    /// The web listener's part of the stats line (only with `--http`).
+    pub fn web_summary(&self, http: HttpCounters) -> String {
+        format!(
+            "web: websocket={} protocol_error={} ping_timeout={} requests: answered={} \
+             refused={} timed_out={}",
+            self.websocket_active,
+            self.protocol_errors,
+            self.ping_timeouts,
+            http.answered,
+            http.refused,
+            http.timed_out
+        )
+    }
+
+    /// Every counter in Prometheus's text exposition format (version 0.0.4).
+    pub fn prometheus(&self, http: HttpCounters, bridge: Option<&BridgeCounters>) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP broadcast_server_{name} {help}");
+            let _ = writeln!(out, "# TYPE broadcast_server_{name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "broadcast_server_{name}{labels} {value}");
+            }
+        };
+        metric(
+            "clients",
+            "gauge",
+            "Clients connected now, by transport.",
+            &[
+                ("{transport=\"tcp\"}", self.active - self.websocket_active),
+                ("{transport=\"websocket\"}", self.websocket_active),
+            ],
+        );
+        metric(
+            "clients_peak",
+            "gauge",
+            "Most clients connected at once.",
+            &[("", self.peak)],
+        );
+        let counters: [(&str, &str, u64); 5] = [
+            (
+                "connections_accepted_total",
+                "Clients accepted.",
+                self.accepted,
+            ),
+            (
+                "lines_received_total",
+                "Complete lines received from clients.",
+                self.lines_in,
+            ),
+            (
+                "deliveries_total",
+                "Line copies handed to recipients.",
+                self.deliveries,
+            ),
+            (
+                "bytes_received_total",
+                "Bytes received and framed into lines.",
+                self.bytes_in,
+            ),
+            (
+                "bytes_sent_total",
+                "Bytes the kernel took for clients.",
+                self.bytes_out,
+            ),
+        ];
+        for (name, help, value) in counters {
+            metric(name, "counter", help, &[("", value)]);
+        }
+        metric(
+            "disconnects_total",
+            "counter",
+            "Clients disconnected, by reason.",
+            &[
+                ("{reason=\"client_closed\"}", self.closed_by_client),
+                ("{reason=\"error\"}", self.errors),
+                ("{reason=\"peer_vanished\"}", self.peers_vanished),
+                ("{reason=\"slow_consumer\"}", self.slow_consumers),
+                ("{reason=\"line_too_long\"}", self.lines_too_long),
+                ("{reason=\"shutdown\"}", self.closed_at_shutdown),
+                ("{reason=\"protocol_error\"}", self.protocol_errors),
+                ("{reason=\"ping_timeout\"}", self.ping_timeouts),
+            ],
+        );
+        metric(
+            "refused_total",
+            "counter",
+            "Connections refused because the server was full.",
+            &[("{reason=\"server_full\"}", self.refused_server_full)],
+        );
+        metric(
+            "http_requests_total",
+            "counter",
+            "Web requests other than WebSocket upgrades, by outcome.",
+            &[
+                ("{outcome=\"answered\"}", http.answered),
+                ("{outcome=\"refused\"}", http.refused),
+                ("{outcome=\"timed_out\"}", http.timed_out),
+            ],
+        );
+        if let Some(bridge) = bridge {
+            let [published, received, dropped @ ..] = bridge.each();
+            metric(
+                "nats_lines_total",
+                "counter",
+                "Lines published to and received from NATS.",
+                &[
+                    ("{direction=\"published\"}", published.1),
+                    ("{direction=\"received\"}", received.1),
+                ],
+            );
+            let labels: Vec<String> = dropped
+                .iter()
+                .map(|(why, _)| format!("{{reason=\"{why}\"}}"))
+                .collect();
+            let samples: Vec<(&str, u64)> = labels
+                .iter()
+                .map(String::as_str)
+                .zip(dropped.iter().map(|d| d.1))
+                .collect();
+            metric(
+                "nats_dropped_total",
+                "counter",
+                "Lines not bridged, by reason.",
+                &samples,
+            );
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,11 +232,11 @@ mod tests {
     #[test]
     fn peak_and_reasons_are_tracked() {
         let mut stats = Stats::default();
-        stats.connected();
-        stats.connected();
-        stats.disconnected(DisconnectReason::SlowConsumer { queued: 9 });
-        stats.connected();
-        stats.disconnected(DisconnectReason::ClientClosed);
+        stats.connected(false);
+        stats.connected(true);
+        stats.disconnected(DisconnectReason::SlowConsumer { queued: 9 }, false);
+        stats.connected(false);
+        stats.disconnected(DisconnectReason::ClientClosed, false);
         assert_eq!((stats.accepted, stats.active, stats.peak), (3, 1, 2));
         assert_eq!((stats.slow_consumers, stats.closed_by_client), (1, 1));
         assert!(
@@ -97,5 +244,11 @@ mod tests {
                 .to_string()
                 .starts_with("stats: accepted=3 active=1 peak=2 ")
         );
+        let text = stats.prometheus(HttpCounters::default(), None);
+        assert!(text.contains("broadcast_server_clients{transport=\"websocket\"} 1\n"));
+        assert!(text.contains("broadcast_server_clients{transport=\"tcp\"} 0\n"));
+        assert!(text.contains("# TYPE broadcast_server_deliveries_total counter\n"));
+        assert!(text.contains("broadcast_server_disconnects_total{reason=\"slow_consumer\"} 1\n"));
+        assert!(!text.contains("nats"));
     }
 }

@@ -412,10 +412,19 @@ fn a_stalled_nats_never_delivers_lines_late_out_of_order_or_twice() {
     // Frozen, not gone: the connection stays open and nothing is acknowledged, until the
     // clients' pings go unanswered. Lines keep coming meanwhile, and after the thaw.
     nats.signal(libc::SIGSTOP);
-    for i in 0..300 {
-        let line = format!("stall-{i}\n");
-        sender.send(line.as_bytes());
-        thread::sleep(Duration::from_millis(20)); // the sender's pace over 6 s
+    // Lines keep coming until the instance has noticed the stall (its pings went
+    // unanswered), and a little longer.
+    let deadline = Instant::now() + DEADLINE;
+    let mut stalled = 0;
+    let mut noticed_at = None;
+    while noticed_at.is_none_or(|at| stalled < at + 25) {
+        assert!(Instant::now() < deadline, "the stall was never noticed");
+        sender.send(format!("stall-{stalled}\n").as_bytes());
+        stalled += 1;
+        if noticed_at.is_none() && !a.log_lines("nats: disconnected").is_empty() {
+            noticed_at = Some(stalled);
+        }
+        thread::sleep(Duration::from_millis(20)); // the sender's pace, not a wait
     }
     nats.signal(libc::SIGCONT);
     a.wait_for_logs("nats: connected", 2);
@@ -442,14 +451,15 @@ fn a_stalled_nats_never_delivers_lines_late_out_of_order_or_twice() {
     let after_count = sequence.iter().filter(|&&n| n >= 1_000_000).count();
     assert_eq!(after_count, 1_000, "lines sent after the thaw went missing");
     // Locally nothing was held up: every stalled-period line reached the near client.
-    let near_got = read_through(&mut near, b"stall-299\n");
+    let last = format!("stall-{}\n", stalled - 1);
+    let near_got = read_through(&mut near, last.as_bytes());
     let local: Vec<&[u8]> = near_got
         .split_inclusive(|&b| b == b'\n')
         .filter(|l| l.starts_with(b"stall-"))
         .collect();
     assert_eq!(
         local.concat(),
-        (0..300)
+        (0..stalled)
             .map(|i| format!("stall-{i}\n"))
             .collect::<String>()
             .into_bytes()
@@ -617,16 +627,17 @@ fn messages_from_nats_arrive_once_in_sequence_whole_within_max_line_and_never_ou
     let mut reader = b.connect();
     let mut raw = RawNats::connect(&nats);
     wait_until_subscribed(&mut raw, &mut reader);
+    let (x, y) = ("00000000000000aa", "00000000000000bb");
     let from = |origin: &'static str, seq: &'static str| {
         [("Broadcast-Origin", origin), ("Broadcast-Seq", seq)]
     };
-    raw.publish(SUBJECT, &from("x", "5"), b"x5\n");
-    raw.publish(SUBJECT, &from("x", "3"), b"x3 is older than x5\n");
-    raw.publish(SUBJECT, &from("x", "5"), b"x5 again\n");
-    raw.publish(SUBJECT, &from("x", "6"), b"x6\n");
+    raw.publish(SUBJECT, &from(x, "5"), b"x5\n");
+    raw.publish(SUBJECT, &from(x, "3"), b"x3 is older than x5\n");
+    raw.publish(SUBJECT, &from(x, "5"), b"x5 again\n");
+    raw.publish(SUBJECT, &from(x, "6"), b"x6\n");
     raw.publish(
         SUBJECT,
-        &from("y", "1"),
+        &from(y, "1"),
         b"y1: another instance counts on its own\n",
     );
     raw.publish(
@@ -634,6 +645,10 @@ fn messages_from_nats_arrive_once_in_sequence_whole_within_max_line_and_never_ou
         &[("Broadcast-Origin", own.as_str()), ("Broadcast-Seq", "99")],
         b"our own, come back\n",
     );
+    // Not an instance's id: a foreign publisher, whose messages are not sequence-checked
+    // (nor remembered).
+    raw.publish(SUBJECT, &from("someone-else", "1"), b"foreign\n");
+    raw.publish(SUBJECT, &from("someone-else", "1"), b"foreign again\n");
     raw.publish(SUBJECT, &[], b"not a whole line");
     let mut long = vec![b'L'; 101];
     long.extend_from_slice(b"\nafter the long line\n");
@@ -643,7 +658,8 @@ fn messages_from_nats_arrive_once_in_sequence_whole_within_max_line_and_never_ou
     let got = read_through(&mut reader, b"end\n");
     assert_eq!(
         String::from_utf8_lossy(&got),
-        "x5\nx6\ny1: another instance counts on its own\nafter the long line\nend\n"
+        "x5\nx6\ny1: another instance counts on its own\nforeign\nforeign again\n\
+         after the long line\nend\n"
     );
     b.signal(libc::SIGTERM);
     let stats = b.wait_for_log("nats: published=");

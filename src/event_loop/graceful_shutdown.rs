@@ -34,13 +34,17 @@ impl EventLoop {
     pub(super) fn begin_shutdown(&mut self, signal: &str) {
         let now = Instant::now();
         let timeout = self.config.shutdown_timeout;
-        if let Some(mut listener) = self.listener.take()
-            && let Err(e) = self.poll.registry().deregister(&mut listener)
+        for mut listener in [self.listener.take(), self.web_listener.take()]
+            .into_iter()
+            .flatten()
         {
-            debug!("deregister listener: {e}");
+            if let Err(e) = self.poll.registry().deregister(&mut listener) {
+                debug!("deregister listener: {e}");
+            }
         }
+        self.web_requests.close_all(self.poll.registry());
         self.accept_retry_at = None;
-        self.more_to_accept = false;
+        self.more_to_accept = [false; 2];
         // From now on open clients are read only through their finales; leaving clients
         // still need their reads (to discard input and notice a close).
         let connections = &self.connections;
@@ -267,7 +271,7 @@ impl EventLoop {
         }
         let tokens: Vec<Token> = self.connections.keys().copied().collect();
         for token in tokens {
-            self.begin_drain(token, DisconnectReason::Shutdown, b"", deadline);
+            self.begin_drain(token, DisconnectReason::Shutdown, deadline);
             self.on_writable(token);
             // Input that came after the signal is read (next turn) and discarded, so that
             // the close is a FIN: unread input would make it a reset, which can destroy

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod websocket;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -73,10 +75,53 @@ impl Server {
             addr: "0.0.0.0:0".parse().unwrap(),
             log,
         };
-        let line = server.wait_for_log("listening on ");
+        // "] listening on": not the web listener's "http listening on" line.
+        let line = server.wait_for_log("] listening on ");
         let addr = line.rsplit("listening on ").next().unwrap().trim();
         server.addr = addr.parse().expect("listening line ends in an address");
         server
+    }
+
+    /// The web listener's address, from the `http listening on ADDR` line (`--http`).
+    pub fn web_addr(&self) -> SocketAddr {
+        self.wait_for_log("http listening on ")
+            .rsplit("http listening on ")
+            .next()
+            .and_then(|addr| addr.trim().parse().ok())
+            .expect("an address in the http listening line")
+    }
+
+    /// Connects a WebSocket client and waits until the server has registered it.
+    pub fn connect_websocket(&self) -> websocket::WsClient {
+        let client = websocket::WsClient::connect_raw(self.web_addr());
+        let local = client.stream.local_addr().unwrap();
+        self.wait_for_log(&format!("websocket client {local} connected"));
+        client
+    }
+
+    /// Sends a raw HTTP request to the web listener and returns the whole response.
+    pub fn http(&self, request: &str) -> String {
+        let mut stream = TcpStream::connect(self.web_addr()).expect("connect to the web listener");
+        stream
+            .write_all(request.as_bytes())
+            .expect("send the request");
+        let mut client = Client { stream };
+        String::from_utf8_lossy(&client.read_to_eof()).into_owned()
+    }
+
+    /// `GET path` on the web listener: the status code and the body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let response = self.http(&format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"));
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {response:?}"));
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default();
+        (status, body)
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -1,0 +1,583 @@
+//! The web listener's HTTP/1.1: each connection's request is read (with a size limit and a
+//! deadline), routed, and either answered here (a page, an error) and closed, or handed back
+//! to the loop as a WebSocket upgrade.
+//!
+//! This room knows nothing of the broadcast: it tells the loop which [`Route`] a request
+//! asked for and the loop decides the answer (the metrics text, a 503 when full, or taking
+//! the socket as a WebSocket client). Every connection here has a deadline from its accept:
+//! one that has not finished its request (or, after the answer, its close) by then is
+//! closed, so slow or silent clients cost a socket and at most `MAX_HEAD` bytes each, for at
+//! most `REQUEST_TIMEOUT`, and never stall anyone: all I/O is non-blocking, on the loop.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use log::{debug, info};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+
+use crate::log_limit::RateLimit;
+
+/// Largest request head (request line and headers) accepted; larger gets 431.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// How long a connection may take to send its request (and, once answered, to close).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused requests logged one by one each second; more in a storm are summed up.
+const REFUSALS_LOGGED: u64 = 20;
+/// Headers a request may have.
+const MAX_HEADERS: usize = 64;
+
+/// An HTTP status this server answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status(pub u16, pub &'static str);
+
+pub const OK: Status = Status(200, "OK");
+pub const BAD_REQUEST: Status = Status(400, "Bad Request");
+pub const NOT_FOUND: Status = Status(404, "Not Found");
+pub const METHOD_NOT_ALLOWED: Status = Status(405, "Method Not Allowed");
+pub const UPGRADE_REQUIRED: Status = Status(426, "Upgrade Required");
+pub const HEAD_TOO_LARGE: Status = Status(431, "Request Header Fields Too Large");
+pub const SERVICE_UNAVAILABLE: Status = Status(503, "Service Unavailable");
+
+/// What a well-formed request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /`: the live page.
+    Page,
+    /// `GET /metrics`: Prometheus text.
+    Metrics,
+    /// `GET /healthz`.
+    Health,
+    /// `GET /ws` with a valid WebSocket upgrade; `key` is its `Sec-WebSocket-Key`.
+    WebSocket { key: String },
+}
+
+/// A routed request: what it asks for, and whether the body should be left out (`HEAD`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub route: Route,
+    pub head_only: bool,
+}
+
+/// Why a request is answered with an error, and the one-line reason in its body and log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: Status,
+    pub reason: String,
+}
+
+fn refusal(status: Status, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        reason: reason.into(),
+    }
+}
+
+/// Parses and routes a request head. `Ok(None)`: incomplete (more bytes needed).
+pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) if length < bytes.len() => {
+            // A client must wait for our answer (and a WebSocket client for the upgrade)
+            // before sending more: bytes after the head have no place here.
+            return Err(refusal(BAD_REQUEST, "bytes after the request head"));
+        }
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(refusal(BAD_REQUEST, format!("malformed request: {e}"))),
+    }
+    let method = request.method.unwrap_or_default();
+    let target = request.path.unwrap_or_default();
+    let path = target.split(['?', '#']).next().unwrap_or_default();
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" if path != "/ws" => true,
+        _ => {
+            return Err(refusal(
+                METHOD_NOT_ALLOWED,
+                format!("{method} {path}: only GET"),
+            ));
+        }
+    };
+    let route = match path {
+        "/" => Route::Page,
+        "/metrics" => Route::Metrics,
+        "/healthz" => Route::Health,
+        "/ws" => websocket_upgrade(&request)?,
+        _ => return Err(refusal(NOT_FOUND, format!("no page at {path}"))),
+    };
+    Ok(Some(Request { route, head_only }))
+}
+
+/// Checks a `/ws` request for an RFC 6455 upgrade and returns its route.
+fn websocket_upgrade(request: &httparse::Request<'_, '_>) -> Result<Route, Refusal> {
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let has_token = |value: String, token: &str| {
+        value
+            .split(',')
+            .any(|part| part.trim().eq_ignore_ascii_case(token))
+    };
+    if request.version != Some(1)
+        || !has_token(header("Upgrade"), "websocket")
+        || !has_token(header("Connection"), "upgrade")
+    {
+        return Err(refusal(
+            UPGRADE_REQUIRED,
+            "/ws is a WebSocket endpoint: it needs an HTTP/1.1 upgrade to websocket",
+        ));
+    }
+    if header("Sec-WebSocket-Version") != "13" {
+        return Err(refusal(
+            UPGRADE_REQUIRED,
+            "only WebSocket version 13 is spoken",
+        ));
+    }
+    let key = header("Sec-WebSocket-Key");
+    let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &key);
+    if decoded.map(|k| k.len()) != Ok(16) {
+        return Err(refusal(
+            BAD_REQUEST,
+            "missing or malformed Sec-WebSocket-Key",
+        ));
+    }
+    Ok(Route::WebSocket { key })
+}
+
+/// A complete response that closes the connection after it.
+pub fn response(
+    status: Status,
+    content_type: &str,
+    extra_headers: &[(&str, &str)],
+    body: &[u8],
+    head_only: bool,
+) -> Vec<u8> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
+        status.0,
+        status.1,
+        body.len()
+    );
+    for (name, value) in extra_headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    if !head_only {
+        bytes.extend_from_slice(body);
+    }
+    bytes
+}
+
+/// The answer to a refused request: its status, and its reason as a one-line text body.
+pub fn refusal_response(refusal: &Refusal) -> Vec<u8> {
+    let extra: &[(&str, &str)] = match refusal.status {
+        UPGRADE_REQUIRED => &[("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")],
+        METHOD_NOT_ALLOWED => &[("Allow", "GET, HEAD")],
+        _ => &[],
+    };
+    let body = format!(
+        "{} {}: {}\n",
+        refusal.status.0, refusal.status.1, refusal.reason
+    );
+    response(
+        refusal.status,
+        "text/plain; charset=utf-8",
+        extra,
+        body.as_bytes(),
+        false,
+    )
+}
+
+/// The `101 Switching Protocols` answer to a WebSocket upgrade with `key`.
+pub fn upgrade_response(key: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        crate::websocket::accept_key(key)
+    )
+    .into_bytes()
+}
+
+/// What the web listener's requests did, for the stats line and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HttpCounters {
+    /// Requests answered with a page, metrics or health (not upgrades, not refusals).
+    pub answered: u64,
+    /// Requests refused with a 4xx/5xx status.
+    pub refused: u64,
+    /// Connections closed for not finishing their request in time.
+    pub timed_out: u64,
+}
+
+/// Where a connection is.
+#[derive(Debug)]
+enum Stage {
+    /// Reading the request head.
+    Reading,
+    /// Writing the answer; `written` bytes of it are out.
+    Answering { response: Vec<u8>, written: usize },
+    /// Answered and shut down for writing: reading (and discarding) until the client closes,
+    /// so the close is a FIN that cannot destroy the answer in flight.
+    Closing,
+}
+
+/// One web connection that has not become a WebSocket client.
+#[derive(Debug)]
+struct Pending {
+    stream: TcpStream,
+    peer: SocketAddr,
+    head: Vec<u8>,
+    stage: Stage,
+}
+
+/// Web connections being read, answered or closed.
+#[derive(Debug)]
+pub struct PendingRequests {
+    requests: HashMap<Token, Pending>,
+    /// (deadline, token) in accept order: every deadline is accept + `REQUEST_TIMEOUT`, so
+    /// the front expires first. Entries of connections already gone are skipped.
+    deadlines: VecDeque<(Instant, Token)>,
+    counters: HttpCounters,
+    /// Refusals and timeouts are logged at most `REFUSALS_LOGGED` a second, then summed up.
+    refusal_log: RateLimit,
+}
+
+impl Default for PendingRequests {
+    fn default() -> Self {
+        PendingRequests {
+            requests: HashMap::new(),
+            deadlines: VecDeque::new(),
+            counters: HttpCounters::default(),
+            refusal_log: RateLimit::with_burst(REFUSALS_LOGGED),
+        }
+    }
+}
+
+impl PendingRequests {
+    /// Connections here now (they count against `--max-clients`).
+    pub fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    pub fn contains(&self, token: Token) -> bool {
+        self.requests.contains_key(&token)
+    }
+
+    pub fn counters(&self) -> HttpCounters {
+        self.counters
+    }
+
+    /// Takes a newly accepted connection: its request is read as it arrives.
+    pub fn admit(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        token: Token,
+        registry: &Registry,
+    ) -> io::Result<()> {
+        registry.register(&mut stream, token, Interest::READABLE)?;
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        self.requests.insert(
+            token,
+            Pending {
+                stream,
+                peer,
+                head: Vec::new(),
+                stage: Stage::Reading,
+            },
+        );
+        self.deadlines.push_back((deadline, token));
+        Ok(())
+    }
+
+    /// Readiness for a connection here. Returns the request when one is complete and
+    /// routed: the loop must then [`answer`](Self::answer) it or
+    /// [`take_upgrade`](Self::take_upgrade) it. Refusals are answered here.
+    pub fn on_ready(&mut self, token: Token, registry: &Registry) -> Option<Request> {
+        let pending = self.requests.get_mut(&token)?;
+        match pending.stage {
+            Stage::Reading => match read_head(pending) {
+                Ok(None) => None,
+                Ok(Some(request)) => Some(request),
+                Err(Some(refused)) => {
+                    self.refuse(token, &refused, registry);
+                    None
+                }
+                Err(None) => {
+                    self.close(token, registry);
+                    None
+                }
+            },
+            Stage::Answering { .. } => {
+                self.write_answer(token, registry);
+                None
+            }
+            Stage::Closing => {
+                if read_to_end(&mut pending.stream) {
+                    self.close(token, registry);
+                }
+                None
+            }
+        }
+    }
+
+    /// Answers a routed request with `response` and closes the connection after it.
+    pub fn answer(&mut self, token: Token, response: Vec<u8>, registry: &Registry) {
+        if let Some(pending) = self.requests.get_mut(&token) {
+            self.counters.answered += 1;
+            debug!("http: answered {} (token {})", pending.peer, token.0);
+            pending.stage = Stage::Answering {
+                response,
+                written: 0,
+            };
+            self.write_answer(token, registry);
+        }
+    }
+
+    /// Refuses a routed request (e.g. a WebSocket upgrade while the server is full).
+    pub fn refuse(&mut self, token: Token, refused: &Refusal, registry: &Registry) {
+        let Some(pending) = self.requests.get_mut(&token) else {
+            return;
+        };
+        self.counters.refused += 1;
+        let now = Instant::now();
+        if let Some(more) = self.refusal_log.take_summary(now) {
+            info!("http: refused {more} more requests in the last second");
+        }
+        if self.refusal_log.admit(now) {
+            info!(
+                "http: refused {}: {} {}: {}",
+                pending.peer, refused.status.0, refused.status.1, refused.reason
+            );
+        }
+        pending.stage = Stage::Answering {
+            response: refusal_response(refused),
+            written: 0,
+        };
+        self.write_answer(token, registry);
+    }
+
+    /// Hands an upgraded connection to the loop: its socket (no longer registered) and peer.
+    pub fn take_upgrade(
+        &mut self,
+        token: Token,
+        registry: &Registry,
+    ) -> Option<(TcpStream, SocketAddr)> {
+        let mut pending = self.requests.remove(&token)?;
+        if let Err(e) = registry.deregister(&mut pending.stream) {
+            debug!("http: deregister {}: {e}", pending.peer);
+        }
+        Some((pending.stream, pending.peer))
+    }
+
+    /// Closes connections whose deadline passed; a client that had not finished its request
+    /// is logged (rate-limited).
+    pub fn expire(&mut self, now: Instant, registry: &Registry) {
+        while let Some(&(deadline, token)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            let Some(pending) = self.requests.get(&token) else {
+                continue; // already gone
+            };
+            if matches!(pending.stage, Stage::Reading) {
+                self.counters.timed_out += 1;
+                if self.refusal_log.admit(now) {
+                    info!(
+                        "http: closed {}: no complete request within {} s",
+                        pending.peer,
+                        REQUEST_TIMEOUT.as_secs()
+                    );
+                }
+            }
+            self.close(token, registry);
+        }
+    }
+
+    /// The next deadline, or when the rate-limited log owes a summary.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let deadline = self
+            .deadlines
+            .iter()
+            .find(|(_, token)| self.requests.contains_key(token))
+            .map(|&(deadline, _)| deadline);
+        [deadline, self.refusal_log.summary_due_at()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Logs the summary of rate-limited refusals when it is due.
+    pub fn log_summary(&mut self, now: Instant) {
+        if let Some(more) = self.refusal_log.take_summary(now) {
+            info!("http: refused or timed out {more} more requests in the last second");
+        }
+    }
+
+    /// Closes every connection (at shutdown).
+    pub fn close_all(&mut self, registry: &Registry) {
+        let tokens: Vec<Token> = self.requests.keys().copied().collect();
+        for token in tokens {
+            self.close(token, registry);
+        }
+        self.deadlines.clear();
+    }
+
+    /// Writes what is left of the answer; once all is out, shuts down our side and waits for
+    /// the client's close.
+    fn write_answer(&mut self, token: Token, registry: &Registry) {
+        let Some(pending) = self.requests.get_mut(&token) else {
+            return;
+        };
+        let Stage::Answering { response, written } = &mut pending.stage else {
+            return;
+        };
+        while *written < response.len() {
+            match pending.stream.write(&response[*written..]) {
+                Ok(0) => return self.close(token, registry),
+                Ok(n) => *written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    if registry
+                        .reregister(&mut pending.stream, token, interest)
+                        .is_err()
+                    {
+                        self.close(token, registry);
+                    }
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(token, registry),
+            }
+        }
+        let _ = pending.stream.shutdown(Shutdown::Write);
+        pending.stage = Stage::Closing;
+        if read_to_end(&mut pending.stream) {
+            self.close(token, registry);
+        }
+    }
+
+    fn close(&mut self, token: Token, registry: &Registry) {
+        if let Some(mut pending) = self.requests.remove(&token) {
+            let _ = registry.deregister(&mut pending.stream);
+        }
+    }
+}
+
+/// Reads what has arrived of the request head and parses it. `Ok(None)`: incomplete;
+/// `Err(Some(_))`: refuse; `Err(None)`: the client closed or failed (close quietly).
+fn read_head(pending: &mut Pending) -> Result<Option<Request>, Option<Refusal>> {
+    let mut buf = [0; 4096];
+    loop {
+        // At most one byte past the limit: enough to know the head is too large.
+        let want = (MAX_HEAD + 1 - pending.head.len()).min(buf.len());
+        match pending.stream.read(&mut buf[..want]) {
+            Ok(0) => return Err(None),
+            Ok(n) => pending.head.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(None),
+        }
+        let head = &pending.head[..pending.head.len().min(MAX_HEAD)];
+        match parse_request(head) {
+            Ok(Some(request)) if pending.head.len() <= MAX_HEAD => return Ok(Some(request)),
+            Ok(None) if pending.head.len() <= MAX_HEAD => {}
+            Err(refused) if pending.head.len() <= MAX_HEAD => return Err(Some(refused)),
+            _ => {
+                return Err(Some(refusal(
+                    HEAD_TOO_LARGE,
+                    format!("request head over {MAX_HEAD} bytes"),
+                )));
+            }
+        }
+    }
+}
+
+/// Reads and discards until the client closes (true) or nothing more is there yet (false).
+fn read_to_end(stream: &mut TcpStream) -> bool {
+    let mut buf = [0; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                           Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+                           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    fn status(request: &str) -> u16 {
+        match parse_request(request.as_bytes()) {
+            Ok(Some(_)) => 200,
+            Ok(None) => 0,
+            Err(refused) => refused.status.0,
+        }
+    }
+
+    #[test]
+    fn routes_and_refusals() {
+        assert_eq!(
+            parse_request(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"),
+            Ok(Some(Request {
+                route: Route::Metrics,
+                head_only: false
+            }))
+        );
+        assert_eq!(
+            parse_request(UPGRADE.as_bytes()).unwrap().unwrap().route,
+            Route::WebSocket {
+                key: "dGhlIHNhbXBsZSBub25jZQ==".into()
+            }
+        );
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n"), 0, "incomplete");
+        assert_eq!(status("HEAD /healthz HTTP/1.0\r\n\r\n"), 200);
+        assert_eq!(status("GET /nope HTTP/1.1\r\n\r\n"), 404);
+        assert_eq!(status("POST / HTTP/1.1\r\n\r\n"), 405);
+        assert_eq!(status("GET /ws HTTP/1.1\r\n\r\n"), 426);
+        assert_eq!(status(&UPGRADE.replace("13", "8")), 426);
+        assert_eq!(
+            status(&UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")),
+            400
+        );
+        assert_eq!(status(&format!("{UPGRADE}early frame")), 400);
+        assert_eq!(status("GET / HTTP/1.1\r\nBad Header\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn responses_close_and_head_leaves_the_body_out() {
+        let full = String::from_utf8(response(OK, "text/plain", &[], b"ok\n", false)).unwrap();
+        assert!(full.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(full.contains("Content-Length: 3\r\n") && full.contains("Connection: close\r\n"));
+        assert!(full.ends_with("\r\n\r\nok\n"));
+        let head = response(OK, "text/plain", &[], b"ok\n", true);
+        assert!(head.ends_with(b"\r\n\r\n"));
+        let upgrade = String::from_utf8(upgrade_response("dGhlIHNhbXBsZSBub25jZQ==")).unwrap();
+        assert!(upgrade.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+}

@@ -1,0 +1,637 @@
+//! RFC 6455 WebSocket frames, pure: client bytes in, lines and control replies out; lines
+//! in, server frames out. No sockets, no mio, no knowledge of other clients.
+//!
+//! Each data message a client sends (text or binary, possibly fragmented, with control
+//! frames between the fragments) becomes its payload plus `\n`, so an embedded `\n` splits
+//! it into several lines, exactly as the same bytes sent over plain TCP would be. A message
+//! is delivered only once it is complete: one longer than `max_line` is refused from its
+//! frame header, before any of it is buffered, and none of it is ever broadcast.
+//!
+//! Cost: each payload byte is unmasked once, straight into the caller's line buffer when a
+//! whole unfragmented frame is at hand (the common case); only a message split across reads
+//! or frames is held here, bounded by `max_line`.
+
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+/// The GUID RFC 6455 appends to the client's key before hashing it.
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+/// Longest control frame payload (RFC 6455 5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+/// Longest frame header a client sends: 2 + 8 (length) + 4 (mask).
+const MAX_HEADER: usize = 14;
+
+/// The `Sec-WebSocket-Accept` value answering a client's `Sec-WebSocket-Key`.
+pub fn accept_key(client_key: &str) -> String {
+    let mut hash = Sha1::new();
+    hash.update(client_key.trim().as_bytes());
+    hash.update(ACCEPT_GUID);
+    base64::engine::general_purpose::STANDARD.encode(hash.finalize())
+}
+
+/// Frame opcodes (RFC 6455 5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opcode {
+    Continuation = 0x0,
+    Text = 0x1,
+    Binary = 0x2,
+    Close = 0x8,
+    Ping = 0x9,
+    Pong = 0xA,
+}
+
+impl Opcode {
+    fn from_bits(bits: u8) -> Option<Opcode> {
+        Some(match bits {
+            0x0 => Opcode::Continuation,
+            0x1 => Opcode::Text,
+            0x2 => Opcode::Binary,
+            0x8 => Opcode::Close,
+            0x9 => Opcode::Ping,
+            0xA => Opcode::Pong,
+            _ => return None,
+        })
+    }
+
+    fn is_control(self) -> bool {
+        matches!(self, Opcode::Close | Opcode::Ping | Opcode::Pong)
+    }
+}
+
+/// Close status codes this server sends (RFC 6455 7.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    Normal = 1000,
+    GoingAway = 1001,
+    ProtocolError = 1002,
+    InvalidPayload = 1007,
+    MessageTooBig = 1009,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+}
+
+/// Why decoding stopped: the client closed, or broke the protocol (answer with the code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The client sent a Close frame, with this status code if it gave one.
+    Closed(Option<u16>),
+    /// A violation: the connection must be closed with this code.
+    Fail(CloseCode, &'static str),
+}
+
+/// What one call to [`Decoder::push`] produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoded {
+    /// Lines appended to the caller's buffer (each with its `\n`).
+    pub lines: usize,
+    /// Pings to answer: their payloads were appended to the caller's pong buffer as frames.
+    pub pongs: usize,
+    /// Set when the client is done (Close) or must be closed; nothing after it was decoded.
+    pub stop: Option<Stop>,
+}
+
+/// The frame being received: its header is decoded, `remaining` payload bytes are to come.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    opcode: Opcode,
+    fin: bool,
+    mask: [u8; 4],
+    /// Payload bytes already unmasked (the mask's phase).
+    done: usize,
+    remaining: usize,
+}
+
+/// One client's decoding state between reads.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// The start of a frame header split across reads (at most `MAX_HEADER` bytes).
+    header: Vec<u8>,
+    frame: Option<Frame>,
+    /// The data message being assembled from fragments or across reads; never longer than
+    /// `max_line`. Empty (and unallocated) between messages.
+    message: Vec<u8>,
+    /// The opcode of the data message in progress (Text or Binary), if any.
+    message_kind: Option<Opcode>,
+    /// The payload of a control frame split across reads (at most 125 bytes).
+    control: Vec<u8>,
+}
+
+impl Decoder {
+    /// Bytes of an unfinished message held here.
+    pub fn pending(&self) -> usize {
+        self.message.len()
+    }
+
+    /// Decodes `input`: each complete data message is appended to `lines_out` as its payload
+    /// plus `\n`; each ping is answered by a pong frame appended to `pongs_out`. Stops at a
+    /// Close frame or a violation (the rest of `input` is ignored: the client is leaving).
+    pub fn push(
+        &mut self,
+        mut input: &[u8],
+        max_line: usize,
+        lines_out: &mut Vec<u8>,
+        pongs_out: &mut Vec<u8>,
+    ) -> Decoded {
+        let mut decoded = Decoded {
+            lines: 0,
+            pongs: 0,
+            stop: None,
+        };
+        while !input.is_empty() {
+            let frame = match self.frame {
+                Some(frame) => frame,
+                None => match self.take_header(&mut input, max_line) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break, // the header's rest is in a later read
+                    Err(stop) => {
+                        decoded.stop = Some(stop);
+                        break;
+                    }
+                },
+            };
+            match self.take_payload(frame, &mut input, lines_out, pongs_out, &mut decoded) {
+                Ok(()) => {}
+                Err(stop) => {
+                    decoded.stop = Some(stop);
+                    break;
+                }
+            }
+        }
+        if decoded.stop.is_some() {
+            *self = Decoder::default();
+        }
+        decoded
+    }
+
+    /// Takes a frame header from the front of `input` (completing one split across reads)
+    /// and checks it against the protocol and `max_line`. `Ok(None)`: incomplete, all of
+    /// `input` kept.
+    fn take_header(&mut self, input: &mut &[u8], max_line: usize) -> Result<Option<Frame>, Stop> {
+        let carried = self.header.len();
+        let available: &[u8] = if carried == 0 {
+            input
+        } else {
+            let take = input.len().min(MAX_HEADER - carried);
+            self.header.extend_from_slice(&input[..take]);
+            &self.header
+        };
+        let Some((frame, header_len)) = parse_header(available)? else {
+            if carried == 0 {
+                self.header.extend_from_slice(input);
+            }
+            *input = &[];
+            return Ok(None);
+        };
+        // Bytes of `input` that belonged to the header.
+        let used = header_len - carried;
+        *input = &input[used..];
+        self.header.clear();
+        self.check_frame(&frame, max_line)?;
+        if !frame.opcode.is_control() && frame.opcode != Opcode::Continuation {
+            self.message_kind = Some(frame.opcode);
+        }
+        self.frame = Some(frame);
+        Ok(Some(frame))
+    }
+
+    /// The rules a frame header must meet given the message in progress.
+    fn check_frame(&self, frame: &Frame, max_line: usize) -> Result<(), Stop> {
+        let protocol = |why| Err(Stop::Fail(CloseCode::ProtocolError, why));
+        match frame.opcode {
+            Opcode::Continuation if self.message_kind.is_none() => {
+                protocol("continuation frame without a message in progress")
+            }
+            Opcode::Text | Opcode::Binary if self.message_kind.is_some() => {
+                protocol("new message before the previous one ended")
+            }
+            op if op.is_control() && !frame.fin => protocol("fragmented control frame"),
+            op if op.is_control() && frame.remaining > MAX_CONTROL_PAYLOAD => {
+                protocol("control frame longer than 125 bytes")
+            }
+            op if !op.is_control()
+                && self.message.len().saturating_add(frame.remaining) > max_line =>
+            {
+                Err(Stop::Fail(CloseCode::MessageTooBig, "message too long"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes what `input` holds of the current frame's payload; completes the frame (and
+    /// its message) when all of it is there.
+    fn take_payload(
+        &mut self,
+        mut frame: Frame,
+        input: &mut &[u8],
+        lines_out: &mut Vec<u8>,
+        pongs_out: &mut Vec<u8>,
+        decoded: &mut Decoded,
+    ) -> Result<(), Stop> {
+        let take = input.len().min(frame.remaining);
+        let (chunk, rest) = input.split_at(take);
+        *input = rest;
+        let whole_frame_here = frame.done == 0 && take == frame.remaining;
+        if frame.opcode.is_control() {
+            let start = self.control.len();
+            self.control.extend_from_slice(chunk);
+            unmask(&mut self.control[start..], frame.mask, frame.done);
+        } else if whole_frame_here && frame.fin && self.message.is_empty() {
+            // The common case: a whole message in one frame in one read, unmasked straight
+            // into the lines.
+            let start = lines_out.len();
+            lines_out.extend_from_slice(chunk);
+            unmask(&mut lines_out[start..], frame.mask, 0);
+            if frame.opcode == Opcode::Text && std::str::from_utf8(&lines_out[start..]).is_err() {
+                lines_out.truncate(start);
+                return Err(invalid_utf8());
+            }
+            decoded.lines += memchr::memchr_iter(b'\n', &lines_out[start..]).count() + 1;
+            lines_out.push(b'\n');
+            self.message_kind = None;
+            self.frame = None;
+            return Ok(());
+        } else {
+            let start = self.message.len();
+            self.message.extend_from_slice(chunk);
+            unmask(&mut self.message[start..], frame.mask, frame.done);
+        }
+        frame.done += take;
+        frame.remaining -= take;
+        if frame.remaining > 0 {
+            self.frame = Some(frame);
+            return Ok(());
+        }
+        self.frame = None;
+        match frame.opcode {
+            Opcode::Ping => {
+                encode_header(Opcode::Pong, self.control.len(), pongs_out);
+                pongs_out.extend_from_slice(&self.control);
+                decoded.pongs += 1;
+                self.control.clear();
+            }
+            Opcode::Pong => self.control.clear(),
+            Opcode::Close => return Err(close_status(&std::mem::take(&mut self.control))),
+            _ if frame.fin => decoded.lines += self.finish_message(lines_out)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Appends the completed message (plus `\n`) to `lines_out`; returns its line count.
+    fn finish_message(&mut self, lines_out: &mut Vec<u8>) -> Result<usize, Stop> {
+        let kind = self.message_kind.take();
+        let message = std::mem::take(&mut self.message);
+        if kind == Some(Opcode::Text) && std::str::from_utf8(&message).is_err() {
+            return Err(invalid_utf8());
+        }
+        lines_out.extend_from_slice(&message);
+        lines_out.push(b'\n');
+        Ok(memchr::memchr_iter(b'\n', &message).count() + 1)
+    }
+}
+
+fn invalid_utf8() -> Stop {
+    Stop::Fail(CloseCode::InvalidPayload, "text message is not valid UTF-8")
+}
+
+/// Parses a client frame header at the start of `bytes`: `Ok(None)` if incomplete.
+fn parse_header(bytes: &[u8]) -> Result<Option<(Frame, usize)>, Stop> {
+    let protocol = |why| Err(Stop::Fail(CloseCode::ProtocolError, why));
+    let [first, second, ..] = *bytes else {
+        return Ok(None);
+    };
+    if first & 0x70 != 0 {
+        return protocol("reserved bits set (no extension was negotiated)");
+    }
+    let Some(opcode) = Opcode::from_bits(first & 0x0F) else {
+        return protocol("unknown opcode");
+    };
+    if second & 0x80 == 0 {
+        return protocol("client frame not masked");
+    }
+    let (length, at) = match second & 0x7F {
+        126 => match bytes.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match bytes.get(2..10) {
+            Some(b) => {
+                let mut be = [0; 8];
+                be.copy_from_slice(b);
+                (u64::from_be_bytes(be), 10)
+            }
+            None => return Ok(None),
+        },
+        short => (u64::from(short), 2),
+    };
+    if length >> 63 != 0 {
+        return protocol("payload length with its top bit set");
+    }
+    let Some(mask) = bytes.get(at..at + 4) else {
+        return Ok(None);
+    };
+    let frame = Frame {
+        opcode,
+        fin: first & 0x80 != 0,
+        mask: [mask[0], mask[1], mask[2], mask[3]],
+        done: 0,
+        // Saturating: a length past usize fails the max_line check anyway.
+        remaining: usize::try_from(length).unwrap_or(usize::MAX),
+    };
+    Ok(Some((frame, at + 4)))
+}
+
+/// The status of a Close frame's payload: none, or a valid code (and UTF-8 reason).
+fn close_status(payload: &[u8]) -> Stop {
+    match payload {
+        [] => Stop::Closed(None),
+        [_] => Stop::Fail(
+            CloseCode::ProtocolError,
+            "close frame with a 1-byte payload",
+        ),
+        [high, low, reason @ ..] => {
+            let code = u16::from_be_bytes([*high, *low]);
+            let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            if !valid {
+                Stop::Fail(CloseCode::ProtocolError, "invalid close code")
+            } else if std::str::from_utf8(reason).is_err() {
+                invalid_utf8()
+            } else {
+                Stop::Closed(Some(code))
+            }
+        }
+    }
+}
+
+/// XORs `data` with `mask`, `offset` bytes into the payload (four bytes at a time: the
+/// compiler turns this into wide XORs).
+fn unmask(data: &mut [u8], mask: [u8; 4], offset: usize) {
+    let phase = offset % 4;
+    let mask: [u8; 4] = std::array::from_fn(|j| mask[(phase + j) % 4]);
+    let mut words = data.chunks_exact_mut(4);
+    for word in &mut words {
+        for (byte, m) in word.iter_mut().zip(mask) {
+            *byte ^= m;
+        }
+    }
+    for (byte, m) in words.into_remainder().iter_mut().zip(mask) {
+        *byte ^= m;
+    }
+}
+
+/// Appends a server frame header (final, unmasked) for a payload of `len` bytes.
+pub fn encode_header(opcode: Opcode, len: usize, out: &mut Vec<u8>) {
+    out.push(0x80 | opcode as u8);
+    match len {
+        0..=125 => out.push(len as u8),
+        126..=0xFFFF => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+}
+
+/// Appends one line (its `\n` left off) as one message: Text when it is valid UTF-8 (what
+/// a browser can show), Binary otherwise (bytes unchanged).
+pub fn encode_line(line: &[u8], out: &mut Vec<u8>) {
+    let payload = line.strip_suffix(b"\n").unwrap_or(line);
+    let opcode = if std::str::from_utf8(payload).is_ok() {
+        Opcode::Text
+    } else {
+        Opcode::Binary
+    };
+    encode_header(opcode, payload.len(), out);
+    out.extend_from_slice(payload);
+}
+
+/// A Close frame with `code` and a short reason.
+pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    // A control payload is at most 125 bytes: 2 for the code, the rest for the reason.
+    let reason = &reason.as_bytes()[..reason.len().min(MAX_CONTROL_PAYLOAD - 2)];
+    let mut frame = Vec::with_capacity(4 + reason.len());
+    encode_header(Opcode::Close, 2 + reason.len(), &mut frame);
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(reason);
+    frame
+}
+
+/// A Ping frame (empty payload): asks an idle client to prove it is still there.
+pub fn ping_frame() -> [u8; 2] {
+    [0x80 | Opcode::Ping as u8, 0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A client frame: masked with `mask`, final or not.
+    fn client_frame(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n @ 0..=125 => frame.push(0x80 | n as u8),
+            n @ 126..=0xFFFF => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    fn decode(decoder: &mut Decoder, input: &[u8], max_line: usize) -> (Vec<u8>, Vec<u8>, Decoded) {
+        let (mut lines, mut pongs) = (Vec::new(), Vec::new());
+        let decoded = decoder.push(input, max_line, &mut lines, &mut pongs);
+        (lines, pongs, decoded)
+    }
+
+    #[test]
+    fn the_rfc_examples_decode_and_the_accept_key_matches() {
+        // RFC 6455 5.7: a masked "Hello", and the handshake's sample key (1.3).
+        let hello = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        let (lines, _, decoded) = decode(&mut Decoder::default(), &hello, 100);
+        assert_eq!(lines, b"Hello\n");
+        assert_eq!((decoded.lines, decoded.stop), (1, None));
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn fragments_with_a_ping_between_make_one_message_and_a_pong() {
+        let mut input = client_frame(0x1, false, b"Hel", MASK);
+        input.extend(client_frame(0x9, true, b"are you there", [1, 2, 3, 4]));
+        input.extend(client_frame(0x0, false, b"lo\nwor", MASK));
+        input.extend(client_frame(0x0, true, b"ld", MASK));
+        let (lines, pongs, decoded) = decode(&mut Decoder::default(), &input, 100);
+        assert_eq!(lines, b"Hello\nworld\n");
+        assert_eq!(decoded.lines, 2);
+        let mut pong = Vec::new();
+        encode_header(Opcode::Pong, 13, &mut pong);
+        pong.extend_from_slice(b"are you there");
+        assert_eq!((pongs, decoded.pongs), (pong, 1));
+    }
+
+    #[test]
+    fn violations_stop_with_their_codes() {
+        let fail =
+            |input: Vec<u8>, max_line| decode(&mut Decoder::default(), &input, max_line).2.stop;
+        let code = |stop: Option<Stop>| match stop {
+            Some(Stop::Fail(code, _)) => Some(code),
+            _ => None,
+        };
+        let unmasked = vec![0x81, 0x02, b'h', b'i'];
+        assert_eq!(code(fail(unmasked, 100)), Some(CloseCode::ProtocolError));
+        assert_eq!(
+            code(fail(client_frame(0x3, true, b"", MASK), 100)),
+            Some(CloseCode::ProtocolError)
+        );
+        assert_eq!(
+            code(fail(client_frame(0x9, false, b"", MASK), 100)),
+            Some(CloseCode::ProtocolError)
+        );
+        assert_eq!(
+            code(fail(client_frame(0x9, true, &[0; 126], MASK), 1000)),
+            Some(CloseCode::ProtocolError)
+        );
+        assert_eq!(
+            code(fail(client_frame(0x0, true, b"x", MASK), 100)),
+            Some(CloseCode::ProtocolError)
+        );
+        assert_eq!(
+            code(fail(client_frame(0x1 | 0x40, true, b"x", MASK), 100)),
+            Some(CloseCode::ProtocolError)
+        );
+        assert_eq!(
+            code(fail(client_frame(0x1, true, &[0xff, 0xfe], MASK), 100)),
+            Some(CloseCode::InvalidPayload)
+        );
+        assert_eq!(
+            code(fail(client_frame(0x2, true, &[0; 101], MASK), 100)),
+            Some(CloseCode::MessageTooBig)
+        );
+        let mut two = client_frame(0x1, false, b"a", MASK);
+        two.extend(client_frame(0x1, true, b"b", MASK));
+        assert_eq!(code(fail(two, 100)), Some(CloseCode::ProtocolError));
+        // Too long across fragments: refused at the fragment that passes the limit.
+        let mut long = client_frame(0x2, false, &[1; 60], MASK);
+        long.extend(client_frame(0x0, true, &[1; 41], MASK));
+        assert_eq!(code(fail(long, 100)), Some(CloseCode::MessageTooBig));
+        // A 2^63+ length is a violation; a huge legal one is "too big" from the header alone.
+        let mut huge = vec![0x82, 0xFF];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(code(fail(huge, 100)), Some(CloseCode::ProtocolError));
+        let mut big = vec![0x82, 0xFF];
+        big.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        big.extend_from_slice(&MASK);
+        assert_eq!(code(fail(big, 100)), Some(CloseCode::MessageTooBig));
+    }
+
+    #[test]
+    fn close_frames_give_their_code_and_bad_ones_are_violations() {
+        let stop = |payload: &[u8]| {
+            decode(
+                &mut Decoder::default(),
+                &client_frame(0x8, true, payload, MASK),
+                100,
+            )
+            .2
+            .stop
+        };
+        assert_eq!(stop(b""), Some(Stop::Closed(None)));
+        assert_eq!(
+            stop(&[0x03, 0xE8, b'b', b'y', b'e']),
+            Some(Stop::Closed(Some(1000)))
+        );
+        assert!(matches!(
+            stop(&[0x03]),
+            Some(Stop::Fail(CloseCode::ProtocolError, _))
+        ));
+        assert!(matches!(
+            stop(&[0x03, 0xED]),
+            Some(Stop::Fail(CloseCode::ProtocolError, _))
+        )); // 1005
+        assert!(matches!(
+            stop(&[0x03, 0xE8, 0xff]),
+            Some(Stop::Fail(CloseCode::InvalidPayload, _))
+        ));
+    }
+
+    #[test]
+    fn lines_encode_as_text_or_binary_and_lengths_pick_the_header_size() {
+        let mut out = Vec::new();
+        encode_line(b"hi\n", &mut out);
+        assert_eq!(out, [0x81, 2, b'h', b'i']);
+        out.clear();
+        encode_line(&[0xff, b'\n'], &mut out);
+        assert_eq!(out, [0x82, 1, 0xff]);
+        for (len, header) in [(125, 2), (126, 4), (65535, 4), (65536, 10)] {
+            out.clear();
+            encode_header(Opcode::Binary, len, &mut out);
+            assert_eq!(out.len(), header, "{len}");
+        }
+        assert_eq!(close_frame(1009, "too long")[..4], [0x88, 10, 0x03, 0xF1]);
+    }
+
+    proptest! {
+        /// However the bytes are cut into reads, the same lines come out, and nothing is
+        /// held between messages.
+        #[test]
+        fn any_chunking_gives_the_same_lines(
+            messages in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..8),
+            fragment in 1usize..50,
+            cuts in prop::collection::vec(1usize..40, 1..30),
+        ) {
+            let mut input = Vec::new();
+            let mut expected = Vec::new();
+            for message in &messages {
+                let pieces: Vec<&[u8]> = if message.is_empty() { vec![&[]] } else { message.chunks(fragment).collect() };
+                for (i, piece) in pieces.iter().enumerate() {
+                    let opcode = if i == 0 { 0x2 } else { 0x0 };
+                    input.extend(client_frame(opcode, i + 1 == pieces.len(), piece, [i as u8, 7, 9, 200]));
+                    if i == 0 {
+                        input.extend(client_frame(0x9, true, b"p", MASK));
+                    }
+                }
+                expected.extend_from_slice(message);
+                expected.push(b'\n');
+            }
+            let mut decoder = Decoder::default();
+            let (mut lines, mut pongs) = (Vec::new(), Vec::new());
+            let mut rest = &input[..];
+            let mut count = 0;
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at((*cut).min(rest.len()));
+                let decoded = decoder.push(chunk, 300, &mut lines, &mut pongs);
+                prop_assert_eq!(decoded.stop, None);
+                count += decoded.lines;
+                rest = tail;
+            }
+            prop_assert_eq!(&lines, &expected);
+            prop_assert_eq!(count, expected.iter().filter(|&&b| b == b'\n').count());
+            prop_assert_eq!(pongs.len(), 3 * messages.len());
+            prop_assert_eq!(decoder.pending(), 0);
+        }
+    }
+}

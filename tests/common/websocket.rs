@@ -1,0 +1,215 @@
+//! A minimal hand-written WebSocket client (RFC 6455), so tests can send exactly the frames
+//! they mean, including broken ones, and read exactly the frames the server sends.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+use super::DEADLINE;
+
+pub const TEXT: u8 = 0x1;
+pub const BINARY: u8 = 0x2;
+pub const CONTINUATION: u8 = 0x0;
+pub const CLOSE: u8 = 0x8;
+pub const PING: u8 = 0x9;
+pub const PONG: u8 = 0xA;
+
+/// The key the client sends; the server must answer with its RFC 6455 digest.
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// One frame as the server sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+pub struct WsClient {
+    pub stream: TcpStream,
+    /// Bytes read but not yet parsed into frames.
+    pending: Vec<u8>,
+}
+
+impl WsClient {
+    /// Connects to the web listener at `addr` and completes the upgrade (checking the
+    /// server's accept key); does not wait for the server to log it.
+    pub fn connect_raw(addr: SocketAddr) -> WsClient {
+        let mut stream = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .expect("send the upgrade");
+        let mut client = WsClient {
+            stream,
+            pending: Vec::new(),
+        };
+        let head = client.read_http_head();
+        assert!(
+            head.starts_with("HTTP/1.1 101 ")
+                && head.contains(&format!("Sec-WebSocket-Accept: {ACCEPT}\r\n")),
+            "no upgrade: {head}"
+        );
+        client
+    }
+
+    /// Reads an HTTP response head (through its blank line); the rest stays pending.
+    pub fn read_http_head(&mut self) -> String {
+        loop {
+            if let Some(end) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = self.pending.drain(..end + 4).collect();
+                return String::from_utf8_lossy(&head).into_owned();
+            }
+            assert!(self.fill(), "connection closed before the response head");
+        }
+    }
+
+    /// Reads more bytes into `pending`; false at end of stream. Fails at the deadline.
+    fn fill(&mut self) -> bool {
+        let deadline = Instant::now() + DEADLINE;
+        let mut buf = [0; 64 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for the server");
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.pending.extend_from_slice(&buf[..n]);
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return false,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// Sends one frame, masked as a client must (`masked: false` breaks the protocol).
+    pub fn send_frame_with(&mut self, opcode: u8, fin: bool, payload: &[u8], masked: bool) {
+        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n @ 0..=125 => frame.push(mask_bit | n as u8),
+            n @ 126..=0xFFFF => {
+                frame.push(mask_bit | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(mask_bit | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            let mask = [0x12, 0x34, 0x56, 0x78];
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        } else {
+            frame.extend_from_slice(payload);
+        }
+        self.stream.write_all(&frame).expect("send a frame");
+    }
+
+    pub fn send_frame(&mut self, opcode: u8, fin: bool, payload: &[u8]) {
+        self.send_frame_with(opcode, fin, payload, true);
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.send_frame(TEXT, true, text.as_bytes());
+    }
+
+    /// The next frame from the server, or `None` at end of stream. Fails at the deadline.
+    pub fn read_frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.pending) {
+                self.pending.drain(..used);
+                return Some(frame);
+            }
+            if !self.fill() {
+                assert!(self.pending.is_empty(), "stream ended inside a frame");
+                return None;
+            }
+        }
+    }
+
+    /// The next data message (pings are answered, pongs skipped on the way).
+    pub fn read_message(&mut self) -> Frame {
+        loop {
+            let frame = self
+                .read_frame()
+                .expect("a message, not the end of the stream");
+            match frame.opcode {
+                PING => self.send_frame(PONG, true, &frame.payload),
+                PONG => {}
+                _ => return frame,
+            }
+        }
+    }
+
+    /// Asserts the next message is Text `text`.
+    pub fn expect_text(&mut self, text: &str) {
+        let frame = self.read_message();
+        assert_eq!(
+            (
+                frame.opcode,
+                String::from_utf8_lossy(&frame.payload).into_owned(),
+                frame.fin
+            ),
+            (TEXT, text.to_string(), true)
+        );
+    }
+
+    /// Asserts the next frame is a Close with `code`, then that the server closes the stream.
+    pub fn expect_close(&mut self, code: u16) {
+        let frame = self.read_message();
+        assert_eq!(frame.opcode, CLOSE, "expected a close frame, got {frame:?}");
+        assert_eq!(
+            frame.payload[..2],
+            code.to_be_bytes(),
+            "close code: {frame:?}"
+        );
+        assert_eq!(
+            self.read_frame(),
+            None,
+            "the server did not close after its close frame"
+        );
+    }
+}
+
+/// Parses one server frame (never masked) at the start of `bytes`.
+fn parse_server_frame(bytes: &[u8]) -> Option<(Frame, usize)> {
+    let [first, second, ..] = *bytes else {
+        return None;
+    };
+    assert_eq!(second & 0x80, 0, "the server masked a frame");
+    let (len, at) = match second & 0x7F {
+        126 => (
+            u16::from_be_bytes(bytes.get(2..4)?.try_into().unwrap()) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(bytes.get(2..10)?.try_into().unwrap()) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    let payload = bytes.get(at..at + len)?.to_vec();
+    Some((
+        Frame {
+            fin: first & 0x80 != 0,
+            opcode: first & 0x0F,
+            payload,
+        },
+        at + len,
+    ))
+}

@@ -1,0 +1,415 @@
+//! The web listener (`--http`) through the binary: WebSocket clients in the broadcast,
+//! the protocol's limits, HTTP hygiene, metrics and the page.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::websocket::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
+use common::{Client, DEADLINE, Server, numbered_lines};
+
+fn web_server(extra: &[&str]) -> Server {
+    let mut args = vec!["--http", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+#[test]
+fn tcp_and_websocket_clients_share_one_broadcast_as_text_or_binary_messages() {
+    let server = web_server(&[]);
+    let mut tcp = server.connect();
+    // A third-party client (tungstenite) as well as our own.
+    let url = format!("ws://{}/ws", server.web_addr());
+    let (mut browser, _) = tungstenite::connect(url).expect("tungstenite connects");
+    server.wait_for_log("websocket client");
+    let mut ours = server.connect_websocket();
+    tcp.send(b"hello from tcp\n\xff\xfe binary\n");
+    for expected in [
+        tungstenite::Message::Text("hello from tcp".into()),
+        tungstenite::Message::Binary(b"\xff\xfe binary".to_vec().into()),
+    ] {
+        assert_eq!(browser.read().expect("a message"), expected);
+    }
+    ours.expect_text("hello from tcp");
+    let binary = ours.read_message();
+    assert_eq!(
+        (binary.opcode, binary.payload),
+        (BINARY, b"\xff\xfe binary".to_vec())
+    );
+    browser
+        .send(tungstenite::Message::Text("from the browser".into()))
+        .unwrap();
+    tcp.expect(b"from the browser\n");
+    ours.expect_text("from the browser");
+    // A binary message with an embedded newline is two lines, bytes unchanged.
+    ours.send_frame(BINARY, true, b"one\ntwo \x00\x01");
+    tcp.expect(b"one\ntwo \x00\x01\n");
+    for expected in ["one", "two \u{0}\u{1}"] {
+        assert_eq!(
+            browser.read().unwrap(),
+            tungstenite::Message::Text(expected.into())
+        );
+    }
+    // Nobody got their own line back: the next thing each gets is this marker.
+    tcp.send(b"marker\n");
+    ours.expect_text("marker");
+    assert_eq!(
+        browser.read().unwrap(),
+        tungstenite::Message::Text("marker".into())
+    );
+}
+
+#[test]
+fn with_echo_a_websocket_sender_gets_its_own_message_back() {
+    let server = web_server(&["--echo"]);
+    let mut tcp = server.connect();
+    let mut ws = server.connect_websocket();
+    ws.send_text("echoed");
+    ws.expect_text("echoed");
+    tcp.expect(b"echoed\n");
+}
+
+#[test]
+fn five_thousand_lines_reach_two_websocket_clients_in_order() {
+    let server = web_server(&[]);
+    let mut sender = server.connect();
+    let mut readers = [server.connect_websocket(), server.connect_websocket()];
+    let lines = numbered_lines("line", 5_000);
+    sender.send(&lines);
+    for reader in &mut readers {
+        let mut got = Vec::new();
+        while got.len() < lines.len() {
+            let message = reader.read_message();
+            assert_eq!(message.opcode, TEXT);
+            got.extend_from_slice(&message.payload);
+            got.push(b'\n');
+        }
+        assert_eq!(got, lines);
+    }
+}
+
+#[test]
+fn a_fragmented_message_with_a_ping_between_is_one_line_and_the_ping_gets_its_pong() {
+    let server = web_server(&[]);
+    let mut tcp = server.connect();
+    let mut ws = server.connect_websocket();
+    ws.send_frame(TEXT, false, b"frag");
+    ws.send_frame(PING, true, b"still there?");
+    ws.send_frame(CONTINUATION, false, b"men");
+    ws.send_frame(CONTINUATION, true, b"ted");
+    let pong = ws.read_frame().expect("a pong");
+    assert_eq!(
+        (pong.opcode, pong.payload),
+        (PONG, b"still there?".to_vec())
+    );
+    tcp.expect(b"fragmented\n");
+}
+
+#[test]
+fn an_over_long_message_closes_with_1009_and_none_of_it_is_broadcast() {
+    let server = web_server(&["--max-line", "100"]);
+    let mut tcp = server.connect();
+    let mut whole = server.connect_websocket();
+    let mut fragmented = server.connect_websocket();
+    whole.send_frame(TEXT, true, &[b'w'; 101]);
+    whole.expect_close(1009);
+    // Fragments within the limit, then one that passes it: nothing of it goes out.
+    fragmented.send_frame(TEXT, false, b"first part\n");
+    fragmented.send_frame(CONTINUATION, true, &[b'f'; 95]);
+    fragmented.expect_close(1009);
+    let mut ok = server.connect_websocket();
+    ok.send_text(&"x".repeat(100));
+    tcp.expect(format!("{}\n", "x".repeat(100)).as_bytes());
+    server.wait_for_log("line too long");
+}
+
+#[test]
+fn protocol_violations_close_with_1002_or_1007_and_are_logged() {
+    let server = web_server(&[]);
+    let mut tcp = server.connect();
+    let mut unmasked = server.connect_websocket();
+    unmasked.send_frame_with(TEXT, true, b"not masked", false);
+    unmasked.expect_close(1002);
+    let mut bad_opcode = server.connect_websocket();
+    bad_opcode.send_frame(0x3, true, b"");
+    bad_opcode.expect_close(1002);
+    let mut long_ping = server.connect_websocket();
+    long_ping.send_frame(PING, true, &[0; 126]);
+    long_ping.expect_close(1002);
+    let mut bad_utf8 = server.connect_websocket();
+    bad_utf8.send_frame(TEXT, true, b"\xc3\x28");
+    bad_utf8.expect_close(1007);
+    server.wait_for_log("WebSocket protocol error 1002: client frame not masked");
+    server.wait_for_log("WebSocket protocol error 1007");
+    // None of it reached anyone.
+    let mut fine = server.connect_websocket();
+    fine.send_text("after the violations");
+    tcp.expect(b"after the violations\n");
+}
+
+#[test]
+fn the_close_handshake_is_answered_and_the_connection_closed() {
+    let server = web_server(&[]);
+    let mut ws = server.connect_websocket();
+    let local = ws.stream.local_addr().unwrap();
+    ws.send_frame(CLOSE, true, &1000u16.to_be_bytes());
+    ws.expect_close(1000);
+    let line = server.wait_for_disconnect(local);
+    assert!(
+        line.contains("client closed (WebSocket close 1000)"),
+        "{line}"
+    );
+}
+
+#[test]
+fn max_clients_counts_websocket_clients_and_a_full_server_answers_503() {
+    let server = web_server(&["--max-clients", "2"]);
+    let _tcp = server.connect();
+    let _ws = server.connect_websocket();
+    let mut refused = TcpStream::connect(server.web_addr()).unwrap();
+    refused
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    let response = String::from_utf8(Client { stream: refused }.read_to_eof()).unwrap();
+    assert!(response.starts_with("HTTP/1.1 503 "), "{response}");
+    assert!(
+        response.ends_with("server full (max 2 clients)\n"),
+        "{response}"
+    );
+    let mut tcp_refused = Client::connect_raw(server.addr());
+    assert_eq!(
+        tcp_refused.read_to_eof(),
+        b"ERR server full (max 2 clients)\n"
+    );
+    // The page and metrics still answer when the broadcast is full.
+    assert_eq!(server.get("/healthz"), (200, "ok\n".to_string()));
+}
+
+#[test]
+fn http_refusals_have_their_status_and_one_log_line_each() {
+    let server = web_server(&[]);
+    assert_eq!(server.get("/nope").0, 404);
+    let post = server.http("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+    assert!(
+        post.starts_with("HTTP/1.1 405 ") && post.contains("Allow: GET, HEAD\r\n"),
+        "{post}"
+    );
+    assert_eq!(server.get("/ws").0, 426);
+    let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
+    assert!(server.http(&huge).starts_with("HTTP/1.1 431 "));
+    assert!(
+        server
+            .http("NOT HTTP AT ALL\r\n\r\n")
+            .starts_with("HTTP/1.1 400 ")
+    );
+    let head = server.http("HEAD / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(
+        head.starts_with("HTTP/1.1 200 ") && head.ends_with("\r\n\r\n"),
+        "{head}"
+    );
+    for needle in [
+        "404 Not Found",
+        "405 Method",
+        "426 Upgrade",
+        "431 Request",
+        "400 Bad",
+    ] {
+        let line = server.wait_for_log(needle);
+        assert!(line.contains("http: refused 127.0.0.1:"), "{line}");
+    }
+}
+
+#[test]
+fn the_page_is_served_whole_and_shows_lines_as_text() {
+    let server = web_server(&[]);
+    let response = server.http("GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.contains("Content-Type: text/html; charset=utf-8\r\n"));
+    assert!(response.contains("Content-Security-Policy: default-src 'none'"));
+    let body = response.split_once("\r\n\r\n").unwrap().1;
+    let length: usize = response
+        .split("Content-Length: ")
+        .nth(1)
+        .and_then(|rest| rest.split("\r\n").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert_eq!(body.len(), length);
+    assert!(body.contains("new WebSocket(") && body.contains("textContent = line"));
+    assert!(
+        !body.contains("innerHTML"),
+        "lines must never become markup"
+    );
+    assert!(body.contains("autofocus") && body.contains("name=\"viewport\""));
+}
+
+#[test]
+fn metrics_are_prometheus_text_and_move_with_traffic() {
+    let server = web_server(&[]);
+    let mut tcp = server.connect();
+    let mut ws = server.connect_websocket();
+    let before = metrics(&server);
+    assert_eq!(before["broadcast_server_clients{transport=\"tcp\"}"], 1);
+    assert_eq!(
+        before["broadcast_server_clients{transport=\"websocket\"}"],
+        1
+    );
+    tcp.send(b"one\ntwo\n");
+    ws.expect_text("one");
+    ws.expect_text("two");
+    ws.send_text("three");
+    tcp.expect(b"three\n");
+    let after = metrics(&server);
+    let moved = |name: &str| after[name] - before[name];
+    assert_eq!(moved("broadcast_server_lines_received_total"), 3);
+    assert_eq!(moved("broadcast_server_deliveries_total"), 3);
+    assert_eq!(moved("broadcast_server_bytes_received_total"), 14);
+    // To tcp "three\n" (6); to the WebSocket client two 2-byte headers + "one" + "two".
+    assert_eq!(moved("broadcast_server_bytes_sent_total"), 6 + 10);
+    drop(ws);
+    let closed = "broadcast_server_disconnects_total{reason=\"client_closed\"}";
+    let deadline = Instant::now() + DEADLINE;
+    while metrics(&server)[closed] == before[closed] {
+        assert!(Instant::now() < deadline, "the disconnect never showed");
+        thread::sleep(Duration::from_millis(20)); // polling the endpoint, with a deadline
+    }
+}
+
+/// Fetches `/metrics`, checks its format, and returns every sample by name and labels.
+fn metrics(server: &Server) -> std::collections::HashMap<String, u64> {
+    let response = server.http("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(
+        response.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+        "{response}"
+    );
+    let body = response.split_once("\r\n\r\n").unwrap().1;
+    let mut samples = std::collections::HashMap::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in body.lines() {
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let name = parts.next().unwrap();
+            assert!(matches!(parts.next(), Some("gauge" | "counter")), "{line}");
+            assert!(
+                body.contains(&format!("# HELP {name} ")),
+                "no HELP for {name}"
+            );
+            typed.insert(name.to_string());
+        } else {
+            let (name, value) = line.rsplit_once(' ').expect("NAME VALUE");
+            let family = name.split('{').next().unwrap();
+            assert!(
+                typed.contains(family),
+                "{family} has no TYPE line before it"
+            );
+            samples.insert(name.to_string(), value.parse().expect("an integer value"));
+        }
+    }
+    samples
+}
+
+#[test]
+fn a_websocket_client_that_stops_reading_is_a_slow_consumer_and_no_one_else_notices() {
+    let server = web_server(&["--max-queue", "1MiB"]);
+    let mut sender = server.connect();
+    let mut reader = server.connect();
+    let stuck = server.connect_websocket();
+    let stuck_addr = stuck.stream.local_addr().unwrap();
+    socket2::SockRef::from(&stuck.stream)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    // 16 MB, far beyond the stuck client's queue and the kernel's buffers, a piece at a
+    // time as the other reader takes it.
+    let filler = "s".repeat(200);
+    for k in 0..80 {
+        let piece = numbered_lines(&format!("{filler}{k}"), 1_000);
+        sender.send(&piece);
+        reader.expect(&piece);
+    }
+    let line = server.wait_for_disconnect(stuck_addr);
+    assert!(line.contains("slow consumer"), "{line}");
+}
+
+#[test]
+fn a_silent_websocket_client_is_pinged_then_dropped_and_one_that_answers_stays() {
+    let server = web_server(&["--ws-ping-interval", "0.3"]);
+    let mut silent = server.connect_websocket();
+    let silent_addr = silent.stream.local_addr().unwrap();
+    let answering = server.connect_websocket();
+    let answering_addr = answering.stream.local_addr().unwrap();
+    // The answering client reads (answering pings) until it gets "done".
+    let answerer = thread::spawn(move || {
+        let mut answering = answering;
+        let message = answering.read_message();
+        assert_eq!(message.payload, b"done");
+    });
+    let ping = silent.read_frame().expect("a ping");
+    assert_eq!(ping.opcode, PING);
+    let line = server.wait_for_disconnect(silent_addr);
+    assert!(line.contains("no answer to WebSocket pings"), "{line}");
+    let mut tcp = server.connect();
+    tcp.send(b"done\n");
+    answerer
+        .join()
+        .expect("the answering client stayed connected");
+    assert!(
+        server
+            .log_lines(&format!("client {answering_addr} disconnected"))
+            .is_empty()
+    );
+}
+
+#[test]
+fn slow_requests_are_closed_after_ten_seconds_and_stall_no_one_meanwhile() {
+    let server = web_server(&[]);
+    let started = Instant::now();
+    let mut slow: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut stream = TcpStream::connect(server.web_addr()).unwrap();
+            stream.write_all(b"GET / HTTP/1.1\r\nHost: sl").unwrap();
+            stream
+        })
+        .collect();
+    // Meanwhile everything else works at once.
+    let mut tcp = server.connect();
+    let mut ws = server.connect_websocket();
+    tcp.send(b"while they dawdle\n");
+    ws.expect_text("while they dawdle");
+    assert_eq!(server.get("/healthz"), (200, "ok\n".to_string()));
+    for stream in &mut slow {
+        stream.write_all(b"o").unwrap();
+    }
+    // Then each is closed (EOF, nothing answered) once its 10 s are up.
+    for stream in slow {
+        let got = Client { stream }.read_to_eof();
+        assert!(got.is_empty(), "a slow request got an answer");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "closed too early"
+    );
+    server.wait_for_log("no complete request within 10 s");
+}
+
+#[test]
+fn shutdown_gives_websocket_clients_their_lines_then_close_1001() {
+    let mut server = web_server(&[]);
+    let mut tcp = server.connect();
+    let mut ws = server.connect_websocket();
+    tcp.send(b"last words\nunfinished");
+    ws.expect_text("last words");
+    server.signal(libc::SIGTERM);
+    ws.expect_text("unfinished");
+    ws.expect_close(1001);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    let stats = server.final_log();
+    assert!(stats.contains(" web: websocket=0 "), "{stats}");
+}
