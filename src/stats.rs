@@ -25,7 +25,7 @@ pub struct Stats {
     pub bytes_out: u64,
     pub closed_by_client: u64,
     pub errors: u64,
-    /// Clients whose host stopped answering (keepalive or `TCP_USER_TIMEOUT` gave up).
+    /// Clients whose host stopped answering (keepalive probes or retransmissions gave up).
     pub peers_vanished: u64,
     pub slow_consumers: u64,
     pub lines_too_long: u64,
