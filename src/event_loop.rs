@@ -976,9 +976,7 @@ impl EventLoop {
             self.accept_all(Listener::Lines);
             self.accept_all(Listener::Web);
         }
-        if !self.web_requests.is_empty() {
-            self.web_requests.expire(now, self.poll.registry());
-        }
+        self.web_requests.expire(now, self.poll.registry());
         self.web_requests.log_summary(now);
         if let (Some(at), Some(every)) = (self.next_liveness_check, self.config.ws_ping)
             && at <= now

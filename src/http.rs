@@ -303,6 +303,12 @@ impl PendingRequests {
             },
         );
         self.deadlines.push_back((deadline, token));
+        // Entries of connections that finished early wait for their deadline to leave; in a
+        // storm of short requests, sweep them so the queue stays proportional to the map.
+        if self.deadlines.len() > 2 * self.requests.len() + 1024 {
+            let requests = &self.requests;
+            self.deadlines.retain(|(_, token)| requests.contains_key(token));
+        }
         Ok(())
     }
 
@@ -387,16 +393,18 @@ impl PendingRequests {
     }
 
     /// Closes connections whose deadline passed; a client that had not finished its request
-    /// is logged (rate-limited).
+    /// is logged (rate-limited). Afterwards the front of the deadline queue is a live
+    /// connection's (see [`PendingRequests::next_deadline`]).
     pub fn expire(&mut self, now: Instant, registry: &Registry) {
         while let Some(&(deadline, token)) = self.deadlines.front() {
+            let Some(pending) = self.requests.get(&token) else {
+                self.deadlines.pop_front(); // already gone
+                continue;
+            };
             if deadline > now {
                 break;
             }
             self.deadlines.pop_front();
-            let Some(pending) = self.requests.get(&token) else {
-                continue; // already gone
-            };
             if matches!(pending.stage, Stage::Reading) {
                 self.counters.timed_out += 1;
                 if self.refusal_log.admit(now) {
@@ -411,13 +419,10 @@ impl PendingRequests {
         }
     }
 
-    /// The next deadline, or when the rate-limited log owes a summary.
+    /// The next deadline (valid after [`PendingRequests::expire`]), or when the rate-limited
+    /// log owes a summary.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let deadline = self
-            .deadlines
-            .iter()
-            .find(|(_, token)| self.requests.contains_key(token))
-            .map(|&(deadline, _)| deadline);
+        let deadline = self.deadlines.front().map(|&(deadline, _)| deadline);
         [deadline, self.refusal_log.summary_due_at()]
             .into_iter()
             .flatten()
