@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use crate::access::{AccessList, Cidr};
 use crate::bridge::{self, BridgeSettings};
 
 /// The NATS subject used when `--nats-subject` is not given.
@@ -73,6 +74,10 @@ pub struct Config {
     pub http: Option<Vec<SocketAddr>>,
     /// How long a WebSocket client may be silent before it is pinged; `None`: never.
     pub ws_ping: Option<Duration>,
+    /// `--allow` / `--deny`.
+    pub access: AccessList,
+    /// Most clients from one address (0: no limit).
+    pub max_clients_per_ip: usize,
 }
 
 /// The values `Config::new` checks, as given on the command line.
@@ -93,6 +98,9 @@ pub struct Settings {
     /// `--http HOST:PORT`, or `None`.
     pub http: Option<String>,
     pub ws_ping_interval: Duration,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub max_clients_per_ip: usize,
 }
 
 impl Default for Settings {
@@ -111,6 +119,9 @@ impl Default for Settings {
             nats_subject: DEFAULT_NATS_SUBJECT.to_string(),
             http: None,
             ws_ping_interval: DEFAULT_WS_PING_INTERVAL,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            max_clients_per_ip: 0,
         }
     }
 }
@@ -128,6 +139,8 @@ pub enum ConfigError {
     Zero { flag: &'static str },
     /// `--nats` or `--nats-subject` cannot be used.
     BadNats { why: String },
+    /// An `--allow` or `--deny` value is not an address range.
+    BadRange { flag: &'static str, why: String },
     /// `--max-queue` cannot hold a full line with its newline and more.
     QueueNotLargerThanLine { max_queue: usize, max_line: usize },
 }
@@ -142,6 +155,7 @@ impl fmt::Display for ConfigError {
             ),
             ConfigError::Zero { flag } => write!(f, "{flag} must be at least 1"),
             ConfigError::BadNats { why } => write!(f, "invalid --nats: {why}"),
+            ConfigError::BadRange { flag, why } => write!(f, "invalid {flag}: {why}"),
             ConfigError::QueueNotLargerThanLine {
                 max_queue,
                 max_line,
@@ -186,7 +200,19 @@ impl Config {
             .as_deref()
             .map(|urls| nats_settings(urls, &settings.nats_subject))
             .transpose()?;
+        let ranges = |flag: &'static str, texts: &[String]| {
+            texts
+                .iter()
+                .map(|text| Cidr::parse(text).map_err(|why| ConfigError::BadRange { flag, why }))
+                .collect::<Result<Vec<Cidr>, ConfigError>>()
+        };
+        let access = AccessList {
+            allow: ranges("--allow", &settings.allow)?,
+            deny: ranges("--deny", &settings.deny)?,
+        };
         Ok(Config {
+            access,
+            max_clients_per_ip: settings.max_clients_per_ip,
             addrs,
             echo: settings.echo,
             max_line: settings.max_line,

@@ -16,6 +16,7 @@ use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 
+use crate::access::PerAddress;
 use crate::batch::Batch;
 use crate::bridge::{Bridge, BridgeCounters};
 use crate::config::Config;
@@ -67,6 +68,8 @@ const ACCEPT_BUDGET: usize = 64;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long a client that broke the line limit has to read its `ERR` line.
 const REJECT_LINGER: Duration = Duration::from_secs(2);
+/// Denials and per-address refusals logged one by one each second; more are summed up.
+const ACCESS_LINES_LOGGED: u64 = 20;
 /// How often leaving clients are checked for having received everything.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
 
@@ -104,6 +107,8 @@ pub struct EventLoop {
     framed: FramedBatch,
     /// When WebSocket clients are next checked for silence (with `--http`).
     next_liveness_check: Option<Instant>,
+    /// Clients per address, for `--max-clients-per-ip`.
+    per_address: PerAddress,
     signals: StopSignals,
     /// Fires when a batch held for coalescing is due.
     hold_timer: HoldTimer,
@@ -153,6 +158,8 @@ pub struct EventLoop {
     /// Refusals of a full server, accept failures, and warnings about misbehaving clients
     /// (slow consumers, over-long lines) are logged at most once a second each, then summed.
     refusal_log: RateLimit,
+    /// Connections denied or refused by address: 20 lines a second, then summed.
+    access_log: RateLimit,
     accept_failure_log: RateLimit,
     warning_log: RateLimit,
 }
@@ -198,6 +205,7 @@ impl EventLoop {
                 .ws_ping
                 .filter(|_| web_listener.is_some())
                 .map(|every| Instant::now() + every / 2),
+            per_address: PerAddress::new(config.max_clients_per_ip),
             web_listener,
             web_requests: PendingRequests::default(),
             framed: FramedBatch::default(),
@@ -229,6 +237,7 @@ impl EventLoop {
             shutdown: None,
             stats: Stats::default(),
             refusal_log: RateLimit::default(),
+            access_log: RateLimit::with_burst(ACCESS_LINES_LOGGED),
             accept_failure_log: RateLimit::default(),
             warning_log: RateLimit::default(),
         })
@@ -329,6 +338,7 @@ impl EventLoop {
             }
             self.accept_budget -= 1;
             match listener.accept() {
+                Ok((_, peer)) if !self.config.access.permits(peer.ip()) => self.deny(peer),
                 Ok((stream, peer)) if which == Listener::Lines => self.admit(stream, peer),
                 Ok((stream, peer)) => self.admit_web(stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -362,8 +372,17 @@ impl EventLoop {
         }
     }
 
-    /// Registers a new client, or refuses it with an `ERR` line when the server is full.
-    /// Clients that are leaving do not count.
+    /// Notes a connection from an address `--allow` / `--deny` refuse: it was closed at once
+    /// (dropped with the accepted socket), before anything it sent was read.
+    fn deny(&mut self, peer: SocketAddr) {
+        self.stats.denied += 1;
+        if self.access_log.admit(Instant::now()) {
+            info!("denied {peer}: its address is not allowed (--allow/--deny)");
+        }
+    }
+
+    /// Registers a new client, or refuses it with an `ERR` line when the server is full or
+    /// its address has `--max-clients-per-ip` already. Clients that are leaving do not count.
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
         if self.connections.len() - self.leaving >= self.config.max_clients {
             self.stats.refused_server_full += 1;
@@ -374,6 +393,10 @@ impl EventLoop {
                 );
             }
             refuse(stream, self.config.max_clients);
+            return;
+        }
+        if let Some(why) = self.over_per_address_limit(peer) {
+            refuse_with(stream, format!("ERR {why}\n").as_bytes());
             return;
         }
         if let Err(e) = connection::configure_socket(&stream, self.config.tcp_keepalive) {
@@ -387,8 +410,28 @@ impl EventLoop {
                 self.stats.connected(false);
                 info!("client {peer} connected (token {})", token.0);
             }
-            Err(e) => warn!("{peer}: cannot register with the poller, dropping it: {e}"),
+            Err(e) => {
+                self.per_address.remove(peer.ip());
+                warn!("{peer}: cannot register with the poller, dropping it: {e}");
+            }
         }
+    }
+
+    /// Counts one more client from `peer`'s address, or says why not (logged, counted).
+    fn over_per_address_limit(&mut self, peer: SocketAddr) -> Option<String> {
+        if self.per_address.try_add(peer.ip()) {
+            return None;
+        }
+        self.stats.refused_per_address += 1;
+        let why = format!(
+            "too many connections from {} (max {})",
+            peer.ip(),
+            self.per_address.max()
+        );
+        if self.access_log.admit(Instant::now()) {
+            info!("refused {peer}: {why}");
+        }
+        Some(why)
     }
 
     /// Takes a web connection: its request is read as it arrives. Requests in progress are
@@ -476,9 +519,22 @@ impl EventLoop {
                 .refuse(token, &refusal, self.poll.registry());
             return;
         }
+        let Some(peer) = self.web_requests.peer(token) else {
+            return;
+        };
+        if let Some(why) = self.over_per_address_limit(peer) {
+            let refusal = http::Refusal {
+                status: http::TOO_MANY_REQUESTS,
+                reason: why,
+            };
+            self.web_requests
+                .refuse(token, &refusal, self.poll.registry());
+            return;
+        }
         self.distribute_everything_framed();
         let Some((stream, peer)) = self.web_requests.take_upgrade(token, self.poll.registry())
         else {
+            self.per_address.remove(peer.ip());
             return;
         };
         let handshake = http::upgrade_response(key);
@@ -495,7 +551,10 @@ impl EventLoop {
                 info!("websocket client {peer} connected (token {})", token.0);
                 self.on_writable(token);
             }
-            Err(e) => warn!("{peer}: cannot register with the poller, dropping it: {e}"),
+            Err(e) => {
+                self.per_address.remove(peer.ip());
+                warn!("{peer}: cannot register with the poller, dropping it: {e}");
+            }
         }
     }
 
@@ -916,6 +975,7 @@ impl EventLoop {
             debug!("token {}: SO_LINGER: {e}", token.0);
         }
         self.stats.disconnected(reason, connection.is_websocket());
+        self.per_address.remove(connection.peer().ip());
         info!(
             "client {} disconnected (token {}): {reason}",
             connection.peer(),
@@ -1001,6 +1061,9 @@ impl EventLoop {
                 self.config.max_clients
             );
         }
+        if let Some(count) = self.access_log.take_summary(now) {
+            info!("denied or refused {count} more connections by their address in the last second");
+        }
         if let Some(count) = self.accept_failure_log.take_summary(now) {
             warn!("accepting failed or resumed {count} more times in the last second");
         }
@@ -1040,6 +1103,10 @@ impl EventLoop {
         if self.config.http.is_some() {
             line.push(' ');
             line.push_str(&self.stats.web_summary(self.web_requests.counters()));
+        }
+        if !self.config.access.is_empty() || self.config.max_clients_per_ip > 0 {
+            line.push(' ');
+            line.push_str(&self.stats.access_summary());
         }
         if let Some(counters) = nats {
             line.push(' ');
@@ -1098,6 +1165,7 @@ impl EventLoop {
             drain_tick,
             self.finales_wake_at(),
             self.refusal_log.summary_due_at(),
+            self.access_log.summary_due_at(),
             self.accept_failure_log.summary_due_at(),
             self.warning_log.summary_due_at(),
         ]

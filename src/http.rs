@@ -38,6 +38,7 @@ pub const BAD_REQUEST: Status = Status(400, "Bad Request");
 pub const NOT_FOUND: Status = Status(404, "Not Found");
 pub const METHOD_NOT_ALLOWED: Status = Status(405, "Method Not Allowed");
 pub const UPGRADE_REQUIRED: Status = Status(426, "Upgrade Required");
+pub const TOO_MANY_REQUESTS: Status = Status(429, "Too Many Requests");
 pub const HEAD_TOO_LARGE: Status = Status(431, "Request Header Fields Too Large");
 pub const SERVICE_UNAVAILABLE: Status = Status(503, "Service Unavailable");
 
@@ -307,7 +308,8 @@ impl PendingRequests {
         // storm of short requests, sweep them so the queue stays proportional to the map.
         if self.deadlines.len() > 2 * self.requests.len() + 1024 {
             let requests = &self.requests;
-            self.deadlines.retain(|(_, token)| requests.contains_key(token));
+            self.deadlines
+                .retain(|(_, token)| requests.contains_key(token));
         }
         Ok(())
     }
@@ -377,6 +379,11 @@ impl PendingRequests {
             written: 0,
         };
         self.write_answer(token, registry);
+    }
+
+    /// The address of a connection here.
+    pub fn peer(&self, token: Token) -> Option<SocketAddr> {
+        self.requests.get(&token).map(|pending| pending.peer)
     }
 
     /// Hands an upgraded connection to the loop: its socket (no longer registered) and peer.

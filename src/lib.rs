@@ -6,6 +6,7 @@
 //! batching ([`batch`]) kept as pure, unit-tested logic. `main.rs` only turns flags into a
 //! [`Config`] and reports errors.
 
+pub mod access;
 pub mod batch;
 pub mod bridge;
 pub mod config;

@@ -100,6 +100,20 @@ struct Args {
     )]
     ws_ping_interval: Duration,
 
+    /// Accept clients only from this address range (repeatable; CIDR like 10.0.0.0/8 or
+    /// 2001:db8::/32, or a bare address); others are closed at once
+    #[arg(long, value_name = "CIDR")]
+    allow: Vec<String>,
+
+    /// Close clients from this address range at once (repeatable; wins over --allow)
+    #[arg(long, value_name = "CIDR")]
+    deny: Vec<String>,
+
+    /// Most clients from one address at once (0: no limit); one more gets an ERR line (a 429
+    /// for a WebSocket upgrade)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_clients_per_ip: usize,
+
     /// More log output (-v: debug, -vv: trace); RUST_LOG overrides
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -137,6 +151,9 @@ fn run(args: Args) -> Result<Exit, ServerError> {
         nats_subject: args.nats_subject,
         http: args.http,
         ws_ping_interval: args.ws_ping_interval,
+        allow: args.allow,
+        deny: args.deny,
+        max_clients_per_ip: args.max_clients_per_ip,
     })?;
     check_descriptor_budget(config.max_clients);
     check_batch_room(&config);

@@ -37,6 +37,10 @@ pub struct Stats {
     pub protocol_errors: u64,
     /// WebSocket clients that did not answer a ping.
     pub ping_timeouts: u64,
+    /// Connections closed at once by `--allow` / `--deny`.
+    pub denied: u64,
+    /// Connections refused by `--max-clients-per-ip`.
+    pub refused_per_address: u64,
 }
 
 impl Stats {
@@ -105,6 +109,15 @@ impl Stats {
             http.answered,
             http.refused,
             http.timed_out
+        )
+    }
+
+    /// The access rules' part of the stats line (only with `--allow`, `--deny` or
+    /// `--max-clients-per-ip`).
+    pub fn access_summary(&self) -> String {
+        format!(
+            "access: denied={} per_address={}",
+            self.denied, self.refused_per_address
         )
     }
 
@@ -181,8 +194,13 @@ impl Stats {
         metric(
             "refused_total",
             "counter",
-            "Connections refused because the server was full.",
-            &[("{reason=\"server_full\"}", self.refused_server_full)],
+            "Connections refused: the server was full, the address is not allowed, or it has \
+             --max-clients-per-ip already.",
+            &[
+                ("{reason=\"server_full\"}", self.refused_server_full),
+                ("{reason=\"denied\"}", self.denied),
+                ("{reason=\"per_address\"}", self.refused_per_address),
+            ],
         );
         metric(
             "http_requests_total",

@@ -286,6 +286,22 @@ impl Client {
         Client { stream }
     }
 
+    /// Connects from a chosen local address (e.g. 127.0.0.2: all of 127.0.0.0/8 reaches
+    /// 127.0.0.1 here), without waiting for the server to notice.
+    pub fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Client {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::new(local, 0).into())
+            .expect("bind the local address");
+        socket
+            .connect_timeout(&addr.into(), DEADLINE)
+            .expect("connect to server");
+        let stream: TcpStream = socket.into();
+        stream.set_nodelay(true).unwrap();
+        Client { stream }
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.stream.local_addr().unwrap()
     }

@@ -36,7 +36,18 @@ impl WsClient {
     /// Connects to the web listener at `addr` and completes the upgrade (checking the
     /// server's accept key); does not wait for the server to log it.
     pub fn connect_raw(addr: SocketAddr) -> WsClient {
-        let mut stream = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect");
+        let stream = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect");
+        WsClient::upgrade(stream, addr)
+    }
+
+    /// Like `connect_raw`, from a chosen local address.
+    pub fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> WsClient {
+        let stream = super::Client::connect_from(addr, local).stream;
+        WsClient::upgrade(stream, addr)
+    }
+
+    /// Sends the upgrade request on `stream` and checks the `101` answer.
+    fn upgrade(mut stream: TcpStream, addr: SocketAddr) -> WsClient {
         stream.set_nodelay(true).unwrap();
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

@@ -1,0 +1,200 @@
+//! Who may connect: `--allow` / `--deny` address ranges and the per-address connection
+//! limit (`--max-clients-per-ip`). Pure: addresses in, verdicts out; no sockets.
+//!
+//! Deny wins over allow; with any `--allow`, an address must match one. IPv4 addresses that
+//! arrive IPv4-mapped on an IPv6 socket (`::ffff:127.0.0.1`) are judged as IPv4.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+
+/// An address range: an address and how many leading bits must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDR/BITS` or a bare address (all bits: /32 or /128).
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let bad = |why: &str| {
+            format!(
+                "'{text}' is not an address range ({why}; e.g. 10.0.0.0/8, 127.0.0.2 or ::1/128)"
+            )
+        };
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((addr, bits)) => (addr, Some(bits)),
+            None => (text.trim(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(bits) => match bits.parse::<u8>() {
+                Ok(bits) if bits <= max => bits,
+                _ => return Err(bad(&format!("the prefix must be 0 to {max}"))),
+            },
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` lies in this range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_matches(u32::from(net).into(), u32::from(ip).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_matches(u128::from(net), u128::from(ip), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Whether the top `prefix` of `width` bits of `a` and `b` agree.
+fn prefix_matches(a: u128, b: u128, prefix: u8, width: u32) -> bool {
+    let shift = width - u32::from(prefix);
+    shift >= width || (a >> shift) == (b >> shift)
+}
+
+/// The `--allow` and `--deny` lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessList {
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+}
+
+impl AccessList {
+    /// Whether a client at `ip` may connect: not denied, and allowed if any allow is given.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        !self.deny.iter().any(|range| range.contains(ip))
+            && (self.allow.is_empty() || self.allow.iter().any(|range| range.contains(ip)))
+    }
+
+    /// Whether any rule is given (else every address is welcome, at no cost).
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+}
+
+/// Connections per client address, against `--max-clients-per-ip`.
+#[derive(Debug, Default)]
+pub struct PerAddress {
+    /// 0: no limit (and nothing counted).
+    max: usize,
+    counts: HashMap<IpAddr, usize>,
+}
+
+impl PerAddress {
+    pub fn new(max: usize) -> PerAddress {
+        PerAddress {
+            max,
+            counts: HashMap::new(),
+        }
+    }
+
+    /// Counts one more connection from `ip`, unless that would pass the limit (false).
+    pub fn try_add(&mut self, ip: IpAddr) -> bool {
+        if self.max == 0 {
+            return true;
+        }
+        let count = self.counts.entry(ip.to_canonical()).or_insert(0);
+        if *count >= self.max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// Counts one connection from `ip` gone.
+    pub fn remove(&mut self, ip: IpAddr) {
+        if self.max == 0 {
+            return;
+        }
+        let ip = ip.to_canonical();
+        if let Some(count) = self.counts.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&ip);
+            }
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn ranges_parse_and_match() {
+        let net = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains(ip("10.1.255.3")) && !net.contains(ip("10.2.0.1")));
+        assert!(
+            net.contains(ip("::ffff:10.1.2.3")),
+            "IPv4-mapped counts as IPv4"
+        );
+        let host = Cidr::parse("127.0.0.2").unwrap();
+        assert!(host.contains(ip("127.0.0.2")) && !host.contains(ip("127.0.0.3")));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains(ip("203.0.113.9"))
+        );
+        assert!(!Cidr::parse("0.0.0.0/0").unwrap().contains(ip("::1")));
+        let v6 = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains(ip("2001:db8:1::5")) && !v6.contains(ip("2001:db9::1")));
+        assert!(Cidr::parse("::/0").unwrap().contains(ip("::1")));
+        for bad in ["10.0.0.0/33", "::1/129", "example.com", "10.0.0.0/x", ""] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn deny_wins_and_allow_narrows() {
+        let list = AccessList {
+            allow: vec![Cidr::parse("127.0.0.0/8").unwrap()],
+            deny: vec![Cidr::parse("127.0.0.3").unwrap()],
+        };
+        assert!(list.permits(ip("127.0.0.2")));
+        assert!(!list.permits(ip("127.0.0.3")), "deny wins");
+        assert!(!list.permits(ip("192.0.2.1")), "not allowed");
+        assert!(AccessList::default().permits(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn per_address_counts_up_to_the_limit_and_down_again() {
+        let mut limit = PerAddress::new(2);
+        assert!(limit.try_add(ip("127.0.0.2")) && limit.try_add(ip("127.0.0.2")));
+        assert!(
+            !limit.try_add(ip("::ffff:127.0.0.2")),
+            "the same address, mapped"
+        );
+        assert!(limit.try_add(ip("127.0.0.3")));
+        limit.remove(ip("127.0.0.2"));
+        assert!(limit.try_add(ip("127.0.0.2")));
+        limit.remove(ip("127.0.0.3"));
+        assert!(
+            !limit.counts.contains_key(&ip("127.0.0.3")),
+            "no entry left behind"
+        );
+        let mut unlimited = PerAddress::new(0);
+        assert!((0..100).all(|_| unlimited.try_add(ip("127.0.0.2"))));
+    }
+}

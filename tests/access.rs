@@ -1,0 +1,165 @@
+//! Who may connect, through the binary: `--allow`, `--deny` and `--max-clients-per-ip`,
+//! with clients bound to other loopback addresses (all of 127.0.0.0/8 reaches 127.0.0.1).
+
+mod common;
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+
+use common::{Client, Server};
+
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// Connects from 127.0.0.`last` and waits until the server has registered the client.
+fn connect_from(server: &Server, last: u8) -> Client {
+    let client = Client::connect_from(server.addr(), loopback(last));
+    server.wait_for_log(&format!("client {} connected", client.local_addr()));
+    client
+}
+
+/// Connects from 127.0.0.`last`, sends `bytes`, and returns all the server sent before
+/// closing the connection (it must close it).
+fn refused_from(server: &Server, last: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut client = Client::connect_from(server.addr(), loopback(last));
+    let _ = client.stream.write_all(bytes); // the server may have closed already
+    read_until_closed(&mut client)
+}
+
+/// Everything until the server closes (a reset counts as closed).
+fn read_until_closed(client: &mut Client) -> Vec<u8> {
+    use std::io::Read;
+    client
+        .stream
+        .set_read_timeout(Some(common::DEADLINE))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0; 1024];
+    loop {
+        match client.stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("the server did not close the connection: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_denied_address_is_closed_at_once_and_what_it_sent_reaches_no_one() {
+    let server = Server::start(&["--deny", "127.0.0.3"]);
+    let mut reader = connect_from(&server, 2);
+    let mut writer = connect_from(&server, 4);
+    assert_eq!(refused_from(&server, 3, b"secret\n"), b"");
+    server.wait_for_log("denied 127.0.0.3:");
+    writer.send(b"marker\n");
+    reader.expect(b"marker\n"); // had "secret" been broadcast, it would come first
+}
+
+#[test]
+fn allow_admits_only_its_ranges_and_deny_wins_over_it() {
+    let server = Server::start(&[
+        "--allow",
+        "127.0.0.0/30",
+        "--allow",
+        "127.0.0.9",
+        "--deny",
+        "127.0.0.2",
+    ]);
+    let mut one = connect_from(&server, 1);
+    let mut nine = connect_from(&server, 9);
+    assert_eq!(
+        refused_from(&server, 2, b""),
+        b"",
+        "denied although allowed"
+    );
+    assert_eq!(refused_from(&server, 5, b""), b"", "outside every --allow");
+    one.send(b"allowed\n");
+    nine.expect(b"allowed\n");
+    server.wait_for_log("denied 127.0.0.5:");
+}
+
+#[test]
+fn one_more_client_than_max_clients_per_ip_gets_an_err_line() {
+    let server = Server::start(&["--max-clients-per-ip", "2"]);
+    let first = connect_from(&server, 2);
+    let _second = connect_from(&server, 2);
+    assert_eq!(
+        refused_from(&server, 2, b""),
+        b"ERR too many connections from 127.0.0.2 (max 2)\n"
+    );
+    let _other_address = connect_from(&server, 3);
+    let first_addr = first.local_addr();
+    drop(first);
+    server.wait_for_disconnect(first_addr);
+    let _again = connect_from(&server, 2); // a place came free
+    server.signal(libc::SIGTERM);
+    let stats = server.wait_for_log("stats:");
+    assert!(
+        stats.ends_with(" access: denied=0 per_address=1"),
+        "{stats}"
+    );
+}
+
+#[test]
+fn the_web_listener_obeys_the_same_rules() {
+    let server = Server::start(&[
+        "--http",
+        "127.0.0.1:0",
+        "--deny",
+        "127.0.0.3",
+        "--max-clients-per-ip",
+        "1",
+    ]);
+    let web = server.web_addr();
+    let mut denied = Client::connect_from(web, loopback(3));
+    let _ = denied
+        .stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(
+        read_until_closed(&mut denied),
+        b"",
+        "a denied address got an answer"
+    );
+    let _tcp = connect_from(&server, 2);
+    let mut upgrade = Client::connect_from(web, loopback(2));
+    upgrade
+        .stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    let response = String::from_utf8(read_until_closed(&mut upgrade)).unwrap();
+    assert!(response.starts_with("HTTP/1.1 429 "), "{response}");
+    assert!(
+        response.ends_with("too many connections from 127.0.0.2 (max 1)\n"),
+        "{response}"
+    );
+    // Another address may still join over WebSocket.
+    let ws = common::websocket::WsClient::connect_from(web, loopback(4));
+    drop(ws);
+}
+
+#[test]
+fn an_address_range_that_is_not_one_is_refused_at_start() {
+    for (flag, value) in [
+        ("--allow", "10.0.0.0/33"),
+        ("--deny", "localhost"),
+        ("--allow", "::1/129"),
+    ] {
+        let output = Server::command(&[flag, value])
+            .output()
+            .expect("run the binary");
+        assert_eq!(output.status.code(), Some(1), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.starts_with(&format!(
+                "error: invalid {flag}: '{value}' is not an address range"
+            )),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("listening"), "{stderr}");
+    }
+}
