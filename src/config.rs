@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::access::{AccessList, Cidr};
 use crate::bridge::{self, BridgeSettings};
+use crate::tls::TlsSettings;
 
 /// The NATS subject used when `--nats-subject` is not given.
 pub const DEFAULT_NATS_SUBJECT: &str = "broadcast-server.lines";
@@ -78,6 +79,8 @@ pub struct Config {
     pub access: AccessList,
     /// Most clients from one address (0: no limit).
     pub max_clients_per_ip: usize,
+    /// TLS on every listener, with `--tls-cert` and `--tls-key`.
+    pub tls: Option<TlsSettings>,
 }
 
 /// The values `Config::new` checks, as given on the command line.
@@ -101,6 +104,9 @@ pub struct Settings {
     pub allow: Vec<String>,
     pub deny: Vec<String>,
     pub max_clients_per_ip: usize,
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    pub tls_client_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -122,6 +128,9 @@ impl Default for Settings {
             allow: Vec::new(),
             deny: Vec::new(),
             max_clients_per_ip: 0,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -139,6 +148,8 @@ pub enum ConfigError {
     Zero { flag: &'static str },
     /// `--nats` or `--nats-subject` cannot be used.
     BadNats { why: String },
+    /// The TLS flags do not go together.
+    BadTls { why: &'static str },
     /// An `--allow` or `--deny` value is not an address range.
     BadRange { flag: &'static str, why: String },
     /// `--max-queue` cannot hold a full line with its newline and more.
@@ -156,6 +167,7 @@ impl fmt::Display for ConfigError {
             ConfigError::Zero { flag } => write!(f, "{flag} must be at least 1"),
             ConfigError::BadNats { why } => write!(f, "invalid --nats: {why}"),
             ConfigError::BadRange { flag, why } => write!(f, "invalid {flag}: {why}"),
+            ConfigError::BadTls { why } => write!(f, "{why}"),
             ConfigError::QueueNotLargerThanLine {
                 max_queue,
                 max_line,
@@ -210,7 +222,31 @@ impl Config {
             allow: ranges("--allow", &settings.allow)?,
             deny: ranges("--deny", &settings.deny)?,
         };
+        let tls = match (settings.tls_cert, settings.tls_key, settings.tls_client_ca) {
+            (Some(cert), Some(key), client_ca) => Some(TlsSettings {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            (Some(_), None, _) => {
+                return Err(ConfigError::BadTls {
+                    why: "--tls-cert needs --tls-key (the certificate's private key)",
+                });
+            }
+            (None, Some(_), _) => {
+                return Err(ConfigError::BadTls {
+                    why: "--tls-key needs --tls-cert (the certificate chain it belongs to)",
+                });
+            }
+            (None, None, Some(_)) => {
+                return Err(ConfigError::BadTls {
+                    why: "--tls-client-ca needs --tls-cert and --tls-key (TLS must be on)",
+                });
+            }
+        };
         Ok(Config {
+            tls,
             access,
             max_clients_per_ip: settings.max_clients_per_ip,
             addrs,

@@ -7,12 +7,14 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+
+use crate::transport::Transport;
 use socket2::{SockRef, TcpKeepalive};
 
 use crate::framing::LineFramer;
@@ -185,7 +187,7 @@ pub enum Liveness {
 /// A connected client: its socket, its unfinished input and its pending output.
 #[derive(Debug)]
 pub struct ClientConnection {
-    stream: TcpStream,
+    transport: Transport,
     peer: SocketAddr,
     wire: Wire,
     /// Output the kernel would not take yet, oldest first. Empty (and unallocated) unless the
@@ -201,16 +203,11 @@ pub struct ClientConnection {
 }
 
 impl ClientConnection {
-    /// Wraps an accepted stream and registers it for reading.
-    pub fn register(
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        registry: &Registry,
-        token: Token,
-    ) -> io::Result<ClientConnection> {
-        registry.register(&mut stream, token, Interest::READABLE)?;
-        Ok(ClientConnection {
-            stream,
+    /// Wraps an accepted transport, registered for reading under `token` (and through its
+    /// TLS handshake, if any).
+    pub fn new(transport: Transport, peer: SocketAddr) -> ClientConnection {
+        ClientConnection {
+            transport,
             peer,
             wire: Wire::Lines(LineFramer::default()),
             write_buf: VecDeque::new(),
@@ -218,26 +215,25 @@ impl ClientConnection {
             phase: Phase::Open,
             read_turn: 0,
             served_as_sender: 0,
-        })
+        }
     }
 
-    /// Wraps a socket whose WebSocket upgrade was accepted, registers it, and queues the
-    /// `101` answer `handshake` (the caller flushes it).
-    pub fn register_websocket(
-        stream: TcpStream,
+    /// Wraps a transport whose WebSocket upgrade was accepted (registered as for
+    /// [`ClientConnection::new`]), and queues the `101` answer `handshake` (the caller
+    /// flushes it).
+    pub fn new_websocket(
+        transport: Transport,
         peer: SocketAddr,
-        registry: &Registry,
-        token: Token,
         handshake: &[u8],
-    ) -> io::Result<ClientConnection> {
-        let mut connection = ClientConnection::register(stream, peer, registry, token)?;
+    ) -> ClientConnection {
+        let mut connection = ClientConnection::new(transport, peer);
         connection.wire = Wire::WebSocket(Box::new(WebSocketState {
             decoder: websocket::Decoder::default(),
             last_heard: Instant::now(),
             pinged: false,
         }));
         connection.queue(handshake, handshake.len());
-        Ok(connection)
+        connection
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -325,7 +321,7 @@ impl ClientConnection {
     /// Data bytes written but not acknowledged. The kernel's count includes our FIN once we
     /// shut our side down (it takes one sequence number), which is not data.
     fn unacknowledged_data(&self) -> usize {
-        let outq = socket_queues::unacknowledged_output(&self.stream);
+        let outq = socket_queues::unacknowledged_output(self.transport.tcp());
         match self.phase {
             Phase::Draining {
                 write_shut: true, ..
@@ -336,7 +332,7 @@ impl ClientConnection {
 
     /// Bytes the client sent that are waiting in the kernel, not read yet.
     pub fn unread_input(&self) -> usize {
-        socket_queues::unread_input(&self.stream)
+        socket_queues::unread_input(self.transport.tcp())
     }
 
     /// Claims this turn's read for the client; false if it was already read in `turn`.
@@ -376,7 +372,7 @@ impl ClientConnection {
         let budget = scratch.len();
         let framed_from = lines_out.len();
         while report.read < budget {
-            match self.stream.read(&mut scratch[..budget - report.read]) {
+            match self.transport.read(&mut scratch[..budget - report.read]) {
                 Ok(0) => {
                     report = self.ended(report, DisconnectReason::ClientClosed, lines_out);
                     break;
@@ -464,7 +460,7 @@ impl ClientConnection {
             // One byte more than the line may still hold: its newline, or the proof that it
             // is too long. In all, at most --max-line + 1 bytes are read.
             let want = (max_line + 1 - framer.pending()).min(scratch.len());
-            let n = match self.stream.read(&mut scratch[..want]) {
+            let n = match self.transport.read(&mut scratch[..want]) {
                 Ok(0) => return 0, // the client closed: the line ends here
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -509,7 +505,7 @@ impl ClientConnection {
             written: 0,
             failure: None,
         };
-        if !self.write_buf.is_empty() {
+        if !self.write_buf.is_empty() || self.transport.wants_write() {
             // Judge the client on what its socket takes now, not on a queue its writable
             // event (maybe later in this very poll) has not flushed yet.
             match self.flush() {
@@ -557,7 +553,7 @@ impl ClientConnection {
         while !bufs.is_empty() {
             let count = bufs.len().min(IOV_MAX);
             let offered: usize = bufs[..count].iter().map(|buf| buf.len()).sum();
-            match self.stream.write_vectored(&bufs[..count]) {
+            match self.transport.write_vectored(&bufs[..count]) {
                 Ok(0) if offered > 0 => {
                     return Err((written, DisconnectReason::Error(io::ErrorKind::WriteZero)));
                 }
@@ -600,7 +596,7 @@ impl ClientConnection {
         while !self.write_buf.is_empty() {
             let (front, back) = self.write_buf.as_slices();
             let iov = [IoSlice::new(front), IoSlice::new(back)];
-            match self.stream.write_vectored(&iov) {
+            match self.transport.write_vectored(&iov) {
                 Ok(0) => return Err(DisconnectReason::Error(io::ErrorKind::WriteZero)),
                 Ok(n) => {
                     self.write_buf.drain(..n);
@@ -610,6 +606,10 @@ impl ClientConnection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(failure(&e)),
             }
+        }
+        // Through TLS, the last records may still be held by rustls.
+        if let Err(e) = self.transport.flush_tls() {
+            return Err(failure(&e));
         }
         if self.write_buf.is_empty() && self.write_buf.capacity() > 0 {
             // A queue only exists while the client lags; give the memory back once it
@@ -622,13 +622,13 @@ impl ClientConnection {
     /// Registers WRITABLE while output is queued and drops back to READABLE once it drained;
     /// the only place that calls `epoll_ctl` after registration.
     pub fn update_interest(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        let wanted = if self.write_buf.is_empty() {
+        let wanted = if self.write_buf.is_empty() && !self.transport.wants_write() {
             Interest::READABLE
         } else {
             Interest::READABLE | Interest::WRITABLE
         };
         if wanted != self.interest {
-            registry.reregister(&mut self.stream, token, wanted)?;
+            registry.reregister(self.transport.tcp_mut(), token, wanted)?;
             self.interest = wanted;
         }
         Ok(())
@@ -636,12 +636,12 @@ impl ClientConnection {
 
     /// Makes the coming close a reset (SO_LINGER 0) instead of a FIN after the unsent data.
     pub fn reset_on_close(&self) -> io::Result<()> {
-        SockRef::from(&self.stream).set_linger(Some(Duration::ZERO))
+        SockRef::from(self.transport.tcp()).set_linger(Some(Duration::ZERO))
     }
 
     /// Removes the socket from the poller (closing it happens when the connection drops).
     pub fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        registry.deregister(&mut self.stream)
+        registry.deregister(self.transport.tcp_mut())
     }
 
     /// Starts leaving for `reason`: after `farewell` and everything already queued is sent,
@@ -702,12 +702,13 @@ impl ClientConnection {
         else {
             return false;
         };
-        if !self.write_buf.is_empty() {
+        if !self.write_buf.is_empty() || self.transport.wants_write() {
             return false;
         }
         if !write_shut {
             // An error means the peer is gone already; the close that follows is all we need.
-            let _ = self.stream.shutdown(Shutdown::Write);
+            // TLS: close_notify first.
+            let _ = self.transport.shutdown_write();
             self.phase = Phase::Draining {
                 reason,
                 deadline,
@@ -767,6 +768,7 @@ fn enable_keepalive(stream: &TcpStream, idle: Duration) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     /// A connected pair on loopback: our side as a client connection, and the peer.
     fn pair() -> (ClientConnection, std::net::TcpStream) {
@@ -775,10 +777,11 @@ mod tests {
         let (ours, addr) = listener.accept().unwrap();
         ours.set_nonblocking(true).unwrap();
         let poll = mio::Poll::new().unwrap();
-        let connection =
-            ClientConnection::register(TcpStream::from_std(ours), addr, poll.registry(), Token(9))
-                .unwrap();
-        (connection, peer)
+        let mut ours = TcpStream::from_std(ours);
+        poll.registry()
+            .register(&mut ours, Token(9), Interest::READABLE)
+            .unwrap();
+        (ClientConnection::new(Transport::Plain(ours), addr), peer)
     }
 
     #[test]

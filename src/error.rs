@@ -20,6 +20,8 @@ pub enum ServerError {
     },
     /// The poller itself failed.
     Poll(io::Error),
+    /// The TLS files could not be used.
+    Tls(crate::tls::TlsError),
     /// The SIGINT/SIGTERM handlers could not be installed.
     Signals(io::Error),
 }
@@ -47,6 +49,7 @@ impl fmt::Display for ServerError {
                 }
             }
             ServerError::Poll(e) => write!(f, "event loop failed: {e}"),
+            ServerError::Tls(e) => write!(f, "{e}"),
             ServerError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
         }
     }
@@ -58,6 +61,7 @@ impl std::error::Error for ServerError {
             ServerError::Config(e) => Some(e),
             ServerError::Bind { source, .. } => Some(source),
             ServerError::Poll(e) | ServerError::Signals(e) => Some(e),
+            ServerError::Tls(e) => Some(e),
         }
     }
 }

@@ -9,9 +9,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, trace, warn};
+use log::{debug, error, info, trace, warn};
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -32,6 +33,8 @@ use crate::shutdown::{Shutdown, StopSignals};
 
 mod graceful_shutdown;
 use crate::stats::Stats;
+use crate::tls::Handshakes;
+use crate::transport::Transport;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -109,6 +112,10 @@ pub struct EventLoop {
     next_liveness_check: Option<Instant>,
     /// Clients per address, for `--max-clients-per-ip`.
     per_address: PerAddress,
+    /// The TLS configuration new connections get (replaced on SIGHUP), with `--tls-cert`.
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// New connections in their TLS handshake, and the listener each came through.
+    handshakes: Handshakes<Listener>,
     signals: StopSignals,
     /// Fires when a batch held for coalescing is due.
     hold_timer: HoldTimer,
@@ -169,6 +176,12 @@ impl EventLoop {
     /// stop signals. Logs `listening on ADDR` once bound.
     pub fn bind(config: Config) -> Result<EventLoop, ServerError> {
         let poll = Poll::new().map_err(ServerError::Poll)?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::tls::load)
+            .transpose()
+            .map_err(ServerError::Tls)?;
         let mut listener = bind_any("--addr", &config.addrs)?;
         let local_addr = listener.local_addr().map_err(ServerError::Poll)?;
         poll.registry()
@@ -184,8 +197,8 @@ impl EventLoop {
             }
             None => None,
         };
-        let signals =
-            StopSignals::register(poll.registry(), SIGNALS).map_err(ServerError::Signals)?;
+        let signals = StopSignals::register(poll.registry(), SIGNALS, tls.is_some())
+            .map_err(ServerError::Signals)?;
         let hold_timer =
             HoldTimer::register(poll.registry(), HOLD_TIMER).map_err(ServerError::Poll)?;
         let bridge = match &config.nats {
@@ -206,6 +219,8 @@ impl EventLoop {
                 .filter(|_| web_listener.is_some())
                 .map(|every| Instant::now() + every / 2),
             per_address: PerAddress::new(config.max_clients_per_ip),
+            tls,
+            handshakes: Handshakes::default(),
             web_listener,
             web_requests: PendingRequests::default(),
             framed: FramedBatch::default(),
@@ -338,9 +353,7 @@ impl EventLoop {
             }
             self.accept_budget -= 1;
             match listener.accept() {
-                Ok((_, peer)) if !self.config.access.permits(peer.ip()) => self.deny(peer),
-                Ok((stream, peer)) if which == Listener::Lines => self.admit(stream, peer),
-                Ok((stream, peer)) => self.admit_web(stream, peer),
+                Ok((stream, peer)) => self.on_accepted(stream, peer, which),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.accept_retry_at.take().is_some()
                         && self.accept_failure_log.admit(Instant::now())
@@ -372,6 +385,63 @@ impl EventLoop {
         }
     }
 
+    /// A new connection on `which`: closed at once if its address is denied; else
+    /// registered, and admitted now, or once its TLS handshake is done.
+    fn on_accepted(&mut self, mut stream: TcpStream, peer: SocketAddr, which: Listener) {
+        if !self.config.access.permits(peer.ip()) {
+            return self.deny(peer);
+        }
+        if self.tls.is_some() && self.handshakes.len() >= self.config.max_clients {
+            // Handshakes are bounded like clients; this one is closed unanswered.
+            self.stats.refused_server_full += 1;
+            if self.refusal_log.admit(Instant::now()) {
+                info!(
+                    "refused {peer}: {} TLS handshakes in progress already",
+                    self.handshakes.len()
+                );
+            }
+            return;
+        }
+        if let Err(e) = connection::configure_socket(&stream, self.config.tcp_keepalive) {
+            debug!("{peer}: cannot set socket options: {e}");
+        }
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+        {
+            warn!("{peer}: cannot register with the poller, dropping it: {e}");
+            return;
+        }
+        match &self.tls {
+            Some(config) => {
+                if let Err(e) = self.handshakes.start(stream, config, peer, token, which) {
+                    warn!("{peer}: cannot start TLS, dropping it: {e}");
+                    return;
+                }
+                self.on_handshake_event(token);
+            }
+            None => self.admit(Transport::Plain(stream), peer, token, which),
+        }
+    }
+
+    /// Moves a TLS handshake on; admits the connection once it is done.
+    fn on_handshake_event(&mut self, token: Token) {
+        if let Some(done) = self.handshakes.on_ready(token, self.poll.registry()) {
+            self.admit(done.transport, done.peer, token, done.kind);
+        }
+    }
+
+    /// Admits a connection (registered under `token`) as a line client or a web request.
+    fn admit(&mut self, transport: Transport, peer: SocketAddr, token: Token, which: Listener) {
+        match which {
+            Listener::Lines => self.admit_lines(transport, peer, token),
+            Listener::Web => self.admit_web(transport, peer, token),
+        }
+    }
+
     /// Notes a connection from an address `--allow` / `--deny` refuse: it was closed at once
     /// (dropped with the accepted socket), before anything it sent was read.
     fn deny(&mut self, peer: SocketAddr) {
@@ -381,40 +451,44 @@ impl EventLoop {
         }
     }
 
-    /// Registers a new client, or refuses it with an `ERR` line when the server is full or
-    /// its address has `--max-clients-per-ip` already. Clients that are leaving do not count.
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
-        if self.connections.len() - self.leaving >= self.config.max_clients {
+    /// Makes a connection a line client, or refuses it with an `ERR` line when the server is
+    /// full or its address has `--max-clients-per-ip` already. Clients that are leaving do
+    /// not count.
+    fn admit_lines(&mut self, transport: Transport, peer: SocketAddr, token: Token) {
+        let max_clients = self.config.max_clients;
+        if self.connections.len() - self.leaving >= max_clients {
             self.stats.refused_server_full += 1;
             if self.refusal_log.admit(Instant::now()) {
-                info!(
-                    "refused {peer}: server full ({} clients)",
-                    self.config.max_clients
-                );
+                info!("refused {peer}: server full ({max_clients} clients)");
             }
-            refuse(stream, self.config.max_clients);
-            return;
+            let message = format!("ERR server full (max {max_clients} clients)\n");
+            return self.refuse_with(transport, message.as_bytes());
         }
         if let Some(why) = self.over_per_address_limit(peer) {
-            refuse_with(stream, format!("ERR {why}\n").as_bytes());
-            return;
+            return self.refuse_with(transport, format!("ERR {why}\n").as_bytes());
         }
-        if let Err(e) = connection::configure_socket(&stream, self.config.tcp_keepalive) {
-            debug!("{peer}: cannot set socket options: {e}");
+        // TLS may hold the client's first bytes already: no readiness event will say so.
+        let read_now = transport.is_tls();
+        self.connections
+            .insert(token, ClientConnection::new(transport, peer));
+        self.stats.connected(false);
+        info!("client {peer} connected (token {})", token.0);
+        if read_now {
+            self.on_readable(token);
         }
-        let token = Token(self.next_token);
-        self.next_token += 1;
-        match ClientConnection::register(stream, peer, self.poll.registry(), token) {
-            Ok(connection) => {
-                self.connections.insert(token, connection);
-                self.stats.connected(false);
-                info!("client {peer} connected (token {})", token.0);
-            }
-            Err(e) => {
-                self.per_address.remove(peer.ip());
-                warn!("{peer}: cannot register with the poller, dropping it: {e}");
-            }
+    }
+
+    /// Tells a connection that is not admitted why, then closes it. It is new, so its send
+    /// buffer is empty and the message goes out at once.
+    fn refuse_with(&self, mut transport: Transport, message: &[u8]) {
+        let _ = self.poll.registry().deregister(transport.tcp_mut());
+        let sent = transport
+            .write_vectored(&[IoSlice::new(message)])
+            .and_then(|_| transport.flush_tls());
+        if let Err(e) = sent {
+            debug!("could not tell a refused client why: {e}");
         }
+        let _ = transport.shutdown_write();
     }
 
     /// Counts one more client from `peer`'s address, or says why not (logged, counted).
@@ -436,7 +510,7 @@ impl EventLoop {
 
     /// Takes a web connection: its request is read as it arrives. Requests in progress are
     /// limited to `--max-clients` too; past that a connection gets a 503 at once.
-    fn admit_web(&mut self, stream: TcpStream, peer: SocketAddr) {
+    fn admit_web(&mut self, transport: Transport, peer: SocketAddr, token: Token) {
         if self.web_requests.len() >= self.config.max_clients {
             self.stats.refused_server_full += 1;
             if self.refusal_log.admit(Instant::now()) {
@@ -449,20 +523,11 @@ impl EventLoop {
                 status: http::SERVICE_UNAVAILABLE,
                 reason: "too many requests in progress".into(),
             };
-            refuse_with(stream, &http::refusal_response(&refusal));
-            return;
+            return self.refuse_with(transport, &http::refusal_response(&refusal));
         }
-        if let Err(e) = connection::configure_socket(&stream, self.config.tcp_keepalive) {
-            debug!("{peer}: cannot set socket options: {e}");
-        }
-        let token = Token(self.next_token);
-        self.next_token += 1;
-        if let Err(e) = self
-            .web_requests
-            .admit(stream, peer, token, self.poll.registry())
-        {
-            warn!("{peer}: cannot register with the poller, dropping it: {e}");
-        }
+        self.web_requests.admit(transport, peer, token);
+        // Through TLS the request may be here already, with no readiness event to say so.
+        self.on_web_event(token);
     }
 
     /// Readiness for a web connection still in its HTTP stage; answers a complete request.
@@ -532,30 +597,16 @@ impl EventLoop {
             return;
         }
         self.distribute_everything_framed();
-        let Some((stream, peer)) = self.web_requests.take_upgrade(token, self.poll.registry())
-        else {
+        let Some((transport, peer)) = self.web_requests.take_upgrade(token) else {
             self.per_address.remove(peer.ip());
             return;
         };
         let handshake = http::upgrade_response(key);
-        match ClientConnection::register_websocket(
-            stream,
-            peer,
-            self.poll.registry(),
-            token,
-            &handshake,
-        ) {
-            Ok(connection) => {
-                self.connections.insert(token, connection);
-                self.stats.connected(true);
-                info!("websocket client {peer} connected (token {})", token.0);
-                self.on_writable(token);
-            }
-            Err(e) => {
-                self.per_address.remove(peer.ip());
-                warn!("{peer}: cannot register with the poller, dropping it: {e}");
-            }
-        }
+        let connection = ClientConnection::new_websocket(transport, peer, &handshake);
+        self.connections.insert(token, connection);
+        self.stats.connected(true);
+        info!("websocket client {peer} connected (token {})", token.0);
+        self.on_writable(token);
     }
 
     /// Running out of descriptors (or kernel memory) leaves the connection in the backlog;
@@ -580,6 +631,9 @@ impl EventLoop {
         if !self.connections.contains_key(&token) {
             if self.web_requests.contains(token) {
                 return self.on_web_event(token);
+            }
+            if self.handshakes.contains(token) {
+                return self.on_handshake_event(token);
             }
             trace!("event for closed token {} ignored", token.0);
             return;
@@ -1017,6 +1071,10 @@ impl EventLoop {
     /// delivered together with the first) ends it.
     fn on_signals(&mut self) -> Option<Exit> {
         for name in self.signals.take() {
+            if name == "SIGHUP" {
+                self.reload_tls();
+                continue;
+            }
             if self.shutdown.is_some() {
                 warn!(
                     "received {name} again: exiting now, dropping output for {} clients",
@@ -1029,6 +1087,25 @@ impl EventLoop {
         None
     }
 
+    /// Re-reads the TLS certificate, key and client CA (SIGHUP): new connections get them,
+    /// existing ones keep theirs. A failure keeps the configuration in force.
+    fn reload_tls(&mut self) {
+        let Some(settings) = &self.config.tls else {
+            return;
+        };
+        match crate::tls::load(settings) {
+            Ok(config) => {
+                self.tls = Some(config);
+                info!(
+                    "tls: reloaded {} and {} (new connections use them)",
+                    settings.cert.display(),
+                    settings.key.display()
+                );
+            }
+            Err(e) => error!("tls: reload failed, keeping the configuration in force: {e}"),
+        }
+    }
+
     /// Runs whatever is due: the accept retry, the drain checks and deadlines, the stats
     /// line, the summaries of rate-limited messages.
     fn run_timers(&mut self, now: Instant) {
@@ -1037,6 +1114,7 @@ impl EventLoop {
             self.accept_all(Listener::Web);
         }
         self.web_requests.expire(now, self.poll.registry());
+        self.handshakes.expire(now, self.poll.registry());
         self.web_requests.log_summary(now);
         if let (Some(at), Some(every)) = (self.next_liveness_check, self.config.ws_ping)
             && at <= now
@@ -1162,6 +1240,7 @@ impl EventLoop {
             self.next_stats_at,
             self.next_liveness_check,
             self.web_requests.next_deadline(),
+            self.handshakes.next_deadline(),
             drain_tick,
             self.finales_wake_at(),
             self.refusal_log.summary_due_at(),
@@ -1254,20 +1333,4 @@ fn is_per_connection_accept_error(error: &io::Error) -> bool {
         error.raw_os_error(),
         Some(libc::EPROTO | libc::ENOPROTOOPT | libc::EHOSTDOWN | libc::ENONET | libc::EOPNOTSUPP)
     )
-}
-
-/// Tells a client over `--max-clients` why it is refused, then closes it.
-fn refuse(stream: TcpStream, max_clients: usize) {
-    let message = format!("ERR server full (max {max_clients} clients)\n");
-    refuse_with(stream, message.as_bytes());
-}
-
-/// Writes `message` to a new connection and closes it. The socket is new, so its send
-/// buffer is empty and one non-blocking write goes through.
-fn refuse_with(mut stream: TcpStream, message: &[u8]) {
-    use std::io::Write;
-    if let Err(e) = stream.write_all(message) {
-        debug!("could not tell a refused client why: {e}");
-    }
-    let _ = stream.shutdown(std::net::Shutdown::Write);
 }

@@ -9,16 +9,17 @@
 //! closed, so slow or silent clients cost a socket and at most `MAX_HEAD` bytes each, for at
 //! most `REQUEST_TIMEOUT`, and never stall anyone: all I/O is non-blocking, on the loop.
 
-use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::collections::HashMap;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
-use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use crate::deadlines::Deadlines;
 use crate::log_limit::RateLimit;
+use crate::transport::Transport;
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -237,7 +238,7 @@ enum Stage {
 /// One web connection that has not become a WebSocket client.
 #[derive(Debug)]
 struct Pending {
-    stream: TcpStream,
+    transport: Transport,
     peer: SocketAddr,
     head: Vec<u8>,
     stage: Stage,
@@ -247,9 +248,8 @@ struct Pending {
 #[derive(Debug)]
 pub struct PendingRequests {
     requests: HashMap<Token, Pending>,
-    /// (deadline, token) in accept order: every deadline is accept + `REQUEST_TIMEOUT`, so
-    /// the front expires first. Entries of connections already gone are skipped.
-    deadlines: VecDeque<(Instant, Token)>,
+    /// Every connection here must be done within `REQUEST_TIMEOUT` of its accept.
+    deadlines: Deadlines,
     counters: HttpCounters,
     /// Refusals and timeouts are logged at most `REFUSALS_LOGGED` a second, then summed up.
     refusal_log: RateLimit,
@@ -259,7 +259,7 @@ impl Default for PendingRequests {
     fn default() -> Self {
         PendingRequests {
             requests: HashMap::new(),
-            deadlines: VecDeque::new(),
+            deadlines: Deadlines::new(REQUEST_TIMEOUT),
             counters: HttpCounters::default(),
             refusal_log: RateLimit::with_burst(REFUSALS_LOGGED),
         }
@@ -284,39 +284,32 @@ impl PendingRequests {
         self.counters
     }
 
-    /// Takes a newly accepted connection: its request is read as it arrives.
-    pub fn admit(
-        &mut self,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        token: Token,
-        registry: &Registry,
-    ) -> io::Result<()> {
-        registry.register(&mut stream, token, Interest::READABLE)?;
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        self.requests.insert(
-            token,
-            Pending {
-                stream,
-                peer,
-                head: Vec::new(),
-                stage: Stage::Reading,
-            },
-        );
-        self.deadlines.push_back((deadline, token));
-        // Entries of connections that finished early wait for their deadline to leave; in a
-        // storm of short requests, sweep them so the queue stays proportional to the map.
-        if self.deadlines.len() > 2 * self.requests.len() + 1024 {
-            let requests = &self.requests;
-            self.deadlines
-                .retain(|(_, token)| requests.contains_key(token));
-        }
-        Ok(())
+    /// The address of a connection here.
+    pub fn peer(&self, token: Token) -> Option<SocketAddr> {
+        self.requests.get(&token).map(|pending| pending.peer)
+    }
+
+    /// Takes a newly accepted connection, already registered (READABLE) under `token` and
+    /// through its TLS handshake if any. The caller then calls [`Self::on_ready`] at once:
+    /// TLS may hold the request's first bytes already.
+    pub fn admit(&mut self, transport: Transport, peer: SocketAddr, token: Token) {
+        let pending = Pending {
+            transport,
+            peer,
+            head: Vec::new(),
+            stage: Stage::Reading,
+        };
+        self.requests.insert(token, pending);
+        let requests = &self.requests;
+        self.deadlines
+            .start(token, Instant::now(), requests.len(), |t| {
+                requests.contains_key(&t)
+            });
     }
 
     /// Readiness for a connection here. Returns the request when one is complete and
-    /// routed: the loop must then [`answer`](Self::answer) it or
-    /// [`take_upgrade`](Self::take_upgrade) it. Refusals are answered here.
+    /// routed: the loop must then [`answer`](Self::answer) it, [`refuse`](Self::refuse) it
+    /// or [`take_upgrade`](Self::take_upgrade) it. Refusals are answered here.
     pub fn on_ready(&mut self, token: Token, registry: &Registry) -> Option<Request> {
         let pending = self.requests.get_mut(&token)?;
         match pending.stage {
@@ -337,7 +330,7 @@ impl PendingRequests {
                 None
             }
             Stage::Closing => {
-                if read_to_end(&mut pending.stream) {
+                if read_to_end(&mut pending.transport) {
                     self.close(token, registry);
                 }
                 None
@@ -358,17 +351,13 @@ impl PendingRequests {
         }
     }
 
-    /// Refuses a routed request (e.g. a WebSocket upgrade while the server is full).
+    /// Refuses a request with its status and reason, logged (rate-limited).
     pub fn refuse(&mut self, token: Token, refused: &Refusal, registry: &Registry) {
         let Some(pending) = self.requests.get_mut(&token) else {
             return;
         };
         self.counters.refused += 1;
-        let now = Instant::now();
-        if let Some(more) = self.refusal_log.take_summary(now) {
-            info!("http: refused {more} more requests in the last second");
-        }
-        if self.refusal_log.admit(now) {
+        if self.refusal_log.admit(Instant::now()) {
             info!(
                 "http: refused {}: {} {}: {}",
                 pending.peer, refused.status.0, refused.status.1, refused.reason
@@ -381,37 +370,27 @@ impl PendingRequests {
         self.write_answer(token, registry);
     }
 
-    /// The address of a connection here.
-    pub fn peer(&self, token: Token) -> Option<SocketAddr> {
-        self.requests.get(&token).map(|pending| pending.peer)
-    }
-
-    /// Hands an upgraded connection to the loop: its socket (no longer registered) and peer.
-    pub fn take_upgrade(
-        &mut self,
-        token: Token,
-        registry: &Registry,
-    ) -> Option<(TcpStream, SocketAddr)> {
-        let mut pending = self.requests.remove(&token)?;
-        if let Err(e) = registry.deregister(&mut pending.stream) {
-            debug!("http: deregister {}: {e}", pending.peer);
-        }
-        Some((pending.stream, pending.peer))
+    /// Hands an upgraded connection to the loop: its transport (still registered under
+    /// `token`) and peer.
+    pub fn take_upgrade(&mut self, token: Token) -> Option<(Transport, SocketAddr)> {
+        let pending = self.requests.remove(&token)?;
+        Some((pending.transport, pending.peer))
     }
 
     /// Closes connections whose deadline passed; a client that had not finished its request
-    /// is logged (rate-limited). Afterwards the front of the deadline queue is a live
-    /// connection's (see [`PendingRequests::next_deadline`]).
+    /// is logged (rate-limited).
     pub fn expire(&mut self, now: Instant, registry: &Registry) {
-        while let Some(&(deadline, token)) = self.deadlines.front() {
+        loop {
+            let requests = &self.requests;
+            let Some(token) = self
+                .deadlines
+                .next_expired(now, |t| requests.contains_key(&t))
+            else {
+                break;
+            };
             let Some(pending) = self.requests.get(&token) else {
-                self.deadlines.pop_front(); // already gone
                 continue;
             };
-            if deadline > now {
-                break;
-            }
-            self.deadlines.pop_front();
             if matches!(pending.stage, Stage::Reading) {
                 self.counters.timed_out += 1;
                 if self.refusal_log.admit(now) {
@@ -426,11 +405,9 @@ impl PendingRequests {
         }
     }
 
-    /// The next deadline (valid after [`PendingRequests::expire`]), or when the rate-limited
-    /// log owes a summary.
+    /// The next deadline, or when the rate-limited log owes a summary.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let deadline = self.deadlines.front().map(|&(deadline, _)| deadline);
-        [deadline, self.refusal_log.summary_due_at()]
+        [self.deadlines.next(), self.refusal_log.summary_due_at()]
             .into_iter()
             .flatten()
             .min()
@@ -452,8 +429,8 @@ impl PendingRequests {
         self.deadlines.clear();
     }
 
-    /// Writes what is left of the answer; once all is out, shuts down our side and waits for
-    /// the client's close.
+    /// Writes what is left of the answer (through TLS: until its last record is sent);
+    /// once all is out, shuts down our side and waits for the client's close.
     fn write_answer(&mut self, token: Token, registry: &Registry) {
         let Some(pending) = self.requests.get_mut(&token) else {
             return;
@@ -461,36 +438,45 @@ impl PendingRequests {
         let Stage::Answering { response, written } = &mut pending.stage else {
             return;
         };
-        while *written < response.len() {
-            match pending.stream.write(&response[*written..]) {
-                Ok(0) => return self.close(token, registry),
-                Ok(n) => *written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let interest = Interest::READABLE | Interest::WRITABLE;
-                    if registry
-                        .reregister(&mut pending.stream, token, interest)
-                        .is_err()
-                    {
-                        self.close(token, registry);
-                    }
-                    return;
+        match write_out(&mut pending.transport, response, written) {
+            Ok(true) => {}
+            Ok(false) => {
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                let tcp = pending.transport.tcp_mut();
+                if registry.reregister(tcp, token, interest).is_err() {
+                    self.close(token, registry);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.close(token, registry),
+                return;
             }
+            Err(_) => return self.close(token, registry),
         }
-        let _ = pending.stream.shutdown(Shutdown::Write);
+        let _ = pending.transport.shutdown_write();
         pending.stage = Stage::Closing;
-        if read_to_end(&mut pending.stream) {
+        if read_to_end(&mut pending.transport) {
             self.close(token, registry);
         }
     }
 
     fn close(&mut self, token: Token, registry: &Registry) {
         if let Some(mut pending) = self.requests.remove(&token) {
-            let _ = registry.deregister(&mut pending.stream);
+            let _ = registry.deregister(pending.transport.tcp_mut());
         }
     }
+}
+
+/// Writes `response` from `written` on: `Ok(true)` once all of it has left (TLS records
+/// included), `Ok(false)` when the socket is full.
+fn write_out(transport: &mut Transport, response: &[u8], written: &mut usize) -> io::Result<bool> {
+    while *written < response.len() {
+        match transport.write_vectored(&[IoSlice::new(&response[*written..])]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    transport.flush_tls()
 }
 
 /// Reads what has arrived of the request head and parses it. `Ok(None)`: incomplete;
@@ -500,7 +486,7 @@ fn read_head(pending: &mut Pending) -> Result<Option<Request>, Option<Refusal>> 
     loop {
         // At most one byte past the limit: enough to know the head is too large.
         let want = (MAX_HEAD + 1 - pending.head.len()).min(buf.len());
-        match pending.stream.read(&mut buf[..want]) {
+        match pending.transport.read(&mut buf[..want]) {
             Ok(0) => return Err(None),
             Ok(n) => pending.head.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
@@ -523,10 +509,10 @@ fn read_head(pending: &mut Pending) -> Result<Option<Request>, Option<Refusal>> 
 }
 
 /// Reads and discards until the client closes (true) or nothing more is there yet (false).
-fn read_to_end(stream: &mut TcpStream) -> bool {
+fn read_to_end(transport: &mut Transport) -> bool {
     let mut buf = [0; 1024];
     loop {
-        match stream.read(&mut buf) {
+        match transport.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod bridge;
 pub mod config;
 pub mod connection;
+pub mod deadlines;
 pub mod error;
 pub mod event_loop;
 pub mod fd_limit;
@@ -22,6 +23,8 @@ pub mod log_limit;
 pub mod shutdown;
 pub mod socket_queues;
 pub mod stats;
+pub mod tls;
+pub mod transport;
 pub mod websocket;
 
 pub use config::Config;

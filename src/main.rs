@@ -114,6 +114,19 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     max_clients_per_ip: usize,
 
+    /// Speak TLS on every listener with this certificate chain (PEM); needs --tls-key.
+    /// SIGHUP re-reads the certificate, key and client CA files
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The certificate's private key (PEM: PKCS#8, SEC1 or RSA)
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM): mutual TLS
+    #[arg(long, value_name = "PEM")]
+    tls_client_ca: Option<std::path::PathBuf>,
+
     /// More log output (-v: debug, -vv: trace); RUST_LOG overrides
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -154,6 +167,9 @@ fn run(args: Args) -> Result<Exit, ServerError> {
         allow: args.allow,
         deny: args.deny,
         max_clients_per_ip: args.max_clients_per_ip,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        tls_client_ca: args.tls_client_ca,
     })?;
     check_descriptor_budget(config.max_clients);
     check_batch_room(&config);

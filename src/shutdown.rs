@@ -13,19 +13,24 @@ use std::time::Instant;
 
 use mio::net::UnixStream;
 use mio::{Interest, Registry, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::low_level::pipe;
 
-/// The stop signals, readable through the poller.
+/// The stop signals (and, with TLS, SIGHUP: reload), readable through the poller.
 pub struct StopSignals {
     pipes: Vec<(&'static str, UnixStream)>,
 }
 
 impl StopSignals {
-    /// Installs the handlers and registers their pipes under `token`.
-    pub fn register(registry: &Registry, token: Token) -> io::Result<StopSignals> {
+    /// Installs the handlers and registers their pipes under `token`; SIGHUP too when
+    /// `reload` (otherwise it keeps its default action).
+    pub fn register(registry: &Registry, token: Token, reload: bool) -> io::Result<StopSignals> {
         let mut pipes = Vec::new();
-        for (name, signal) in [("SIGINT", SIGINT), ("SIGTERM", SIGTERM)] {
+        let hup = reload.then_some(("SIGHUP", SIGHUP));
+        for (name, signal) in [("SIGINT", SIGINT), ("SIGTERM", SIGTERM)]
+            .into_iter()
+            .chain(hup)
+        {
             let (mut read_end, write_end) = UnixStream::pair()?;
             pipe::register(signal, write_end)?;
             registry.register(&mut read_end, token, Interest::READABLE)?;

@@ -350,6 +350,7 @@ fn a_silent_websocket_client_is_pinged_then_dropped_and_one_that_answers_stays()
         let mut answering = answering;
         let message = answering.read_message();
         assert_eq!(message.payload, b"done");
+        answering // still connected: dropped only after the check below
     });
     let ping = silent.read_frame().expect("a ping");
     assert_eq!(ping.opcode, PING);
@@ -357,7 +358,7 @@ fn a_silent_websocket_client_is_pinged_then_dropped_and_one_that_answers_stays()
     assert!(line.contains("no answer to WebSocket pings"), "{line}");
     let mut tcp = server.connect();
     tcp.send(b"done\n");
-    answerer
+    let _answering = answerer
         .join()
         .expect("the answering client stayed connected");
     assert!(

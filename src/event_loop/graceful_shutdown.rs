@@ -43,6 +43,7 @@ impl EventLoop {
             }
         }
         self.web_requests.close_all(self.poll.registry());
+        self.handshakes.close_all(self.poll.registry());
         self.accept_retry_at = None;
         self.more_to_accept = [false; 2];
         // From now on open clients are read only through their finales; leaving clients

@@ -1,0 +1,293 @@
+//! TLS for every listener: the server's certificate and key (and, for mutual TLS, the CA
+//! client certificates must chain to), loaded at start and again on SIGHUP; and the
+//! handshakes of new connections, each with a deadline, before they join anything.
+//!
+//! rustls with the *ring* crypto provider, its safe defaults (TLS 1.2 and 1.3, its default
+//! cipher suites). This room knows nothing of lines or the broadcast: a connection leaves it
+//! as a [`Transport`] whose handshake is complete, for the loop to admit.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::info;
+use mio::net::TcpStream;
+use mio::{Registry, Token};
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+use crate::deadlines::Deadlines;
+use crate::log_limit::RateLimit;
+use crate::transport::Transport;
+
+/// How long a new connection has to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed handshakes logged one by one each second; more are summed up.
+const FAILURES_LOGGED: u64 = 20;
+
+/// Where the certificate, key and client CA come from (`--tls-cert`, `--tls-key`,
+/// `--tls-client-ca`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Why the TLS configuration cannot be loaded; each names the file at fault.
+#[derive(Debug)]
+pub enum TlsError {
+    /// A file is missing, unreadable or not PEM.
+    File {
+        what: &'static str,
+        path: PathBuf,
+        why: String,
+    },
+    /// The key does not belong to the certificate, or rustls refuses them.
+    Config { why: String },
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::File { what, path, why } => {
+                write!(f, "cannot use {what} '{}': {why}", path.display())
+            }
+            TlsError::Config { why } => write!(f, "{why}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+/// Loads the files and builds the rustls configuration every new connection uses.
+pub fn load(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = read_certs("--tls-cert", &settings.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&settings.key).map_err(|e| TlsError::File {
+        what: "--tls-key",
+        path: settings.key.clone(),
+        why: pem_error(&e),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config { why: e.to_string() })?;
+    let builder = match &settings.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certs("--tls-client-ca", path)? {
+                roots.add(cert).map_err(|e| TlsError::File {
+                    what: "--tls-client-ca",
+                    path: path.clone(),
+                    why: e.to_string(),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Config {
+                    why: format!("--tls-client-ca '{}': {e}", path.display()),
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config {
+            why: format!(
+                "--tls-key '{}' does not fit --tls-cert '{}': {e}",
+                settings.key.display(),
+                settings.cert.display()
+            ),
+        })?;
+    Ok(Arc::new(config))
+}
+
+/// Every certificate in a PEM file; at least one.
+fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file_error = |why: String| TlsError::File {
+        what,
+        path: path.to_path_buf(),
+        why,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| file_error(pem_error(&e)))?;
+    if certs.is_empty() {
+        return Err(file_error("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+/// A PEM error in words (an unreadable file says why, as the OS does).
+fn pem_error(error: &rustls::pki_types::pem::Error) -> String {
+    match error {
+        rustls::pki_types::pem::Error::Io(e) => e.to_string(),
+        rustls::pki_types::pem::Error::NoItemsFound => "no PEM key in it".into(),
+        other => format!("not valid PEM ({other:?})"),
+    }
+}
+
+/// A handshake under way, and where the connection goes once it is done.
+#[derive(Debug)]
+struct Handshake<K> {
+    transport: Transport,
+    peer: SocketAddr,
+    kind: K,
+}
+
+/// A connection whose handshake just completed, registered under its token.
+#[derive(Debug)]
+pub struct Handshaken<K> {
+    pub transport: Transport,
+    pub peer: SocketAddr,
+    /// What the caller said when it started the handshake (e.g. which listener).
+    pub kind: K,
+}
+
+/// Connections in their TLS handshake. `K` tells the loop where each goes afterwards.
+#[derive(Debug)]
+pub struct Handshakes<K> {
+    pending: HashMap<Token, Handshake<K>>,
+    deadlines: Deadlines,
+    failure_log: RateLimit,
+    /// Handshakes that failed (bad certificate, plaintext client, ...) or timed out.
+    pub failed: u64,
+}
+
+impl<K> Default for Handshakes<K> {
+    fn default() -> Self {
+        Handshakes {
+            pending: HashMap::new(),
+            deadlines: Deadlines::new(HANDSHAKE_TIMEOUT),
+            failure_log: RateLimit::with_burst(FAILURES_LOGGED),
+            failed: 0,
+        }
+    }
+}
+
+impl<K> Handshakes<K> {
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    pub fn contains(&self, token: Token) -> bool {
+        self.pending.contains_key(&token)
+    }
+
+    /// Starts the handshake of a new connection (already registered READABLE under
+    /// `token`); the caller then calls [`Handshakes::on_ready`] for it.
+    pub fn start(
+        &mut self,
+        tcp: TcpStream,
+        config: &Arc<ServerConfig>,
+        peer: SocketAddr,
+        token: Token,
+        kind: K,
+    ) -> io::Result<()> {
+        let tls = rustls::ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
+        let transport = Transport::tls(tcp, tls);
+        self.pending.insert(
+            token,
+            Handshake {
+                transport,
+                peer,
+                kind,
+            },
+        );
+        let pending = &self.pending;
+        self.deadlines
+            .start(token, Instant::now(), pending.len(), |t| {
+                pending.contains_key(&t)
+            });
+        Ok(())
+    }
+
+    /// Moves a handshake on; returns the connection once it is complete. A failure is
+    /// logged (with the peer and reason, rate-limited) and the connection closed.
+    pub fn on_ready(&mut self, token: Token, registry: &Registry) -> Option<Handshaken<K>> {
+        let handshake = self.pending.get_mut(&token)?;
+        match handshake.transport.complete_handshake() {
+            Ok(false) => {
+                if let Err(e) = handshake
+                    .transport
+                    .update_handshake_interest(registry, token)
+                {
+                    self.fail(token, &e.to_string(), registry);
+                }
+                None
+            }
+            Ok(true) => {
+                let done = self.pending.remove(&token)?;
+                Some(Handshaken {
+                    transport: done.transport,
+                    peer: done.peer,
+                    kind: done.kind,
+                })
+            }
+            Err(e) => {
+                let why = match e.kind() {
+                    io::ErrorKind::UnexpectedEof => "closed before the handshake ended".into(),
+                    _ => e.to_string(),
+                };
+                self.fail(token, &why, registry);
+                None
+            }
+        }
+    }
+
+    /// Closes handshakes that ran out of time.
+    pub fn expire(&mut self, now: Instant, registry: &Registry) {
+        loop {
+            let pending = &self.pending;
+            let Some(token) = self
+                .deadlines
+                .next_expired(now, |t| pending.contains_key(&t))
+            else {
+                break;
+            };
+            let why = format!("no TLS handshake within {} s", HANDSHAKE_TIMEOUT.as_secs());
+            self.fail(token, &why, registry);
+        }
+        if let Some(more) = self.failure_log.take_summary(now) {
+            info!("tls: {more} more handshakes failed in the last second");
+        }
+    }
+
+    /// The next deadline, or when the rate-limited log owes a summary.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [self.deadlines.next(), self.failure_log.summary_due_at()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Closes every handshake (at shutdown).
+    pub fn close_all(&mut self, registry: &Registry) {
+        for (_, mut handshake) in self.pending.drain() {
+            let _ = registry.deregister(handshake.transport.tcp_mut());
+        }
+        self.deadlines.clear();
+    }
+
+    fn fail(&mut self, token: Token, why: &str, registry: &Registry) {
+        let Some(mut handshake) = self.pending.remove(&token) else {
+            return;
+        };
+        self.failed += 1;
+        if self.failure_log.admit(Instant::now()) {
+            info!("tls: handshake with {} failed: {why}", handshake.peer);
+        }
+        let _ = registry.deregister(handshake.transport.tcp_mut());
+    }
+}
