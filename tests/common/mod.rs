@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod tls;
 pub mod websocket;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};

@@ -1,0 +1,324 @@
+//! TLS on every listener, through the binary: rustls clients with throw-away certificates
+//! (rcgen), `ncat --ssl` as a third-party client (skipped when missing), mutual TLS,
+//! SIGHUP reload, stalled and plaintext clients, start-up errors, WSS.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::tls::{Pki, TlsClient};
+use common::{Client, DEADLINE, Server, numbered_lines, report_skip};
+use rustls::pki_types::pem::PemObject;
+
+/// A server speaking TLS with a certificate from `pki`, plus `extra` flags.
+fn tls_server(pki: &Pki, extra: &[&str]) -> (Server, (PathBuf, PathBuf)) {
+    let identity = pki.issue("server", false);
+    let mut args = vec![
+        "--tls-cert",
+        identity.0.to_str().unwrap(),
+        "--tls-key",
+        identity.1.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    (Server::start(&args), identity)
+}
+
+/// A TLS client that the server has admitted.
+fn connect(server: &Server, config: &Arc<rustls::ClientConfig>) -> TlsClient {
+    let client = TlsClient::connect(server.addr(), Arc::clone(config)).expect("TLS handshake");
+    let local = client.stream.sock.local_addr().unwrap();
+    server.wait_for_log(&format!("client {local} connected"));
+    client
+}
+
+#[test]
+fn tls_clients_broadcast_ten_thousand_lines_in_order_and_a_60000_byte_line() {
+    let pki = Pki::new("broadcast");
+    let (server, _) = tls_server(&pki, &[]);
+    let config = pki.client_config(None);
+    let mut receiver = connect(&server, &config);
+    let mut sender = connect(&server, &config);
+    let lines = numbered_lines("tls", 10_000);
+    let expected = lines.clone();
+    let sending = thread::spawn(move || {
+        sender.send(&lines);
+        sender
+    });
+    receiver.expect(&expected);
+    let mut sender = sending.join().unwrap();
+    let mut big: Vec<u8> = (0..60_000).map(|i| b'a' + (i % 26) as u8).collect();
+    big.push(b'\n');
+    sender.send(&big);
+    receiver.expect(&big);
+}
+
+#[test]
+fn ncat_ssl_sends_and_receives() {
+    if Command::new("ncat").arg("--version").output().is_err() {
+        report_skip(
+            "ncat_ssl_sends_and_receives",
+            "needs ncat (apt-get install ncat)",
+        );
+        return;
+    }
+    let pki = Pki::new("ncat");
+    let (server, _) = tls_server(&pki, &[]);
+    let mut ours = connect(&server, &pki.client_config(None));
+    let mut ncat = Command::new("ncat")
+        .args(["--ssl", "--ssl-verify", "--ssl-trustfile"])
+        .arg(pki.ca_path())
+        .args(["localhost", &server.addr().port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ncat");
+    server.wait_for_logs("connected (token", 2);
+    let mut input = ncat.stdin.take().unwrap();
+    input.write_all(b"from ncat\n").unwrap();
+    ours.expect(b"from ncat\n");
+    ours.send(b"to ncat\n");
+    let mut output = ncat.stdout.take().unwrap();
+    let mut got = [0; 8];
+    let reading = thread::spawn(move || output.read_exact(&mut got).map(|()| got));
+    let deadline = Instant::now() + DEADLINE;
+    while !reading.is_finished() {
+        assert!(Instant::now() < deadline, "ncat never printed the line");
+        thread::sleep(Duration::from_millis(10)); // polling the reader thread, with a deadline
+    }
+    assert_eq!(&reading.join().unwrap().unwrap(), b"to ncat\n");
+    drop(input);
+    let _ = ncat.kill();
+    let _ = ncat.wait();
+}
+
+#[test]
+fn a_plaintext_client_is_closed_and_its_bytes_reach_no_one() {
+    let pki = Pki::new("plaintext");
+    let (server, _) = tls_server(&pki, &[]);
+    let config = pki.client_config(None);
+    let mut reader = connect(&server, &config);
+    let mut writer = connect(&server, &config);
+    let mut plain = Client::connect_raw(server.addr());
+    plain.send(b"hello in the clear\n");
+    let mut answer = Vec::new();
+    let _ = plain.stream.read_to_end(&mut answer); // an alert, or nothing; then the close
+    assert!(!answer.windows(5).any(|w| w == b"hello"));
+    server.wait_for_log("tls: handshake with");
+    writer.send(b"marker\n");
+    reader.expect(b"marker\n");
+}
+
+#[test]
+fn stalled_handshakes_block_no_one_and_are_closed_after_ten_seconds() {
+    let pki = Pki::new("stalled");
+    let (server, _) = tls_server(&pki, &[]);
+    let started = Instant::now();
+    let stalled: Vec<TcpStream> = (0..30)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    let config = pki.client_config(None);
+    let mut a = connect(&server, &config);
+    let mut b = connect(&server, &config);
+    a.send(b"while they stall\n");
+    b.expect(b"while they stall\n");
+    for stream in stalled {
+        let got = Client { stream }.read_to_eof();
+        assert!(got.is_empty(), "a stalled handshake got bytes");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "closed too early"
+    );
+    server.wait_for_log("no TLS handshake within 10 s");
+}
+
+#[test]
+fn mutual_tls_admits_certified_clients_and_refuses_others_in_the_handshake() {
+    let pki = Pki::new("mtls");
+    let ca = pki.ca_path();
+    let (server, _) = tls_server(&pki, &["--tls-client-ca", ca.to_str().unwrap()]);
+    let alice = pki.issue("alice", true);
+    let certified = pki.client_config(Some(&alice));
+    let mut a = connect(&server, &certified);
+    let mut b = connect(&server, &certified);
+    // Without a certificate: the handshake fails (TLS 1.3 reports it on the first read).
+    let anonymous = TlsClient::connect(server.addr(), pki.client_config(None));
+    if let Ok(mut anonymous) = anonymous {
+        anonymous.stream.write_all(b"sneaking in\n").ok();
+        refused_by_alert(anonymous.read_exact(1));
+    }
+    server.wait_for_log("tls: handshake with");
+    // A certificate from another CA is refused too.
+    let stranger_pki = Pki::new("stranger");
+    let stranger = stranger_pki.issue("mallory", true);
+    let mut config = (*stranger_pki.client_config(Some(&stranger))).clone();
+    config
+        .dangerous()
+        .set_certificate_verifier(trust_server_anyway(&pki));
+    if let Ok(mut mallory) = TlsClient::connect(server.addr(), Arc::new(config)) {
+        mallory.stream.write_all(b"sneaking in\n").ok();
+        refused_by_alert(mallory.read_exact(1));
+    }
+    a.send(b"only for the certified\n");
+    b.expect(b"only for the certified\n");
+    assert_eq!(server.log_lines(" connected (token").len(), 2);
+}
+
+/// Asserts a TLS 1.3 client learned of its refusal from the server (an alert, a close),
+/// not by waiting in vain.
+fn refused_by_alert(read: std::io::Result<Vec<u8>>) {
+    match read {
+        Ok(bytes) => panic!("a client without a valid certificate got {bytes:?}"),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "no refusal, only silence: {e}"
+        ),
+    }
+}
+
+/// A verifier that trusts `pki`'s server certificate (for a client whose own certificate
+/// comes from another CA).
+fn trust_server_anyway(pki: &Pki) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(pki.ca_path()).unwrap();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap()
+}
+
+#[test]
+fn sighup_reloads_the_certificate_for_new_connections_and_old_ones_go_on() {
+    let old_pki = Pki::new("old");
+    let (server, (cert, key)) = tls_server(&old_pki, &[]);
+    let old_config = old_pki.client_config(None);
+    let mut old_sender = connect(&server, &old_config);
+    let mut old_reader = connect(&server, &old_config);
+    // Rotate: a certificate from a new CA, written over the same files.
+    let new_pki = Pki::new("new");
+    let (new_cert, new_key) = new_pki.issue("server", false);
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("tls: reloaded");
+    let new_config = new_pki.client_config(None);
+    let mut fresh = connect(&server, &new_config);
+    assert!(
+        TlsClient::connect(server.addr(), Arc::clone(&old_config)).is_err(),
+        "a new connection still got the old certificate"
+    );
+    old_sender.send(b"after the rotation\n");
+    old_reader.expect(b"after the rotation\n");
+    fresh.expect(b"after the rotation\n");
+    // A reload that fails keeps what is in force.
+    std::fs::write(&key, "not a key").unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("tls: reload failed, keeping the configuration in force");
+    let _still_fine = connect(&server, &new_config);
+}
+
+#[test]
+fn tls_start_up_errors_are_one_line_and_a_non_zero_exit() {
+    let pki = Pki::new("startup");
+    let (cert, key) = pki.issue("server", false);
+    let (other_cert, _) = pki.issue("other", false);
+    let missing = pki.dir.join("missing.pem");
+    let (cert, key, other_cert, missing) = (
+        cert.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+        other_cert.to_str().unwrap().to_string(),
+        missing.to_str().unwrap().to_string(),
+    );
+    let cases: [(Vec<&str>, String); 5] = [
+        (
+            vec!["--tls-cert", &missing, "--tls-key", &key],
+            format!("error: cannot use --tls-cert '{missing}': No such file or directory"),
+        ),
+        (
+            vec!["--tls-cert", &cert, "--tls-key", &missing],
+            format!("error: cannot use --tls-key '{missing}': No such file or directory"),
+        ),
+        (
+            vec!["--tls-cert", &other_cert, "--tls-key", &key],
+            format!("error: --tls-key '{key}' does not fit --tls-cert '{other_cert}'"),
+        ),
+        (
+            vec!["--tls-cert", &cert],
+            "error: --tls-cert needs --tls-key".to_string(),
+        ),
+        (
+            vec!["--tls-client-ca", &cert],
+            "error: --tls-client-ca needs --tls-cert and --tls-key".to_string(),
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = Server::command(&args).output().expect("run the binary");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with(&expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(!stderr.contains("panicked"));
+    }
+}
+
+#[test]
+fn wss_clients_join_the_same_broadcast() {
+    let pki = Pki::new("wss");
+    let (server, _) = tls_server(&pki, &["--http", "127.0.0.1:0"]);
+    let config = pki.client_config(None);
+    let mut tcp = connect(&server, &config);
+    let web = server.web_addr();
+    let tls = TlsClient::connect(web, Arc::clone(&config)).expect("TLS to the web listener");
+    let (mut ws, _) = tungstenite::client(format!("wss://localhost:{}/ws", web.port()), tls.stream)
+        .expect("a WebSocket over TLS");
+    server.wait_for_log("websocket client");
+    tcp.send(b"to the browser\n");
+    assert_eq!(
+        ws.read().unwrap(),
+        tungstenite::Message::Text("to the browser".into())
+    );
+    ws.send(tungstenite::Message::Text("from the browser".into()))
+        .unwrap();
+    tcp.expect(b"from the browser\n");
+    // The page itself over HTTPS.
+    let mut page = TlsClient::connect(web, config).unwrap();
+    page.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut response = Vec::new();
+    let _ = page.stream.read_to_end(&mut response);
+    assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(response.ends_with(b"\r\n\r\nok\n"));
+}
+
+#[test]
+fn a_tls_client_that_stops_reading_is_a_slow_consumer() {
+    let pki = Pki::new("slow");
+    let (server, _) = tls_server(&pki, &["--max-queue", "1MiB"]);
+    let config = pki.client_config(None);
+    let mut sender = connect(&server, &config);
+    let mut reader = connect(&server, &config);
+    let stuck = connect(&server, &config);
+    let stuck_addr = stuck.stream.sock.local_addr().unwrap();
+    let filler = "s".repeat(200);
+    for k in 0..80 {
+        let piece = numbered_lines(&format!("{filler}{k}"), 1_000);
+        sender.send(&piece);
+        reader.expect(&piece);
+    }
+    let line = server.wait_for_disconnect(stuck_addr);
+    assert!(line.contains("slow consumer"), "{line}");
+}
