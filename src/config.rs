@@ -27,6 +27,8 @@ pub const DEFAULT_COALESCE: Duration = Duration::from_micros(1000);
 pub const MAX_COALESCE_US: u64 = 1_000_000;
 /// How long a graceful shutdown waits for pending output to drain.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes `--history` keeps when `--history-bytes` is not given.
+pub const DEFAULT_HISTORY_BYTES: usize = 1 << 20;
 /// How long a WebSocket client may be silent before it is pinged (and, silent as long
 /// again, dropped).
 pub const DEFAULT_WS_PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -81,6 +83,8 @@ pub struct Config {
     pub max_clients_per_ip: usize,
     /// TLS on every listener, with `--tls-cert` and `--tls-key`.
     pub tls: Option<TlsSettings>,
+    /// Lines (and at most how many bytes of them) replayed to every newcomer; `None`: off.
+    pub history: Option<(usize, usize)>,
 }
 
 /// The values `Config::new` checks, as given on the command line.
@@ -107,6 +111,8 @@ pub struct Settings {
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
     pub tls_client_ca: Option<std::path::PathBuf>,
+    pub history: usize,
+    pub history_bytes: usize,
 }
 
 impl Default for Settings {
@@ -131,6 +137,8 @@ impl Default for Settings {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            history: 0,
+            history_bytes: DEFAULT_HISTORY_BYTES,
         }
     }
 }
@@ -245,7 +253,13 @@ impl Config {
                 });
             }
         };
+        if settings.history > 0 && settings.history_bytes == 0 {
+            return Err(ConfigError::Zero {
+                flag: "--history-bytes",
+            });
+        }
         Ok(Config {
+            history: (settings.history > 0).then_some((settings.history, settings.history_bytes)),
             tls,
             access,
             max_clients_per_ip: settings.max_clients_per_ip,

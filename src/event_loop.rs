@@ -26,6 +26,7 @@ use crate::connection::{
 };
 use crate::error::ServerError;
 use crate::framed_batch::FramedBatch;
+use crate::history::History;
 use crate::hold_timer::HoldTimer;
 use crate::http::{self, PendingRequests, Request, Route};
 use crate::log_limit::RateLimit;
@@ -116,6 +117,8 @@ pub struct EventLoop {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// New connections in their TLS handshake, and the listener each came through.
     handshakes: Handshakes<Listener>,
+    /// The last lines handed out, for newcomers (`--history`).
+    history: Option<History>,
     signals: StopSignals,
     /// Fires when a batch held for coalescing is due.
     hold_timer: HoldTimer,
@@ -221,6 +224,9 @@ impl EventLoop {
             per_address: PerAddress::new(config.max_clients_per_ip),
             tls,
             handshakes: Handshakes::default(),
+            history: config
+                .history
+                .map(|(lines, bytes)| History::new(lines, bytes)),
             web_listener,
             web_requests: PendingRequests::default(),
             framed: FramedBatch::default(),
@@ -469,10 +475,14 @@ impl EventLoop {
         }
         // TLS may hold the client's first bytes already: no readiness event will say so.
         let read_now = transport.is_tls();
+        // A line reaches the clients connected when it was framed (after a TLS handshake
+        // the accept's own hand-out is long past).
+        self.distribute_everything_framed();
         self.connections
             .insert(token, ClientConnection::new(transport, peer));
         self.stats.connected(false);
         info!("client {peer} connected (token {})", token.0);
+        self.replay_history(token);
         if read_now {
             self.on_readable(token);
         }
@@ -606,7 +616,38 @@ impl EventLoop {
         self.connections.insert(token, connection);
         self.stats.connected(true);
         info!("websocket client {peer} connected (token {})", token.0);
+        self.replay_history(token);
         self.on_writable(token);
+    }
+
+    /// Sends a newcomer the lines kept by `--history` (everything handed out before it
+    /// joined; what comes after reaches it live), within its `--max-queue` like any output.
+    fn replay_history(&mut self, token: Token) {
+        let Some(history) = self.history.as_ref().filter(|h| !h.is_empty()) else {
+            return;
+        };
+        let Some(connection) = self.connections.get_mut(&token) else {
+            return;
+        };
+        let mut hand_out = HandOut {
+            registry: self.poll.registry(),
+            max_queue: self.config.max_queue,
+            stats: &mut self.stats,
+            doomed: &mut self.doomed,
+        };
+        if connection.is_websocket() {
+            let mut frames = Vec::with_capacity(history.len() + 10 * history.lines());
+            history.for_each_line(|line| crate::websocket::encode_line(line, &mut frames));
+            let mut slices = [IoSlice::new(&frames)];
+            hand_out.deliver(token, connection, &mut slices, history.lines());
+        } else {
+            let (front, back) = history.as_slices();
+            let mut slices = [IoSlice::new(front), IoSlice::new(back)];
+            hand_out.deliver(token, connection, &mut slices, history.lines());
+        }
+        for (token, reason) in std::mem::take(&mut self.doomed) {
+            self.close(token, reason);
+        }
     }
 
     /// Running out of descriptors (or kernel memory) leaves the connection in the backlog;
@@ -899,6 +940,10 @@ impl EventLoop {
             self.batch.len(),
             self.batch.lines()
         );
+        if let Some(history) = &mut self.history {
+            history.keep(self.batch.whole());
+            self.stats.history = Some((history.lines() as u64, history.len() as u64));
+        }
         self.batch.clear(Instant::now());
         self.framed.clear();
         for (token, reason) in std::mem::take(&mut self.doomed) {
@@ -1181,6 +1226,10 @@ impl EventLoop {
         if self.config.http.is_some() {
             line.push(' ');
             line.push_str(&self.stats.web_summary(self.web_requests.counters()));
+        }
+        if let Some(history) = self.stats.history_summary() {
+            line.push(' ');
+            line.push_str(&history);
         }
         if !self.config.access.is_empty() || self.config.max_clients_per_ip > 0 {
             line.push(' ');

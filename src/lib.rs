@@ -17,6 +17,7 @@ pub mod event_loop;
 pub mod fd_limit;
 pub mod framed_batch;
 pub mod framing;
+pub mod history;
 pub mod hold_timer;
 pub mod http;
 pub mod log_limit;

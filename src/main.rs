@@ -127,6 +127,14 @@ struct Args {
     #[arg(long, value_name = "PEM")]
     tls_client_ca: Option<std::path::PathBuf>,
 
+    /// Replay the last N lines to every client that joins, before the live ones (0: off)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    history: usize,
+
+    /// Most bytes the --history lines may hold; the oldest whole lines leave first
+    #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = config::parse_size)]
+    history_bytes: usize,
+
     /// More log output (-v: debug, -vv: trace); RUST_LOG overrides
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -170,6 +178,8 @@ fn run(args: Args) -> Result<Exit, ServerError> {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         tls_client_ca: args.tls_client_ca,
+        history: args.history,
+        history_bytes: args.history_bytes,
     })?;
     check_descriptor_budget(config.max_clients);
     check_batch_room(&config);

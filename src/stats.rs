@@ -41,6 +41,8 @@ pub struct Stats {
     pub denied: u64,
     /// Connections refused by `--max-clients-per-ip`.
     pub refused_per_address: u64,
+    /// Lines and bytes `--history` holds now (`None`: off).
+    pub history: Option<(u64, u64)>,
 }
 
 impl Stats {
@@ -119,6 +121,12 @@ impl Stats {
             "access: denied={} per_address={}",
             self.denied, self.refused_per_address
         )
+    }
+
+    /// The history's part of the stats line (only with `--history`).
+    pub fn history_summary(&self) -> Option<String> {
+        let (lines, bytes) = self.history?;
+        Some(format!("history: lines={lines} bytes={bytes}"))
     }
 
     /// Every counter in Prometheus's text exposition format (version 0.0.4).
@@ -212,6 +220,20 @@ impl Stats {
                 ("{outcome=\"timed_out\"}", http.timed_out),
             ],
         );
+        if let Some((lines, bytes)) = self.history {
+            metric(
+                "history_lines",
+                "gauge",
+                "Lines kept for newcomers (--history).",
+                &[("", lines)],
+            );
+            metric(
+                "history_bytes",
+                "gauge",
+                "Bytes of the lines kept for newcomers.",
+                &[("", bytes)],
+            );
+        }
         if let Some(bridge) = bridge {
             let [published, received, dropped @ ..] = bridge.each();
             metric(
