@@ -133,6 +133,8 @@ pub struct ReadReport {
     pub framed: usize,
     pub lines: usize,
     pub end: ReadEnd,
+    /// Replies (WebSocket pongs) were queued: the caller flushes them.
+    pub queued_replies: bool,
 }
 
 /// What [`ClientConnection::send`] did.
@@ -252,6 +254,13 @@ impl ClientConnection {
         let Wire::WebSocket(state) = &mut self.wire else {
             return Liveness::Fine;
         };
+        if !self.write_buf.is_empty() {
+            // Still receiving what it is owed (a ping would wait behind it): --max-queue,
+            // not silence, judges a client that is behind.
+            state.last_heard = now;
+            state.pinged = false;
+            return Liveness::Fine;
+        }
         let silent = now.saturating_duration_since(state.last_heard);
         if !self.phase.eq(&Phase::Open) || silent < interval {
             return Liveness::Fine;
@@ -368,6 +377,7 @@ impl ClientConnection {
             framed: 0,
             lines: 0,
             end: ReadEnd::BudgetSpent,
+            queued_replies: false,
         };
         let budget = scratch.len();
         let framed_from = lines_out.len();
@@ -382,8 +392,10 @@ impl ClientConnection {
                     if !self.is_open() {
                         continue; // leaving: read only to notice the close; input discarded
                     }
+                    let queued = self.write_buf.len();
                     let (lines, stop) = self.decode(&scratch[..n], max_line, lines_out);
                     report.lines += lines;
+                    report.queued_replies |= self.write_buf.len() > queued;
                     if let Some(reason) = stop {
                         report.end = ReadEnd::Closed(reason);
                         break;

@@ -47,10 +47,6 @@ const WEB_LISTENER: Token = Token(4);
 const FIRST_CLIENT: usize = 5;
 /// The live page served at `/`.
 const PAGE: &str = include_str!("page.html");
-/// The page's policy: its own inline script and style, WebSocket back to where it came
-/// from, nothing else (a line can never become markup, and this is the second fence).
-const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
-                           style-src 'unsafe-inline'; connect-src 'self'; img-src data:";
 /// The sender recorded for lines that came from NATS: no client has it, so every client
 /// receives them, and they are never published again.
 const FROM_NATS: Token = Token(usize::MAX);
@@ -109,6 +105,8 @@ pub struct EventLoop {
     /// The batch as WebSocket frames, built at a hand-out only when WebSocket clients
     /// receive it.
     framed: FramedBatch,
+    /// The page's Content-Security-Policy (see [`page_policy`]).
+    page_policy: String,
     /// When WebSocket clients are next checked for silence (with `--http`).
     next_liveness_check: Option<Instant>,
     /// Clients per address, for `--max-clients-per-ip`.
@@ -227,6 +225,7 @@ impl EventLoop {
             history: config
                 .history
                 .map(|(lines, bytes)| History::new(lines, bytes)),
+            page_policy: page_policy(PAGE),
             web_listener,
             web_requests: PendingRequests::default(),
             framed: FramedBatch::default(),
@@ -529,10 +528,7 @@ impl EventLoop {
                     self.config.max_clients
                 );
             }
-            let refusal = http::Refusal {
-                status: http::SERVICE_UNAVAILABLE,
-                reason: "too many requests in progress".into(),
-            };
+            let refusal = http::refusal(http::SERVICE_UNAVAILABLE, "too many requests in progress");
             return self.refuse_with(transport, &http::refusal_response(&refusal));
         }
         self.web_requests.admit(transport, peer, token);
@@ -560,7 +556,7 @@ impl EventLoop {
                     true => PAGE.replacen("data-echo=\"off\"", "data-echo=\"on\"", 1),
                     false => PAGE.to_string(),
                 };
-                let policy = [("Content-Security-Policy", PAGE_POLICY)];
+                let policy = [("Content-Security-Policy", self.page_policy.as_str())];
                 ok("text/html; charset=utf-8", &policy, page.as_bytes())
             }
             Route::Metrics => {
@@ -586,10 +582,8 @@ impl EventLoop {
         let max_clients = self.config.max_clients;
         if self.connections.len() - self.leaving >= max_clients {
             self.stats.refused_server_full += 1;
-            let refusal = http::Refusal {
-                status: http::SERVICE_UNAVAILABLE,
-                reason: format!("server full (max {max_clients} clients)"),
-            };
+            let reason = format!("server full (max {max_clients} clients)");
+            let refusal = http::refusal(http::SERVICE_UNAVAILABLE, reason);
             self.web_requests
                 .refuse(token, &refusal, self.poll.registry());
             return;
@@ -598,10 +592,7 @@ impl EventLoop {
             return;
         };
         if let Some(why) = self.over_per_address_limit(peer) {
-            let refusal = http::Refusal {
-                status: http::TOO_MANY_REQUESTS,
-                reason: why,
-            };
+            let refusal = http::refusal(http::TOO_MANY_REQUESTS, why);
             self.web_requests
                 .refuse(token, &refusal, self.poll.registry());
             return;
@@ -713,7 +704,9 @@ impl EventLoop {
         let Some(report) = self.read_into_batch(token, budget) else {
             return;
         };
-        self.answer_control_frames(token);
+        if report.queued_replies {
+            self.answer_control_frames(token);
+        }
         match report.end {
             ReadEnd::WouldBlock => {}
             ReadEnd::BudgetSpent => self.unfinished_readers.push(token),
@@ -769,12 +762,9 @@ impl EventLoop {
     /// Flushes the pongs a WebSocket client's pings called for (a client that pings without
     /// reading is a slow consumer like any other).
     fn answer_control_frames(&mut self, token: Token) {
-        let Some(connection) = self.connections.get(&token) else {
+        let Some(connection) = self.connections.get(&token).filter(|c| c.is_open()) else {
             return;
         };
-        if !connection.is_websocket() || connection.queued() == 0 {
-            return;
-        }
         let queued = connection.queued();
         if queued > self.config.max_queue {
             self.close(token, DisconnectReason::SlowConsumer { queued });
@@ -796,8 +786,25 @@ impl EventLoop {
                 token.0
             );
         }
+        if self.reset_if_behind(token, reason) {
+            return;
+        }
         self.begin_drain(token, reason, Instant::now() + REJECT_LINGER);
         self.on_writable(token);
+    }
+
+    /// A WebSocket client sent away while output is still queued for it is reset at once
+    /// (its queue dropped: where the frame being sent ends is not known, so no Close frame
+    /// can follow it), so that a leaving client holds no memory. True if it was.
+    fn reset_if_behind(&mut self, token: Token, reason: DisconnectReason) -> bool {
+        let behind = self
+            .connections
+            .get(&token)
+            .is_some_and(|c| c.is_websocket() && c.queued() > 0);
+        if behind {
+            self.close(token, reason);
+        }
+        behind
     }
 
     /// Sends the client a farewell (`ERR` line, or WebSocket Close 1009) and lets it drain;
@@ -818,6 +825,9 @@ impl EventLoop {
         // It is being sent away: it keeps no more than its farewell and the rest of the line
         // it is receiving, not a whole queue, now that it no longer counts as a client.
         connection.discard_queued_lines();
+        if self.reset_if_behind(token, DisconnectReason::LineTooLong) {
+            return;
+        }
         self.begin_drain(
             token,
             DisconnectReason::LineTooLong,
@@ -1336,6 +1346,24 @@ impl HandOut<'_> {
             self.doomed.push((token, DisconnectReason::Error(e.kind())));
         }
     }
+}
+
+/// The page's Content-Security-Policy: its own script (by its SHA-256, so no other script,
+/// inline handler or injected markup could run even if a line ever became markup: the page
+/// shows lines only as text, and this is the second fence), its own style, and a WebSocket
+/// back to where it came from; nothing else.
+fn page_policy(page: &str) -> String {
+    use base64::Engine as _;
+    let script = page
+        .split_once("<script>")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map_or("", |(script, _)| script);
+    let hash = ring::digest::digest(&ring::digest::SHA256, script.as_bytes());
+    let hash = base64::engine::general_purpose::STANDARD.encode(hash.as_ref());
+    format!(
+        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+         connect-src 'self'; img-src data:"
+    )
 }
 
 /// Binds the first of `addrs` (those of `flag`) that accepts us.

@@ -61,8 +61,7 @@ impl History {
             self.lengths.clear();
             return;
         }
-        while self.lengths.len() >= self.max_lines
-            || self.bytes.len() + line.len() > self.max_bytes
+        while self.lengths.len() >= self.max_lines || self.bytes.len() + line.len() > self.max_bytes
         {
             let Some(oldest) = self.lengths.pop_front() else {
                 break;
@@ -134,7 +133,10 @@ mod tests {
         small.keep(b"1234\n5678\nabcd\n");
         assert_eq!(kept(&small), b"5678\nabcd\n", "the oldest whole line left");
         small.keep(b"01234567890\n");
-        assert!(small.is_empty(), "a line over the bound leaves no gap behind");
+        assert!(
+            small.is_empty(),
+            "a line over the bound leaves no gap behind"
+        );
         small.keep(b"x\n");
         assert_eq!(kept(&small), b"x\n");
     }
@@ -144,7 +146,11 @@ mod tests {
         let mut history = History::new(1_000_000, 100);
         for i in 0..1000 {
             history.keep(format!("line-{i}\n").as_bytes());
-            assert!(history.bytes.capacity() <= 100, "{}", history.bytes.capacity());
+            assert!(
+                history.bytes.capacity() <= 100,
+                "{}",
+                history.bytes.capacity()
+            );
         }
         let mut lines = Vec::new();
         history.for_each_line(|line| lines.extend_from_slice(line));

@@ -25,6 +25,8 @@ use crate::transport::Transport;
 pub const MAX_HEAD: usize = 8 * 1024;
 /// How long a connection may take to send its request (and, once answered, to close).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes read (and thrown away) from a connection after its answer before it is closed.
+const MAX_DISCARDED: usize = 64 * 1024;
 /// Refused requests logged one by one each second; more in a storm are summed up.
 const REFUSALS_LOGGED: u64 = 20;
 /// Headers a request may have.
@@ -68,12 +70,15 @@ pub struct Request {
 pub struct Refusal {
     pub status: Status,
     pub reason: String,
+    /// A `HEAD` request: the answer has no body.
+    pub head_only: bool,
 }
 
-fn refusal(status: Status, reason: impl Into<String>) -> Refusal {
+pub fn refusal(status: Status, reason: impl Into<String>) -> Refusal {
     Refusal {
         status,
         reason: reason.into(),
+        head_only: false,
     }
 }
 
@@ -81,35 +86,46 @@ fn refusal(status: Status, reason: impl Into<String>) -> Refusal {
 pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    match request.parse(bytes) {
-        Ok(httparse::Status::Complete(length)) if length < bytes.len() => {
-            // A client must wait for our answer (and a WebSocket client for the upgrade)
-            // before sending more: bytes after the head have no place here.
-            return Err(refusal(BAD_REQUEST, "bytes after the request head"));
-        }
-        Ok(httparse::Status::Complete(_)) => {}
+    let length = match request.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(refusal(
+                HEAD_TOO_LARGE,
+                format!("over {MAX_HEADERS} headers"),
+            ));
+        }
         Err(e) => return Err(refusal(BAD_REQUEST, format!("malformed request: {e}"))),
-    }
+    };
     let method = request.method.unwrap_or_default();
     let target = request.path.unwrap_or_default();
     let path = target.split(['?', '#']).next().unwrap_or_default();
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" if path != "/ws" => true,
-        _ => {
-            return Err(refusal(
-                METHOD_NOT_ALLOWED,
-                format!("{method} {path}: only GET"),
-            ));
-        }
+    let head_only = method == "HEAD";
+    let refuse = |status, reason: String| {
+        Err(Refusal {
+            status,
+            reason,
+            head_only,
+        })
     };
+    let allowed = match path {
+        "/ws" => method == "GET",
+        _ => method == "GET" || head_only,
+    };
+    if !allowed {
+        return refuse(METHOD_NOT_ALLOWED, format!("{method} {path}"));
+    }
+    if length < bytes.len() {
+        // A client must wait for our answer (and a WebSocket client for the upgrade)
+        // before sending more: bytes after the head have no place here.
+        return refuse(BAD_REQUEST, "bytes after the request head".into());
+    }
     let route = match path {
         "/" => Route::Page,
         "/metrics" => Route::Metrics,
         "/healthz" => Route::Health,
         "/ws" => websocket_upgrade(&request)?,
-        _ => return Err(refusal(NOT_FOUND, format!("no page at {path}"))),
+        _ => return refuse(NOT_FOUND, format!("no page at {path}")),
     };
     Ok(Some(Request { route, head_only }))
 }
@@ -186,6 +202,7 @@ pub fn response(
 pub fn refusal_response(refusal: &Refusal) -> Vec<u8> {
     let extra: &[(&str, &str)] = match refusal.status {
         UPGRADE_REQUIRED => &[("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")],
+        METHOD_NOT_ALLOWED if refusal.reason.ends_with(" /ws") => &[("Allow", "GET")],
         METHOD_NOT_ALLOWED => &[("Allow", "GET, HEAD")],
         _ => &[],
     };
@@ -198,7 +215,7 @@ pub fn refusal_response(refusal: &Refusal) -> Vec<u8> {
         "text/plain; charset=utf-8",
         extra,
         body.as_bytes(),
-        false,
+        refusal.head_only,
     )
 }
 
@@ -242,6 +259,8 @@ struct Pending {
     peer: SocketAddr,
     head: Vec<u8>,
     stage: Stage,
+    /// Bytes read and thrown away after the answer (at most `MAX_DISCARDED`).
+    discarded: usize,
 }
 
 /// Web connections being read, answered or closed.
@@ -298,6 +317,7 @@ impl PendingRequests {
             peer,
             head: Vec::new(),
             stage: Stage::Reading,
+            discarded: 0,
         };
         self.requests.insert(token, pending);
         let requests = &self.requests;
@@ -330,7 +350,7 @@ impl PendingRequests {
                 None
             }
             Stage::Closing => {
-                if read_to_end(&mut pending.transport) {
+                if read_to_end(pending) {
                     self.close(token, registry);
                 }
                 None
@@ -452,7 +472,7 @@ impl PendingRequests {
         }
         let _ = pending.transport.shutdown_write();
         pending.stage = Stage::Closing;
-        if read_to_end(&mut pending.transport) {
+        if read_to_end(pending) {
             self.close(token, registry);
         }
     }
@@ -488,7 +508,11 @@ fn read_head(pending: &mut Pending) -> Result<Option<Request>, Option<Refusal>> 
         let want = (MAX_HEAD + 1 - pending.head.len()).min(buf.len());
         match pending.transport.read(&mut buf[..want]) {
             Ok(0) => return Err(None),
-            Ok(n) => pending.head.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                // Exactly what arrived: a connection here holds at most MAX_HEAD + 1 bytes.
+                pending.head.reserve_exact(n);
+                pending.head.extend_from_slice(&buf[..n]);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return Err(None),
@@ -509,12 +533,17 @@ fn read_head(pending: &mut Pending) -> Result<Option<Request>, Option<Refusal>> 
 }
 
 /// Reads and discards until the client closes (true) or nothing more is there yet (false).
-fn read_to_end(transport: &mut Transport) -> bool {
-    let mut buf = [0; 1024];
+/// A client that keeps sending after its answer is closed after `MAX_DISCARDED` bytes, so
+/// it cannot keep the loop busy.
+fn read_to_end(pending: &mut Pending) -> bool {
+    let mut buf = [0; 4096];
     loop {
-        match transport.read(&mut buf) {
+        if pending.discarded >= MAX_DISCARDED {
+            return true;
+        }
+        match pending.transport.read(&mut buf) {
             Ok(0) => return true,
-            Ok(_) => {}
+            Ok(n) => pending.discarded += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return true,
@@ -565,6 +594,24 @@ mod tests {
         );
         assert_eq!(status(&format!("{UPGRADE}early frame")), 400);
         assert_eq!(status("GET / HTTP/1.1\r\nBad Header\r\n\r\n"), 400);
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"),
+            405
+        );
+        assert_eq!(status("HEAD /ws HTTP/1.1\r\n\r\n"), 405);
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "X: y\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(status(&many), 431);
+        let head_refused = parse_request(b"HEAD /nope HTTP/1.1\r\n\r\n").unwrap_err();
+        assert!(
+            refusal_response(&head_refused).ends_with(b"\r\n\r\n"),
+            "no body"
+        );
+        let ws_post = parse_request(b"POST /ws HTTP/1.1\r\n\r\n").unwrap_err();
+        let answer = String::from_utf8(refusal_response(&ws_post)).unwrap();
+        assert!(answer.contains("Allow: GET\r\n"), "{answer}");
     }
 
     #[test]

@@ -245,7 +245,10 @@ impl Decoder {
             let start = lines_out.len();
             lines_out.extend_from_slice(chunk);
             unmask(&mut lines_out[start..], frame.mask, 0);
-            if frame.opcode == Opcode::Text && std::str::from_utf8(&lines_out[start..]).is_err() {
+            // The message's kind, not the frame's: a fragmented Text message may end here
+            // in a Continuation frame.
+            let text = self.message_kind == Some(Opcode::Text);
+            if text && std::str::from_utf8(&lines_out[start..]).is_err() {
                 lines_out.truncate(start);
                 return Err(invalid_utf8());
             }
@@ -527,6 +530,17 @@ mod tests {
         assert_eq!(
             code(fail(client_frame(0x2, true, &[0; 101], MASK), 100)),
             Some(CloseCode::MessageTooBig)
+        );
+        // Bad UTF-8 in the last fragment of a Text message (after an empty first one).
+        let mut split_text = client_frame(0x1, false, b"", MASK);
+        split_text.extend(client_frame(0x0, true, b"\xff\xfe bad", MASK));
+        assert_eq!(code(fail(split_text, 100)), Some(CloseCode::InvalidPayload));
+        let mut split_binary = client_frame(0x2, false, b"", MASK);
+        split_binary.extend(client_frame(0x0, true, b"\xff\xfe fine", MASK));
+        assert_eq!(
+            fail(split_binary, 100),
+            None,
+            "binary messages may hold any bytes"
         );
         let mut two = client_frame(0x1, false, b"a", MASK);
         two.extend(client_frame(0x1, true, b"b", MASK));

@@ -216,17 +216,21 @@ fn the_page_shows_live_lines_as_text_and_sends_what_is_typed() {
     // The input has the focus from the start: typing needs no click.
     assert_eq!(browser.eval("document.activeElement.id"), json!("text"));
 
-    nc.send(b"hello from nc\n<script>window.pwned = 1</script>\n<b>not bold</b>\n");
+    nc.send(
+        b"hello from nc\n<script>window.pwned = 1</script>\n<img src=x onerror=\"window.pwned = 2\">\n<b>not bold</b>\n",
+    );
     let shown = "Array.from(document.querySelectorAll('#lines li'), li => li.textContent)\
                  .join('\\n')";
     browser.wait_until(&format!("{shown}.includes('<b>not bold</b>')"));
     assert_eq!(
         browser.eval(shown),
-        json!("hello from nc\n<script>window.pwned = 1</script>\n<b>not bold</b>")
+        json!(
+            "hello from nc\n<script>window.pwned = 1</script>\n<img src=x onerror=\"window.pwned = 2\">\n<b>not bold</b>"
+        )
     );
     assert_eq!(browser.eval("typeof window.pwned"), json!("undefined"));
     assert_eq!(
-        browser.eval("document.querySelectorAll('#lines script, #lines b').length"),
+        browser.eval("document.querySelectorAll('#lines script, #lines b, #lines img').length"),
         json!(0)
     );
 

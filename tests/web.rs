@@ -142,6 +142,10 @@ fn protocol_violations_close_with_1002_or_1007_and_are_logged() {
     let mut bad_utf8 = server.connect_websocket();
     bad_utf8.send_frame(TEXT, true, b"\xc3\x28");
     bad_utf8.expect_close(1007);
+    let mut bad_last_fragment = server.connect_websocket();
+    bad_last_fragment.send_frame(TEXT, false, b"");
+    bad_last_fragment.send_frame(CONTINUATION, true, b"\xff\xfe");
+    bad_last_fragment.expect_close(1007);
     server.wait_for_log("WebSocket protocol error 1002: client frame not masked");
     server.wait_for_log("WebSocket protocol error 1007");
     // None of it reached anyone.
@@ -340,7 +344,7 @@ fn a_websocket_client_that_stops_reading_is_a_slow_consumer_and_no_one_else_noti
 
 #[test]
 fn a_silent_websocket_client_is_pinged_then_dropped_and_one_that_answers_stays() {
-    let server = web_server(&["--ws-ping-interval", "0.3"]);
+    let server = web_server(&["--ws-ping-interval", "1"]);
     let mut silent = server.connect_websocket();
     let silent_addr = silent.stream.local_addr().unwrap();
     let answering = server.connect_websocket();
@@ -369,14 +373,29 @@ fn a_silent_websocket_client_is_pinged_then_dropped_and_one_that_answers_stays()
 }
 
 #[test]
-fn slow_requests_are_closed_after_ten_seconds_and_stall_no_one_meanwhile() {
+fn slow_requests_are_closed_ten_seconds_after_they_connect_and_stall_no_one_meanwhile() {
     let server = web_server(&[]);
     let started = Instant::now();
-    let mut slow: Vec<TcpStream> = (0..40)
+    let slow: Vec<TcpStream> = (0..40)
         .map(|_| {
             let mut stream = TcpStream::connect(server.web_addr()).unwrap();
             stream.write_all(b"GET / HTTP/1.1\r\nHost: sl").unwrap();
             stream
+        })
+        .collect();
+    // Each keeps trickling a byte now and then (a deadline that restarted with every byte
+    // would never fire), until the server closes it.
+    let trickling: Vec<_> = slow
+        .into_iter()
+        .map(|mut stream| {
+            thread::spawn(move || {
+                let deadline = Instant::now() + DEADLINE;
+                // Writes fail soon after the server closed the connection.
+                while stream.write_all(b"o").is_ok() && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(300)); // the trickle's pace
+                }
+                Instant::now()
+            })
         })
         .collect();
     // Meanwhile everything else works at once.
@@ -385,19 +404,42 @@ fn slow_requests_are_closed_after_ten_seconds_and_stall_no_one_meanwhile() {
     tcp.send(b"while they dawdle\n");
     ws.expect_text("while they dawdle");
     assert_eq!(server.get("/healthz"), (200, "ok\n".to_string()));
-    for stream in &mut slow {
-        stream.write_all(b"o").unwrap();
+    for trickle in trickling {
+        let closed_at = trickle.join().unwrap().duration_since(started);
+        assert!(
+            closed_at >= Duration::from_secs(9),
+            "closed too early: {closed_at:?}"
+        );
+        assert!(
+            closed_at < Duration::from_secs(25),
+            "never closed: {closed_at:?}"
+        );
     }
-    // Then each is closed (EOF, nothing answered) once its 10 s are up.
-    for stream in slow {
-        let got = Client { stream }.read_to_eof();
-        assert!(got.is_empty(), "a slow request got an answer");
+    server.wait_for_logs("no complete request within 10 s", 20);
+}
+
+#[test]
+fn a_client_that_keeps_sending_after_its_answer_is_cut_off() {
+    let server = web_server(&[]);
+    let mut stream = TcpStream::connect(server.web_addr()).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    // It never reads, and sends far more than the server will throw away for it.
+    let junk = vec![b'j'; 64 * 1024];
+    let mut sent = 0;
+    let deadline = Instant::now() + DEADLINE;
+    while stream.write_all(&junk).is_ok() {
+        sent += junk.len();
+        assert!(
+            Instant::now() < deadline,
+            "the server never cut it off ({sent} bytes)"
+        );
     }
     assert!(
-        started.elapsed() >= Duration::from_secs(9),
-        "closed too early"
+        sent < 64 << 20,
+        "the server took {sent} bytes after its answer"
     );
-    server.wait_for_log("no complete request within 10 s");
 }
 
 #[test]

@@ -186,6 +186,7 @@ impl EventLoop {
                     framed: 0,
                     lines: 0,
                     end: ReadEnd::WouldBlock,
+                    queued_replies: false,
                 }),
                 _ => self.read_into_batch(finale.token, budget),
             };
@@ -202,6 +203,13 @@ impl EventLoop {
                 }
                 Some(ReadEnd::Closed(DisconnectReason::LineTooLong)) => {
                     self.reject_long_line(finale.token);
+                    true
+                }
+                Some(ReadEnd::Closed(
+                    reason @ (DisconnectReason::WebSocketClosed { .. }
+                    | DisconnectReason::WebSocketViolation { .. }),
+                )) => {
+                    self.send_away(finale.token, reason);
                     true
                 }
                 Some(ReadEnd::Closed(reason)) => {
