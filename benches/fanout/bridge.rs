@@ -16,7 +16,6 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use crate::Options;
 use crate::load::{Load, Outcome, Role, Side, Swarm};
 use crate::report::{Metrics, Row, delivery_metrics, side_metrics};
 use crate::scenarios::{Trial, fanout_trial, limit_note, measure, rate_search, trial_duration};
-use crate::target::{Kind, SERVER_CPU, Target, Watched, cpu_busy};
+use crate::target::{Kind, SERVER_CPU, Scratch, Target, Watched, cpu_busy};
 
 /// Line length, as in fanout.
 const LINE_LEN: usize = 64;
@@ -70,28 +69,6 @@ pub fn bridge(kind: Kind, options: &Options) -> Vec<Row> {
     rows
 }
 
-/// A directory for one cluster's files (nats-server's port file, the instances' logs),
-/// removed with its contents on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Scratch, String> {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("fanout-bridge-{}-{n}", std::process::id());
-        let dir = std::env::temp_dir().join(name);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// One broadcast-server instance with `--nats`, and the file it logs into.
 struct Instance {
     target: Target,
@@ -128,7 +105,7 @@ impl Cluster {
     /// Starts nats-server and `count` instances with `--nats` (plus `--server-args`), and
     /// waits until every instance is bridging.
     fn start(count: usize, options: &Options) -> Result<Cluster, String> {
-        let scratch = Scratch::new()?;
+        let scratch = Scratch::new("bridge")?;
         let (nats, url) = Target::nats_server(&scratch.0)?;
         let mut flags = vec!["--nats", url.as_str()];
         flags.extend(options.server_args.split_whitespace());

@@ -4,6 +4,8 @@
 //! senders so the load is spread evenly, in 1 ms ticks (mio's poll timeout is whole
 //! milliseconds): at 5,000 lines/s each tick writes 5 lines. Every reader checks every line it
 //! receives (see `receive`) and times it from the kernel's arrival timestamp (see `net`).
+//! Readers speak plain TCP, or WebSocket to a server's web listener (see `ws`): their frames
+//! are turned back into lines before the same checks.
 
 use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use crate::line::{self, Header};
 use crate::net::{enable_rx_timestamps, quick_ack, recv_stamped, wall_ns};
 use crate::receive::{Expect, Receiver, Tally};
 use crate::target::{Watched, thread_cpu_time, thread_cpu_wait};
+use crate::ws::{self, Deframer};
 
 /// What a client of the swarm does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,10 +33,20 @@ pub enum Role {
     Stuck,
 }
 
+/// What a client speaks to the server.
+enum Wire {
+    /// Lines, as they are.
+    Tcp,
+    /// WebSocket (readers only): a frame per line, decoded back into the line.
+    WebSocket(Deframer),
+}
+
 /// One client connection of the swarm.
 struct Peer {
     stream: TcpStream,
     role: Role,
+    /// What it speaks: plain lines, or WebSocket frames.
+    wire: Wire,
     /// The server it is connected to: an index into the swarm's `servers`.
     side: usize,
     /// Its checks on what it receives.
@@ -239,6 +252,41 @@ pub const MAX_BACKLOG: usize = 4 << 20;
 const MAX_READS_PER_VISIT: usize = 16;
 const READ_BUF_LEN: usize = 256 * 1024;
 
+/// The buffers of a WebSocket reader's read, shared by every WebSocket reader.
+#[derive(Default)]
+struct FrameBuffers {
+    /// The frames as read (`READ_BUF_LEN` bytes, allocated with the first WebSocket reader).
+    input: Vec<u8>,
+    /// The line carried from the previous read, then the lines decoded from this one.
+    lines: Vec<u8>,
+    /// Pongs owed to the server's pings.
+    pongs: Vec<u8>,
+}
+
+impl FrameBuffers {
+    /// Decodes the `n` bytes of frames just read into `lines`, after the line `carried`
+    /// from the previous read, and answers the server's pings on `stream`.
+    fn decode(
+        &mut self,
+        deframer: &mut Deframer,
+        carried: &[u8],
+        n: usize,
+        stream: &mut TcpStream,
+    ) -> ws::Decoded {
+        self.lines.clear();
+        self.lines.extend_from_slice(carried);
+        let decoded = deframer.push(&self.input[..n], &mut self.lines, &mut self.pongs);
+        if !self.pongs.is_empty() {
+            // Best effort: a reader writes nothing else, so its socket has room for a few
+            // bytes of pongs; a server that got none drops the reader, counted as
+            // disconnected.
+            let _ = stream.write_all(&self.pongs);
+            self.pongs.clear();
+        }
+        decoded
+    }
+}
+
 /// All clients of a scenario.
 pub struct Swarm {
     poll: Poll,
@@ -251,6 +299,7 @@ pub struct Swarm {
     line_len: usize,
     template: Vec<u8>,
     read_buf: Vec<u8>,
+    frames: FrameBuffers,
     /// The servers the clients are connected to, in the order of their first client.
     servers: Vec<SocketAddr>,
     /// What the readers of each server received in the current run, by side.
@@ -280,6 +329,7 @@ impl Swarm {
             line_len,
             template: line::template(line_len),
             read_buf: vec![0; READ_BUF_LEN + line_len],
+            frames: FrameBuffers::default(),
             servers: Vec::new(),
             tallies: Vec::new(),
             unfinished: Vec::new(),
@@ -293,36 +343,76 @@ impl Swarm {
         let side = self.side_of(addr);
         for _ in 0..count {
             let n = self.peers.len() + 1;
-            let fail = |e: std::io::Error| format!("connection {n} failed: {e}");
             let std_stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-                .map_err(fail)?;
-            // Senders must not sit on lines (Nagle): their send time is stamped when written.
-            std_stream.set_nodelay(true).map_err(fail)?;
-            std_stream.set_nonblocking(true).map_err(fail)?;
-            if role != Role::Stuck {
-                enable_rx_timestamps(&std_stream).map_err(fail)?;
-            }
-            let mut stream = TcpStream::from_std(std_stream);
-            let interest = match role {
-                Role::Sender => Interest::READABLE | Interest::WRITABLE,
-                Role::Reader | Role::Stuck => Interest::READABLE,
-            };
-            self.poll
-                .registry()
-                .register(&mut stream, Token(self.peers.len()), interest)
-                .map_err(fail)?;
-            let sender = (role == Role::Sender).then(|| self.add_sender());
-            self.peers.push(Peer {
-                stream,
-                role,
-                side,
-                receiver: Receiver::new(sender, &self.sent),
-                bytes_in: 0,
-                closed_at: None,
-                out: Vec::new(),
-                out_sent: 0,
-            });
+                .map_err(|e| format!("connection {n} failed: {e}"))?;
+            self.add_peer(std_stream, role, Wire::Tcp, side)?;
         }
+        Ok(())
+    }
+
+    /// Connects `count` WebSocket readers to the web listener at `http` of the server whose
+    /// TCP clients connect to `addr` (its readers are counted on that server's side), each
+    /// upgraded before the next connects; fails if one is refused.
+    pub fn connect_websocket(
+        &mut self,
+        addr: SocketAddr,
+        http: SocketAddr,
+        count: usize,
+    ) -> Result<(), String> {
+        let side = self.side_of(addr);
+        for _ in 0..count {
+            let n = self.peers.len() + 1;
+            let fail = |why: String| format!("connection {n} failed: {why}");
+            let mut std_stream =
+                std::net::TcpStream::connect_timeout(&http, Duration::from_secs(3))
+                    .map_err(|e| fail(e.to_string()))?;
+            ws::handshake(&mut std_stream, http).map_err(fail)?;
+            let wire = Wire::WebSocket(Deframer::default());
+            self.add_peer(std_stream, Role::Reader, wire, side)?;
+        }
+        if self.frames.input.is_empty() {
+            self.frames.input = vec![0; READ_BUF_LEN];
+        }
+        Ok(())
+    }
+
+    /// Makes a connected socket a client of the swarm on `side`.
+    fn add_peer(
+        &mut self,
+        std_stream: std::net::TcpStream,
+        role: Role,
+        wire: Wire,
+        side: usize,
+    ) -> Result<(), String> {
+        let n = self.peers.len() + 1;
+        let fail = |e: std::io::Error| format!("connection {n} failed: {e}");
+        // Senders must not sit on lines (Nagle): their send time is stamped when written.
+        std_stream.set_nodelay(true).map_err(fail)?;
+        std_stream.set_nonblocking(true).map_err(fail)?;
+        if role != Role::Stuck {
+            enable_rx_timestamps(&std_stream).map_err(fail)?;
+        }
+        let mut stream = TcpStream::from_std(std_stream);
+        let interest = match role {
+            Role::Sender => Interest::READABLE | Interest::WRITABLE,
+            Role::Reader | Role::Stuck => Interest::READABLE,
+        };
+        self.poll
+            .registry()
+            .register(&mut stream, Token(self.peers.len()), interest)
+            .map_err(fail)?;
+        let sender = (role == Role::Sender).then(|| self.add_sender());
+        self.peers.push(Peer {
+            stream,
+            role,
+            wire,
+            side,
+            receiver: Receiver::new(sender, &self.sent),
+            bytes_in: 0,
+            closed_at: None,
+            out: Vec::new(),
+            out_sent: 0,
+        });
         Ok(())
     }
 
@@ -636,11 +726,13 @@ impl Swarm {
     /// every line; returns false if data may be left. A read shorter than the buffer drained
     /// the socket: with edge-triggered epoll any later segment raises a new event, so the
     /// extra read that would return `WouldBlock` is skipped — unless the peer hung up, when
-    /// reading on finds the end of the stream.
+    /// reading on finds the end of the stream. A WebSocket reader's frames are decoded into
+    /// lines first, and every line completed in a read gets that read's arrival time.
     fn read_peer(&mut self, index: usize, hung_up: bool) -> bool {
         let Swarm {
             peers,
             read_buf,
+            frames,
             tallies,
             sent,
             line_len,
@@ -651,9 +743,15 @@ impl Swarm {
         let tally = &mut tallies[peer.side];
         for _ in 0..MAX_READS_PER_VISIT {
             let carried = peer.receiver.carried().len();
-            read_buf[..carried].copy_from_slice(peer.receiver.carried());
-            let room = read_buf.len() - carried;
-            let (n, stamp) = match recv_stamped(peer.stream.as_raw_fd(), &mut read_buf[carried..]) {
+            let into = match peer.wire {
+                Wire::Tcp => {
+                    read_buf[..carried].copy_from_slice(peer.receiver.carried());
+                    &mut read_buf[carried..]
+                }
+                Wire::WebSocket(_) => &mut frames.input[..],
+            };
+            let room = into.len();
+            let (n, stamp) = match recv_stamped(peer.stream.as_raw_fd(), into) {
                 Ok((0, _)) => {
                     peer.closed_at = Some(Instant::now());
                     return true;
@@ -681,12 +779,25 @@ impl Swarm {
                 sent,
                 arrival_ns,
             };
+            let (data, server_closed): (&[u8], bool) = match &mut peer.wire {
+                Wire::Tcp => (&read_buf[..carried + n], false),
+                Wire::WebSocket(deframer) => {
+                    let carried = peer.receiver.carried();
+                    let decoded = frames.decode(deframer, carried, n, &mut peer.stream);
+                    tally.malformed += decoded.malformed;
+                    (&frames.lines, decoded.closed)
+                }
+            };
             let delivered_before = tally.delivered;
-            let lines = peer.receiver.scan(&read_buf[..carried + n], &expect, tally);
+            let lines = peer.receiver.scan(data, &expect, tally);
             let lag_us = read_ns.saturating_sub(arrival_ns) / 1000;
             tally.read_lag.saturating_record_n(lag_us, lines);
             if tally.delivered > delivered_before {
                 tally.last_arrival = Some(Instant::now());
+            }
+            if server_closed {
+                peer.closed_at = Some(Instant::now());
+                return true;
             }
             if n < room && !hung_up {
                 return true;

@@ -6,7 +6,8 @@
 //! it receives: latency from the kernel's arrival timestamp into an HDR histogram; loss,
 //! duplicates and reordering by sequence number; cut or corrupt lines as malformed. Scenarios:
 //! fanout (highest sustained rate and same-rate figures, 1 → 100), chat, idle, slow-consumer,
-//! all-talk, and bridge (two instances joined through nats-server, when it is installed).
+//! all-talk, bridge (two instances joined through nats-server, when it is installed), and
+//! websocket (100 WebSocket receivers next to 100 TCP ones).
 //! Prints the tables and writes them to fanout-bench.json in the target dir.
 
 mod bridge;
@@ -17,6 +18,8 @@ mod receive;
 mod report;
 mod scenarios;
 mod target;
+mod websocket;
+mod ws;
 
 use std::process::ExitCode;
 
@@ -91,7 +94,10 @@ fn parse_secs(text: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let options = Options::parse();
-    if let Err(why) = line::self_check().and_then(|()| receive::self_check()) {
+    let checks = line::self_check()
+        .and_then(|()| receive::self_check())
+        .and_then(|()| ws::self_check());
+    if let Err(why) = checks {
         eprintln!("error: the bench's own line checks fail: {why}");
         return ExitCode::FAILURE;
     }

@@ -36,7 +36,8 @@ pub struct Tally {
     /// Lines that arrived after a later line from the same sender (they filled a gap).
     pub reordered: u64,
     /// Lines of the wrong length, with a corrupt header, from an unknown sender, with a
-    /// sequence number never sent, or the reader's own line echoed back.
+    /// sequence number never sent, or the reader's own line echoed back; and WebSocket
+    /// frames no correct server sends (see [`crate::ws::Decoded::malformed`]).
     pub malformed: u64,
     /// Send → kernel arrival on the reader's socket, µs, one sample per line.
     pub latency: Histogram<u64>,

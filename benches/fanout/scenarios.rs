@@ -23,19 +23,23 @@ pub enum Scenario {
     /// Two instances joined through nats-server (`--nats`): 1 sender on A, 50 receivers on
     /// A and 50 on B; broadcast-server only.
     Bridge,
+    /// 1 TCP sender → 100 WebSocket receivers (`--http`), 64-byte lines, next to the same
+    /// with 100 TCP receivers; broadcast-server only.
+    Websocket,
 }
 
 /// The rates of the same-rate fanout table when `--rates` is not given.
 pub const DEFAULT_RATES: [u32; 4] = [5_000, 20_000, 50_000, 200_000];
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Fanout,
         Scenario::Chat,
         Scenario::Idle,
         Scenario::SlowConsumer,
         Scenario::AllTalk,
         Scenario::Bridge,
+        Scenario::Websocket,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +50,7 @@ impl Scenario {
             Scenario::SlowConsumer => "slow-consumer",
             Scenario::AllTalk => "all-talk",
             Scenario::Bridge => "bridge",
+            Scenario::Websocket => "websocket",
         }
     }
 
@@ -56,6 +61,9 @@ impl Scenario {
                 Some("ncat --broker has no equivalent of --nats".to_string())
             }
             (Scenario::Bridge, Kind::BroadcastServer) => nats_server_available().err(),
+            (Scenario::Websocket, Kind::Ncat) => {
+                Some("ncat --broker has no WebSocket listener".to_string())
+            }
             _ => None,
         }
     }
@@ -81,6 +89,7 @@ impl Scenario {
             Scenario::SlowConsumer => row(slow_consumer(kind, options)),
             Scenario::AllTalk => row(all_talk(kind, options)),
             Scenario::Bridge => crate::bridge::bridge(kind, options),
+            Scenario::Websocket => crate::websocket::websocket(kind, options),
         }
     }
 }

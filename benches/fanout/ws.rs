@@ -1,0 +1,323 @@
+//! The WebSocket client side the generator needs (RFC 6455), by hand: the upgrade, and a
+//! decoder that turns the server's frames back into the lines they carry.
+//!
+//! broadcast-server sends each line as one final, unmasked frame whose payload is the line
+//! without its `\n`: Text (0x81) when it is valid UTF-8, Binary (0x82) otherwise. Every
+//! line of the bench is ASCII, so every data frame must be a whole Text frame; its payload
+//! plus `\n` is handed to the same line checks as a TCP reader's bytes. Payload bytes are
+//! passed on as they arrive and the `\n` when the frame is complete, so a frame split
+//! across reads leaves an unfinished line, carried like a TCP reader's: a line counts in
+//! the read that completes its frame, at that read's arrival time.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// The key the client sends. The server's accept key is not checked: the bench measures
+/// delivery, and the server's own tests check the handshake.
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+/// Longest response head read before giving up on the upgrade.
+const MAX_HEAD: usize = 8 * 1024;
+/// Longest server frame header: 2 + 8 (length) + 4 (a mask, which a server must not send).
+const MAX_HEADER: usize = 14;
+/// Longest control frame payload (RFC 6455 5.5).
+const MAX_CONTROL_PAYLOAD: u64 = 125;
+/// The mask of the client's pongs (a client must mask every frame; any key will do).
+const MASK: [u8; 4] = [0x5a, 0x17, 0xc3, 0x8e];
+
+/// The first byte of a final frame with this opcode.
+const TEXT: u8 = 0x81;
+const CLOSE: u8 = 0x88;
+const PING: u8 = 0x89;
+const PONG: u8 = 0x8a;
+
+/// Asks the web listener at `addr` for an upgrade on `stream` and reads the response head,
+/// one byte at a time so that no frame after it is read here; fails unless it is `101`.
+pub fn handshake(stream: &mut TcpStream, addr: SocketAddr) -> Result<(), String> {
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let fail = |e: std::io::Error| format!("WebSocket upgrade failed: {e}");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(fail)?;
+    stream.write_all(request.as_bytes()).map_err(fail)?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= MAX_HEAD {
+            return Err(format!(
+                "no end to the upgrade's response head in {MAX_HEAD} bytes"
+            ));
+        }
+        match stream.read(&mut byte) {
+            Ok(0) => return Err("the server closed the connection during the upgrade".into()),
+            Ok(_) => head.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    stream.set_read_timeout(None).map_err(fail)?;
+    if !head.starts_with(b"HTTP/1.1 101 ") {
+        let status = String::from_utf8_lossy(&head);
+        let status = status.lines().next().unwrap_or_default();
+        return Err(format!("WebSocket upgrade refused: {status}"));
+    }
+    Ok(())
+}
+
+/// What the frame whose payload is arriving is, and so what becomes of its payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Payload {
+    /// A line: passed on, then its `\n`.
+    Line,
+    /// A ping's: answered by a pong with the same payload.
+    Ping,
+    /// Skipped: a pong's, or that of a frame counted as malformed.
+    Skip,
+}
+
+/// The frame being received: its header is decoded, `remaining` payload bytes are to come.
+#[derive(Clone, Copy, Debug)]
+struct Frame {
+    payload: Payload,
+    remaining: u64,
+}
+
+/// What one call to [`Deframer::push`] found besides the lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Decoded {
+    /// Frames whose header no correct server sends the bench (not a final Text frame, or a
+    /// ping or pong, or a control frame longer than 125 bytes, or masked): their payloads
+    /// are dropped, so their lines count as lost too.
+    pub malformed: u64,
+    /// The server sent a Close frame; nothing after it was decoded.
+    pub closed: bool,
+}
+
+/// One WebSocket reader's place in the server's frames, between reads.
+#[derive(Debug, Default)]
+pub struct Deframer {
+    /// The start of a frame header split across reads (at most `MAX_HEADER` bytes).
+    header: Vec<u8>,
+    frame: Option<Frame>,
+    /// The payload of a ping split across reads (at most 125 bytes).
+    ping: Vec<u8>,
+}
+
+impl Deframer {
+    /// Decodes `input`: each data frame's payload is appended to `lines` as it arrives and
+    /// its `\n` once the frame is complete; each ping is answered by a masked pong appended
+    /// to `pongs`. Stops at a Close frame.
+    pub fn push(&mut self, mut input: &[u8], lines: &mut Vec<u8>, pongs: &mut Vec<u8>) -> Decoded {
+        let mut decoded = Decoded::default();
+        while !input.is_empty() {
+            let frame = match self.frame {
+                Some(frame) => frame,
+                None => match self.take_header(&mut input) {
+                    Header::Frame(frame) => frame,
+                    Header::Incomplete => break,
+                    Header::Close => {
+                        decoded.closed = true;
+                        break;
+                    }
+                    Header::Malformed(frame) => {
+                        decoded.malformed += 1;
+                        frame
+                    }
+                },
+            };
+            self.take_payload(frame, &mut input, lines, pongs);
+        }
+        decoded
+    }
+
+    /// Takes a frame header from the front of `input`, completing one split across reads.
+    fn take_header(&mut self, input: &mut &[u8]) -> Header {
+        let carried = self.header.len();
+        let available: &[u8] = if carried == 0 {
+            input
+        } else {
+            let take = input.len().min(MAX_HEADER - carried);
+            self.header.extend_from_slice(&input[..take]);
+            &self.header
+        };
+        let Some((header, header_len)) = parse_header(available) else {
+            if carried == 0 {
+                self.header.extend_from_slice(input);
+            }
+            *input = &[];
+            return Header::Incomplete;
+        };
+        *input = &input[header_len - carried..];
+        self.header.clear();
+        header
+    }
+
+    /// Takes what `input` holds of the current frame's payload.
+    fn take_payload(
+        &mut self,
+        mut frame: Frame,
+        input: &mut &[u8],
+        lines: &mut Vec<u8>,
+        pongs: &mut Vec<u8>,
+    ) {
+        let take = input
+            .len()
+            .min(usize::try_from(frame.remaining).unwrap_or(usize::MAX));
+        let (chunk, rest) = input.split_at(take);
+        *input = rest;
+        match frame.payload {
+            Payload::Line => lines.extend_from_slice(chunk),
+            Payload::Ping => self.ping.extend_from_slice(chunk),
+            Payload::Skip => {}
+        }
+        frame.remaining -= take as u64;
+        if frame.remaining > 0 {
+            self.frame = Some(frame);
+            return;
+        }
+        self.frame = None;
+        match frame.payload {
+            Payload::Line => lines.push(b'\n'),
+            Payload::Ping => {
+                pong(&self.ping, pongs);
+                self.ping.clear();
+            }
+            Payload::Skip => {}
+        }
+    }
+}
+
+/// A frame header as [`Deframer::take_header`] found it.
+enum Header {
+    /// More bytes are needed.
+    Incomplete,
+    Frame(Frame),
+    /// A Close frame.
+    Close,
+    /// A frame a correct server does not send the bench; its payload is to be skipped.
+    Malformed(Frame),
+}
+
+/// Parses a server frame header at the start of `bytes`: `None` if incomplete, else the
+/// header and its length.
+fn parse_header(bytes: &[u8]) -> Option<(Header, usize)> {
+    let [first, second, ..] = *bytes else {
+        return None;
+    };
+    let masked = second & 0x80 != 0;
+    let (remaining, at) = match second & 0x7f {
+        126 => (
+            u64::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?])),
+            4,
+        ),
+        127 => {
+            let be: [u8; 8] = bytes.get(2..10)?.try_into().ok()?;
+            (u64::from_be_bytes(be), 10)
+        }
+        short => (u64::from(short), 2),
+    };
+    let header_len = at + if masked { 4 } else { 0 };
+    if bytes.len() < header_len {
+        return None;
+    }
+    let frame = |payload| Frame { payload, remaining };
+    let control = remaining <= MAX_CONTROL_PAYLOAD;
+    let header = match first {
+        _ if masked => Header::Malformed(frame(Payload::Skip)),
+        TEXT => Header::Frame(frame(Payload::Line)),
+        PING if control => Header::Frame(frame(Payload::Ping)),
+        PONG if control => Header::Frame(frame(Payload::Skip)),
+        CLOSE if control => Header::Close,
+        _ => Header::Malformed(frame(Payload::Skip)),
+    };
+    Some((header, header_len))
+}
+
+/// Appends a masked pong carrying `payload` (at most 125 bytes).
+fn pong(payload: &[u8], out: &mut Vec<u8>) {
+    out.push(PONG);
+    out.push(0x80 | payload.len() as u8);
+    out.extend_from_slice(&MASK);
+    out.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
+}
+
+/// Appends a server frame (final, unmasked) with `first` as its first byte.
+fn server_frame(first: u8, payload: &[u8], out: &mut Vec<u8>) {
+    out.push(first);
+    match payload.len() {
+        len @ 0..=125 => out.push(len as u8),
+        len @ 126..=0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
+/// Decodes a hand-made run of server frames cut into reads of every size from 1 byte to
+/// all of it, and checks the lines, pongs and faults; like [`crate::line::self_check`], run
+/// at every start because benches compile no tests.
+pub fn self_check() -> Result<(), String> {
+    let short = b"a line of 63 bytes, as in the scenario, with a 2-byte header..";
+    let long = [b'y'; 300];
+    let mut stream = Vec::new();
+    let mut want = Vec::new();
+    // Two lines with 2-byte headers, a ping (the server's are empty; this one is not), a
+    // line with a 4-byte header, an empty line, a Binary frame and a masked Text frame (both
+    // malformed: skipped), a pong (skipped), a last line, a Close, and bytes after it.
+    for payload in [&short[..], b"second"] {
+        server_frame(TEXT, payload, &mut stream);
+        want.extend_from_slice(payload);
+        want.push(b'\n');
+    }
+    server_frame(PING, b"are you there", &mut stream);
+    server_frame(TEXT, &long, &mut stream);
+    want.extend_from_slice(&long);
+    want.push(b'\n');
+    server_frame(TEXT, b"", &mut stream);
+    want.push(b'\n');
+    server_frame(0x82, b"binary", &mut stream);
+    stream.extend_from_slice(&[TEXT, 0x80 | 4, 1, 2, 3, 4, b'm', b'a', b's', b'k']);
+    server_frame(PONG, b"", &mut stream);
+    server_frame(TEXT, b"last", &mut stream);
+    want.extend_from_slice(b"last\n");
+    server_frame(CLOSE, &1000u16.to_be_bytes(), &mut stream);
+    server_frame(TEXT, b"after the close", &mut stream);
+    let mut want_pong = Vec::new();
+    pong(b"are you there", &mut want_pong);
+    for read_len in 1..=stream.len() {
+        let mut deframer = Deframer::default();
+        let (mut lines, mut pongs) = (Vec::new(), Vec::new());
+        let mut found = Decoded::default();
+        for read in stream.chunks(read_len) {
+            let decoded = deframer.push(read, &mut lines, &mut pongs);
+            found.malformed += decoded.malformed;
+            if decoded.closed {
+                found.closed = true;
+                break;
+            }
+        }
+        let expected = Decoded {
+            malformed: 2,
+            closed: true,
+        };
+        if lines != want || pongs != want_pong || found != expected {
+            return Err(format!(
+                "websocket deframer, reads of {read_len} bytes: {} line bytes (want {}), \
+                 {} pong bytes (want {}), {found:?} (want {expected:?})",
+                lines.len(),
+                want.len(),
+                pongs.len(),
+                want_pong.len()
+            ));
+        }
+    }
+    Ok(())
+}
