@@ -1,0 +1,168 @@
+//! Late joiners catch up (`--history N`, `--history-bytes`), through the binary.
+
+mod common;
+
+use std::thread;
+
+use common::{Client, Server, numbered_lines};
+
+/// Sends `lines` from `sender` and waits until `witness` (connected all along) has them,
+/// so they have been handed out (and kept) before anyone joins.
+fn broadcast(sender: &mut Client, witness: &mut Client, lines: &[u8]) {
+    sender.send(lines);
+    witness.expect(lines);
+}
+
+/// `prefix-N\n` for N in `range`.
+fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<u8> {
+    range
+        .flat_map(|i| format!("{prefix}-{i}\n").into_bytes())
+        .collect()
+}
+
+#[test]
+fn a_joiner_gets_the_last_n_lines_in_order_then_the_live_ones() {
+    let mut server = Server::start(&["--history", "5"]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    broadcast(&mut sender, &mut witness, &numbered_lines("old", 8));
+    let mut joiner = server.connect();
+    joiner.expect(&numbered("old", 3..8));
+    sender.send(b"live\n");
+    joiner.expect(b"live\n");
+    witness.expect(b"live\n");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    let stats = server.final_log();
+    // old-4 .. old-7 and live: 4 × 6 + 5 bytes.
+    assert!(stats.contains(" history: lines=5 bytes=29"), "{stats}");
+}
+
+#[test]
+fn fewer_lines_than_n_are_all_replayed_and_without_history_none_are() {
+    let server = Server::start(&["--history", "100"]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    broadcast(&mut sender, &mut witness, b"one\ntwo\nthree\n");
+    let mut joiner = server.connect();
+    joiner.expect(b"one\ntwo\nthree\n");
+
+    let plain = Server::start(&[]);
+    let mut sender = plain.connect();
+    let mut witness = plain.connect();
+    broadcast(&mut sender, &mut witness, b"before\n");
+    let mut late = plain.connect();
+    sender.send(b"after\n");
+    late.expect(b"after\n"); // and not "before"
+}
+
+#[test]
+fn history_bytes_keeps_whole_recent_lines_and_memory_stays_bounded() {
+    let server = Server::start(&["--history", "100000", "--history-bytes", "1MiB"]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    let rss_before = server.rss_kib();
+    // 18 MB of 60,000-byte lines (60,001 with the newline) pass through.
+    let line = |i: usize| {
+        let mut line = format!("{i:06}-").into_bytes();
+        line.resize(60_000, b'h');
+        line.push(b'\n');
+        line
+    };
+    for i in 0..300 {
+        broadcast(&mut sender, &mut witness, &line(i));
+    }
+    let peak = server.peak_rss_kib();
+    assert!(
+        peak < rss_before + 8 * 1024,
+        "the history grew past its bound: {rss_before} KiB before, peak {peak} KiB"
+    );
+    // 1 MiB holds 17 whole lines of 60,001 bytes: the last 17.
+    let mut joiner = server.connect();
+    let expected: Vec<u8> = (283..300).flat_map(line).collect();
+    joiner.expect(&expected);
+    sender.send(b"live\n");
+    joiner.expect(b"live\n");
+}
+
+#[test]
+fn a_joiner_that_never_reads_is_cut_at_max_queue_and_no_one_else_notices() {
+    let server = Server::start(&[
+        "--history",
+        "1000",
+        "--history-bytes",
+        "16MiB",
+        "--max-queue",
+        "1MiB",
+    ]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    let filler = "r".repeat(60_000);
+    for k in 0..100 {
+        broadcast(
+            &mut sender,
+            &mut witness,
+            format!("{filler}{k}\n").as_bytes(),
+        );
+    }
+    // 6 MB of replay for a joiner that reads nothing.
+    // (Its receive buffer is set before it connects: the verdict may come at once.)
+    let stuck = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    stuck.set_recv_buffer_size(4096).unwrap();
+    stuck.connect(&server.addr().into()).unwrap();
+    let local = stuck.local_addr().unwrap().as_socket().unwrap();
+    let line = server.wait_for_disconnect(local);
+    assert!(line.contains("slow consumer"), "{line}");
+    sender.send(b"still here\n");
+    witness.expect(b"still here\n");
+}
+
+#[test]
+fn a_joiner_during_a_busy_stream_sees_no_gap_and_no_duplicate() {
+    let server = Server::start(&["--history", "1000"]);
+    let mut sender = server.connect();
+    let total = 20_000;
+    let sending = thread::spawn(move || {
+        for chunk in (0..total).collect::<Vec<_>>().chunks(500) {
+            sender.send(&numbered("busy", chunk[0]..chunk[0] + chunk.len()));
+        }
+        sender
+    });
+    // Joiners arrive while lines stream through (each registered before the next).
+    let mut joiners: Vec<Client> = (0..5).map(|_| server.connect()).collect();
+    let _sender = sending.join().unwrap();
+    let last = format!("busy-{}\n", total - 1);
+    for joiner in &mut joiners {
+        let mut got = Vec::new();
+        while !got.ends_with(last.as_bytes()) {
+            got.extend_from_slice(&joiner.read_exact(1));
+        }
+        let numbers: Vec<usize> = std::str::from_utf8(&got)
+            .unwrap()
+            .lines()
+            .map(|l| l.strip_prefix("busy-").unwrap().parse().unwrap())
+            .collect();
+        assert!(
+            numbers.windows(2).all(|w| w[1] == w[0] + 1),
+            "a gap or a duplicate between the replay and the live lines"
+        );
+    }
+}
+
+#[test]
+fn websocket_joiners_get_the_replay_as_messages() {
+    let server = Server::start(&["--history", "3", "--http", "127.0.0.1:0"]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    broadcast(&mut sender, &mut witness, b"a\nb\nc\nd\n\xff\n");
+    let mut ws = server.connect_websocket();
+    ws.expect_text("c");
+    ws.expect_text("d");
+    let binary = ws.read_message();
+    assert_eq!(
+        (binary.opcode, binary.payload),
+        (common::websocket::BINARY, vec![0xff])
+    );
+    sender.send(b"live\n");
+    ws.expect_text("live");
+}
