@@ -826,3 +826,30 @@ fn a_flood_while_the_loop_takes_nothing_from_nats_is_dropped_and_counted_not_hel
     );
     assert!(counter(&stats, " inbound=") > 0, "{stats}");
 }
+
+#[test]
+fn credentials_in_the_url_log_in_and_wrong_ones_leave_the_instance_serving_locally() {
+    if Nats::start("credentials_in_the_url").is_none() {
+        return;
+    }
+    let nats = Nats::start_with(None, &["authorization { user: bridge, password: s3cret }"]);
+    let good = format!("nats://bridge:s3cret@127.0.0.1:{}", nats.port);
+    let a = instance(&good, &[]);
+    let b = instance(&good, &[]);
+    let mut sender = a.connect();
+    let mut far = b.connect();
+    wait_until_bridged(&mut sender, &mut far, &mut []);
+    sender.send(b"logged in\n");
+    far.expect(b"logged in\n");
+    // Wrong credentials: never bridged, but the instance serves its own clients.
+    let bad = format!("nats://bridge:wrong@127.0.0.1:{}", nats.port);
+    let c = Server::start(&["--nats", &bad]);
+    c.wait_for_log("nats: cannot reach");
+    let mut c1 = c.connect();
+    let mut c2 = c.connect();
+    c1.send(b"local only\n");
+    c2.expect(b"local only\n");
+    sender.send(b"not for c\n");
+    far.expect(b"not for c\n");
+    assert!(c.log_lines("nats: connected").is_empty());
+}
