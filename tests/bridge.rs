@@ -482,13 +482,13 @@ fn a_slow_consumer_on_one_instance_is_cut_there_and_no_one_else_notices() {
     // 16 MB, far beyond the stuck client's 1 MiB queue and the kernel's buffers, sent a
     // piece at a time as the others take it (NATS delivery is at most once: a burst larger
     // than the bridge's queues could drop lines, which is not what this test is about).
-    let filler = "s".repeat(200);
-    for k in 0..80 {
-        let piece = numbered_lines(&format!("{filler}{k}"), 1_000);
-        sender.send(&piece);
-        near.expect(&piece);
-        far.expect(&piece);
-    }
+    common::stream_sixteen_megabytes(
+        |piece| sender.send(piece),
+        |piece| {
+            near.expect(piece);
+            far.expect(piece);
+        },
+    );
     let log = b.wait_for_disconnect(stuck.local_addr());
     assert!(log.contains("slow consumer"), "{log}");
     assert!(a.log_lines("slow consumer").is_empty());

@@ -313,12 +313,7 @@ fn a_tls_client_that_stops_reading_is_a_slow_consumer() {
     let mut reader = connect(&server, &config);
     let stuck = connect(&server, &config);
     let stuck_addr = stuck.stream.sock.local_addr().unwrap();
-    let filler = "s".repeat(200);
-    for k in 0..80 {
-        let piece = numbered_lines(&format!("{filler}{k}"), 1_000);
-        sender.send(&piece);
-        reader.expect(&piece);
-    }
+    common::stream_sixteen_megabytes(|piece| sender.send(piece), |piece| reader.expect(piece));
     let line = server.wait_for_disconnect(stuck_addr);
     assert!(line.contains("slow consumer"), "{line}");
 }

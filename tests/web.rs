@@ -330,14 +330,7 @@ fn a_websocket_client_that_stops_reading_is_a_slow_consumer_and_no_one_else_noti
     socket2::SockRef::from(&stuck.stream)
         .set_recv_buffer_size(4096)
         .unwrap();
-    // 16 MB, far beyond the stuck client's queue and the kernel's buffers, a piece at a
-    // time as the other reader takes it.
-    let filler = "s".repeat(200);
-    for k in 0..80 {
-        let piece = numbered_lines(&format!("{filler}{k}"), 1_000);
-        sender.send(&piece);
-        reader.expect(&piece);
-    }
+    common::stream_sixteen_megabytes(|piece| sender.send(piece), |piece| reader.expect(piece));
     let line = server.wait_for_disconnect(stuck_addr);
     assert!(line.contains("slow consumer"), "{line}");
 }

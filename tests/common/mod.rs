@@ -400,6 +400,18 @@ impl Client {
     }
 }
 
+/// Sends 16 MB of numbered lines (far beyond a stuck client's `--max-queue` of a few MiB
+/// and the kernel's buffers) a piece at a time: each piece goes out with `send`, and
+/// `read_back` takes it at the readers that keep up before the next piece goes.
+pub fn stream_sixteen_megabytes(mut send: impl FnMut(&[u8]), mut read_back: impl FnMut(&[u8])) {
+    let filler = "s".repeat(200);
+    for k in 0..80 {
+        let piece = numbered_lines(&format!("{filler}{k}"), 1_000);
+        send(&piece);
+        read_back(&piece);
+    }
+}
+
 /// `count` numbered lines `prefix-N\n` as one byte string.
 pub fn numbered_lines(prefix: &str, count: usize) -> Vec<u8> {
     let mut out = Vec::new();
