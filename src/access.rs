@@ -28,7 +28,6 @@ impl Cidr {
             None => (text.trim(), None),
         };
         let addr: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
-        let addr = addr.to_canonical();
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -37,7 +36,16 @@ impl Cidr {
                 _ => return Err(bad(&format!("the prefix must be 0 to {max}"))),
             },
         };
-        Ok(Cidr { addr, prefix })
+        // An IPv4-mapped range (::ffff:10.0.0.0/104) is the IPv4 range it maps.
+        let canonical = addr.to_canonical();
+        let prefix = match (addr, canonical) {
+            (IpAddr::V6(_), IpAddr::V4(_)) => prefix.saturating_sub(96),
+            _ => prefix,
+        };
+        Ok(Cidr {
+            addr: canonical,
+            prefix,
+        })
     }
 
     /// Whether `ip` lies in this range.
@@ -161,6 +169,8 @@ mod tests {
         let v6 = Cidr::parse("2001:db8::/32").unwrap();
         assert!(v6.contains(ip("2001:db8:1::5")) && !v6.contains(ip("2001:db9::1")));
         assert!(Cidr::parse("::/0").unwrap().contains(ip("::1")));
+        let mapped = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(mapped.contains(ip("10.9.8.7")) && !mapped.contains(ip("11.0.0.1")));
         for bad in ["10.0.0.0/33", "::1/129", "example.com", "10.0.0.0/x", ""] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }

@@ -156,6 +156,8 @@ pub enum ConfigError {
     Zero { flag: &'static str },
     /// `--nats` or `--nats-subject` cannot be used.
     BadNats { why: String },
+    /// A full history and a batch could not fit in a joiner's `--max-queue`.
+    HistoryOverQueue { history_bytes: usize, room: usize },
     /// The TLS flags do not go together.
     BadTls { why: &'static str },
     /// An `--allow` or `--deny` value is not an address range.
@@ -176,6 +178,16 @@ impl fmt::Display for ConfigError {
             ConfigError::BadNats { why } => write!(f, "invalid --nats: {why}"),
             ConfigError::BadRange { flag, why } => write!(f, "invalid {flag}: {why}"),
             ConfigError::BadTls { why } => write!(f, "{why}"),
+            ConfigError::HistoryOverQueue {
+                history_bytes,
+                room,
+            } => write!(
+                f,
+                "--history-bytes ({history_bytes} bytes) must fit in --max-queue with a batch \
+                 and a line, or a joiner that reads would still be a slow consumer: at most \
+                 {room} bytes with this --max-queue and --max-line (lower --history-bytes or \
+                 raise --max-queue)"
+            ),
             ConfigError::QueueNotLargerThanLine {
                 max_queue,
                 max_line,
@@ -256,6 +268,16 @@ impl Config {
         if settings.history > 0 && settings.history_bytes == 0 {
             return Err(ConfigError::Zero {
                 flag: "--history-bytes",
+            });
+        }
+        // A joiner gets the whole history and then the live batches: both must fit in its
+        // queue, so that only a joiner that does not read is a slow consumer.
+        let line_room = settings.max_queue - settings.max_line - 1;
+        let room = line_room - BATCH_LIMIT.min(line_room);
+        if settings.history > 0 && settings.history_bytes > room {
+            return Err(ConfigError::HistoryOverQueue {
+                history_bytes: settings.history_bytes,
+                room,
             });
         }
         Ok(Config {

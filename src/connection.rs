@@ -209,14 +209,20 @@ impl ClientConnection {
     /// TLS handshake, if any).
     pub fn new(transport: Transport, peer: SocketAddr) -> ClientConnection {
         ClientConnection {
-            transport,
             peer,
             wire: Wire::Lines(LineFramer::default()),
             write_buf: VecDeque::new(),
-            interest: Interest::READABLE,
+            // A TLS handshake may have left WRITABLE registered: say so, so that the first
+            // `update_interest` sets the registration right.
+            interest: if transport.is_tls() {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            },
             phase: Phase::Open,
             read_turn: 0,
             served_as_sender: 0,
+            transport,
         }
     }
 
@@ -339,9 +345,15 @@ impl ClientConnection {
         }
     }
 
-    /// Bytes the client sent that are waiting in the kernel, not read yet.
-    pub fn unread_input(&self) -> usize {
-        socket_queues::unread_input(self.transport.tcp())
+    /// Bytes the client sent that are waiting, not read yet: in the kernel, and (through
+    /// TLS) decrypted inside rustls.
+    pub fn unread_input(&mut self) -> usize {
+        socket_queues::unread_input(self.transport.tcp()) + self.transport.buffered_plaintext()
+    }
+
+    /// Whether TLS records wait to be sent (the caller flushes and keeps WRITABLE).
+    pub fn has_pending_records(&self) -> bool {
+        self.transport.wants_write()
     }
 
     /// Claims this turn's read for the client; false if it was already read in `turn`.
@@ -718,9 +730,13 @@ impl ClientConnection {
             return false;
         }
         if !write_shut {
-            // An error means the peer is gone already; the close that follows is all we need.
-            // TLS: close_notify first.
-            let _ = self.transport.shutdown_write();
+            // TLS: close_notify first, and the FIN only once it has left.
+            match self.transport.shutdown_write() {
+                Ok(false) => return false,
+                // Ok: done; an error means the peer is gone already, and the close that
+                // follows is all we need.
+                Ok(true) | Err(_) => {}
+            }
             self.phase = Phase::Draining {
                 reason,
                 deadline,

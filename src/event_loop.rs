@@ -60,6 +60,9 @@ const NATS_FINAL_FLUSH: Duration = Duration::from_secs(1);
 pub const READ_BUDGET: usize = 64 * 1024;
 /// Connections the kernel may hold for us before we accept them (mio's default is 128).
 const LISTEN_BACKLOG: i32 = 1024;
+/// Most TLS handshake steps per turn: each may cost a signature (tens of microseconds with an
+/// ECDSA key, milliseconds with RSA), so a flood of ClientHellos is spread over turns.
+const HANDSHAKE_BUDGET: usize = 8;
 /// Most connections taken per turn, so that a connection storm cannot stall the clients
 /// already connected; the rest wait in the backlog for the next turn.
 const ACCEPT_BUDGET: usize = 64;
@@ -115,6 +118,9 @@ pub struct EventLoop {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// New connections in their TLS handshake, and the listener each came through.
     handshakes: Handshakes<Listener>,
+    /// Handshake steps left in this turn, and handshakes waiting for the next turn's.
+    handshake_budget: usize,
+    deferred_handshakes: Vec<Token>,
     /// The last lines handed out, for newcomers (`--history`).
     history: Option<History>,
     signals: StopSignals,
@@ -198,8 +204,8 @@ impl EventLoop {
             }
             None => None,
         };
-        let signals = StopSignals::register(poll.registry(), SIGNALS, tls.is_some())
-            .map_err(ServerError::Signals)?;
+        let signals =
+            StopSignals::register(poll.registry(), SIGNALS).map_err(ServerError::Signals)?;
         let hold_timer =
             HoldTimer::register(poll.registry(), HOLD_TIMER).map_err(ServerError::Poll)?;
         let bridge = match &config.nats {
@@ -222,6 +228,8 @@ impl EventLoop {
             per_address: PerAddress::new(config.max_clients_per_ip),
             tls,
             handshakes: Handshakes::default(),
+            handshake_budget: HANDSHAKE_BUDGET,
+            deferred_handshakes: Vec::new(),
             history: config
                 .history
                 .map(|(lines, bytes)| History::new(lines, bytes)),
@@ -280,8 +288,10 @@ impl EventLoop {
             }
             self.turn += 1;
             self.accept_budget = ACCEPT_BUDGET;
+            self.handshake_budget = HANDSHAKE_BUDGET;
             trace!("turn {}: {} events", self.turn, events.iter().count());
             let carried_readers = std::mem::take(&mut self.unfinished_readers);
+            self.serve_deferred_handshakes();
             if let Some(exit) = self.handle_events(&events) {
                 break exit;
             }
@@ -396,8 +406,15 @@ impl EventLoop {
         if !self.config.access.permits(peer.ip()) {
             return self.deny(peer);
         }
+        // Every connection from an address counts against --max-clients-per-ip from its
+        // accept (handshakes and web requests too), so one host cannot crowd others out.
+        self.release_closed_connections();
+        if let Some(why) = self.over_per_address_limit(peer) {
+            return self.refuse_over_limit(stream, which, &why);
+        }
         if self.tls.is_some() && self.handshakes.len() >= self.config.max_clients {
             // Handshakes are bounded like clients; this one is closed unanswered.
+            self.per_address.remove(peer.ip());
             self.stats.refused_server_full += 1;
             if self.refusal_log.admit(Instant::now()) {
                 info!(
@@ -417,12 +434,14 @@ impl EventLoop {
             .registry()
             .register(&mut stream, token, Interest::READABLE)
         {
+            self.per_address.remove(peer.ip());
             warn!("{peer}: cannot register with the poller, dropping it: {e}");
             return;
         }
         match &self.tls {
             Some(config) => {
                 if let Err(e) = self.handshakes.start(stream, config, peer, token, which) {
+                    self.per_address.remove(peer.ip());
                     warn!("{peer}: cannot start TLS, dropping it: {e}");
                     return;
                 }
@@ -432,10 +451,49 @@ impl EventLoop {
         }
     }
 
+    /// Tells a connection over `--max-clients-per-ip` why, in the clear (`ERR` line, or a
+    /// `429` on the web listener), and closes it; with TLS it is closed unanswered, before
+    /// any handshake work is spent on it.
+    fn refuse_over_limit(&mut self, stream: TcpStream, which: Listener, why: &str) {
+        if self.tls.is_some() {
+            return;
+        }
+        let message = match which {
+            Listener::Lines => format!("ERR {why}\n").into_bytes(),
+            Listener::Web => http::refusal_response(&http::refusal(http::TOO_MANY_REQUESTS, why)),
+        };
+        self.refuse_with(Transport::Plain(stream), &message);
+    }
+
+    /// Gives back the per-address counts of connections the handshake and web rooms closed.
+    fn release_closed_connections(&mut self) {
+        let closed = self.web_requests.take_closed().into_iter();
+        for ip in closed.chain(self.handshakes.take_closed()) {
+            self.per_address.remove(ip);
+        }
+    }
+
     /// Moves a TLS handshake on; admits the connection once it is done.
+    /// At most `HANDSHAKE_BUDGET` a turn (each costs a signature): a flood of ClientHellos
+    /// waits its turn instead of stalling everyone; the rest go on in the next turn.
     fn on_handshake_event(&mut self, token: Token) {
+        if self.handshake_budget == 0 {
+            self.deferred_handshakes.push(token);
+            return;
+        }
+        self.handshake_budget -= 1;
         if let Some(done) = self.handshakes.on_ready(token, self.poll.registry()) {
             self.admit(done.transport, done.peer, token, done.kind);
+        }
+    }
+
+    /// Moves on the handshakes the last turn's budget left waiting.
+    fn serve_deferred_handshakes(&mut self) {
+        let mut tokens = std::mem::take(&mut self.deferred_handshakes);
+        tokens.sort_unstable();
+        tokens.dedup();
+        for token in tokens {
+            self.on_handshake_event(token);
         }
     }
 
@@ -467,10 +525,8 @@ impl EventLoop {
                 info!("refused {peer}: server full ({max_clients} clients)");
             }
             let message = format!("ERR server full (max {max_clients} clients)\n");
+            self.per_address.remove(peer.ip());
             return self.refuse_with(transport, message.as_bytes());
-        }
-        if let Some(why) = self.over_per_address_limit(peer) {
-            return self.refuse_with(transport, format!("ERR {why}\n").as_bytes());
         }
         // TLS may hold the client's first bytes already: no readiness event will say so.
         let read_now = transport.is_tls();
@@ -497,6 +553,7 @@ impl EventLoop {
         if let Err(e) = sent {
             debug!("could not tell a refused client why: {e}");
         }
+        // Best effort: a refused connection is not waited for.
         let _ = transport.shutdown_write();
     }
 
@@ -529,6 +586,7 @@ impl EventLoop {
                 );
             }
             let refusal = http::refusal(http::SERVICE_UNAVAILABLE, "too many requests in progress");
+            self.per_address.remove(peer.ip());
             return self.refuse_with(transport, &http::refusal_response(&refusal));
         }
         self.web_requests.admit(transport, peer, token);
@@ -588,18 +646,9 @@ impl EventLoop {
                 .refuse(token, &refusal, self.poll.registry());
             return;
         }
-        let Some(peer) = self.web_requests.peer(token) else {
-            return;
-        };
-        if let Some(why) = self.over_per_address_limit(peer) {
-            let refusal = http::refusal(http::TOO_MANY_REQUESTS, why);
-            self.web_requests
-                .refuse(token, &refusal, self.poll.registry());
-            return;
-        }
         self.distribute_everything_framed();
+        // Its per-address count, taken at the accept, goes on with it.
         let Some((transport, peer)) = self.web_requests.take_upgrade(token) else {
-            self.per_address.remove(peer.ip());
             return;
         };
         let handshake = http::upgrade_response(key);
@@ -706,6 +755,13 @@ impl EventLoop {
         };
         if report.queued_replies {
             self.answer_control_frames(token);
+        } else if self
+            .connections
+            .get(&token)
+            .is_some_and(ClientConnection::has_pending_records)
+        {
+            // Reading TLS produced records (a key update, session tickets): send them.
+            self.on_writable(token);
         }
         match report.end {
             ReadEnd::WouldBlock => {}
@@ -1146,6 +1202,7 @@ impl EventLoop {
     /// existing ones keep theirs. A failure keeps the configuration in force.
     fn reload_tls(&mut self) {
         let Some(settings) = &self.config.tls else {
+            info!("received SIGHUP: nothing to reload (no --tls-cert)");
             return;
         };
         match crate::tls::load(settings) {
@@ -1170,6 +1227,7 @@ impl EventLoop {
         }
         self.web_requests.expire(now, self.poll.registry());
         self.handshakes.expire(now, self.poll.registry());
+        self.release_closed_connections();
         self.web_requests.log_summary(now);
         if let (Some(at), Some(every)) = (self.next_liveness_check, self.config.ws_ping)
             && at <= now
@@ -1287,6 +1345,7 @@ impl EventLoop {
     /// batch is not one of them: the hold timer wakes the poll for it.
     fn next_timeout(&self) -> Option<Duration> {
         if !self.unfinished_readers.is_empty()
+            || !self.deferred_handshakes.is_empty()
             || self.more_to_accept.contains(&true)
             || (!self.leftover_lines.is_empty() && self.shutdown.is_none())
             || (self.nats_waiting && self.shutdown.is_none())

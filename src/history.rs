@@ -1,11 +1,13 @@
 //! The last lines handed out, kept for late joiners (`--history N`, `--history-bytes`).
 //!
-//! A byte ring of whole lines, oldest first, and the length of each: a line is copied in
-//! once, when its batch is handed out, and a newcomer's replay is the ring's (at most two)
+//! A byte ring of whole lines, oldest first, and their count: no per-line bookkeeping, so
+//! a flood of tiny lines cannot make it outgrow its byte bound. A line is copied in once,
+//! when its batch is handed out, and a newcomer's replay is the ring's (at most two)
 //! slices, written like any batch. Bounds: at most `max_lines` lines and `max_bytes` bytes
-//! (the ring's capacity never passes it); the oldest whole lines leave first. What is kept
-//! is always an unbroken run of the most recent lines: a single line longer than
-//! `max_bytes` empties the history rather than leave a gap before the lines after it.
+//! (the ring's capacity never passes it); the oldest whole lines leave first (found by the
+//! `\n` that ends each). What is kept is always an unbroken run of the most recent lines: a
+//! single line longer than `max_bytes` empties the history rather than leave a gap before
+//! the lines after it.
 
 use std::collections::VecDeque;
 
@@ -16,8 +18,8 @@ pub struct History {
     max_bytes: usize,
     /// The lines' bytes, each with its `\n`.
     bytes: VecDeque<u8>,
-    /// Each line's length, in the same order.
-    lengths: VecDeque<usize>,
+    /// How many lines `bytes` holds.
+    lines: usize,
 }
 
 impl History {
@@ -26,13 +28,13 @@ impl History {
             max_lines,
             max_bytes,
             bytes: VecDeque::new(),
-            lengths: VecDeque::new(),
+            lines: 0,
         }
     }
 
     /// Lines kept.
     pub fn lines(&self) -> usize {
-        self.lengths.len()
+        self.lines
     }
 
     /// Bytes kept.
@@ -58,21 +60,30 @@ impl History {
         if line.len() > self.max_bytes {
             // It cannot be kept; older lines without it would leave a gap.
             self.bytes.clear();
-            self.lengths.clear();
+            self.lines = 0;
             return;
         }
-        while self.lengths.len() >= self.max_lines || self.bytes.len() + line.len() > self.max_bytes
+        while self.lines > 0
+            && (self.lines >= self.max_lines || self.bytes.len() + line.len() > self.max_bytes)
         {
-            let Some(oldest) = self.lengths.pop_front() else {
-                break;
-            };
-            self.bytes.drain(..oldest);
+            self.drop_oldest();
         }
-        if self.lengths.len() < self.max_lines {
+        if self.lines < self.max_lines {
             self.reserve(line.len());
             self.bytes.extend(line);
-            self.lengths.push_back(line.len());
+            self.lines += 1;
         }
+    }
+
+    /// Drops the oldest line (up to and including the first `\n`).
+    fn drop_oldest(&mut self) {
+        let (front, back) = self.bytes.as_slices();
+        let end = match memchr::memchr(b'\n', front) {
+            Some(at) => at + 1,
+            None => memchr::memchr(b'\n', back).map_or(self.bytes.len(), |at| front.len() + at + 1),
+        };
+        self.bytes.drain(..end);
+        self.lines -= 1;
     }
 
     /// Grows the ring by doubling, but never past `max_bytes`.
@@ -92,23 +103,21 @@ impl History {
     /// Every kept line, oldest first, one at a time (each with its `\n`), for a wire that
     /// frames lines one by one.
     pub fn for_each_line(&self, mut each: impl FnMut(&[u8])) {
-        let (front, back) = self.bytes.as_slices();
-        let mut at = 0;
-        let mut straddling = Vec::new();
-        for &length in &self.lengths {
-            let end = at + length;
-            if end <= front.len() {
-                each(&front[at..end]);
-            } else if at >= front.len() {
-                each(&back[at - front.len()..end - front.len()]);
-            } else {
-                // The one line that wraps around the ring's end.
-                straddling.clear();
-                straddling.extend_from_slice(&front[at..]);
-                straddling.extend_from_slice(&back[..end - front.len()]);
-                each(&straddling);
-            }
-            at = end;
+        let (front, mut back) = self.bytes.as_slices();
+        let mut rest = front;
+        while let Some(at) = memchr::memchr(b'\n', rest) {
+            each(&rest[..=at]);
+            rest = &rest[at + 1..];
+        }
+        if !rest.is_empty() {
+            // The one line that wraps around the ring's end.
+            let end = memchr::memchr(b'\n', back).map_or(back.len(), |at| at + 1);
+            each(&[rest, &back[..end]].concat());
+            back = &back[end..];
+        }
+        while let Some(at) = memchr::memchr(b'\n', back) {
+            each(&back[..=at]);
+            back = &back[at + 1..];
         }
     }
 }
@@ -139,6 +148,16 @@ mod tests {
         );
         small.keep(b"x\n");
         assert_eq!(kept(&small), b"x\n");
+    }
+
+    #[test]
+    fn tiny_lines_cost_no_more_than_their_bytes() {
+        let mut history = History::new(usize::MAX, 1000);
+        for _ in 0..100_000 {
+            history.keep(b"\n");
+        }
+        assert_eq!((history.lines(), history.len()), (1000, 1000));
+        assert!(history.bytes.capacity() <= 1000);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
@@ -272,6 +272,8 @@ pub struct PendingRequests {
     counters: HttpCounters,
     /// Refusals and timeouts are logged at most `REFUSALS_LOGGED` a second, then summed up.
     refusal_log: RateLimit,
+    /// Addresses of connections closed since the loop last asked.
+    closed: Vec<IpAddr>,
 }
 
 impl Default for PendingRequests {
@@ -281,6 +283,7 @@ impl Default for PendingRequests {
             deadlines: Deadlines::new(REQUEST_TIMEOUT),
             counters: HttpCounters::default(),
             refusal_log: RateLimit::with_burst(REFUSALS_LOGGED),
+            closed: Vec::new(),
         }
     }
 }
@@ -458,7 +461,15 @@ impl PendingRequests {
         let Stage::Answering { response, written } = &mut pending.stage else {
             return;
         };
-        match write_out(&mut pending.transport, response, written) {
+        // All out, then (through TLS) close_notify out too, before the FIN.
+        let done = write_out(&mut pending.transport, response, written).and_then(|out| {
+            if out {
+                pending.transport.shutdown_write()
+            } else {
+                Ok(false)
+            }
+        });
+        match done {
             Ok(true) => {}
             Ok(false) => {
                 let interest = Interest::READABLE | Interest::WRITABLE;
@@ -470,7 +481,6 @@ impl PendingRequests {
             }
             Err(_) => return self.close(token, registry),
         }
-        let _ = pending.transport.shutdown_write();
         pending.stage = Stage::Closing;
         if read_to_end(pending) {
             self.close(token, registry);
@@ -480,7 +490,14 @@ impl PendingRequests {
     fn close(&mut self, token: Token, registry: &Registry) {
         if let Some(mut pending) = self.requests.remove(&token) {
             let _ = registry.deregister(pending.transport.tcp_mut());
+            self.closed.push(pending.peer.ip());
         }
+    }
+
+    /// The addresses of connections closed here since the last call (for the loop's
+    /// per-address counts; an upgraded connection is not among them: it lives on).
+    pub fn take_closed(&mut self) -> Vec<IpAddr> {
+        std::mem::take(&mut self.closed)
     }
 }
 

@@ -16,21 +16,17 @@ use mio::{Interest, Registry, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::low_level::pipe;
 
-/// The stop signals (and, with TLS, SIGHUP: reload), readable through the poller.
+/// The stop signals, and SIGHUP (reload), readable through the poller. SIGHUP is caught
+/// even without TLS, so that a `kill -HUP` from a log rotation never kills the server.
 pub struct StopSignals {
     pipes: Vec<(&'static str, UnixStream)>,
 }
 
 impl StopSignals {
-    /// Installs the handlers and registers their pipes under `token`; SIGHUP too when
-    /// `reload` (otherwise it keeps its default action).
-    pub fn register(registry: &Registry, token: Token, reload: bool) -> io::Result<StopSignals> {
+    /// Installs the handlers and registers their pipes under `token`.
+    pub fn register(registry: &Registry, token: Token) -> io::Result<StopSignals> {
         let mut pipes = Vec::new();
-        let hup = reload.then_some(("SIGHUP", SIGHUP));
-        for (name, signal) in [("SIGINT", SIGINT), ("SIGTERM", SIGTERM)]
-            .into_iter()
-            .chain(hup)
-        {
+        for (name, signal) in [("SIGINT", SIGINT), ("SIGTERM", SIGTERM), ("SIGHUP", SIGHUP)] {
             let (mut read_end, write_end) = UnixStream::pair()?;
             pipe::register(signal, write_end)?;
             registry.register(&mut read_end, token, Interest::READABLE)?;

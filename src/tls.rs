@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -159,6 +159,8 @@ pub struct Handshakes<K> {
     failure_log: RateLimit,
     /// Handshakes that failed (bad certificate, plaintext client, ...) or timed out.
     pub failed: u64,
+    /// Addresses of handshakes ended without success since the loop last asked.
+    closed: Vec<IpAddr>,
 }
 
 impl<K> Default for Handshakes<K> {
@@ -168,6 +170,7 @@ impl<K> Default for Handshakes<K> {
             deadlines: Deadlines::new(HANDSHAKE_TIMEOUT),
             failure_log: RateLimit::with_burst(FAILURES_LOGGED),
             failed: 0,
+            closed: Vec::new(),
         }
     }
 }
@@ -276,8 +279,15 @@ impl<K> Handshakes<K> {
     pub fn close_all(&mut self, registry: &Registry) {
         for (_, mut handshake) in self.pending.drain() {
             let _ = registry.deregister(handshake.transport.tcp_mut());
+            self.closed.push(handshake.peer.ip());
         }
         self.deadlines.clear();
+    }
+
+    /// The addresses of handshakes that failed since the last call (for the loop's
+    /// per-address counts; a completed handshake is not among them: it lives on).
+    pub fn take_closed(&mut self) -> Vec<IpAddr> {
+        std::mem::take(&mut self.closed)
     }
 
     fn fail(&mut self, token: Token, why: &str, registry: &Registry) {
@@ -285,6 +295,7 @@ impl<K> Handshakes<K> {
             return;
         };
         self.failed += 1;
+        self.closed.push(handshake.peer.ip());
         if self.failure_log.admit(Instant::now()) {
             info!("tls: handshake with {} failed: {why}", handshake.peer);
         }

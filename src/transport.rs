@@ -33,13 +33,19 @@ pub enum Transport {
 pub struct TlsStream {
     tcp: TcpStream,
     tls: ServerConnection,
+    /// Set once close_notify was queued (it is sent once).
+    close_notify_sent: bool,
 }
 
 impl Transport {
     /// A TLS transport for a newly accepted socket: the handshake happens as it is read.
     pub fn tls(tcp: TcpStream, mut tls: ServerConnection) -> Transport {
         tls.set_buffer_limit(Some(TLS_CHUNK));
-        Transport::Tls(Box::new(TlsStream { tcp, tls }))
+        Transport::Tls(Box::new(TlsStream {
+            tcp,
+            tls,
+            close_notify_sent: false,
+        }))
     }
 
     /// The socket underneath (for registration, socket options and kernel queue sizes).
@@ -130,13 +136,33 @@ impl Transport {
         }
     }
 
-    /// Ends our side: TLS sends close_notify first (best effort), then the FIN.
-    pub fn shutdown_write(&mut self) -> io::Result<()> {
+    /// Ends our side: through TLS, close_notify first; the FIN follows once every record
+    /// has left. `Ok(false)`: records still wait for room in the socket (call again when it
+    /// is writable; `wants_write` says so).
+    pub fn shutdown_write(&mut self) -> io::Result<bool> {
         if let Transport::Tls(stream) = self {
-            stream.tls.send_close_notify();
-            stream.flush_records()?;
+            if !stream.close_notify_sent {
+                stream.close_notify_sent = true;
+                stream.tls.send_close_notify();
+            }
+            if !stream.flush_records()? {
+                return Ok(false);
+            }
         }
-        self.tcp().shutdown(Shutdown::Write)
+        self.tcp().shutdown(Shutdown::Write)?;
+        Ok(true)
+    }
+
+    /// Plaintext rustls holds, already received and decrypted but not read yet (0 in the
+    /// clear): input that no readiness event will announce.
+    pub fn buffered_plaintext(&mut self) -> usize {
+        match self {
+            Transport::Plain(_) => 0,
+            Transport::Tls(stream) => stream
+                .tls
+                .process_new_packets()
+                .map_or(0, |state| state.plaintext_bytes_to_read()),
+        }
     }
 }
 

@@ -55,6 +55,12 @@ fn a_denied_address_is_closed_at_once_and_what_it_sent_reaches_no_one() {
     server.wait_for_log("denied 127.0.0.3:");
     writer.send(b"marker\n");
     reader.expect(b"marker\n"); // had "secret" been broadcast, it would come first
+    server.signal(libc::SIGTERM);
+    let stats = server.wait_for_log("stats:");
+    assert!(
+        stats.contains(" bytes_in=7 "),
+        "only the marker was read: {stats}"
+    );
 }
 
 #[test]
@@ -162,4 +168,51 @@ fn an_address_range_that_is_not_one_is_refused_at_start() {
         );
         assert!(!stderr.contains("listening"), "{stderr}");
     }
+}
+
+#[test]
+fn one_address_cannot_crowd_others_out_with_unfinished_requests_or_handshakes() {
+    // Web requests that never finish count for their address.
+    let server = Server::start(&["--http", "127.0.0.1:0", "--max-clients-per-ip", "2"]);
+    let web = server.web_addr();
+    let _dawdlers: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut client = Client::connect_from(web, loopback(2));
+            client.send(b"GET / HTTP/1.1\r\n");
+            client
+        })
+        .collect();
+    let mut third = Client::connect_from(web, loopback(2));
+    let answer = String::from_utf8(read_until_closed(&mut third)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 429 "), "{answer}");
+    let mut other = Client::connect_from(web, loopback(3));
+    other.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    let answer = String::from_utf8(read_until_closed(&mut other)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+
+    // TLS handshakes that never start count too; past the limit one is closed unanswered
+    // at once, and another address still gets through.
+    let pki = common::tls::Pki::new("per-address");
+    let (cert, key) = pki.issue("server", false);
+    let tls = Server::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--max-clients-per-ip",
+        "2",
+    ]);
+    let _stalled: Vec<Client> = (0..2)
+        .map(|_| Client::connect_from(tls.addr(), loopback(2)))
+        .collect();
+    let started = std::time::Instant::now();
+    let mut over = Client::connect_from(tls.addr(), loopback(2));
+    assert_eq!(read_until_closed(&mut over), b"");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "not closed at once"
+    );
+    tls.wait_for_log("refused 127.0.0.2:");
+    let client = common::tls::TlsClient::connect(tls.addr(), pki.client_config(None));
+    assert!(client.is_ok(), "another address was crowded out");
 }

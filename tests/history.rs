@@ -86,35 +86,77 @@ fn history_bytes_keeps_whole_recent_lines_and_memory_stays_bounded() {
 }
 
 #[test]
-fn a_joiner_that_never_reads_is_cut_at_max_queue_and_no_one_else_notices() {
-    let server = Server::start(&[
+fn a_joiner_that_never_reads_is_cut_at_max_queue_and_one_that_reads_gets_everything() {
+    let server = Server::start(&["--history", "1000", "--history-bytes", "6MiB"]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    let line = |k: usize| format!("{}{k}\n", "r".repeat(60_000)).into_bytes();
+    let history: Vec<u8> = (0..100).flat_map(line).collect();
+    broadcast(&mut sender, &mut witness, &history);
+    // A joiner that reads nothing: its receive buffer is tiny (set before it connects).
+    let stuck = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    stuck.set_recv_buffer_size(4096).unwrap();
+    stuck.connect(&server.addr().into()).unwrap();
+    let stuck_addr = stuck.local_addr().unwrap().as_socket().unwrap();
+    server.wait_for_log(&format!("client {stuck_addr} connected"));
+    // A joiner that reads gets the same 6 MB replay in full, then the live lines.
+    let mut reader = server.connect();
+    reader.expect(&history);
+    // Live lines push the one that does not read past --max-queue (8 MiB).
+    for k in 100..300 {
+        let live = line(k);
+        sender.send(&live);
+        witness.expect(&live);
+        reader.expect(&live);
+    }
+    let verdict = server.wait_for_disconnect(stuck_addr);
+    assert!(verdict.contains("slow consumer"), "{verdict}");
+    assert_eq!(
+        server.log_lines("is a slow consumer").len(),
+        1,
+        "only the one that does not read"
+    );
+}
+
+#[test]
+fn a_history_that_cannot_fit_in_max_queue_is_refused_at_start() {
+    let output = Server::command(&[
         "--history",
-        "1000",
+        "10",
         "--history-bytes",
         "16MiB",
         "--max-queue",
         "1MiB",
-    ]);
+    ])
+    .output()
+    .expect("run the binary");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("error: --history-bytes (16777216 bytes) must fit in --max-queue"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_flood_of_empty_lines_keeps_the_history_within_its_bytes() {
+    let server = Server::start(&["--history", "100000000", "--history-bytes", "1MiB"]);
     let mut sender = server.connect();
     let mut witness = server.connect();
-    let filler = "r".repeat(60_000);
-    for k in 0..100 {
-        broadcast(
-            &mut sender,
-            &mut witness,
-            format!("{filler}{k}\n").as_bytes(),
-        );
+    let rss_before = server.rss_kib();
+    let empties = vec![b'\n'; 1 << 20];
+    for _ in 0..4 {
+        broadcast(&mut sender, &mut witness, &empties);
     }
-    // 6 MB of replay for a joiner that reads nothing.
-    // (Its receive buffer is set before it connects: the verdict may come at once.)
-    let stuck = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    stuck.set_recv_buffer_size(4096).unwrap();
-    stuck.connect(&server.addr().into()).unwrap();
-    let local = stuck.local_addr().unwrap().as_socket().unwrap();
-    let line = server.wait_for_disconnect(local);
-    assert!(line.contains("slow consumer"), "{line}");
-    sender.send(b"still here\n");
-    witness.expect(b"still here\n");
+    let peak = server.peak_rss_kib();
+    assert!(
+        peak < rss_before + 8 * 1024,
+        "4 M empty lines grew the history: {rss_before} KiB before, peak {peak} KiB"
+    );
+    let mut joiner = server.connect();
+    joiner.expect(&empties); // the last 1 MiB of them: 1,048,576 empty lines
+    sender.send(b"live\n");
+    joiner.expect(b"live\n");
 }
 
 #[test]

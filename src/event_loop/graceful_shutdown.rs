@@ -53,7 +53,7 @@ impl EventLoop {
             .retain(|token| connections.get(token).is_some_and(|c| !c.is_open()));
         let mut finales: Vec<Finale> = self
             .connections
-            .iter()
+            .iter_mut()
             .filter(|(_, connection)| connection.is_open())
             .map(|(&token, connection)| Finale {
                 token,
