@@ -730,12 +730,10 @@ impl ClientConnection {
             return false;
         }
         if !write_shut {
-            // TLS: close_notify first, and the FIN only once it has left.
-            match self.transport.shutdown_write() {
-                Ok(false) => return false,
-                // Ok: done; an error means the peer is gone already, and the close that
-                // follows is all we need.
-                Ok(true) | Err(_) => {}
+            // TLS: close_notify first, and the FIN only once it has left. (An error means
+            // the peer is gone already; the close that follows is all we need.)
+            if let Ok(false) = self.transport.shutdown_write() {
+                return false;
             }
             self.phase = Phase::Draining {
                 reason,
