@@ -5,11 +5,14 @@
 //! milliseconds): at 5,000 lines/s each tick writes 5 lines. Every reader checks every line it
 //! receives (see `receive`) and times it from the kernel's arrival timestamp (see `net`).
 //! Readers speak plain TCP, or WebSocket to a server's web listener (see `ws`): their frames
-//! are turned back into lines before the same checks.
+//! are turned back into lines before the same checks. Clients may also speak TLS (see
+//! `tls_client`): their sessions are driven by the same loop, and a reader's records are
+//! decrypted back into lines before the same checks.
 
 use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -20,6 +23,7 @@ use crate::line::{self, Header};
 use crate::net::{enable_rx_timestamps, quick_ack, recv_stamped, wall_ns};
 use crate::receive::{Expect, Receiver, Tally};
 use crate::target::{Watched, thread_cpu_time, thread_cpu_wait};
+use crate::tls_client;
 use crate::ws::{self, Deframer};
 
 /// What a client of the swarm does.
@@ -39,19 +43,23 @@ enum Wire {
     Tcp,
     /// WebSocket (readers only): a frame per line, decoded back into the line.
     WebSocket(Deframer),
+    /// Lines through TLS: records decrypted back into the lines, and a sender's lines
+    /// encrypted (boxed: plain clients stay small).
+    Tls(Box<rustls::ClientConnection>),
 }
 
 /// One client connection of the swarm.
 struct Peer {
     stream: TcpStream,
     role: Role,
-    /// What it speaks: plain lines, or WebSocket frames.
+    /// What it speaks: plain lines, WebSocket frames, or TLS records.
     wire: Wire,
     /// The server it is connected to: an index into the swarm's `servers`.
     side: usize,
     /// Its checks on what it receives.
     receiver: Receiver,
-    /// Bytes read over the swarm's lifetime (warm-up waits until each reader has some).
+    /// Bytes read over the swarm's lifetime (warm-up waits until each reader has some); for
+    /// TLS, plaintext bytes, so that session tickets do not count.
     bytes_in: u64,
     /// Set when the server closed or reset the connection.
     closed_at: Option<Instant>,
@@ -252,10 +260,11 @@ pub const MAX_BACKLOG: usize = 4 << 20;
 const MAX_READS_PER_VISIT: usize = 16;
 const READ_BUF_LEN: usize = 256 * 1024;
 
-/// The buffers of a WebSocket reader's read, shared by every WebSocket reader.
+/// The buffers of a WebSocket or TLS reader's read, shared by every such reader.
 #[derive(Default)]
-struct FrameBuffers {
-    /// The frames as read (`READ_BUF_LEN` bytes, allocated with the first WebSocket reader).
+struct WireBuffers {
+    /// The frames or records as read (`READ_BUF_LEN` bytes, allocated with the first
+    /// WebSocket or TLS client).
     input: Vec<u8>,
     /// The line carried from the previous read, then the lines decoded from this one.
     lines: Vec<u8>,
@@ -263,7 +272,14 @@ struct FrameBuffers {
     pongs: Vec<u8>,
 }
 
-impl FrameBuffers {
+impl WireBuffers {
+    /// Allocates the input buffer, once.
+    fn allocate(&mut self) {
+        if self.input.is_empty() {
+            self.input = vec![0; READ_BUF_LEN];
+        }
+    }
+
     /// Decodes the `n` bytes of frames just read into `lines`, after the line `carried`
     /// from the previous read, and answers the server's pings on `stream`.
     fn decode(
@@ -285,6 +301,23 @@ impl FrameBuffers {
         }
         decoded
     }
+
+    /// Decrypts the `n` bytes of records just read into `lines`, after the line `carried`
+    /// from the previous read, and sends what the session owes the server (best effort,
+    /// as pongs are).
+    fn decrypt(
+        &mut self,
+        connection: &mut rustls::ClientConnection,
+        carried: &[u8],
+        n: usize,
+        stream: &mut TcpStream,
+    ) -> tls_client::Decrypted {
+        self.lines.clear();
+        self.lines.extend_from_slice(carried);
+        let decrypted = tls_client::decrypt(connection, &self.input[..n], &mut self.lines);
+        tls_client::flush(connection, stream);
+        decrypted
+    }
 }
 
 /// All clients of a scenario.
@@ -299,7 +332,7 @@ pub struct Swarm {
     line_len: usize,
     template: Vec<u8>,
     read_buf: Vec<u8>,
-    frames: FrameBuffers,
+    wire_buffers: WireBuffers,
     /// The servers the clients are connected to, in the order of their first client.
     servers: Vec<SocketAddr>,
     /// What the readers of each server received in the current run, by side.
@@ -329,7 +362,7 @@ impl Swarm {
             line_len,
             template: line::template(line_len),
             read_buf: vec![0; READ_BUF_LEN + line_len],
-            frames: FrameBuffers::default(),
+            wire_buffers: WireBuffers::default(),
             servers: Vec::new(),
             tallies: Vec::new(),
             unfinished: Vec::new(),
@@ -370,10 +403,39 @@ impl Swarm {
             let wire = Wire::WebSocket(Deframer::default());
             self.add_peer(std_stream, Role::Reader, wire, side)?;
         }
-        if self.frames.input.is_empty() {
-            self.frames.input = vec![0; READ_BUF_LEN];
-        }
+        self.wire_buffers.allocate();
         Ok(())
+    }
+
+    /// Connects `count` TLS clients with `role` to the server at `addr`, each completing
+    /// its handshake (blocking) before the next connects, so that every handshake is over
+    /// before a measured run; fails if one is refused. Returns the protocol version and
+    /// cipher suite the last one negotiated.
+    pub fn connect_tls(
+        &mut self,
+        addr: SocketAddr,
+        config: &Arc<rustls::ClientConfig>,
+        role: Role,
+        count: usize,
+    ) -> Result<String, String> {
+        let side = self.side_of(addr);
+        let mut negotiated = String::new();
+        for _ in 0..count {
+            let n = self.peers.len() + 1;
+            let fail = |why: String| format!("connection {n} failed: {why}");
+            let mut std_stream =
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                    .map_err(|e| fail(e.to_string()))?;
+            // Nagle would hold the handshake's second flight back for an ACK.
+            std_stream
+                .set_nodelay(true)
+                .map_err(|e| fail(e.to_string()))?;
+            let connection = tls_client::handshake(&mut std_stream, config).map_err(fail)?;
+            negotiated = tls_client::describe(&connection);
+            self.add_peer(std_stream, role, Wire::Tls(Box::new(connection)), side)?;
+        }
+        self.wire_buffers.allocate();
+        Ok(negotiated)
     }
 
     /// Makes a connected socket a client of the swarm on `side`.
@@ -656,10 +718,21 @@ impl Swarm {
         line::stamp(&mut peer.out[start..], header);
     }
 
-    /// Hands each sender's pending lines to the kernel, as far as it takes them.
+    /// Hands each sender's pending lines to the kernel (through its TLS session, if it has
+    /// one), as far as it takes them.
     fn flush_senders(&mut self) {
         for &index in &self.senders {
             let peer = &mut self.peers[index];
+            if let Wire::Tls(connection) = &mut peer.wire {
+                if peer.closed_at.is_some() {
+                    continue;
+                }
+                match tls_client::send(connection, &mut peer.stream, &peer.out[peer.out_sent..]) {
+                    Ok(n) => peer.out_sent += n,
+                    Err(_) => peer.closed_at = Some(Instant::now()),
+                }
+                continue;
+            }
             while peer.out_sent < peer.out.len() && peer.closed_at.is_none() {
                 match peer.stream.write(&peer.out[peer.out_sent..]) {
                     Ok(n) => peer.out_sent += n,
@@ -727,12 +800,13 @@ impl Swarm {
     /// the socket: with edge-triggered epoll any later segment raises a new event, so the
     /// extra read that would return `WouldBlock` is skipped — unless the peer hung up, when
     /// reading on finds the end of the stream. A WebSocket reader's frames are decoded into
-    /// lines first, and every line completed in a read gets that read's arrival time.
+    /// lines first, and a TLS reader's records decrypted, and every line completed in a read
+    /// gets that read's arrival time.
     fn read_peer(&mut self, index: usize, hung_up: bool) -> bool {
         let Swarm {
             peers,
             read_buf,
-            frames,
+            wire_buffers,
             tallies,
             sent,
             line_len,
@@ -748,7 +822,7 @@ impl Swarm {
                     read_buf[..carried].copy_from_slice(peer.receiver.carried());
                     &mut read_buf[carried..]
                 }
-                Wire::WebSocket(_) => &mut frames.input[..],
+                Wire::WebSocket(_) | Wire::Tls(_) => &mut wire_buffers.input[..],
             };
             let room = into.len();
             let (n, stamp) = match recv_stamped(peer.stream.as_raw_fd(), into) {
@@ -764,7 +838,6 @@ impl Swarm {
                     return true;
                 }
             };
-            peer.bytes_in += n as u64;
             if *quickack {
                 // Best effort: a socket that refuses it just keeps delaying its ACKs.
                 let _ = quick_ack(peer.stream.as_raw_fd());
@@ -780,12 +853,23 @@ impl Swarm {
                 arrival_ns,
             };
             let (data, server_closed): (&[u8], bool) = match &mut peer.wire {
-                Wire::Tcp => (&read_buf[..carried + n], false),
+                Wire::Tcp => {
+                    peer.bytes_in += n as u64;
+                    (&read_buf[..carried + n], false)
+                }
                 Wire::WebSocket(deframer) => {
+                    peer.bytes_in += n as u64;
                     let carried = peer.receiver.carried();
-                    let decoded = frames.decode(deframer, carried, n, &mut peer.stream);
+                    let decoded = wire_buffers.decode(deframer, carried, n, &mut peer.stream);
                     tally.malformed += decoded.malformed;
-                    (&frames.lines, decoded.closed)
+                    (&wire_buffers.lines, decoded.closed)
+                }
+                Wire::Tls(connection) => {
+                    let carried = peer.receiver.carried();
+                    let decrypted = wire_buffers.decrypt(connection, carried, n, &mut peer.stream);
+                    peer.bytes_in += decrypted.plaintext as u64;
+                    tally.malformed += decrypted.malformed;
+                    (&wire_buffers.lines, decrypted.closed)
                 }
             };
             let delivered_before = tally.delivered;

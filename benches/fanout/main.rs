@@ -6,8 +6,9 @@
 //! it receives: latency from the kernel's arrival timestamp into an HDR histogram; loss,
 //! duplicates and reordering by sequence number; cut or corrupt lines as malformed. Scenarios:
 //! fanout (highest sustained rate and same-rate figures, 1 → 100), chat, idle, slow-consumer,
-//! all-talk, bridge (two instances joined through nats-server, when it is installed), and
-//! websocket (100 WebSocket receivers next to 100 TCP ones).
+//! all-talk, bridge (two instances joined through nats-server, when it is installed),
+//! websocket (100 WebSocket receivers next to 100 TCP ones), and tls (1 → 100 over TLS next
+//! to plaintext, and `ncat --ssl --broker`).
 //! Prints the tables and writes them to fanout-bench.json in the target dir.
 
 mod bridge;
@@ -18,6 +19,8 @@ mod receive;
 mod report;
 mod scenarios;
 mod target;
+mod tls;
+mod tls_client;
 mod websocket;
 mod ws;
 
@@ -43,8 +46,9 @@ pub struct Options {
     #[arg(long, value_enum)]
     only: Option<Scenario>,
 
-    /// Fanout at these offered rates (lines/s, comma-separated) on every server, instead of
-    /// the search; e.g. 5000,20000,50000,200000.
+    /// Fanout (and tls: plaintext and TLS) at these offered rates (lines/s, comma-separated)
+    /// on every server, instead of the search and the default rates; e.g.
+    /// 5000,20000,50000,200000.
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=2_560_000))]
     rates: Vec<u32>,
 
@@ -96,7 +100,8 @@ fn main() -> ExitCode {
     let options = Options::parse();
     let checks = line::self_check()
         .and_then(|()| receive::self_check())
-        .and_then(|()| ws::self_check());
+        .and_then(|()| ws::self_check())
+        .and_then(|()| tls_client::self_check());
     if let Err(why) = checks {
         eprintln!("error: the bench's own line checks fail: {why}");
         return ExitCode::FAILURE;
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
     }
     report::print_table(&rows);
     report::print_same_rate(&rows);
+    tls::print_comparison(&rows);
     report::write_json(&rows, mode(&options));
     let failures = failures(&rows, options.quick);
     if failures.is_empty() {

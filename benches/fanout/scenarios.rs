@@ -26,13 +26,16 @@ pub enum Scenario {
     /// 1 TCP sender → 100 WebSocket receivers (`--http`), 64-byte lines, next to the same
     /// with 100 TCP receivers; broadcast-server only.
     Websocket,
+    /// 1 → 100, 64-byte lines, every client speaking TLS, next to the same in plaintext;
+    /// ncat as `ncat --ssl --broker`.
+    Tls,
 }
 
 /// The rates of the same-rate fanout table when `--rates` is not given.
 pub const DEFAULT_RATES: [u32; 4] = [5_000, 20_000, 50_000, 200_000];
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Fanout,
         Scenario::Chat,
         Scenario::Idle,
@@ -40,6 +43,7 @@ impl Scenario {
         Scenario::AllTalk,
         Scenario::Bridge,
         Scenario::Websocket,
+        Scenario::Tls,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +55,7 @@ impl Scenario {
             Scenario::AllTalk => "all-talk",
             Scenario::Bridge => "bridge",
             Scenario::Websocket => "websocket",
+            Scenario::Tls => "tls",
         }
     }
 
@@ -90,6 +95,7 @@ impl Scenario {
             Scenario::AllTalk => row(all_talk(kind, options)),
             Scenario::Bridge => crate::bridge::bridge(kind, options),
             Scenario::Websocket => crate::websocket::websocket(kind, options),
+            Scenario::Tls => crate::tls::tls(kind, options),
         }
     }
 }
@@ -302,6 +308,18 @@ pub fn rate_search(
     scenario: &str,
     kind: Kind,
     options: &Options,
+    trial: impl FnMut(f64) -> Result<Trial, String>,
+) -> Row {
+    rate_search_from(5_000.0, scenario, kind, options, trial)
+}
+
+/// [`rate_search`], doubling from `start` lines/s instead (for servers that may not
+/// sustain 5,000).
+pub fn rate_search_from(
+    start: f64,
+    scenario: &str,
+    kind: Kind,
+    options: &Options,
     mut trial: impl FnMut(f64) -> Result<Trial, String>,
 ) -> Row {
     let row = |result, note| Row {
@@ -313,7 +331,7 @@ pub fn rate_search(
     let mut best: Option<Outcome> = None;
     let mut latency_only = Vec::new();
     let mut stop = None;
-    let mut rate = 5_000.0;
+    let mut rate = start;
     while rate <= 2_560_000.0 {
         let Trial { outcome, detail } = match trial(rate) {
             Ok(trial) => trial,

@@ -1,6 +1,7 @@
 //! The servers under test: broadcast-server (release build) and `ncat --broker`, each started
 //! on a free loopback port, pinned to one core, and watched through /proc (RSS) and its
-//! CPU-time clock; and `nats-server`, for the bridge scenario.
+//! CPU-time clock (either may speak TLS, for the tls scenario); and `nats-server`, for the
+//! bridge scenario.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -90,6 +91,27 @@ impl Target {
     /// As [`Target::start`]; with `log`, broadcast-server logs at info level (its NATS
     /// bridge's state, its final counters) into that file instead of warnings to nowhere.
     pub fn start_logging(kind: Kind, extra: &[&str], log: Option<&Path>) -> Result<Target, String> {
+        Target::launch(kind, extra, None, log)
+    }
+
+    /// As [`Target::start_logging`], speaking TLS with `tls` on every listener:
+    /// broadcast-server with `--tls-cert`/`--tls-key`, ncat with `--ssl --ssl-cert
+    /// --ssl-key`. With `log`, ncat's complaints (stderr) go there too.
+    pub fn start_tls(
+        kind: Kind,
+        extra: &[&str],
+        tls: &TlsFiles,
+        log: Option<&Path>,
+    ) -> Result<Target, String> {
+        Target::launch(kind, extra, Some(tls), log)
+    }
+
+    fn launch(
+        kind: Kind,
+        extra: &[&str],
+        tls: Option<&TlsFiles>,
+        log: Option<&Path>,
+    ) -> Result<Target, String> {
         let addr = free_port()?;
         let mut command = pinned_command();
         match kind {
@@ -102,12 +124,21 @@ impl Target {
                     Some(_) => command.env_remove("RUST_LOG"),
                     None => command.arg("-q"),
                 };
+                if let Some(tls) = tls {
+                    command.arg("--tls-cert").arg(&tls.cert);
+                    command.arg("--tls-key").arg(&tls.key);
+                }
                 command.args(extra);
             }
             Kind::Ncat => {
                 // ncat refuses more than 100 clients unless told otherwise.
                 let port = addr.port().to_string();
                 command.args(["ncat", "--broker", "--max-conns", "20000"]);
+                if let Some(tls) = tls {
+                    command.arg("--ssl");
+                    command.arg("--ssl-cert").arg(&tls.cert);
+                    command.arg("--ssl-key").arg(&tls.key);
+                }
                 command.args(["--listen", "127.0.0.1", &port]);
             }
         }
@@ -256,6 +287,12 @@ impl Drop for Target {
     }
 }
 
+/// A certificate chain and its key (PEM files) for a server to speak TLS with.
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// A directory for one run's files (port files, server logs), removed with its contents on
 /// drop.
 pub struct Scratch(pub PathBuf);
@@ -277,6 +314,31 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// What a server log says about clients leaving, warnings, errors and failed TLS
+/// handshakes (broadcast-server's log), or anything ncat complained of ("" if nothing):
+/// for a run's note, and a search's reason for stopping.
+pub fn log_findings(log: &str) -> String {
+    let message = |line: &str| line.split_once("] ").map_or(line, |(_, m)| m).to_string();
+    let mut findings = Vec::new();
+    for (what, pattern) in [
+        ("clients disconnected", " disconnected (token "),
+        ("warnings", " WARN "),
+        ("errors", " ERROR "),
+        ("failed TLS handshakes", "tls: handshake with "),
+        ("ncat messages", "Ncat: "),
+    ] {
+        let mut found = log.lines().filter(|l| l.contains(pattern));
+        if let Some(first) = found.next() {
+            let count = 1 + found.count();
+            findings.push(format!(
+                "server log: {count} {what}, first: {}",
+                message(first)
+            ));
+        }
+    }
+    findings.join("; ")
 }
 
 /// `taskset -c SERVER_CPU`, ready for the program and its arguments.

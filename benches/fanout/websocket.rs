@@ -20,7 +20,7 @@ use crate::Options;
 use crate::load::{Load, Outcome, Role, Swarm};
 use crate::report::{self, Metrics, Row, delivery_metrics};
 use crate::scenarios::{Trial, limit_note, measure, rate_search, trial_duration};
-use crate::target::{Kind, Scratch, Target};
+use crate::target::{Kind, Scratch, Target, log_findings};
 
 /// Line length, as in fanout.
 const LINE_LEN: usize = 64;
@@ -113,28 +113,11 @@ impl WebServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// What the server logged, after the first `since` bytes of its log, about clients
-    /// leaving and anything it warned of ("" if nothing), for a run's note (and a search's
-    /// reason for stopping).
+    /// What the server logged after the first `since` bytes of its log (see
+    /// [`log_findings`]).
     fn log_findings(&self, since: usize) -> String {
         let text = self.log_text();
-        let log = text.get(since..).unwrap_or_default();
-        let message = |line: &str| line.split_once("] ").map_or(line, |(_, m)| m).to_string();
-        let mut findings = Vec::new();
-        for (what, pattern) in [
-            ("clients disconnected", " disconnected (token "),
-            ("warnings", " WARN "),
-        ] {
-            let mut found = log.lines().filter(|l| l.contains(pattern));
-            if let Some(first) = found.next() {
-                let count = 1 + found.count();
-                findings.push(format!(
-                    "server log: {count} {what}, first: {}",
-                    message(first)
-                ));
-            }
-        }
-        findings.join("; ")
+        log_findings(text.get(since..).unwrap_or_default())
     }
 }
 
