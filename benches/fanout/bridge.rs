@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::Options;
 use crate::load::{Load, Outcome, Role, Side, Swarm};
-use crate::report::{Metrics, Row, delivery_metrics, side_metrics};
+use crate::report::{Metrics, Row, join, rate_metrics, side_metrics};
 use crate::scenarios::{Trial, fanout_trial, limit_note, measure, rate_search, trial_duration};
 use crate::target::{Kind, SERVER_CPU, Scratch, Target, Watched, cpu_busy};
 
@@ -375,7 +375,7 @@ fn baseline_row(kind: Kind, options: &Options) -> Row {
     Row {
         scenario: "bridge-baseline".into(),
         server: kind.name(),
-        result: result.map(|o| rate_metrics(LATENCY_RATE, &o)),
+        result: result.map(|o| rate_metrics(LATENCY_RATE, None, &o)),
         note,
     }
 }
@@ -395,7 +395,11 @@ fn solo_rows(kind: Kind, options: &Options) -> Vec<Row> {
     println!("   one instance with --nats and no other instance, fanout 1 → 100:");
     let with = cluster_trial(&[100], SOLO_RATE, trial_duration(options), options);
     let plain_row = match &plain {
-        Ok(o) => row("bridge-solo", Ok(rate_metrics(SOLO_RATE, o)), limit_note(o)),
+        Ok(o) => row(
+            "bridge-solo",
+            Ok(rate_metrics(SOLO_RATE, None, o)),
+            limit_note(o),
+        ),
         Err(why) => row("bridge-solo", Err(why.clone()), String::new()),
     };
     let with_row = match with {
@@ -418,7 +422,7 @@ fn solo_nats_metrics(run: &ClusterRun, plain: Option<&Outcome>) -> (Metrics, Str
     let per_delivery = |cpu: Duration| cpu.as_nanos() as f64 / o.tally.delivered.max(1) as f64;
     let instance_ns = per_delivery(o.server_cpu_total_each[0]);
     let nats_ns = per_delivery(o.server_cpu_total_each[1]);
-    let mut metrics = rate_metrics(SOLO_RATE, o);
+    let mut metrics = rate_metrics(SOLO_RATE, None, o);
     metrics.extend(
         cpu_split(o)
             .into_iter()
@@ -465,23 +469,6 @@ fn solo_nats_metrics(run: &ClusterRun, plain: Option<&Outcome>) -> (Metrics, Str
         ));
     }
     (metrics, join(&note))
-}
-
-/// A fixed-rate row's figures: the rate, then the usual delivery figures.
-fn rate_metrics(rate: f64, o: &Outcome) -> Metrics {
-    let mut metrics = vec![("lines_per_s", rate)];
-    metrics.extend(delivery_metrics(o));
-    metrics
-}
-
-/// The non-empty parts, joined with "; ".
-fn join(parts: &[String]) -> String {
-    let parts: Vec<&str> = parts
-        .iter()
-        .map(String::as_str)
-        .filter(|p| !p.is_empty())
-        .collect();
-    parts.join("; ")
 }
 
 /// The figures a reader of the scenario wants side by side.

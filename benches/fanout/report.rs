@@ -62,6 +62,25 @@ pub fn delivery_metrics(o: &Outcome) -> Metrics {
 
 /// What the readers connected to one server of several received, on their own (the
 /// delivery figures of the whole run are in [`delivery_metrics`]).
+/// A fixed-rate row's figures: the rate (and the receivers, if given), then the usual
+/// delivery figures.
+pub fn rate_metrics(rate: f64, receivers: Option<usize>, o: &Outcome) -> Metrics {
+    let mut metrics = vec![("lines_per_s", rate)];
+    metrics.extend(receivers.map(|n| ("receivers", n as f64)));
+    metrics.extend(delivery_metrics(o));
+    metrics
+}
+
+/// The non-empty parts, joined with "; ".
+pub fn join(parts: &[String]) -> String {
+    let parts: Vec<&str> = parts
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !p.is_empty())
+        .collect();
+    parts.join("; ")
+}
+
 pub fn side_metrics(side: &Side) -> Metrics {
     vec![
         ("expected_deliveries", side.expected as f64),

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::Options;
 use crate::load::{Load, Outcome, Role, Swarm};
-use crate::report::{Metrics, Row, delivery_metrics};
+use crate::report::{Metrics, Row, join, rate_metrics};
 use crate::scenarios::{Trial, limit_note, measure, rate_search_from, trial_duration};
 use crate::target::{Kind, Scratch, Target, log_findings};
 use crate::tls_client::Pki;
@@ -222,23 +222,6 @@ fn trial(
     })
 }
 
-/// A fixed-rate row's figures: the rate and receivers, then the usual delivery figures.
-fn rate_metrics(rate: f64, receivers: usize, o: &Outcome) -> Metrics {
-    let mut metrics = vec![("lines_per_s", rate), ("receivers", receivers as f64)];
-    metrics.extend(delivery_metrics(o));
-    metrics
-}
-
-/// The non-empty parts, joined with "; ".
-fn join(parts: &[String]) -> String {
-    let parts: Vec<&str> = parts
-        .iter()
-        .map(String::as_str)
-        .filter(|p| !p.is_empty())
-        .collect();
-    parts.join("; ")
-}
-
 /// The quick run: a few TLS receivers, briefly (see the module documentation).
 fn quick_row(kind: Kind, pki: &Pki, options: &Options) -> Row {
     let run = trial(
@@ -254,7 +237,11 @@ fn quick_row(kind: Kind, pki: &Pki, options: &Options) -> Row {
         Ok(Run { trial, session }) => row(
             kind,
             "tls",
-            Ok(rate_metrics(QUICK_RATE, QUICK_RECEIVERS, &trial.outcome)),
+            Ok(rate_metrics(
+                QUICK_RATE,
+                Some(QUICK_RECEIVERS),
+                &trial.outcome,
+            )),
             join(&[session, limit_note(&trial.outcome), trial.detail]),
         ),
         Err(why) => row(kind, "tls", Err(why), String::new()),
@@ -275,7 +262,7 @@ fn compare_rows(kind: Kind, pki: &Pki, rate: f64, options: &Options) -> Vec<Row>
         Ok(run) => row(
             kind,
             PLAIN_ROW,
-            Ok(rate_metrics(rate, RECEIVERS, &run.trial.outcome)),
+            Ok(rate_metrics(rate, Some(RECEIVERS), &run.trial.outcome)),
             join(&[limit_note(&run.trial.outcome), run.trial.detail.clone()]),
         ),
         Err(why) => row(kind, PLAIN_ROW, Err(why.clone()), String::new()),
@@ -297,7 +284,7 @@ fn compare_rows(kind: Kind, pki: &Pki, rate: f64, options: &Options) -> Vec<Row>
 /// saturated generator, a busy machine) is named in the note.
 fn compare_metrics(rate: f64, tls: &Run, plain: Option<&Run>) -> (Metrics, String) {
     let o = &tls.trial.outcome;
-    let mut metrics = rate_metrics(rate, RECEIVERS, o);
+    let mut metrics = rate_metrics(rate, Some(RECEIVERS), o);
     let Some(plain) = plain.map(|r| &r.trial.outcome) else {
         let note = [
             "no plaintext run to compare with".to_string(),

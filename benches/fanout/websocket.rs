@@ -17,8 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::Options;
-use crate::load::{Load, Outcome, Role, Swarm};
-use crate::report::{self, Metrics, Row, delivery_metrics};
+use crate::load::{Load, Role, Swarm};
+use crate::report::{self, Metrics, Row, join, rate_metrics};
 use crate::scenarios::{Trial, limit_note, measure, rate_search, trial_duration};
 use crate::target::{Kind, Scratch, Target, log_findings};
 
@@ -178,23 +178,6 @@ fn trial(
     })
 }
 
-/// A fixed-rate row's figures: the rate and receivers, then the usual delivery figures.
-fn rate_metrics(rate: f64, receivers: usize, o: &Outcome) -> Metrics {
-    let mut metrics = vec![("lines_per_s", rate), ("receivers", receivers as f64)];
-    metrics.extend(delivery_metrics(o));
-    metrics
-}
-
-/// The non-empty parts, joined with "; ".
-fn join(parts: &[String]) -> String {
-    let parts: Vec<&str> = parts
-        .iter()
-        .map(String::as_str)
-        .filter(|p| !p.is_empty())
-        .collect();
-    parts.join("; ")
-}
-
 /// The quick run: a few WebSocket receivers, briefly (see the module documentation).
 fn quick_row(kind: Kind, options: &Options) -> Row {
     let run = trial(
@@ -207,7 +190,7 @@ fn quick_row(kind: Kind, options: &Options) -> Row {
     );
     let (result, note) = match run {
         Ok(Trial { outcome, detail }) => (
-            Ok(rate_metrics(QUICK_RATE, QUICK_RECEIVERS, &outcome)),
+            Ok(rate_metrics(QUICK_RATE, Some(QUICK_RECEIVERS), &outcome)),
             join(&[limit_note(&outcome), detail]),
         ),
         Err(why) => (Err(why), String::new()),
@@ -245,7 +228,7 @@ fn compare_rows(kind: Kind, rate: f64, options: &Options) -> Vec<Row> {
     let tcp_row = match &tcp {
         Ok(t) => row(
             "websocket-rate-tcp",
-            Ok(rate_metrics(rate, RECEIVERS, &t.outcome)),
+            Ok(rate_metrics(rate, Some(RECEIVERS), &t.outcome)),
             join(&[limit_note(&t.outcome), t.detail.clone()]),
         ),
         Err(why) => row("websocket-rate-tcp", Err(why.clone()), String::new()),
@@ -266,7 +249,7 @@ fn compare_rows(kind: Kind, rate: f64, options: &Options) -> Vec<Row> {
 /// saturated generator, a busy machine) is named in the note.
 fn compare_metrics(rate: f64, websocket: &Trial, tcp: Option<&Trial>) -> (Metrics, String) {
     let o = &websocket.outcome;
-    let mut metrics = rate_metrics(rate, RECEIVERS, o);
+    let mut metrics = rate_metrics(rate, Some(RECEIVERS), o);
     let Some(tcp) = tcp.map(|t| &t.outcome) else {
         let note = [
             "no TCP run to compare with".to_string(),
