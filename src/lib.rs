@@ -1,9 +1,14 @@
-//! broadcast-server: every newline-terminated line a client sends over TCP goes to every
-//! other connected client.
+//! broadcast-server: every newline-terminated line a client sends goes to every other
+//! connected client, over TCP or WebSocket, in the clear or through TLS, on one machine or
+//! several joined through NATS.
 //!
 //! The crate is one single-threaded, edge-triggered mio event loop ([`EventLoop`]) over
 //! client connections ([`connection`]), with line framing ([`framing`]) and per-turn
-//! batching ([`batch`]) kept as pure, unit-tested logic. `main.rs` only turns flags into a
+//! batching ([`batch`]) kept as pure, unit-tested logic. The loop *uses* rooms that know
+//! as little as possible: how bytes travel ([`transport`], [`tls`]), how lines look on the
+//! wire ([`websocket`], [`framed_batch`]), the web listener's HTTP stage ([`http`]), who
+//! may connect ([`access`]), the NATS bridge ([`bridge`]), the replay for newcomers
+//! ([`history`]) and the counters ([`stats`]). `main.rs` only turns flags into a
 //! [`Config`] and reports errors.
 
 pub mod access;
