@@ -14,28 +14,26 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, trace, warn};
 use mio::event::Event;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use crate::access::PerAddress;
 use crate::batch::Batch;
 use crate::bridge::{Bridge, BridgeCounters};
 use crate::config::Config;
-use crate::connection::{
-    self, ClientConnection, DisconnectReason, Liveness, Phase, ReadEnd, ReadReport,
-};
+use crate::connection::{ClientConnection, DisconnectReason, Liveness, Phase, ReadEnd, ReadReport};
 use crate::error::ServerError;
 use crate::framed_batch::FramedBatch;
 use crate::history::History;
 use crate::hold_timer::HoldTimer;
-use crate::http::{self, PendingRequests, Request, Route};
+use crate::http::PendingRequests;
 use crate::log_limit::RateLimit;
 use crate::shutdown::{Shutdown, StopSignals};
 
+mod admission;
 mod graceful_shutdown;
 use crate::stats::Stats;
 use crate::tls::Handshakes;
-use crate::transport::Transport;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -233,7 +231,7 @@ impl EventLoop {
             history: config
                 .history
                 .map(|(lines, bytes)| History::new(lines, bytes)),
-            page_policy: page_policy(PAGE),
+            page_policy: admission::page_policy(PAGE),
             web_listener,
             web_requests: PendingRequests::default(),
             framed: FramedBatch::default(),
@@ -346,48 +344,6 @@ impl EventLoop {
         None
     }
 
-    /// Accepts waiting connections on `which`, within what is left of this turn's budget.
-    /// Lines framed earlier go out first, so that a line reaches exactly the clients
-    /// connected when it was framed.
-    fn accept_all(&mut self, which: Listener) {
-        if which == Listener::Lines {
-            self.distribute_everything_framed();
-        }
-        self.more_to_accept[which as usize] = false;
-        loop {
-            let listener = match which {
-                Listener::Lines => self.listener.as_ref(),
-                Listener::Web => self.web_listener.as_ref(),
-            };
-            let Some(listener) = listener else {
-                return;
-            };
-            if self.accept_budget == 0 {
-                self.more_to_accept[which as usize] = true;
-                return;
-            }
-            self.accept_budget -= 1;
-            match listener.accept() {
-                Ok((stream, peer)) => self.on_accepted(stream, peer, which),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.accept_retry_at.take().is_some()
-                        && self.accept_failure_log.admit(Instant::now())
-                    {
-                        info!("accepting again ({} clients)", self.connections.len());
-                    }
-                    return;
-                }
-                Err(e) if is_per_connection_accept_error(&e) => {
-                    debug!("accept: {e} (the connection failed before we took it)");
-                }
-                Err(e) => {
-                    self.pause_accepting(&e);
-                    return;
-                }
-            }
-        }
-    }
-
     /// Hands out the batch and every kept unfinished line (a batch at a time), so that none
     /// reaches a client accepted after it.
     fn distribute_everything_framed(&mut self) {
@@ -398,312 +354,6 @@ impl EventLoop {
             }
             self.take_leftover_lines();
         }
-    }
-
-    /// A new connection on `which`: closed at once if its address is denied; else
-    /// registered, and admitted now, or once its TLS handshake is done.
-    fn on_accepted(&mut self, mut stream: TcpStream, peer: SocketAddr, which: Listener) {
-        if !self.config.access.permits(peer.ip()) {
-            return self.deny(peer);
-        }
-        // Every connection from an address counts against --max-clients-per-ip from its
-        // accept (handshakes and web requests too), so one host cannot crowd others out.
-        self.release_closed_connections();
-        if let Some(why) = self.over_per_address_limit(peer) {
-            return self.refuse_over_limit(stream, which, &why);
-        }
-        if self.tls.is_some() && self.handshakes.len() >= self.config.max_clients {
-            // Handshakes are bounded like clients; this one is closed unanswered.
-            self.per_address.remove(peer.ip());
-            self.stats.refused_server_full += 1;
-            if self.refusal_log.admit(Instant::now()) {
-                info!(
-                    "refused {peer}: {} TLS handshakes in progress already",
-                    self.handshakes.len()
-                );
-            }
-            return;
-        }
-        if let Err(e) = connection::configure_socket(&stream, self.config.tcp_keepalive) {
-            debug!("{peer}: cannot set socket options: {e}");
-        }
-        let token = Token(self.next_token);
-        self.next_token += 1;
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, token, Interest::READABLE)
-        {
-            self.per_address.remove(peer.ip());
-            warn!("{peer}: cannot register with the poller, dropping it: {e}");
-            return;
-        }
-        match &self.tls {
-            Some(config) => {
-                if let Err(e) = self.handshakes.start(stream, config, peer, token, which) {
-                    self.per_address.remove(peer.ip());
-                    warn!("{peer}: cannot start TLS, dropping it: {e}");
-                    return;
-                }
-                self.on_handshake_event(token);
-            }
-            None => self.admit(Transport::Plain(stream), peer, token, which),
-        }
-    }
-
-    /// Tells a connection over `--max-clients-per-ip` why, in the clear (`ERR` line, or a
-    /// `429` on the web listener), and closes it; with TLS it is closed unanswered, before
-    /// any handshake work is spent on it.
-    fn refuse_over_limit(&mut self, stream: TcpStream, which: Listener, why: &str) {
-        if self.tls.is_some() {
-            return;
-        }
-        let message = match which {
-            Listener::Lines => format!("ERR {why}\n").into_bytes(),
-            Listener::Web => http::refusal_response(&http::refusal(http::TOO_MANY_REQUESTS, why)),
-        };
-        self.refuse_with(Transport::Plain(stream), &message);
-    }
-
-    /// Gives back the per-address counts of connections the handshake and web rooms closed.
-    fn release_closed_connections(&mut self) {
-        let closed = self.web_requests.take_closed().into_iter();
-        for ip in closed.chain(self.handshakes.take_closed()) {
-            self.per_address.remove(ip);
-        }
-    }
-
-    /// Moves a TLS handshake on; admits the connection once it is done.
-    /// At most `HANDSHAKE_BUDGET` a turn (each costs a signature): a flood of ClientHellos
-    /// waits its turn instead of stalling everyone; the rest go on in the next turn.
-    fn on_handshake_event(&mut self, token: Token) {
-        if self.handshake_budget == 0 {
-            self.deferred_handshakes.push(token);
-            return;
-        }
-        self.handshake_budget -= 1;
-        if let Some(done) = self.handshakes.on_ready(token, self.poll.registry()) {
-            self.admit(done.transport, done.peer, token, done.kind);
-        }
-    }
-
-    /// Moves on the handshakes the last turn's budget left waiting.
-    fn serve_deferred_handshakes(&mut self) {
-        let mut tokens = std::mem::take(&mut self.deferred_handshakes);
-        tokens.sort_unstable();
-        tokens.dedup();
-        for token in tokens {
-            self.on_handshake_event(token);
-        }
-    }
-
-    /// Admits a connection (registered under `token`) as a line client or a web request.
-    fn admit(&mut self, transport: Transport, peer: SocketAddr, token: Token, which: Listener) {
-        match which {
-            Listener::Lines => self.admit_lines(transport, peer, token),
-            Listener::Web => self.admit_web(transport, peer, token),
-        }
-    }
-
-    /// Notes a connection from an address `--allow` / `--deny` refuse: it was closed at once
-    /// (dropped with the accepted socket), before anything it sent was read.
-    fn deny(&mut self, peer: SocketAddr) {
-        self.stats.denied += 1;
-        if self.access_log.admit(Instant::now()) {
-            info!("denied {peer}: its address is not allowed (--allow/--deny)");
-        }
-    }
-
-    /// Makes a connection a line client, or refuses it with an `ERR` line when the server is
-    /// full or its address has `--max-clients-per-ip` already. Clients that are leaving do
-    /// not count.
-    fn admit_lines(&mut self, transport: Transport, peer: SocketAddr, token: Token) {
-        let max_clients = self.config.max_clients;
-        if self.connections.len() - self.leaving >= max_clients {
-            self.stats.refused_server_full += 1;
-            if self.refusal_log.admit(Instant::now()) {
-                info!("refused {peer}: server full ({max_clients} clients)");
-            }
-            let message = format!("ERR server full (max {max_clients} clients)\n");
-            self.per_address.remove(peer.ip());
-            return self.refuse_with(transport, message.as_bytes());
-        }
-        // TLS may hold the client's first bytes already: no readiness event will say so.
-        let read_now = transport.is_tls();
-        // A line reaches the clients connected when it was framed (after a TLS handshake
-        // the accept's own hand-out is long past).
-        self.distribute_everything_framed();
-        self.connections
-            .insert(token, ClientConnection::new(transport, peer));
-        self.stats.connected(false);
-        info!("client {peer} connected (token {})", token.0);
-        self.replay_history(token);
-        if read_now {
-            self.on_readable(token);
-        }
-    }
-
-    /// Tells a connection that is not admitted why, then closes it. It is new, so its send
-    /// buffer is empty and the message goes out at once.
-    fn refuse_with(&self, mut transport: Transport, message: &[u8]) {
-        let _ = self.poll.registry().deregister(transport.tcp_mut());
-        let sent = transport
-            .write_vectored(&[IoSlice::new(message)])
-            .and_then(|_| transport.flush_tls());
-        if let Err(e) = sent {
-            debug!("could not tell a refused client why: {e}");
-        }
-        // Best effort: a refused connection is not waited for.
-        let _ = transport.shutdown_write();
-    }
-
-    /// Counts one more client from `peer`'s address, or says why not (logged, counted).
-    fn over_per_address_limit(&mut self, peer: SocketAddr) -> Option<String> {
-        if self.per_address.try_add(peer.ip()) {
-            return None;
-        }
-        self.stats.refused_per_address += 1;
-        let why = format!(
-            "too many connections from {} (max {})",
-            peer.ip(),
-            self.per_address.max()
-        );
-        if self.access_log.admit(Instant::now()) {
-            info!("refused {peer}: {why}");
-        }
-        Some(why)
-    }
-
-    /// Takes a web connection: its request is read as it arrives. Requests in progress are
-    /// limited to `--max-clients` too; past that a connection gets a 503 at once.
-    fn admit_web(&mut self, transport: Transport, peer: SocketAddr, token: Token) {
-        if self.web_requests.len() >= self.config.max_clients {
-            self.stats.refused_server_full += 1;
-            if self.refusal_log.admit(Instant::now()) {
-                info!(
-                    "refused {peer}: {} web requests in progress already",
-                    self.config.max_clients
-                );
-            }
-            let refusal = http::refusal(http::SERVICE_UNAVAILABLE, "too many requests in progress");
-            self.per_address.remove(peer.ip());
-            return self.refuse_with(transport, &http::refusal_response(&refusal));
-        }
-        self.web_requests.admit(transport, peer, token);
-        // Through TLS the request may be here already, with no readiness event to say so.
-        self.on_web_event(token);
-    }
-
-    /// Readiness for a web connection still in its HTTP stage; answers a complete request.
-    fn on_web_event(&mut self, token: Token) {
-        if let Some(request) = self.web_requests.on_ready(token, self.poll.registry()) {
-            self.answer_web(token, request);
-        }
-    }
-
-    /// Answers a routed web request: a page, the metrics, the health check, or a WebSocket
-    /// upgrade (refused with 503 when the server is full).
-    fn answer_web(&mut self, token: Token, request: Request) {
-        let ok = |content_type: &str, extra: &[(&str, &str)], body: &[u8]| {
-            http::response(http::OK, content_type, extra, body, request.head_only)
-        };
-        let response = match request.route {
-            Route::Page => {
-                // The page shows its own lines itself unless the server echoes them.
-                let page = match self.config.echo {
-                    true => PAGE.replacen("data-echo=\"off\"", "data-echo=\"on\"", 1),
-                    false => PAGE.to_string(),
-                };
-                let policy = [("Content-Security-Policy", self.page_policy.as_str())];
-                ok("text/html; charset=utf-8", &policy, page.as_bytes())
-            }
-            Route::Metrics => {
-                let nats = self.bridge.as_ref().map(Bridge::counters);
-                let text = self.stats.prometheus(self.web_requests.counters(), nats);
-                ok(
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    &[],
-                    text.as_bytes(),
-                )
-            }
-            Route::Health => ok("text/plain; charset=utf-8", &[], b"ok\n"),
-            Route::WebSocket { key } => return self.upgrade_to_websocket(token, &key),
-        };
-        self.web_requests
-            .answer(token, response, self.poll.registry());
-    }
-
-    /// Makes a web connection a WebSocket member of the broadcast, or refuses it (503) when
-    /// `--max-clients` are connected. Lines framed earlier go out first, as for a new TCP
-    /// client.
-    fn upgrade_to_websocket(&mut self, token: Token, key: &str) {
-        let max_clients = self.config.max_clients;
-        if self.connections.len() - self.leaving >= max_clients {
-            self.stats.refused_server_full += 1;
-            let reason = format!("server full (max {max_clients} clients)");
-            let refusal = http::refusal(http::SERVICE_UNAVAILABLE, reason);
-            self.web_requests
-                .refuse(token, &refusal, self.poll.registry());
-            return;
-        }
-        self.distribute_everything_framed();
-        // Its per-address count, taken at the accept, goes on with it.
-        let Some((transport, peer)) = self.web_requests.take_upgrade(token) else {
-            return;
-        };
-        let handshake = http::upgrade_response(key);
-        let connection = ClientConnection::new_websocket(transport, peer, &handshake);
-        self.connections.insert(token, connection);
-        self.stats.connected(true);
-        info!("websocket client {peer} connected (token {})", token.0);
-        self.replay_history(token);
-        self.on_writable(token);
-    }
-
-    /// Sends a newcomer the lines kept by `--history` (everything handed out before it
-    /// joined; what comes after reaches it live), within its `--max-queue` like any output.
-    fn replay_history(&mut self, token: Token) {
-        let Some(history) = self.history.as_ref().filter(|h| !h.is_empty()) else {
-            return;
-        };
-        let Some(connection) = self.connections.get_mut(&token) else {
-            return;
-        };
-        let mut hand_out = HandOut {
-            registry: self.poll.registry(),
-            max_queue: self.config.max_queue,
-            stats: &mut self.stats,
-            doomed: &mut self.doomed,
-        };
-        if connection.is_websocket() {
-            let mut frames = Vec::with_capacity(history.len() + 10 * history.lines());
-            history.for_each_line(|line| crate::websocket::encode_line(line, &mut frames));
-            let mut slices = [IoSlice::new(&frames)];
-            hand_out.deliver(token, connection, &mut slices, history.lines());
-        } else {
-            let (front, back) = history.as_slices();
-            let mut slices = [IoSlice::new(front), IoSlice::new(back)];
-            hand_out.deliver(token, connection, &mut slices, history.lines());
-        }
-        for (token, reason) in std::mem::take(&mut self.doomed) {
-            self.close(token, reason);
-        }
-    }
-
-    /// Running out of descriptors (or kernel memory) leaves the connection in the backlog;
-    /// retrying at once would spin, so wait a little, or until a client leaves.
-    fn pause_accepting(&mut self, error: &io::Error) {
-        let now = Instant::now();
-        if self.accept_retry_at.is_none() && self.accept_failure_log.admit(now) {
-            warn!(
-                "cannot accept new clients: {error} ({} clients connected); retrying every {} ms",
-                self.connections.len(),
-                ACCEPT_RETRY.as_millis()
-            );
-        } else {
-            debug!("accept still failing: {error}");
-        }
-        self.accept_retry_at = Some(now + ACCEPT_RETRY);
     }
 
     /// Readiness for a client. The token may belong to a client closed earlier in this same
@@ -1405,24 +1055,6 @@ impl HandOut<'_> {
             self.doomed.push((token, DisconnectReason::Error(e.kind())));
         }
     }
-}
-
-/// The page's Content-Security-Policy: its own script (by its SHA-256, so no other script,
-/// inline handler or injected markup could run even if a line ever became markup: the page
-/// shows lines only as text, and this is the second fence), its own style, and a WebSocket
-/// back to where it came from; nothing else.
-fn page_policy(page: &str) -> String {
-    use base64::Engine as _;
-    let script = page
-        .split_once("<script>")
-        .and_then(|(_, rest)| rest.split_once("</script>"))
-        .map_or("", |(script, _)| script);
-    let hash = ring::digest::digest(&ring::digest::SHA256, script.as_bytes());
-    let hash = base64::engine::general_purpose::STANDARD.encode(hash.as_ref());
-    format!(
-        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
-         connect-src 'self'; img-src data:"
-    )
 }
 
 /// Binds the first of `addrs` (those of `flag`) that accepts us.
