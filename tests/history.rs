@@ -161,22 +161,23 @@ fn a_flood_of_empty_lines_keeps_the_history_within_its_bytes() {
 
 #[test]
 fn a_joiner_during_a_busy_stream_sees_no_gap_and_no_duplicate() {
-    let server = Server::start(&["--history", "1000"]);
+    let server = Server::start(&["--history", "100"]);
     let mut sender = server.connect();
-    let total = 20_000;
-    let sending = thread::spawn(move || {
-        for chunk in (0..total).collect::<Vec<_>>().chunks(500) {
-            sender.send(&numbered("busy", chunk[0]..chunk[0] + chunk.len()));
-        }
-        sender
-    });
-    // Joiners arrive while lines stream through (each registered before the next).
-    let mut joiners: Vec<Client> = (0..5).map(|_| server.connect()).collect();
-    let _sender = sending.join().unwrap();
-    let last = format!("busy-{}\n", total - 1);
-    for joiner in &mut joiners {
+    let mut witness = server.connect();
+    let chunk = |j: usize| numbered("busy", 500 * j..500 * (j + 1));
+    sender.send(&chunk(0));
+    let mut joiners = Vec::new();
+    for j in 0..5 {
+        // Chunk j has been handed out; chunk j + 1 streams in while joiner j connects.
+        witness.expect(&chunk(j));
+        sender.send(&chunk(j + 1));
+        joiners.push(server.connect());
+    }
+    witness.expect(&chunk(5));
+    let last = b"busy-2999\n";
+    for (j, joiner) in joiners.iter_mut().enumerate() {
         let mut got = Vec::new();
-        while !got.ends_with(last.as_bytes()) {
+        while !got.ends_with(last) {
             got.extend_from_slice(&joiner.read_exact(1));
         }
         let numbers: Vec<usize> = std::str::from_utf8(&got)
@@ -186,7 +187,14 @@ fn a_joiner_during_a_busy_stream_sees_no_gap_and_no_duplicate() {
             .collect();
         assert!(
             numbers.windows(2).all(|w| w[1] == w[0] + 1),
-            "a gap or a duplicate between the replay and the live lines"
+            "joiner {j}: a gap or a duplicate between the replay and the live lines"
+        );
+        // Its replay began with the last 100 lines handed out before it joined: at least
+        // chunk j's, at most chunk j + 1's.
+        let first = numbers[0];
+        assert!(
+            (500 * (j + 1) - 100..=500 * (j + 2) - 100).contains(&first),
+            "joiner {j} began at line {first}"
         );
     }
 }
