@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::thread;
-
 use common::{Client, Server, numbered_lines};
 
 /// Sends `lines` from `sender` and waits until `witness` (connected all along) has them,
