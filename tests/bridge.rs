@@ -853,3 +853,26 @@ fn credentials_in_the_url_log_in_and_wrong_ones_leave_the_instance_serving_local
     far.expect(b"not for c\n");
     assert!(c.log_lines("nats: connected").is_empty());
 }
+
+#[test]
+fn lines_from_other_instances_are_part_of_the_history() {
+    let Some(nats) = Nats::start("lines_from_other_instances_are_part_of_the_history") else {
+        return;
+    };
+    let a = instance(&nats.url(), &[]);
+    let b = instance(&nats.url(), &["--history", "10"]);
+    let mut sender = a.connect();
+    let mut far = b.connect();
+    wait_until_bridged(&mut sender, &mut far, &mut []);
+    sender.send(b"from a\n");
+    far.expect(b"from a\n");
+    let mut joiner = b.connect();
+    // The history holds what B handed out: the probes and marker of the bridging check,
+    // then the line from A.
+    let replay = read_through(&mut joiner, b"from a\n");
+    assert!(
+        replay.ends_with(b"ready\nfrom a\n"),
+        "{:?}",
+        String::from_utf8_lossy(&replay)
+    );
+}

@@ -324,3 +324,49 @@ fn a_tls_client_that_stops_reading_is_a_slow_consumer() {
     let line = server.wait_for_disconnect(stuck_addr);
     assert!(line.contains("slow consumer"), "{line}");
 }
+
+#[test]
+fn a_line_sent_together_with_the_clients_finished_message_is_not_held_back() {
+    let pki = Pki::new("early");
+    let (server, _) = tls_server(&pki, &[]);
+    let config = pki.client_config(None);
+    let mut reader = connect(&server, &config);
+    // Drive a client by hand so that its Finished message and its first line leave in one
+    // write: the server then finds the line already decrypted inside rustls when the
+    // handshake completes, with no readiness event to come for it.
+    let mut tcp = TcpStream::connect(server.addr()).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(config, name).unwrap();
+    let mut out = Vec::new();
+    while client.is_handshaking() {
+        while client.wants_write() {
+            client.write_tls(&mut out).unwrap();
+        }
+        tcp.write_all(&out).unwrap();
+        out.clear();
+        client.read_tls(&mut tcp).expect("the server's flight");
+        client.process_new_packets().expect("a valid handshake");
+    }
+    client.writer().write_all(b"early\n").unwrap();
+    while client.wants_write() {
+        client.write_tls(&mut out).unwrap();
+    }
+    tcp.write_all(&out).unwrap(); // Finished and the line, in one segment
+    reader.expect(b"early\n");
+}
+
+#[test]
+fn a_tls_joiner_gets_the_history_after_its_handshake() {
+    let pki = Pki::new("history");
+    let (server, _) = tls_server(&pki, &["--history", "2"]);
+    let config = pki.client_config(None);
+    let mut sender = connect(&server, &config);
+    let mut witness = connect(&server, &config);
+    sender.send(b"one\ntwo\nthree\n");
+    witness.expect(b"one\ntwo\nthree\n");
+    let mut joiner = connect(&server, &config);
+    joiner.expect(b"two\nthree\n");
+    sender.send(b"live\n");
+    joiner.expect(b"live\n");
+}
