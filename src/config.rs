@@ -184,9 +184,9 @@ impl fmt::Display for ConfigError {
             } => write!(
                 f,
                 "--history-bytes ({history_bytes} bytes) must fit in --max-queue with a batch \
-                 and a line, or a joiner that reads would still be a slow consumer: at most \
-                 {room} bytes with this --max-queue and --max-line (lower --history-bytes or \
-                 raise --max-queue)"
+                 and a line (twice over with --http: WebSocket framing can double it), or a \
+                 joiner that reads would still be a slow consumer: at most {room} bytes with \
+                 these flags (lower --history-bytes or raise --max-queue)"
             ),
             ConfigError::QueueNotLargerThanLine {
                 max_queue,
@@ -273,7 +273,12 @@ impl Config {
         // A joiner gets the whole history and then the live batches: both must fit in its
         // queue, so that only a joiner that does not read is a slow consumer.
         let line_room = settings.max_queue - settings.max_line - 1;
-        let room = line_room - BATCH_LIMIT.min(line_room);
+        let mut room = line_room - BATCH_LIMIT.min(line_room);
+        if settings.http.is_some() {
+            // A WebSocket joiner's replay is framed: at worst twice the bytes (an empty line
+            // becomes a 2-byte frame).
+            room /= 2;
+        }
         if settings.history > 0 && settings.history_bytes > room {
             return Err(ConfigError::HistoryOverQueue {
                 history_bytes: settings.history_bytes,

@@ -212,8 +212,8 @@ impl ClientConnection {
             peer,
             wire: Wire::Lines(LineFramer::default()),
             write_buf: VecDeque::new(),
-            // A TLS handshake may have left WRITABLE registered: say so, so that the first
-            // `update_interest` sets the registration right.
+            // A TLS handshake hands its socket over registered READABLE | WRITABLE: say so,
+            // so that the first `update_interest` sets the registration right.
             interest: if transport.is_tls() {
                 Interest::READABLE | Interest::WRITABLE
             } else {

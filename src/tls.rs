@@ -231,7 +231,16 @@ impl<K> Handshakes<K> {
                 None
             }
             Ok(true) => {
-                let done = self.pending.remove(&token)?;
+                let mut done = self.pending.remove(&token)?;
+                // Leave a known registration behind (the new owner's first interest update
+                // then sets it right): the last handshake step may have left READABLE only
+                // while records still wait, and an edge would be lost.
+                let both = mio::Interest::READABLE | mio::Interest::WRITABLE;
+                if let Err(e) = registry.reregister(done.transport.tcp_mut(), token, both) {
+                    self.closed.push(done.peer.ip());
+                    info!("tls: {} lost after its handshake: {e}", done.peer);
+                    return None;
+                }
                 Some(Handshaken {
                     transport: done.transport,
                     peer: done.peer,

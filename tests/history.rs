@@ -134,6 +134,16 @@ fn a_history_that_cannot_fit_in_max_queue_is_refused_at_start() {
         stderr.starts_with("error: --history-bytes (16777216 bytes) must fit in --max-queue"),
         "{stderr}"
     );
+    // With --http a WebSocket joiner's replay may be twice as large: 5 MiB fits an 8 MiB
+    // queue for TCP joiners, not for WebSocket ones.
+    let fits = ["--history", "10", "--history-bytes", "5MiB"];
+    let tcp_only = Server::start(&fits);
+    drop(tcp_only);
+    let mut web = fits.to_vec();
+    web.extend(["--http", "127.0.0.1:0"]);
+    let output = Server::command(&web).output().expect("run the binary");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("twice over with --http"));
 }
 
 #[test]

@@ -370,3 +370,22 @@ fn a_tls_joiner_gets_the_history_after_its_handshake() {
     sender.send(b"live\n");
     joiner.expect(b"live\n");
 }
+
+#[test]
+fn a_tls_joiner_gets_a_replay_larger_than_its_socket_without_more_traffic() {
+    let pki = Pki::new("big-replay");
+    let (server, _) = tls_server(&pki, &["--history", "100000", "--history-bytes", "7500000"]);
+    let config = pki.client_config(None);
+    let mut sender = connect(&server, &config);
+    let mut witness = connect(&server, &config);
+    let history: Vec<u8> = (0..115)
+        .flat_map(|k| format!("{}{k:03}\n", "h".repeat(60_000)).into_bytes())
+        .collect();
+    sender.send(&history);
+    witness.expect(&history);
+    // 6.9 MB, more than its socket and the kernel's send buffer take at once: the rest must
+    // follow as the joiner reads, with nothing else happening to wake the server.
+    let mut joiner =
+        TlsClient::connect_with_receive_buffer(server.addr(), Arc::clone(&config), 4096).unwrap();
+    joiner.expect(&history);
+}

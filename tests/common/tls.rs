@@ -114,6 +114,24 @@ impl TlsClient {
         config: Arc<rustls::ClientConfig>,
     ) -> std::io::Result<TlsClient> {
         let tcp = TcpStream::connect_timeout(&addr, DEADLINE)?;
+        TlsClient::handshake(tcp, config)
+    }
+
+    /// Like `connect`, with a small receive buffer set before connecting (a slow reader's
+    /// socket: what the server sends must mostly wait in its own queue).
+    pub fn connect_with_receive_buffer(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        bytes: usize,
+    ) -> std::io::Result<TlsClient> {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_recv_buffer_size(bytes)?;
+        socket.connect_timeout(&addr.into(), DEADLINE)?;
+        TlsClient::handshake(socket.into(), config)
+    }
+
+    fn handshake(tcp: TcpStream, config: Arc<rustls::ClientConfig>) -> std::io::Result<TlsClient> {
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(DEADLINE))?;
         let name = ServerName::try_from("localhost").unwrap();
