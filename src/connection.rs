@@ -268,7 +268,7 @@ impl ClientConnection {
             return Liveness::Fine;
         }
         let silent = now.saturating_duration_since(state.last_heard);
-        if !self.phase.eq(&Phase::Open) || silent < interval {
+        if self.phase != Phase::Open || silent < interval {
             return Liveness::Fine;
         }
         if state.pinged {
