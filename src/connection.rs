@@ -133,8 +133,9 @@ pub struct ReadReport {
     pub framed: usize,
     pub lines: usize,
     pub end: ReadEnd,
-    /// Replies (WebSocket pongs) were queued: the caller flushes them.
-    pub queued_replies: bool,
+    /// The read produced output of its own (WebSocket pongs, TLS records): the caller
+    /// flushes it.
+    pub wants_flush: bool,
 }
 
 /// What [`ClientConnection::send`] did.
@@ -351,11 +352,6 @@ impl ClientConnection {
         socket_queues::unread_input(self.transport.tcp()) + self.transport.buffered_plaintext()
     }
 
-    /// Whether TLS records wait to be sent (the caller flushes and keeps WRITABLE).
-    pub fn has_pending_records(&self) -> bool {
-        self.transport.wants_write()
-    }
-
     /// Claims this turn's read for the client; false if it was already read in `turn`.
     pub fn claim_read_turn(&mut self, turn: u64) -> bool {
         let first = self.read_turn != turn;
@@ -389,7 +385,7 @@ impl ClientConnection {
             framed: 0,
             lines: 0,
             end: ReadEnd::BudgetSpent,
-            queued_replies: false,
+            wants_flush: false,
         };
         let budget = scratch.len();
         let framed_from = lines_out.len();
@@ -407,7 +403,7 @@ impl ClientConnection {
                     let queued = self.write_buf.len();
                     let (lines, stop) = self.decode(&scratch[..n], max_line, lines_out);
                     report.lines += lines;
-                    report.queued_replies |= self.write_buf.len() > queued;
+                    report.wants_flush |= self.write_buf.len() > queued;
                     if let Some(reason) = stop {
                         report.end = ReadEnd::Closed(reason);
                         break;
@@ -425,6 +421,7 @@ impl ClientConnection {
             }
         }
         report.framed = lines_out.len() - framed_from;
+        report.wants_flush |= self.transport.wants_write();
         report
     }
 

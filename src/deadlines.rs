@@ -23,10 +23,6 @@ impl Deadlines {
         }
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Starts `token`'s clock at `now`; `live` says which tokens are still waiting (for the
     /// occasional sweep of finished ones, so the queue stays proportional to them).
     pub fn start(

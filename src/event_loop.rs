@@ -403,15 +403,8 @@ impl EventLoop {
         let Some(report) = self.read_into_batch(token, budget) else {
             return;
         };
-        if report.queued_replies {
-            self.answer_control_frames(token);
-        } else if self
-            .connections
-            .get(&token)
-            .is_some_and(ClientConnection::has_pending_records)
-        {
-            // Reading TLS produced records (a key update, session tickets): send them.
-            self.on_writable(token);
+        if report.wants_flush {
+            self.flush_after_read(token);
         }
         match report.end {
             ReadEnd::WouldBlock => {}
@@ -465,14 +458,15 @@ impl EventLoop {
         }
     }
 
-    /// Flushes the pongs a WebSocket client's pings called for (a client that pings without
-    /// reading is a slow consumer like any other).
-    fn answer_control_frames(&mut self, token: Token) {
-        let Some(connection) = self.connections.get(&token).filter(|c| c.is_open()) else {
+    /// Sends what a read produced for the client itself: pongs its pings called for, TLS
+    /// records (key updates, session tickets). A client that pings without reading is a
+    /// slow consumer like any other.
+    fn flush_after_read(&mut self, token: Token) {
+        let Some(connection) = self.connections.get(&token) else {
             return;
         };
         let queued = connection.queued();
-        if queued > self.config.max_queue {
+        if connection.is_open() && queued > self.config.max_queue {
             self.close(token, DisconnectReason::SlowConsumer { queued });
         } else {
             self.on_writable(token);

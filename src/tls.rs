@@ -157,8 +157,6 @@ pub struct Handshakes<K> {
     pending: HashMap<Token, Handshake<K>>,
     deadlines: Deadlines,
     failure_log: RateLimit,
-    /// Handshakes that failed (bad certificate, plaintext client, ...) or timed out.
-    pub failed: u64,
     /// Addresses of handshakes ended without success since the loop last asked.
     closed: Vec<IpAddr>,
 }
@@ -169,7 +167,6 @@ impl<K> Default for Handshakes<K> {
             pending: HashMap::new(),
             deadlines: Deadlines::new(HANDSHAKE_TIMEOUT),
             failure_log: RateLimit::with_burst(FAILURES_LOGGED),
-            failed: 0,
             closed: Vec::new(),
         }
     }
@@ -303,7 +300,6 @@ impl<K> Handshakes<K> {
         let Some(mut handshake) = self.pending.remove(&token) else {
             return;
         };
-        self.failed += 1;
         self.closed.push(handshake.peer.ip());
         if self.failure_log.admit(Instant::now()) {
             info!("tls: handshake with {} failed: {why}", handshake.peer);

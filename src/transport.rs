@@ -68,14 +68,6 @@ impl Transport {
         matches!(self, Transport::Tls(_))
     }
 
-    /// Whether the TLS handshake is still under way (never, in the clear).
-    pub fn is_handshaking(&self) -> bool {
-        match self {
-            Transport::Plain(_) => false,
-            Transport::Tls(stream) => stream.tls.is_handshaking(),
-        }
-    }
-
     /// Moves the TLS handshake on as far as the socket allows: `Ok(true)` once it is
     /// complete (at once, in the clear), `Ok(false)` to wait for the next event. A failure
     /// (a plaintext client, no or a bad client certificate) is an error after the alert.

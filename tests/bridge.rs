@@ -126,21 +126,37 @@ fn read_through(client: &mut Client, marker: &[u8]) -> Vec<u8> {
 /// `to` gets one, then a `ready` marker, and reads every client of `everyone` (all but
 /// `from`) through it, so that no probe is left in flight.
 fn wait_until_bridged(from: &mut Client, to: &mut Client, everyone: &mut [&mut Client]) {
+    probe_until_received(
+        |line| from.send(line),
+        to,
+        everyone,
+        "the instances never bridged",
+    );
+}
+
+/// Sends `probe` lines with `send` until `to` gets one (a bounded wait each), then a `ready`
+/// marker, and reads `to` and every client of `everyone` through it.
+fn probe_until_received(
+    mut send: impl FnMut(&[u8]),
+    to: &mut Client,
+    everyone: &mut [&mut Client],
+    never: &str,
+) {
     let deadline = Instant::now() + DEADLINE;
     to.stream
         .set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
     let mut buf = [0; 64];
     loop {
-        assert!(Instant::now() < deadline, "the instances never bridged");
-        from.send(b"probe\n");
+        assert!(Instant::now() < deadline, "{never}");
+        send(b"probe\n");
         // A bounded wait for the probe to cross; then another probe.
         if std::io::Read::read(&mut to.stream, &mut buf).is_ok_and(|n| n > 0) {
             break;
         }
     }
     to.stream.set_read_timeout(None).unwrap();
-    from.send(b"ready\n");
+    send(b"ready\n");
     read_through(to, b"ready\n");
     for client in everyone.iter_mut() {
         read_through(client, b"ready\n");
@@ -591,21 +607,8 @@ impl RawNats {
 /// Publishes plain probes from `raw` until `to` gets one, then a `ready` marker, and reads
 /// `to` through it: the instance's subscription is live and no probe is in flight.
 fn wait_until_subscribed(raw: &mut RawNats, to: &mut Client) {
-    let deadline = Instant::now() + DEADLINE;
-    to.stream
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let mut buf = [0; 64];
-    loop {
-        assert!(Instant::now() < deadline, "the instance never subscribed");
-        raw.publish(SUBJECT, &[], b"probe\n");
-        if std::io::Read::read(&mut to.stream, &mut buf).is_ok_and(|n| n > 0) {
-            break;
-        }
-    }
-    to.stream.set_read_timeout(None).unwrap();
-    raw.publish(SUBJECT, &[], b"ready\n");
-    read_through(to, b"ready\n");
+    let publish = |line: &[u8]| raw.publish(SUBJECT, &[], line);
+    probe_until_received(publish, to, &mut [], "the instance never subscribed");
 }
 
 /// The subject instances use by default.

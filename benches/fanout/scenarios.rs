@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::Options;
 use crate::load::{Load, Outcome, Role, Swarm};
 use crate::report::{self, Metrics, Row, SAME_RATE, delivery_metrics, print_trial};
-use crate::target::{Kind, Target, Watched, nats_server_available};
+use crate::target::{Kind, LoggedTarget, Target, Watched, nats_server_available};
 
 /// The scenarios, in run order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -291,6 +291,29 @@ fn same_rate_row(kind: Kind, rate: f64, options: &Options) -> Row {
         result,
         note,
     }
+}
+
+/// Warms `swarm` up, then measures one run at `rate` against `server`; the trial's detail
+/// is what the server logged during the measured run only (start-up has its own lines,
+/// such as the listening probe's close).
+pub fn measure_logged(
+    swarm: &mut Swarm,
+    server: &LoggedTarget,
+    rate: f64,
+    duration: Duration,
+) -> Result<Trial, String> {
+    swarm.warm_up()?;
+    let log_before = server.log_text().len();
+    let load = Load {
+        rate,
+        duration,
+        drain: Duration::from_secs(1),
+    };
+    let outcome = measure(swarm, &server.target, load)?;
+    Ok(Trial {
+        detail: server.findings_since(log_before),
+        outcome,
+    })
 }
 
 /// One run of a rate search: its outcome, and what else it found, for the search's note

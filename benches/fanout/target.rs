@@ -316,6 +316,48 @@ impl Drop for Scratch {
     }
 }
 
+/// A server started for one run, logging into its own scratch directory.
+pub struct LoggedTarget {
+    pub target: Target,
+    log: PathBuf,
+    /// Declared last: dropped once the server writing into it is gone.
+    _scratch: Scratch,
+}
+
+impl LoggedTarget {
+    /// Starts a server with `start`, which is given the log file to write (a fresh one in
+    /// a scratch directory named after `scenario`).
+    pub fn start(
+        scenario: &str,
+        start: impl FnOnce(&Path) -> Result<Target, String>,
+    ) -> Result<LoggedTarget, String> {
+        let scratch = Scratch::new(scenario)?;
+        let log = scratch.0.join("server.log");
+        let target = start(&log)?;
+        Ok(LoggedTarget {
+            target,
+            log,
+            _scratch: scratch,
+        })
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The log so far, as one string ("" if it cannot be read).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the server logged after the first `since` bytes of its log (see
+    /// [`log_findings`]).
+    pub fn findings_since(&self, since: usize) -> String {
+        let text = self.log_text();
+        log_findings(text.get(since..).unwrap_or_default())
+    }
+}
+
 /// What a server log says about clients leaving, warnings, errors and failed TLS
 /// handshakes (broadcast-server's log), or anything ncat complained of ("" if nothing):
 /// for a run's note, and a search's reason for stopping.

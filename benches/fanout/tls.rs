@@ -19,14 +19,13 @@
 //! 1,000 lines/s for 0.5 s, which fails the run on any loss, duplicate, reordering or
 //! malformed line or record.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::Options;
-use crate::load::{Load, Outcome, Role, Swarm};
+use crate::load::{Outcome, Role, Swarm};
 use crate::report::{Metrics, Row, join, rate_metrics};
-use crate::scenarios::{Trial, limit_note, measure, rate_search_from, trial_duration};
-use crate::target::{Kind, Scratch, Target, log_findings};
+use crate::scenarios::{Trial, limit_note, measure_logged, rate_search_from, trial_duration};
+use crate::target::{Kind, LoggedTarget, Target};
 use crate::tls_client::Pki;
 
 /// Line length, as in fanout.
@@ -134,41 +133,19 @@ fn row(kind: Kind, scenario: &str, result: Result<Metrics, String>, note: String
     }
 }
 
-/// A server of the scenario, logging into a scratch directory.
-struct Server {
-    target: Target,
-    log: PathBuf,
-    /// Declared last: dropped once the server writing into it is gone.
-    _scratch: Scratch,
-}
-
-impl Server {
-    /// Starts `kind` speaking `security` (plus `--server-args`; broadcast-server logs at
-    /// info level, ncat its complaints) and waits until it accepts.
-    fn start(
-        kind: Kind,
-        security: Security,
-        pki: &Pki,
-        options: &Options,
-    ) -> Result<Server, String> {
-        let scratch = Scratch::new("tls")?;
-        let log = scratch.0.join("server.log");
-        let flags: Vec<&str> = options.server_args.split_whitespace().collect();
-        let target = match security {
-            Security::Tls => Target::start_tls(kind, &flags, &pki.files, Some(&log))?,
-            Security::Plain => Target::start_logging(kind, &flags, Some(&log))?,
-        };
-        Ok(Server {
-            target,
-            log,
-            _scratch: scratch,
-        })
-    }
-
-    /// The log so far, as one string ("" if it cannot be read).
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+/// Starts `kind` speaking `security` (plus `--server-args`; broadcast-server logs at info
+/// level, ncat its complaints) and waits until it accepts.
+fn start_server(
+    kind: Kind,
+    security: Security,
+    pki: &Pki,
+    options: &Options,
+) -> Result<LoggedTarget, String> {
+    let flags: Vec<&str> = options.server_args.split_whitespace().collect();
+    LoggedTarget::start("tls", |log| match security {
+        Security::Tls => Target::start_tls(kind, &flags, &pki.files, Some(log)),
+        Security::Plain => Target::start_logging(kind, &flags, Some(log)),
+    })
 }
 
 /// One run: its outcome and what the server logged ([`Trial`]), and the protocol and
@@ -190,7 +167,7 @@ fn trial(
     duration: Duration,
     options: &Options,
 ) -> Result<Run, String> {
-    let server = Server::start(kind, security, pki, options)?;
+    let server = start_server(kind, security, pki, options)?;
     let addr = server.target.addr;
     let mut swarm = Swarm::new(LINE_LEN, options.quickack)?;
     let session = match security {
@@ -204,22 +181,8 @@ fn trial(
             String::new()
         }
     };
-    swarm.warm_up()?;
-    // Only the measured run's lines: start-up has its own (the listening probe's close,
-    // which a TLS server logs as a failed handshake).
-    let log_before = server.log_text().len();
-    let load = Load {
-        rate,
-        duration,
-        drain: Duration::from_secs(1),
-    };
-    let outcome = measure(&mut swarm, &server.target, load)?;
-    let text = server.log_text();
-    let detail = log_findings(text.get(log_before..).unwrap_or_default());
-    Ok(Run {
-        trial: Trial { outcome, detail },
-        session,
-    })
+    let trial = measure_logged(&mut swarm, &server, rate, duration)?;
+    Ok(Run { trial, session })
 }
 
 /// The quick run: a few TLS receivers, briefly (see the module documentation).

@@ -12,15 +12,14 @@
 //! line or frame.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::Options;
-use crate::load::{Load, Role, Swarm};
+use crate::load::{Role, Swarm};
 use crate::report::{self, Metrics, Row, join, rate_metrics};
-use crate::scenarios::{Trial, limit_note, measure, rate_search, trial_duration};
-use crate::target::{Kind, Scratch, Target, log_findings};
+use crate::scenarios::{Trial, limit_note, measure_logged, rate_search, trial_duration};
+use crate::target::{Kind, LoggedTarget, Target};
 
 /// Line length, as in fanout.
 const LINE_LEN: usize = 64;
@@ -80,45 +79,16 @@ pub fn websocket(kind: Kind, options: &Options) -> Vec<Row> {
     rows
 }
 
-/// broadcast-server with its web listener on, logging into a scratch directory.
-struct WebServer {
-    target: Target,
-    /// Where its web listener listens.
-    http: SocketAddr,
-    log: PathBuf,
-    /// Declared last: dropped once the server writing into it is gone.
-    _scratch: Scratch,
-}
-
-impl WebServer {
-    /// Starts `kind` with `--http` on a free port (plus `--server-args`) and waits until it
-    /// logs where its web listener is.
-    fn start(kind: Kind, options: &Options) -> Result<WebServer, String> {
-        let scratch = Scratch::new("websocket")?;
-        let log = scratch.0.join("server.log");
-        let mut flags = vec!["--http", "127.0.0.1:0"];
-        flags.extend(options.server_args.split_whitespace());
-        let target = Target::start_logging(kind, &flags, Some(&log))?;
-        let http = wait_for_http(&log)?;
-        Ok(WebServer {
-            target,
-            http,
-            log,
-            _scratch: scratch,
-        })
-    }
-
-    /// The log so far, as one string ("" if it cannot be read).
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// What the server logged after the first `since` bytes of its log (see
-    /// [`log_findings`]).
-    fn log_findings(&self, since: usize) -> String {
-        let text = self.log_text();
-        log_findings(text.get(since..).unwrap_or_default())
-    }
+/// Starts `kind` with `--http` on a free port (plus `--server-args`) and waits until it
+/// logs where its web listener is; returns the server and that address.
+fn start_web_server(kind: Kind, options: &Options) -> Result<(LoggedTarget, SocketAddr), String> {
+    let mut flags = vec!["--http", "127.0.0.1:0"];
+    flags.extend(options.server_args.split_whitespace());
+    let server = LoggedTarget::start("websocket", |log| {
+        Target::start_logging(kind, &flags, Some(log))
+    })?;
+    let http = wait_for_http(server.log_path())?;
+    Ok((server, http))
 }
 
 /// Waits (at most 10 s) for the `http listening on ADDR` line in `log`; returns ADDR.
@@ -155,27 +125,15 @@ fn trial(
     duration: Duration,
     options: &Options,
 ) -> Result<Trial, String> {
-    let server = WebServer::start(kind, options)?;
+    let (server, http) = start_web_server(kind, options)?;
     let addr = server.target.addr;
     let mut swarm = Swarm::new(LINE_LEN, options.quickack)?;
     swarm.connect(addr, Role::Sender, 1)?;
     match receivers {
-        Receivers::WebSocket => swarm.connect_websocket(addr, server.http, count)?,
+        Receivers::WebSocket => swarm.connect_websocket(addr, http, count)?,
         Receivers::Tcp => swarm.connect(addr, Role::Reader, count)?,
     }
-    swarm.warm_up()?;
-    // Only the measured run's lines: start-up has its own (the listening probe's close).
-    let log_before = server.log_text().len();
-    let load = Load {
-        rate,
-        duration,
-        drain: Duration::from_secs(1),
-    };
-    let outcome = measure(&mut swarm, &server.target, load)?;
-    Ok(Trial {
-        detail: server.log_findings(log_before),
-        outcome,
-    })
+    measure_logged(&mut swarm, &server, rate, duration)
 }
 
 /// The quick run: a few WebSocket receivers, briefly (see the module documentation).

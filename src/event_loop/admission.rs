@@ -22,12 +22,7 @@ use crate::transport::Transport;
 
 impl EventLoop {
     /// Accepts waiting connections on `which`, within what is left of this turn's budget.
-    /// Lines framed earlier go out first, so that a line reaches exactly the clients
-    /// connected when it was framed.
     pub(super) fn accept_all(&mut self, which: Listener) {
-        if which == Listener::Lines {
-            self.distribute_everything_framed();
-        }
         self.more_to_accept[which as usize] = false;
         loop {
             let listener = match which {
@@ -199,8 +194,8 @@ impl EventLoop {
         }
         // TLS may hold the client's first bytes already: no readiness event will say so.
         let read_now = transport.is_tls();
-        // A line reaches the clients connected when it was framed (after a TLS handshake
-        // the accept's own hand-out is long past).
+        // Lines framed earlier go out first: a line reaches exactly the clients connected
+        // when it was framed.
         self.distribute_everything_framed();
         self.connections
             .insert(token, ClientConnection::new(transport, peer));

@@ -186,7 +186,7 @@ impl EventLoop {
                     framed: 0,
                     lines: 0,
                     end: ReadEnd::WouldBlock,
-                    queued_replies: false,
+                    wants_flush: false,
                 }),
                 _ => self.read_into_batch(finale.token, budget),
             };
