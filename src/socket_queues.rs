@@ -17,9 +17,10 @@ pub fn unread_input(socket: impl AsFd) -> usize {
 /// Bytes written to `socket` that the peer has not acknowledged yet (`SIOCOUTQ`, which
 /// Linux also spells `TIOCOUTQ`); 0 if the kernel cannot say.
 pub fn unacknowledged_output(socket: impl AsFd) -> usize {
-    // None of the ecosystem's standard crates (socket2, rustix, nix) wraps SIOCOUTQ safely:
-    // rustix wraps FIONREAD, but its generic ioctl needs the caller to vouch for the opcode's
-    // argument type. (Small crates such as palaver or linux-io do, but one unsafe block here
+    // None of the ecosystem's standard crates (socket2, rustix, nix) wraps SIOCOUTQ safely
+    // (checked again for rustix 1.1 and socket2 0.6: neither has SIOCOUTQ nor TCP_INFO,
+    // whose byte counts would be the other way): rustix wraps FIONREAD, but its generic
+    // ioctl needs the caller to vouch for the opcode's argument type. (Small crates such as palaver or linux-io do, but one unsafe block here
     // is less to trust than a niche dependency.) So this module holds the crate's only
     // `unsafe` block.
     //

@@ -82,11 +82,7 @@ impl Nats {
 
     /// Sends it a signal (SIGSTOP/SIGCONT freeze and thaw it, as a stalled server).
     fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill has no memory-safety preconditions; the pid is our own child.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
-            0
-        );
+        common::send_signal(self.child.id(), signal);
     }
 
     /// Stops it (SIGKILL: as a crash would) and waits until it is gone.

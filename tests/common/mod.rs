@@ -221,9 +221,7 @@ impl Server {
 
     /// Sends a signal to the server process.
     pub fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill has no memory-safety preconditions; the pid is our own child.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill failed");
+        send_signal(self.child.id(), signal);
     }
 
     /// Waits for the process to exit.
@@ -410,6 +408,17 @@ pub fn stream_sixteen_megabytes(mut send: impl FnMut(&[u8]), mut read_back: impl
         send(&piece);
         read_back(&piece);
     }
+}
+
+/// Sends `signal` (a `libc::SIG*` number) to the process `pid`, one of the test's own
+/// children (rustix: no `unsafe`).
+pub fn send_signal(pid: u32, signal: libc::c_int) {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .expect("a child's pid");
+    let signal = rustix::process::Signal::from_named_raw(signal).expect("a named signal");
+    rustix::process::kill_process(pid, signal).expect("kill");
 }
 
 /// `count` numbered lines `prefix-N\n` as one byte string.
