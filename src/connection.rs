@@ -389,8 +389,13 @@ impl ClientConnection {
         };
         let budget = scratch.len();
         let framed_from = lines_out.len();
-        while report.read < budget {
-            match self.transport.read(&mut scratch[..budget - report.read]) {
+        // What the reads cost (through TLS: bytes from the socket plus a charge per record,
+        // never less than the plaintext), judged against the budget.
+        let mut spent = 0;
+        while spent < budget && report.read < budget {
+            let read = self.transport.read(&mut scratch[..budget - report.read]);
+            spent += self.transport.take_read_cost(*read.as_ref().unwrap_or(&0));
+            match read {
                 Ok(0) => {
                     report = self.ended(report, DisconnectReason::ClientClosed, lines_out);
                     break;

@@ -755,14 +755,17 @@ impl EventLoop {
         let Some(mut connection) = self.connections.remove(&token) else {
             return;
         };
-        // A client that was being sent away and then closed is counted for why it was sent
-        // away; a failure (reset, timeout) is counted as what it is.
+        // A client that was being sent away is counted for why it was sent away, however
+        // it then went (a TLS client that leaves our close_notify unread resets). At
+        // shutdown a failure (reset, the drain's timeout) is counted as what it is.
         let reason = match connection.phase() {
             Phase::Draining {
                 reason: sent_away, ..
             } => {
                 self.leaving -= 1;
-                if reason == DisconnectReason::ClientClosed {
+                if reason == DisconnectReason::ClientClosed
+                    || sent_away != DisconnectReason::Shutdown
+                {
                     sent_away
                 } else {
                     reason

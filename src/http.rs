@@ -19,6 +19,7 @@ use mio::{Interest, Registry, Token};
 
 use crate::deadlines::Deadlines;
 use crate::log_limit::RateLimit;
+use crate::logger;
 use crate::transport::Transport;
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
@@ -65,22 +66,33 @@ pub struct Request {
     pub head_only: bool,
 }
 
-/// Why a request is answered with an error, and the one-line reason in its body and log.
+/// Why a request is answered with an error: the one-line reason in its body and log, and
+/// what the client asked for, for the log only (an answer never echoes request data).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub status: Status,
+    /// Our words only: no byte of the request.
     pub reason: String,
+    /// The request's part at fault, escaped and bounded (`logger::quote`), for the log.
+    pub detail: Option<String>,
     /// A `HEAD` request: the answer has no body.
     pub head_only: bool,
 }
+
+/// The refusal of a `/ws` request that is not a GET.
+const WS_TAKES_GET: &str = "/ws takes GET only";
 
 pub fn refusal(status: Status, reason: impl Into<String>) -> Refusal {
     Refusal {
         status,
         reason: reason.into(),
+        detail: None,
         head_only: false,
     }
 }
+
+/// How much of a request's path or method a log line quotes.
+const QUOTED: usize = 120;
 
 /// Parses and routes a request head. `Ok(None)`: incomplete (more bytes needed).
 pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
@@ -101,31 +113,37 @@ pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
     let target = request.path.unwrap_or_default();
     let path = target.split(['?', '#']).next().unwrap_or_default();
     let head_only = method == "HEAD";
-    let refuse = |status, reason: String| {
+    let refuse = |status, reason: &str| {
         Err(Refusal {
             status,
-            reason,
+            reason: reason.into(),
+            detail: Some(format!(
+                "{} {}",
+                logger::quote(method, QUOTED),
+                logger::quote(target, QUOTED)
+            )),
             head_only,
         })
     };
-    let allowed = match path {
-        "/ws" => method == "GET",
-        _ => method == "GET" || head_only,
-    };
-    if !allowed {
-        return refuse(METHOD_NOT_ALLOWED, format!("{method} {path}"));
+    match path {
+        "/ws" if method != "GET" => return refuse(METHOD_NOT_ALLOWED, WS_TAKES_GET),
+        "/ws" => {}
+        _ if method != "GET" && !head_only => {
+            return refuse(METHOD_NOT_ALLOWED, "only GET and HEAD are served");
+        }
+        _ => {}
     }
     if length < bytes.len() {
         // A client must wait for our answer (and a WebSocket client for the upgrade)
         // before sending more: bytes after the head have no place here.
-        return refuse(BAD_REQUEST, "bytes after the request head".into());
+        return refuse(BAD_REQUEST, "bytes after the request head");
     }
     let route = match path {
         "/" => Route::Page,
         "/metrics" => Route::Metrics,
         "/healthz" => Route::Health,
         "/ws" => websocket_upgrade(&request)?,
-        _ => return refuse(NOT_FOUND, format!("no page at {path}")),
+        _ => return refuse(NOT_FOUND, "no such page (try / or /ws)"),
     };
     Ok(Some(Request { route, head_only }))
 }
@@ -202,7 +220,7 @@ pub fn response(
 pub fn refusal_response(refusal: &Refusal) -> Vec<u8> {
     let extra: &[(&str, &str)] = match refusal.status {
         UPGRADE_REQUIRED => &[("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")],
-        METHOD_NOT_ALLOWED if refusal.reason.ends_with(" /ws") => &[("Allow", "GET")],
+        METHOD_NOT_ALLOWED if refusal.reason == WS_TAKES_GET => &[("Allow", "GET")],
         METHOD_NOT_ALLOWED => &[("Allow", "GET, HEAD")],
         _ => &[],
     };
@@ -381,8 +399,9 @@ impl PendingRequests {
         };
         self.counters.refused += 1;
         if self.refusal_log.admit(Instant::now()) {
+            let detail = refused.detail.as_deref().unwrap_or("");
             info!(
-                "http: refused {}: {} {}: {}",
+                "http: refused {}: {} {}: {} {detail}",
                 pending.peer, refused.status.0, refused.status.1, refused.reason
             );
         }
@@ -558,9 +577,14 @@ fn read_to_end(pending: &mut Pending) -> bool {
         if pending.discarded >= MAX_DISCARDED {
             return true;
         }
-        match pending.transport.read(&mut buf) {
+        let read = pending.transport.read(&mut buf);
+        // Counted by cost: a TLS client's records are judged by their number too.
+        pending.discarded += pending
+            .transport
+            .take_read_cost(*read.as_ref().unwrap_or(&0));
+        match read {
             Ok(0) => return true,
-            Ok(n) => pending.discarded += n,
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return true,

@@ -26,6 +26,7 @@ pub mod history;
 pub mod hold_timer;
 pub mod http;
 pub mod log_limit;
+pub mod logger;
 pub mod shutdown;
 pub mod socket_queues;
 pub mod stats;

@@ -8,6 +8,7 @@ use clap::{ArgAction, Parser};
 use log::{LevelFilter, warn};
 
 use broadcast_server::config::{self, Config, Settings};
+use broadcast_server::logger::GuardedLogger;
 use broadcast_server::{EventLoop, Exit, ServerError, fd_limit};
 
 /// Forward every line a TCP client sends to every other connected client.
@@ -227,8 +228,14 @@ fn init_logging(verbose: u8, quiet: u8) {
         1 => LevelFilter::Debug,
         _ => LevelFilter::Trace,
     };
-    env_logger::Builder::new()
+    let logger = env_logger::Builder::new()
         .filter_level(level)
         .parse_default_env()
-        .init();
+        .build();
+    let max_level = logger.filter();
+    // Every record, ours and our dependencies', is escaped, bounded and (for dependencies)
+    // rate-limited on its way to env_logger.
+    if log::set_boxed_logger(Box::new(GuardedLogger::new(logger))).is_ok() {
+        log::set_max_level(max_level);
+    }
 }

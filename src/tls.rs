@@ -24,7 +24,7 @@ use rustls::server::WebPkiClientVerifier;
 
 use crate::deadlines::Deadlines;
 use crate::log_limit::RateLimit;
-use crate::transport::Transport;
+use crate::transport::{HandshakeProgress, Transport};
 
 /// How long a new connection has to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -151,6 +151,20 @@ pub struct Handshaken<K> {
     pub kind: K,
 }
 
+/// What one step of a handshake came to.
+#[derive(Debug)]
+pub enum HandshakeStep<K> {
+    /// Complete: the connection, registered under its token.
+    Complete(Handshaken<K>),
+    /// Waiting for the client (or the socket): its next event moves it on.
+    Waiting,
+    /// The step's work bound was reached with input unread: no event will say so, so the
+    /// caller moves it on again in a later turn.
+    Unfinished,
+    /// Failed (and closed) or not a handshake of ours.
+    Gone,
+}
+
 /// Connections in their TLS handshake. `K` tells the loop where each goes afterwards.
 #[derive(Debug)]
 pub struct Handshakes<K> {
@@ -213,22 +227,29 @@ impl<K> Handshakes<K> {
         Ok(())
     }
 
-    /// Moves a handshake on; returns the connection once it is complete. A failure is
-    /// logged (with the peer and reason, rate-limited) and the connection closed.
-    pub fn on_ready(&mut self, token: Token, registry: &Registry) -> Option<Handshaken<K>> {
-        let handshake = self.pending.get_mut(&token)?;
+    /// Moves a handshake on by one step (bounded work); the connection once it is
+    /// complete. A failure is logged (with the peer and reason, rate-limited) and the
+    /// connection closed.
+    pub fn on_ready(&mut self, token: Token, registry: &Registry) -> HandshakeStep<K> {
+        let Some(handshake) = self.pending.get_mut(&token) else {
+            return HandshakeStep::Gone;
+        };
         match handshake.transport.complete_handshake() {
-            Ok(false) => {
+            Ok(HandshakeProgress::Waiting) => {
                 if let Err(e) = handshake
                     .transport
                     .update_handshake_interest(registry, token)
                 {
                     self.fail(token, &e.to_string(), registry);
+                    return HandshakeStep::Gone;
                 }
-                None
+                HandshakeStep::Waiting
             }
-            Ok(true) => {
-                let mut done = self.pending.remove(&token)?;
+            Ok(HandshakeProgress::Unfinished) => HandshakeStep::Unfinished,
+            Ok(HandshakeProgress::Complete) => {
+                let Some(mut done) = self.pending.remove(&token) else {
+                    return HandshakeStep::Gone;
+                };
                 // Leave a known registration behind (the new owner's first interest update
                 // then sets it right): the last handshake step may have left READABLE only
                 // while records still wait, and an edge would be lost.
@@ -236,9 +257,9 @@ impl<K> Handshakes<K> {
                 if let Err(e) = registry.reregister(done.transport.tcp_mut(), token, both) {
                     self.closed.push(done.peer.ip());
                     info!("tls: {} lost after its handshake: {e}", done.peer);
-                    return None;
+                    return HandshakeStep::Gone;
                 }
-                Some(Handshaken {
+                HandshakeStep::Complete(Handshaken {
                     transport: done.transport,
                     peer: done.peer,
                     kind: done.kind,
@@ -250,7 +271,7 @@ impl<K> Handshakes<K> {
                     _ => e.to_string(),
                 };
                 self.fail(token, &why, registry);
-                None
+                HandshakeStep::Gone
             }
         }
     }

@@ -19,6 +19,17 @@ use rustls::ServerConnection;
 /// Most plaintext handed to rustls at once: it encrypts and holds this much until the
 /// socket takes it.
 const TLS_CHUNK: usize = 64 * 1024;
+/// What reading one TLS record costs beyond its bytes, in bytes of read budget: decrypting
+/// and processing a record has a fixed cost of about that many bytes of bulk decryption, so
+/// a client sending 1-byte records spends its turn's budget on about as much work as one
+/// sending 16 KiB records (instead of 65,536 decryptions a turn).
+pub const RECORD_COST: usize = 1024;
+/// Most read cost one handshake step may spend (a ClientHello of 64 KiB in 1-byte records
+/// takes several steps, each in its turn, instead of one long one).
+pub const HANDSHAKE_STEP_COST: usize = 32 * 1024;
+/// Most read cost one plaintext read may spend on records that yield no plaintext (empty
+/// records, key updates) before it returns to let the caller judge its budget.
+const READ_STEP_COST: usize = 16 * 1024;
 
 /// Bytes to and from one client.
 #[derive(Debug)]
@@ -35,6 +46,22 @@ pub struct TlsStream {
     tls: ServerConnection,
     /// Set once close_notify was queued (it is sent once).
     close_notify_sent: bool,
+    /// Where the incoming record stream is, to count records.
+    records: RecordMeter,
+    /// Read cost (bytes plus [`RECORD_COST`] per record) not yet taken by the caller.
+    cost: usize,
+}
+
+/// How far a TLS handshake got in one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeProgress {
+    /// Done (at once, in the clear).
+    Complete,
+    /// Waiting for the client, or for room in the socket: the next event moves it on.
+    Waiting,
+    /// The step spent [`HANDSHAKE_STEP_COST`] with input still unread: no event will come
+    /// for that input, so the caller must move it on again (in a later turn).
+    Unfinished,
 }
 
 impl Transport {
@@ -45,6 +72,8 @@ impl Transport {
             tcp,
             tls,
             close_notify_sent: false,
+            records: RecordMeter::default(),
+            cost: 0,
         }))
     }
 
@@ -68,12 +97,12 @@ impl Transport {
         matches!(self, Transport::Tls(_))
     }
 
-    /// Moves the TLS handshake on as far as the socket allows: `Ok(true)` once it is
-    /// complete (at once, in the clear), `Ok(false)` to wait for the next event. A failure
-    /// (a plaintext client, no or a bad client certificate) is an error after the alert.
-    pub fn complete_handshake(&mut self) -> io::Result<bool> {
+    /// Moves the TLS handshake on as far as the socket allows, within
+    /// [`HANDSHAKE_STEP_COST`]. A failure (a plaintext client, no or a bad client
+    /// certificate) is an error after the alert.
+    pub fn complete_handshake(&mut self) -> io::Result<HandshakeProgress> {
         match self {
-            Transport::Plain(_) => Ok(true),
+            Transport::Plain(_) => Ok(HandshakeProgress::Complete),
             Transport::Tls(stream) => stream.complete_handshake(),
         }
     }
@@ -100,6 +129,16 @@ impl Transport {
         match self {
             Transport::Plain(tcp) => tcp.read(buf),
             Transport::Tls(stream) => stream.read(buf),
+        }
+    }
+
+    /// What the reads since the last call cost, in bytes of read budget: in the clear the
+    /// `plaintext` bytes read; through TLS the bytes taken from the socket plus
+    /// [`RECORD_COST`] per record.
+    pub fn take_read_cost(&mut self, plaintext: usize) -> usize {
+        match self {
+            Transport::Plain(_) => plaintext,
+            Transport::Tls(stream) => std::mem::take(&mut stream.cost),
         }
     }
 
@@ -159,15 +198,23 @@ impl Transport {
 }
 
 impl TlsStream {
-    fn complete_handshake(&mut self) -> io::Result<bool> {
+    fn complete_handshake(&mut self) -> io::Result<HandshakeProgress> {
+        let start = self.cost;
         while self.tls.is_handshaking() {
             if !self.flush_records()? {
-                return Ok(false); // our records wait for room: WRITABLE
+                return Ok(HandshakeProgress::Waiting); // our records wait for room: WRITABLE
             }
-            match self.tls.read_tls(&mut self.tcp) {
+            if self.cost - start >= HANDSHAKE_STEP_COST {
+                self.cost = start;
+                return Ok(HandshakeProgress::Unfinished);
+            }
+            match self.read_records() {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.cost = start;
+                    return Ok(HandshakeProgress::Waiting);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
@@ -176,12 +223,25 @@ impl TlsStream {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
         }
+        self.cost = start;
         // The handshake's last messages (and TLS 1.3 session tickets).
         self.flush_records()?;
-        Ok(true)
+        Ok(HandshakeProgress::Complete)
+    }
+
+    /// Hands rustls the next bytes from the socket (at most 4 KiB: rustls reads no more at
+    /// once), adding their cost.
+    fn read_records(&mut self) -> io::Result<usize> {
+        let mut metered = MeteredRead {
+            tcp: &mut self.tcp,
+            records: &mut self.records,
+            cost: &mut self.cost,
+        };
+        self.tls.read_tls(&mut metered)
     }
 
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let start = self.cost;
         loop {
             match self.tls.reader().read(buf) {
                 Ok(n) => return Ok(n),
@@ -190,8 +250,12 @@ impl TlsStream {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) => return Err(e),
             }
+            if self.cost - start >= READ_STEP_COST {
+                // Records without plaintext: let the caller judge its budget first.
+                return Err(io::ErrorKind::Interrupted.into());
+            }
             // No plaintext waiting: take more records from the socket.
-            if self.tls.read_tls(&mut self.tcp)? == 0 {
+            if self.read_records()? == 0 {
                 return Ok(0);
             }
             if let Err(e) = self.tls.process_new_packets() {
@@ -245,5 +309,100 @@ impl TlsStream {
             }
         }
         Ok(true)
+    }
+}
+
+/// Counts the TLS records in a byte stream read in pieces of any size, by their 5-byte
+/// headers (type, version, length): what rustls will decrypt one by one.
+#[derive(Debug, Default, Clone)]
+pub struct RecordMeter {
+    /// Header bytes of the next record seen so far.
+    header: [u8; 5],
+    header_len: usize,
+    /// Body bytes of the current record still to come.
+    body_left: usize,
+}
+
+impl RecordMeter {
+    /// Takes the next bytes of the stream; returns how many records they begin.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> usize {
+        let mut records = 0;
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(bytes.len());
+                self.body_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (5 - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+            self.header_len += n;
+            bytes = &bytes[n..];
+            if self.header_len == 5 {
+                records += 1;
+                self.header_len = 0;
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+            }
+        }
+        records
+    }
+}
+
+/// The socket as rustls reads it, adding each read's bytes and records to a cost.
+struct MeteredRead<'a> {
+    tcp: &'a mut TcpStream,
+    records: &'a mut RecordMeter,
+    cost: &'a mut usize,
+}
+
+impl Read for MeteredRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.tcp.read(buf)?;
+        let records = self.records.feed(&buf[..n]);
+        *self.cost += n + records * RECORD_COST;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(len: u16) -> Vec<u8> {
+        let mut bytes = vec![23, 3, 3];
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend(std::iter::repeat_n(0xaa, usize::from(len)));
+        bytes
+    }
+
+    #[test]
+    fn records_are_counted_by_their_headers() {
+        let stream: Vec<u8> = [record(1), record(0), record(300), record(1)].concat();
+        assert_eq!(RecordMeter::default().feed(&stream), 4);
+        let mut meter = RecordMeter::default();
+        assert_eq!(meter.feed(&stream[..3]), 0, "half a header");
+        assert_eq!(meter.feed(&stream[3..7]), 1);
+        assert_eq!(meter.feed(&stream[7..]), 3);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_split_counts_the_same(
+            lens in proptest::collection::vec(0u16..2000, 0..20),
+            cuts in proptest::collection::vec(1usize..700, 1..50),
+        ) {
+            let stream: Vec<u8> = lens.iter().map(|&l| record(l)).collect::<Vec<_>>().concat();
+            let mut meter = RecordMeter::default();
+            let (mut at, mut counted) = (0, 0);
+            for cut in cuts.iter().cycle() {
+                if at >= stream.len() {
+                    break;
+                }
+                let end = (at + cut).min(stream.len());
+                counted += meter.feed(&stream[at..end]);
+                at = end;
+            }
+            proptest::prop_assert_eq!(counted, lens.len());
+        }
     }
 }

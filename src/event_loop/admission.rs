@@ -18,6 +18,7 @@ use super::{ACCEPT_RETRY, EventLoop, HandOut, Listener, PAGE, is_per_connection_
 use crate::bridge::Bridge;
 use crate::connection::{self, ClientConnection};
 use crate::http::{self, Request, Route};
+use crate::tls::HandshakeStep;
 use crate::transport::Transport;
 
 impl EventLoop {
@@ -132,16 +133,22 @@ impl EventLoop {
     }
 
     /// Moves a TLS handshake on; admits the connection once it is done.
-    /// At most `HANDSHAKE_BUDGET` a turn (each costs a signature): a flood of ClientHellos
-    /// waits its turn instead of stalling everyone; the rest go on in the next turn.
+    /// At most `HANDSHAKE_BUDGET` steps a turn (a step may cost a signature, and reads at
+    /// most `transport::HANDSHAKE_STEP_COST`): a flood of ClientHellos waits its turn
+    /// instead of stalling everyone; the rest go on in the next turn.
     pub(super) fn on_handshake_event(&mut self, token: Token) {
         if self.handshake_budget == 0 {
             self.deferred_handshakes.push(token);
             return;
         }
         self.handshake_budget -= 1;
-        if let Some(done) = self.handshakes.on_ready(token, self.poll.registry()) {
-            self.admit(done.transport, done.peer, token, done.kind);
+        match self.handshakes.on_ready(token, self.poll.registry()) {
+            HandshakeStep::Complete(done) => {
+                self.admit(done.transport, done.peer, token, done.kind)
+            }
+            // Its step's work bound was reached: input waits that no event will announce.
+            HandshakeStep::Unfinished => self.deferred_handshakes.push(token),
+            HandshakeStep::Waiting | HandshakeStep::Gone => {}
         }
     }
 
