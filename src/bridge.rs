@@ -1,91 +1,86 @@
 //! The NATS bridge: instances that join the same NATS subject behave as one broadcast.
 //!
 //! The event loop stays single-threaded mio and never waits on NATS. The bridge is one thread
-//! running a tokio current-thread runtime with the `async-nats` client; the two meet through
-//! two bounded channels and a `mio::Waker`:
+//! running a tokio current-thread runtime with a small NATS core client of our own
+//! ([`connection`], [`protocol`]); the loop and the bridge meet through two bounded channels
+//! and a `mio::Waker`:
 //!
 //! - outbound: once per hand-out the loop copies the batch's *local* lines (never lines that
 //!   came from NATS) into one buffer and `try_send`s it. A full channel drops that batch for
 //!   NATS only (counted): the local broadcast never waits.
-//! - inbound: each NATS message (whole lines from another instance) is `try_send`t to the
-//!   loop, then the waker is woken; the loop drains what is there. A full channel drops the
-//!   message (counted).
+//! - inbound: each NATS message (whole lines from another instance, its envelope
+//!   ([`envelope`]) checked and taken off) is `try_send`t to the loop, then the waker is
+//!   woken; the loop drains what is there. A full channel drops the message (counted).
 //!
 //! Delivery across instances is at most once: what is published while NATS is unreachable
 //! is dropped, not queued (counted); NATS's own buffers may lose a message in flight when a
-//! connection breaks. Our own publications never come back (`no_echo`, plus an origin
-//! header checked on receipt). This room knows nothing of clients or framing.
+//! connection breaks. Our own publications never come back (`echo: false`, plus the origin
+//! checked on receipt). This room knows nothing of clients or framing.
 
+mod connection;
+pub mod envelope;
+mod protocol;
+
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use async_nats::connection::State;
-use async_nats::{ConnectOptions, Event, HeaderMap, ServerAddr};
-use bytes::Bytes;
-use futures_util::StreamExt;
+use bytes::{Buf, Bytes, BytesMut};
 use log::{debug, info, warn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use connection::Connection;
+pub use connection::{Credentials, ServerUrl};
+use envelope::{MessageKey, Opened, Sequences, Verdict};
+use protocol::ServerOp;
 
 use crate::log_limit::RateLimit;
-use tokio::sync::mpsc;
+use crate::logger;
 
 /// Batches waiting to be published; past this the loop drops batches for NATS.
 const OUTBOX_CAPACITY: usize = 64;
-/// Messages from NATS waiting for the loop; past this they are dropped. The client's own
-/// subscription queue has the same size, so messages from NATS hold at most twice this many
-/// times NATS's max payload (1 MiB by default: 64 MiB).
+/// Messages from NATS waiting for the loop; past this they are dropped: messages from NATS
+/// wait in at most this many times NATS's max payload (1 MiB by default: 32 MiB).
 const INBOX_CAPACITY: usize = 32;
-/// The NATS client's own command queue (messages). What is in it when NATS stalls still
-/// goes out after the reconnect, late: small, so that little can (one message per turn of
-/// the loop, so a few suffice).
-const CLIENT_CAPACITY: usize = 16;
-/// How often the client pings the server: a stalled connection is noticed after two
-/// unanswered pings, in seconds.
+/// Most bytes of messages not yet taken by the socket. What is there when NATS stalls still
+/// goes out after it recovers, late: small, so that little can; past it, lines are dropped
+/// for NATS (counted as `offline`).
+const OUT_LIMIT: usize = 1024 * 1024;
+/// How often the bridge pings the server: a stalled connection is noticed after two
+/// unanswered pings (any bytes from the server count as an answer).
 const PING_INTERVAL: Duration = Duration::from_secs(2);
-/// The longest a publish may wait for room in the client's queue before its lines count as
-/// dropped: a stalled NATS must not hold lines back to deliver them late.
-const PUBLISH_WAIT: Duration = Duration::from_millis(200);
-/// The header naming the instance that published a message.
-const ORIGIN_HEADER: &str = "Broadcast-Origin";
-/// The header numbering an instance's messages: a receiver drops any message not newer
-/// than the last it delivered from that instance (late, after a stalled connection).
-const SEQUENCE_HEADER: &str = "Broadcast-Seq";
-/// Instances whose last sequence number a receiver remembers; past this it starts over.
-const MAX_ORIGINS: usize = 4096;
+/// At exit, how long the last lines may take to leave.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+/// Reconnect delays back off to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// Servers remembered, given and discovered from the cluster.
+const MAX_SERVERS: usize = 64;
+/// How much of a server's `-ERR` text a log line quotes.
+const QUOTED: usize = 200;
 
 /// Where the bridge connects and what it shares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BridgeSettings {
-    /// Server URLs of one NATS cluster (credentials already split off).
-    pub servers: Vec<String>,
-    /// `user:password` or a token given in the URLs (async-nats ignores URL credentials).
+    /// Servers of one NATS cluster (credentials already split off).
+    pub servers: Vec<ServerUrl>,
+    /// `user:password` or a token given in the URLs.
     pub credentials: Option<Credentials>,
     /// Instances with the same subject form one broadcast.
     pub subject: String,
-}
-
-/// Credentials taken out of a `--nats` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credentials {
-    UserPassword(String, String),
-    Token(String),
+    /// The shared key (`--nats-key`) that authenticates every message, if any.
+    pub key: Option<MessageKey>,
 }
 
 /// Parses `--nats`: comma-separated `nats://[user:pass@|token@]host:port` URLs.
-pub fn parse_servers(text: &str) -> Result<(Vec<String>, Option<Credentials>), String> {
+pub fn parse_servers(text: &str) -> Result<(Vec<ServerUrl>, Option<Credentials>), String> {
     let mut servers = Vec::new();
     let mut credentials = None;
     for url in text.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        let addr: ServerAddr = url
-            .parse()
-            .map_err(|e| format!("'{url}' is not a NATS URL ({e}); try nats://127.0.0.1:4222"))?;
-        let given = match (addr.username(), addr.password()) {
-            (Some(user), Some(pass)) => Some(Credentials::UserPassword(user.into(), pass.into())),
-            (Some(token), None) => Some(Credentials::Token(token.into())),
-            _ => None,
-        };
+        let (server, given) = ServerUrl::parse(url)?;
         if given.is_some() {
             if credentials.is_some() && credentials != given {
                 return Err(
@@ -96,17 +91,6 @@ pub fn parse_servers(text: &str) -> Result<(Vec<String>, Option<Credentials>), S
             }
             credentials = given;
         }
-        // An IPv6 host keeps its brackets.
-        let host = addr.host();
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.to_string()
-        };
-        let server = format!("{}://{host}:{}", addr.scheme(), addr.port());
-        server
-            .parse::<ServerAddr>()
-            .map_err(|e| format!("'{url}' is not a usable NATS URL ({e})"))?;
         servers.push(server);
     }
     if servers.is_empty() {
@@ -124,16 +108,18 @@ pub struct BridgeCounters {
     pub received: AtomicU64,
     /// Lines not published because the outbound channel was full (NATS slower than us).
     pub dropped_backlog: AtomicU64,
-    /// Lines not published because NATS was unreachable.
+    /// Lines not published because NATS was unreachable or not taking them (stalled).
     pub dropped_offline: AtomicU64,
     /// Lines not published because one line is larger than NATS's max payload.
     pub dropped_too_large: AtomicU64,
-    /// Lines (or, when the client's own queue overflowed, messages) from NATS dropped: the
-    /// queues to the loop were full, a line was over this instance's `--max-line`, or a
-    /// message did not end in a line end (no instance publishes that).
+    /// Lines (or messages) from NATS dropped: the queue to the loop was full, a line was
+    /// over this instance's `--max-line`, or a message did not end in a line end.
     pub dropped_inbound: AtomicU64,
     /// Lines from NATS dropped because they came after newer ones from the same instance.
     pub dropped_stale: AtomicU64,
+    /// Lines from NATS dropped because their message could not be believed: a bad
+    /// envelope, a missing or wrong tag (`--nats-key`), a sequence number out of reach.
+    pub dropped_forged: AtomicU64,
 }
 
 impl BridgeCounters {
@@ -147,7 +133,7 @@ impl BridgeCounters {
     }
 
     /// Every counter with its name: published, received, then the drops by reason.
-    pub fn each(&self) -> [(&'static str, u64); 7] {
+    pub fn each(&self) -> [(&'static str, u64); 8] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("published", get(&self.published)),
@@ -157,6 +143,7 @@ impl BridgeCounters {
             ("too_large", get(&self.dropped_too_large)),
             ("inbound", get(&self.dropped_inbound)),
             ("stale", get(&self.dropped_stale)),
+            ("forged", get(&self.dropped_forged)),
         ]
     }
 
@@ -195,18 +182,7 @@ impl Bridge {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let link = Link {
-            settings,
-            waker,
-            inbound,
-            counters: Arc::clone(&counters),
-            origin: format!("{:016x}", origin_id()),
-            too_large_log: RateLimit::default(),
-            ever_connected: false,
-            said_unreachable: false,
-            sequence: 0,
-            last_seen: std::collections::HashMap::new(),
-        };
+        let link = Link::new(settings, waker, inbound, Arc::clone(&counters));
         std::thread::Builder::new()
             .name("nats-bridge".into())
             .spawn(move || {
@@ -284,111 +260,321 @@ fn origin_id() -> u64 {
     hasher.finish()
 }
 
+/// Why a connection's service ended.
+enum Ended {
+    /// The loop dropped its handle: the bridge is done.
+    Done,
+    /// The connection was lost (the reason, for the log); reconnect.
+    Lost(String),
+}
+
+/// Log lines a storm could repeat, each limited.
+struct LinkLogs {
+    /// Connection changes (connected, disconnected): a server that drops us at once must not
+    /// fill the log.
+    state: RateLimit,
+    too_large: RateLimit,
+    forged: RateLimit,
+    server_errors: RateLimit,
+}
+
 /// The bridge thread's side.
 struct Link {
     settings: BridgeSettings,
     waker: mio::Waker,
     inbound: std_mpsc::SyncSender<Bytes>,
     counters: Arc<BridgeCounters>,
-    origin: String,
-    /// Lines too large for NATS are logged at most once a second.
-    too_large_log: RateLimit,
+    origin: u64,
+    /// The number of this instance's last published message.
+    sequence: u64,
+    /// The last message number believed from each other instance.
+    sequences: Sequences,
+    /// Servers to try in turn: the given ones, then those the cluster told of.
+    servers: Vec<ServerUrl>,
+    next_server: usize,
+    /// The connected server's max payload.
+    max_payload: usize,
+    logs: LinkLogs,
     /// Whether NATS was ever reached, and whether we already said it could not be.
     ever_connected: bool,
     said_unreachable: bool,
-    /// The number of this instance's last published message.
-    sequence: u64,
-    /// The last message number delivered from each other instance, by its id.
-    last_seen: std::collections::HashMap<u64, u64>,
 }
 
 impl Link {
-    /// Connects (in the background, retrying for ever), subscribes, and moves lines both
+    fn new(
+        settings: BridgeSettings,
+        waker: mio::Waker,
+        inbound: std_mpsc::SyncSender<Bytes>,
+        counters: Arc<BridgeCounters>,
+    ) -> Link {
+        Link {
+            sequences: Sequences::new(settings.key.is_some()),
+            servers: settings.servers.clone(),
+            settings,
+            waker,
+            inbound,
+            counters,
+            origin: origin_id(),
+            sequence: 0,
+            next_server: 0,
+            max_payload: protocol::DEFAULT_MAX_PAYLOAD,
+            logs: LinkLogs {
+                state: RateLimit::with_burst(4),
+                too_large: RateLimit::default(),
+                forged: RateLimit::default(),
+                server_errors: RateLimit::with_burst(4),
+            },
+            ever_connected: false,
+            said_unreachable: false,
+        }
+    }
+
+    /// Connects (retrying for ever, server after server, backing off), and moves lines both
     /// ways until the loop drops its handle.
     async fn run(mut self, mut outbound: mpsc::Receiver<Bytes>) {
-        let (events_tx, mut events) = mpsc::channel::<Event>(64);
-        let mut options = ConnectOptions::new()
-            .name("broadcast-server")
-            .no_echo()
-            .retry_on_initial_connect()
-            .ping_interval(PING_INTERVAL)
-            .client_capacity(CLIENT_CAPACITY)
-            .subscription_capacity(INBOX_CAPACITY)
-            .event_callback(move |event| {
-                let events_tx = events_tx.clone();
-                async move {
-                    let _ = events_tx.try_send(event);
-                }
-            });
-        options = match &self.settings.credentials {
-            Some(Credentials::UserPassword(user, pass)) => {
-                options.user_and_password(user.clone(), pass.clone())
-            }
-            Some(Credentials::Token(token)) => options.token(token.clone()),
-            None => options,
-        };
-        let servers: Vec<&str> = self.settings.servers.iter().map(String::as_str).collect();
-        let client = match options.connect(servers).await {
-            Ok(client) => client,
-            Err(e) => {
-                warn!("nats: cannot start the client, bridging is off: {e}");
-                return;
-            }
-        };
-        let mut subscriber = match client.subscribe(self.settings.subject.clone()).await {
-            Ok(subscriber) => subscriber,
-            Err(e) => {
-                warn!("nats: cannot subscribe, bridging is off: {e}");
-                return;
-            }
-        };
+        let servers: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
         info!(
-            "nats: bridging subject {} through {} as instance {} (connecting)",
+            "nats: bridging subject {} through {} as instance {:016x}{} (connecting)",
             self.settings.subject,
-            self.settings.servers.join(","),
-            self.origin
+            servers.join(","),
+            self.origin,
+            if self.settings.key.is_some() {
+                ", messages signed with --nats-key"
+            } else {
+                ""
+            }
         );
+        // Failed attempts in this round of the servers, and rounds failed in a row.
+        let (mut failed, mut rounds) = (0usize, 0u32);
         loop {
-            tokio::select! {
-                batch = outbound.recv() => match batch {
-                    Some(batch) => self.publish(&client, batch).await,
-                    None => {
-                        // The loop is done: what was handed over goes out before we end.
-                        let _ = tokio::time::timeout(PUBLISH_WAIT * 5, client.flush()).await;
-                        break;
+            let server = self.servers[self.next_server % self.servers.len()].clone();
+            self.next_server = (self.next_server + 1) % self.servers.len();
+            let open = Connection::open(
+                &server,
+                self.settings.credentials.as_ref(),
+                &self.settings.subject,
+            );
+            let Some(opened) = self.while_offline(open, &mut outbound).await else {
+                return;
+            };
+            let lasted = match opened {
+                Ok(connection) => {
+                    self.on_connected(&server, &connection);
+                    let since = Instant::now();
+                    match self.serve(connection, &mut outbound).await {
+                        Ended::Done => return,
+                        Ended::Lost(why) => self.log_state(|| {
+                            warn!(
+                                "nats: disconnected from {server} ({why}); lines stay local \
+                                 until it is back"
+                            )
+                        }),
                     }
-                },
-                Some(message) = subscriber.next() => self.deliver(message),
-                Some(event) = events.recv() => self.log_event(&event),
+                    since.elapsed() >= PING_INTERVAL
+                }
+                Err(e) => {
+                    self.on_failed_attempt(&server, &e);
+                    false
+                }
+            };
+            // A connection that lasted is a success; one dropped at once counts as a failure,
+            // so a server that takes us and drops us again is not retried in a tight loop.
+            if lasted {
+                (failed, rounds) = (0, 0);
+                continue;
+            }
+            failed += 1;
+            if failed >= self.servers.len() {
+                (failed, rounds) = (0, rounds + 1);
+                let pause = tokio::time::sleep(backoff(rounds));
+                if self.while_offline(pause, &mut outbound).await.is_none() {
+                    return;
+                }
             }
         }
     }
 
-    /// Publishes a batch of local lines, split at line ends into messages within NATS's max
-    /// payload. Nothing is published, or queued, while NATS is unreachable.
-    async fn publish(&mut self, client: &async_nats::Client, batch: Bytes) {
-        let lines = count_lines(&batch);
-        if client.connection_state() != State::Connected {
-            BridgeCounters::add(&self.counters.dropped_offline, lines);
-            return;
+    /// Runs `future` while NATS is unreachable: lines handed over meanwhile are dropped for
+    /// NATS (counted). `None` once the loop is done.
+    async fn while_offline<F: Future>(
+        &self,
+        future: F,
+        outbound: &mut mpsc::Receiver<Bytes>,
+    ) -> Option<F::Output> {
+        tokio::pin!(future);
+        loop {
+            tokio::select! {
+                output = &mut future => return Some(output),
+                batch = outbound.recv() => match batch {
+                    Some(batch) => {
+                        BridgeCounters::add(&self.counters.dropped_offline, count_lines(&batch));
+                    }
+                    None => return None,
+                },
+            }
         }
-        // Room for the headers on the wire.
-        let limit = client.max_payload().saturating_sub(128).max(1);
-        let mut stalled = false;
+    }
+
+    fn on_connected(&mut self, server: &ServerUrl, connection: &Connection) {
+        self.ever_connected = true;
+        self.learn(&connection.info);
+        // Unverified numbers from before are not trusted across an unknown stretch.
+        self.sequences.forget_unverified();
+        self.log_state(|| info!("nats: connected to {server}; bridging"));
+        self.counters.count_inbound_drop(connection.dropped_early);
+    }
+
+    fn on_failed_attempt(&mut self, server: &ServerUrl, error: &io::Error) {
+        if !self.ever_connected && !self.said_unreachable {
+            self.said_unreachable = true;
+            let servers: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
+            warn!(
+                "nats: cannot reach {} yet ({}); serving locally and retrying",
+                servers.join(","),
+                logger::quote(&error.to_string(), QUOTED)
+            );
+        } else {
+            debug!("nats: {server}: {error}");
+        }
+    }
+
+    /// What a server's INFO teaches: its max payload, the cluster's other servers.
+    fn learn(&mut self, info: &protocol::ServerInfo) {
+        self.max_payload = info.max_payload;
+        let Some(seed) = self.servers.first().cloned() else {
+            return;
+        };
+        for hostport in &info.connect_urls {
+            if self.servers.len() >= MAX_SERVERS {
+                break;
+            }
+            if let Some(server) = seed.discovered(hostport)
+                && !self.servers.contains(&server)
+            {
+                self.servers.push(server);
+            }
+        }
+    }
+
+    /// Logs a connection change, at most a few a second (then a summary).
+    fn log_state(&mut self, log: impl FnOnce()) {
+        let now = Instant::now();
+        if let Some(more) = self.logs.state.take_summary(now) {
+            warn!("nats: {more} more connection changes in the last second");
+        }
+        if self.logs.state.admit(now) {
+            log();
+        }
+    }
+
+    /// Serves one connection: reads the server's operations, writes what is queued, takes
+    /// the loop's batches and pings, until the connection is lost or the loop is done.
+    async fn serve(
+        &mut self,
+        mut connection: Connection,
+        outbound: &mut mpsc::Receiver<Bytes>,
+    ) -> Ended {
+        for payload in std::mem::take(&mut connection.early) {
+            self.deliver(payload);
+        }
+        // Queued for the socket, and the part being written now.
+        let mut out = BytesMut::new();
+        let mut writing = Bytes::new();
+        let start = tokio::time::Instant::now() + PING_INTERVAL;
+        let mut ping = tokio::time::interval_at(start, PING_INTERVAL);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unanswered = 0;
+        loop {
+            if writing.is_empty() && !out.is_empty() {
+                writing = out.split().freeze();
+            }
+            tokio::select! {
+                read = connection.reader.read_buf(&mut connection.input) => {
+                    match read {
+                        Ok(0) => return Ended::Lost("closed by the server".into()),
+                        Ok(_) => unanswered = 0,
+                        Err(e) => return Ended::Lost(e.to_string()),
+                    }
+                    loop {
+                        match connection.decode() {
+                            Ok(Some(op)) => self.on_operation(op, &mut out),
+                            Ok(None) => break,
+                            Err(e) => return Ended::Lost(e.to_string()),
+                        }
+                    }
+                }
+                written = connection.writer.write(&writing), if !writing.is_empty() => match written {
+                    Ok(0) => return Ended::Lost("the socket took nothing".into()),
+                    Ok(n) => writing.advance(n),
+                    Err(e) => return Ended::Lost(e.to_string()),
+                },
+                batch = outbound.recv() => match batch {
+                    Some(batch) => self.publish(batch, &mut out, writing.len()),
+                    None => {
+                        // The loop is done: what was handed over goes out before we end.
+                        let rest = [writing, out.freeze()].concat();
+                        let flush = connection.writer.write_all(&rest);
+                        let _ = tokio::time::timeout(FINAL_FLUSH, flush).await;
+                        let _ = tokio::time::timeout(FINAL_FLUSH, connection.writer.flush()).await;
+                        return Ended::Done;
+                    }
+                },
+                _ = ping.tick() => {
+                    if unanswered >= 2 {
+                        return Ended::Lost("no answer to two pings: the server stalled".into());
+                    }
+                    unanswered += 1;
+                    out.extend_from_slice(protocol::PING);
+                    self.log_summaries();
+                }
+            }
+        }
+    }
+
+    fn on_operation(&mut self, op: ServerOp, out: &mut BytesMut) {
+        match op {
+            ServerOp::Msg(payload) => self.deliver(payload),
+            ServerOp::Ping => out.extend_from_slice(protocol::PONG),
+            ServerOp::Pong | ServerOp::Ok => {}
+            ServerOp::Info(info) => self.learn(&info),
+            ServerOp::Err(why) => {
+                if self.logs.server_errors.admit(Instant::now()) {
+                    warn!("nats: the server says: {}", logger::quote(&why, QUOTED));
+                }
+            }
+        }
+    }
+
+    /// Summaries of rate-limited lines whose window has closed.
+    fn log_summaries(&mut self) {
+        let now = Instant::now();
+        if let Some(more) = self.logs.state.take_summary(now) {
+            warn!("nats: {more} more connection changes in the last second");
+        }
+        if let Some(more) = self.logs.forged.take_summary(now) {
+            warn!("nats: {more} more messages that no instance sent were dropped");
+        }
+        if let Some(more) = self.logs.server_errors.take_summary(now) {
+            warn!("nats: {more} more errors from the server");
+        }
+        if let Some(more) = self.logs.too_large.take_summary(now) {
+            warn!("nats: {more} more lines over NATS's max payload stayed local");
+        }
+    }
+
+    /// Queues a batch of local lines, split at line ends into messages within NATS's max
+    /// payload, each with its envelope and its own sequence number. Past [`OUT_LIMIT`] not
+    /// yet taken by the socket (NATS stalled) lines are dropped, not queued.
+    fn publish(&mut self, batch: Bytes, out: &mut BytesMut, in_flight: usize) {
+        let limit = self
+            .max_payload
+            .saturating_sub(envelope::MAX_ENVELOPE)
+            .max(1);
         for chunk in split_at_lines(batch, limit) {
             let n = count_lines(&chunk);
-            if stalled {
-                // NATS stalled on an earlier chunk: the rest would only arrive late.
-                BridgeCounters::add(&self.counters.dropped_offline, n);
-                continue;
-            }
             if chunk.len() > limit {
                 BridgeCounters::add(&self.counters.dropped_too_large, n);
-                let now = std::time::Instant::now();
-                if let Some(more) = self.too_large_log.take_summary(now) {
-                    warn!("nats: {more} more lines over NATS's max payload stayed local");
-                }
-                if self.too_large_log.admit(now) {
+                if self.logs.too_large.admit(Instant::now()) {
                     warn!(
                         "nats: a line of {} bytes is over NATS's max payload ({limit}): \
                          delivered here only",
@@ -397,111 +583,82 @@ impl Link {
                 }
                 continue;
             }
+            if out.len() + in_flight >= OUT_LIMIT {
+                BridgeCounters::add(&self.counters.dropped_offline, n);
+                continue;
+            }
             self.sequence += 1;
-            let mut headers = HeaderMap::new();
-            headers.insert(ORIGIN_HEADER, self.origin.as_str());
-            headers.insert(SEQUENCE_HEADER, self.sequence.to_string().as_str());
-            let publish =
-                client.publish_with_headers(self.settings.subject.clone(), headers, chunk);
-            match tokio::time::timeout(PUBLISH_WAIT, publish).await {
-                Ok(Ok(())) => BridgeCounters::add(&self.counters.published, n),
-                Ok(Err(e)) => {
-                    BridgeCounters::add(&self.counters.dropped_offline, n);
-                    debug!("nats: publish failed: {e}");
-                }
-                Err(_) => {
-                    BridgeCounters::add(&self.counters.dropped_offline, n);
-                    debug!("nats: publish timed out (NATS stalled)");
-                    stalled = true;
-                }
-            }
+            let head = envelope::seal(
+                self.origin,
+                self.sequence,
+                self.settings.key.as_ref(),
+                &chunk,
+            );
+            protocol::publish(out, &self.settings.subject, &head, &chunk);
+            BridgeCounters::add(&self.counters.published, n);
         }
     }
 
-    /// One log line per connection state change; failed (re)connect attempts are debug,
-    /// except the first at start, which says NATS cannot be reached yet.
-    fn log_event(&mut self, event: &Event) {
-        match event {
-            Event::Connected => {
-                self.ever_connected = true;
-                info!("nats: connected; bridging");
+    /// Passes a message from another instance (or a plain publisher, without a key) to the
+    /// loop, its envelope checked and taken off.
+    fn deliver(&mut self, payload: Bytes) {
+        let lines = match envelope::open(&payload, self.settings.key.as_ref()) {
+            Opened::Forged => {
+                let lines = envelope::carried_lines(&payload);
+                return self.drop_forged(lines, "no valid envelope");
             }
-            Event::Disconnected => {
-                warn!("nats: disconnected; lines stay local until it is back")
+            Opened::Foreign(lines) => lines,
+            Opened::Instance { origin, .. } if origin == self.origin => return, // our own
+            Opened::Instance { lines, .. } if !lines.ends_with(b"\n") => {
+                return self.counters.count_inbound_drop(1);
             }
-            Event::SlowConsumer(_) => {
-                // The client's own queue for us overflowed: one message lost.
-                self.counters.count_inbound_drop(1);
-            }
-            Event::ClientError(e) if !self.ever_connected && !self.said_unreachable => {
-                self.said_unreachable = true;
-                warn!(
-                    "nats: cannot reach {} yet ({e}); serving locally and retrying",
-                    self.settings.servers.join(",")
-                );
-            }
-            Event::ClientError(e) => debug!("nats: {e}"),
-            other => info!("nats: {other}"),
-        }
-    }
-
-    /// Passes a message from another instance to the loop.
-    fn deliver(&mut self, message: async_nats::Message) {
-        let header = |name| {
-            message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_string())
+            Opened::Instance {
+                origin,
+                sequence,
+                lines,
+            } => match self.sequences.judge(origin, sequence) {
+                Verdict::Deliver => lines,
+                Verdict::Stale => {
+                    return BridgeCounters::add(&self.counters.dropped_stale, count_lines(lines));
+                }
+                Verdict::Unbelieved => {
+                    return self.drop_forged(count_lines(lines), "a sequence number out of reach");
+                }
+            },
         };
-        let origin = header(ORIGIN_HEADER).unwrap_or_default();
-        if origin == self.origin {
-            return; // our own: no_echo should prevent it, and a line never loops
-        }
-        if !message.payload.ends_with(b"\n") {
+        if !lines.ends_with(b"\n") {
             // Not whole lines (no instance publishes that): nothing to deliver it as.
-            self.counters.count_inbound_drop(1);
-            return;
+            return self.counters.count_inbound_drop(1);
         }
-        let lines = count_lines(&message.payload);
-        let sequence = header(SEQUENCE_HEADER).and_then(|s| s.parse::<u64>().ok());
-        // Only an instance's id (16 hex digits) is remembered: a foreign publisher cannot
-        // grow the map with large or endless made-up origins beyond MAX_ORIGINS small keys.
-        let origin_id = parse_origin(&origin);
-        if let (Some(sequence), Some(origin_id)) = (sequence, origin_id) {
-            if self.last_seen.len() >= MAX_ORIGINS
-                && !self.last_seen.contains_key(&origin_id)
-                && let Some(&evicted) = self.last_seen.keys().next()
-            {
-                self.last_seen.remove(&evicted);
-            }
-            let last = self.last_seen.entry(origin_id).or_insert(0);
-            if sequence <= *last {
-                // Older than what we delivered from that instance: late, after a stall.
-                BridgeCounters::add(&self.counters.dropped_stale, lines);
-                return;
-            }
-            *last = sequence;
-        }
-        match self.inbound.try_send(message.payload) {
+        let n = count_lines(lines);
+        let lines = payload.slice_ref(lines);
+        match self.inbound.try_send(lines) {
             Ok(()) => {
                 // `received` is counted by the loop, as the lines reach the batch.
                 if let Err(e) = self.waker.wake() {
                     warn!("nats: cannot wake the event loop: {e}");
                 }
             }
-            Err(_) => BridgeCounters::add(&self.counters.dropped_inbound, lines),
+            Err(_) => BridgeCounters::add(&self.counters.dropped_inbound, n),
+        }
+    }
+
+    fn drop_forged(&mut self, lines: usize, why: &str) {
+        BridgeCounters::add(&self.counters.dropped_forged, lines);
+        let now = Instant::now();
+        if let Some(more) = self.logs.forged.take_summary(now) {
+            warn!("nats: {more} more messages that no instance sent were dropped");
+        }
+        if self.logs.forged.admit(now) {
+            warn!("nats: dropped a message that no instance sent ({why})");
         }
     }
 }
 
-/// An instance id: exactly 16 lowercase hex digits, as `origin_id` formats them.
-fn parse_origin(origin: &str) -> Option<u64> {
-    let hex = origin.len() == 16
-        && origin
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    hex.then(|| u64::from_str_radix(origin, 16).ok()).flatten()
+/// The pause after the `round`th round of failed attempts at every server.
+fn backoff(round: u32) -> Duration {
+    let millis = 250u64.saturating_mul(1 << round.min(5).saturating_sub(1));
+    Duration::from_millis(millis).min(MAX_BACKOFF)
 }
 
 fn count_lines(bytes: &[u8]) -> usize {
@@ -537,33 +694,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_give_servers_and_credentials() {
-        assert_eq!(
-            parse_servers("nats://127.0.0.1:4222"),
-            Ok((vec!["nats://127.0.0.1:4222".to_string()], None))
-        );
+    fn urls_give_servers_and_one_set_of_credentials() {
         let (servers, credentials) =
             parse_servers("nats://u:pw@127.0.0.2:4222, nats://u:pw@127.0.0.3:4223").unwrap();
-        assert_eq!(servers, ["nats://127.0.0.2:4222", "nats://127.0.0.3:4223"]);
+        let shown: Vec<String> = servers.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["nats://127.0.0.2:4222", "nats://127.0.0.3:4223"]);
         assert_eq!(
             credentials,
             Some(Credentials::UserPassword("u".into(), "pw".into()))
         );
-        assert_eq!(
-            parse_servers("nats://s3cret@127.0.0.1:4222").unwrap().1,
-            Some(Credentials::Token("s3cret".into()))
-        );
         assert!(parse_servers("").is_err());
         assert!(parse_servers("nats://host:notaport").is_err());
-        assert_eq!(
-            parse_servers("nats://[::1]:4222").unwrap().0,
-            ["nats://[::1]:4222"]
-        );
         assert!(parse_servers("nats://a:b@h1:4222,nats://c:d@h2:4222").is_err());
         assert!(parse_servers("nats://a:b@h1:4222,nats://h2:4222").is_ok());
-        assert_eq!(parse_origin("00ff00ff00ff00ff"), Some(0x00ff00ff00ff00ff));
-        assert_eq!(parse_origin("00FF00FF00FF00FF"), None);
-        assert_eq!(parse_origin("x"), None);
+    }
+
+    #[test]
+    fn backoff_grows_to_four_seconds() {
+        let delays: Vec<u64> = (1..8).map(|r| backoff(r).as_millis() as u64).collect();
+        assert_eq!(delays, [250, 500, 1000, 2000, 4000, 4000, 4000]);
     }
 
     #[test]

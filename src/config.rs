@@ -8,6 +8,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::access::{AccessList, Cidr};
+use crate::bridge::envelope::MessageKey;
 use crate::bridge::{self, BridgeSettings};
 use crate::tls::TlsSettings;
 
@@ -102,6 +103,8 @@ pub struct Settings {
     /// `--nats`: comma-separated URLs, or `None`.
     pub nats: Option<String>,
     pub nats_subject: String,
+    /// `--nats-key FILE`: the shared secret that signs NATS messages.
+    pub nats_key: Option<std::path::PathBuf>,
     /// `--http HOST:PORT`, or `None`.
     pub http: Option<String>,
     pub ws_ping_interval: Duration,
@@ -129,6 +132,7 @@ impl Default for Settings {
             tcp_keepalive: DEFAULT_TCP_KEEPALIVE,
             nats: None,
             nats_subject: DEFAULT_NATS_SUBJECT.to_string(),
+            nats_key: None,
             http: None,
             ws_ping_interval: DEFAULT_WS_PING_INTERVAL,
             allow: Vec::new(),
@@ -230,7 +234,7 @@ impl Config {
         let nats = settings
             .nats
             .as_deref()
-            .map(|urls| nats_settings(urls, &settings.nats_subject))
+            .map(|urls| nats_settings(urls, &settings.nats_subject, settings.nats_key.as_deref()))
             .transpose()?;
         let ranges = |flag: &'static str, texts: &[String]| {
             texts
@@ -317,8 +321,12 @@ impl Config {
     }
 }
 
-/// Checks the NATS URLs and subject.
-fn nats_settings(urls: &str, subject: &str) -> Result<BridgeSettings, ConfigError> {
+/// Checks the NATS URLs and subject, and reads the key file.
+fn nats_settings(
+    urls: &str,
+    subject: &str,
+    key_file: Option<&std::path::Path>,
+) -> Result<BridgeSettings, ConfigError> {
     let (servers, credentials) =
         bridge::parse_servers(urls).map_err(|why| ConfigError::BadNats { why })?;
     let valid = subject.split('.').all(|token| {
@@ -332,11 +340,35 @@ fn nats_settings(urls: &str, subject: &str) -> Result<BridgeSettings, ConfigErro
             ),
         });
     }
+    let key = key_file
+        .map(|path| read_nats_key(path, subject))
+        .transpose()?;
     Ok(BridgeSettings {
         servers,
         credentials,
         subject: subject.to_string(),
+        key,
     })
+}
+
+/// Shortest secret `--nats-key` accepts, in bytes.
+const MIN_NATS_KEY: usize = 16;
+
+/// Reads the shared secret of `--nats-key` (its bytes, less a trailing line end).
+fn read_nats_key(path: &std::path::Path, subject: &str) -> Result<MessageKey, ConfigError> {
+    let bad = |why: String| ConfigError::BadNats {
+        why: format!("--nats-key '{}': {why}", path.display()),
+    };
+    let secret = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let secret = secret.trim_ascii_end();
+    if secret.len() < MIN_NATS_KEY {
+        return Err(bad(format!(
+            "the key is {} bytes; give at least {MIN_NATS_KEY} (make one with: head -c 32 \
+             /dev/urandom | base64 > FILE, and give every instance the same file)",
+            secret.len()
+        )));
+    }
+    Ok(MessageKey::new(secret, subject))
 }
 
 /// Turns `HOST:PORT` into the socket addresses to try, the way `TcpListener::bind` would.

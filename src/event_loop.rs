@@ -153,8 +153,8 @@ pub struct EventLoop {
     accept_retry_at: Option<Instant>,
     /// Accepts left in this turn (both listeners share it).
     accept_budget: usize,
-    /// Per listener: the accept budget ran out with connections possibly still waiting (no
-    /// new edge will come for them).
+    /// Per listener: connections may be waiting (its event came this poll, or the accept
+    /// budget ran out before it was empty: no new edge will come for those).
     more_to_accept: [bool; 2],
     /// `Some` once a stop signal arrived.
     shutdown: Option<Shutdown>,
@@ -326,11 +326,15 @@ impl EventLoop {
     }
 
     /// Dispatches one poll's events; returns an exit if a second stop signal arrived.
+    /// A listener's connections are accepted after every client event of the poll (in
+    /// `run`): departures before arrivals, so that a client whose close came in the same
+    /// poll as a newcomer no longer counts against `--max-clients` when the newcomer is
+    /// judged, whatever order epoll reported the two in.
     fn handle_events(&mut self, events: &Events) -> Option<Exit> {
         for event in events.iter() {
             match event.token() {
-                LISTENER => self.accept_all(Listener::Lines),
-                WEB_LISTENER => self.accept_all(Listener::Web),
+                LISTENER => self.more_to_accept[Listener::Lines as usize] = true,
+                WEB_LISTENER => self.more_to_accept[Listener::Web as usize] = true,
                 HOLD_TIMER => self.hold_timer.acknowledge(),
                 BRIDGE => self.nats_waiting = true,
                 SIGNALS => {

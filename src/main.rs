@@ -85,6 +85,12 @@ struct Args {
     )]
     nats_subject: String,
 
+    /// Sign every NATS message with the secret in FILE (at least 16 bytes; every instance
+    /// gets the same file) and drop messages not signed with it: no one else on the NATS
+    /// server can forge or inject lines
+    #[arg(long, value_name = "FILE", requires = "nats")]
+    nats_key: Option<std::path::PathBuf>,
+
     /// Also serve browsers on HOST:PORT: a live page at /, WebSocket clients at /ws (members
     /// of the same broadcast), Prometheus metrics at /metrics, /healthz (port 0 picks a free
     /// port, reported in the "http listening on" log line)
@@ -171,6 +177,7 @@ fn run(args: Args) -> Result<Exit, ServerError> {
         tcp_keepalive: Duration::from_secs(args.tcp_keepalive),
         nats: args.nats,
         nats_subject: args.nats_subject,
+        nats_key: args.nats_key,
         http: args.http,
         ws_ping_interval: args.ws_ping_interval,
         allow: args.allow,

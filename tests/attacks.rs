@@ -64,6 +64,17 @@ fn client_hello_with_sni(name: &[u8]) -> Vec<u8> {
     records
 }
 
+/// Handshakes the log says failed: one line each, or summed up.
+fn failed_handshakes(server: &Server) -> usize {
+    let one_each = server.log_lines("tls: handshake with ").len();
+    let summed: usize = server
+        .log_lines(" more handshakes failed")
+        .iter()
+        .filter_map(|l| l.split("tls: ").nth(1)?.split(' ').next()?.parse::<usize>().ok())
+        .sum();
+    one_each + summed
+}
+
 /// The log so far, in bytes, and its longest line.
 fn log_size(server: &Server) -> (usize, usize) {
     let log = server.log_text();
@@ -86,8 +97,17 @@ fn two_hundred_hellos_with_a_huge_invalid_sni_leave_the_log_small_and_tls_workin
         // is part of the attack going as planned.
         let _ = attacker.write_all(&hello);
     }
-    // Every attacker is done with once its failure is counted somewhere in the log (logged
-    // or summed up); a normal client is still served after them.
+    // Every attacker's failure is logged or summed up (20 a second, then a summary).
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while failed_handshakes(&server) < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 200 handshakes failed",
+            failed_handshakes(&server)
+        );
+        thread::sleep(std::time::Duration::from_millis(20)); // polling the log, with a deadline
+    }
+    // A normal client is still served after them.
     let mut late = connect(&server, &config);
     sender.send(b"still here\n");
     receiver.expect(b"still here\n");
@@ -149,7 +169,7 @@ fn turns(log: &str) -> Vec<Vec<&str>> {
 #[test]
 fn one_byte_tls_records_are_read_a_bounded_number_a_turn() {
     let pki = Pki::new("records");
-    let server = tls_server(&pki, &["-vv", "--coalesce-us", "0"]);
+    let mut server = tls_server(&pki, &["-vv", "--coalesce-us", "0"]);
     let config = pki.client_config(None);
     let mut receiver = connect(&server, &config);
     let mut sender = connect(&server, &config);
@@ -176,7 +196,9 @@ fn one_byte_tls_records_are_read_a_bounded_number_a_turn() {
     let sending = thread::spawn(move || tcp.write_all(&ciphertext).unwrap());
     receiver.expect(&lines);
     sending.join().unwrap();
-    let log = server.log_text();
+    server.signal(libc::SIGTERM);
+    server.wait_exit();
+    let log = server.final_log();
     let needle = format!("token {token}: read ");
     let per_turn: Vec<usize> = turns(&log)
         .iter()
@@ -220,4 +242,56 @@ fn a_tls_client_sent_away_for_a_long_line_is_counted_as_such_even_if_it_resets()
         stats.contains(" error=0 ") && stats.contains(" line_too_long=1 "),
         "{stats}"
     );
+}
+
+/// Waits until the server process is stopped (SIGSTOP is delivered asynchronously).
+fn wait_until_stopped(server: &Server) {
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+        if status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains("stopped"))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never stopped"
+        );
+        thread::sleep(std::time::Duration::from_millis(5)); // polling /proc, with a deadline
+    }
+}
+
+#[test]
+fn a_client_that_left_in_the_same_poll_as_a_newcomer_arrived_no_longer_counts() {
+    let mut server = Server::start(&["--http", "127.0.0.1:0", "--max-clients", "3"]);
+    let web = server.web_addr();
+    let leaving = server.connect();
+    let _b = server.connect();
+    let _c = server.connect();
+    server.signal(libc::SIGSTOP);
+    wait_until_stopped(&server);
+    // The newcomer's connection is ready on the web listener first, then the leaver's close
+    // arrives: one poll reports both, the listener first.
+    let mut newcomer = TcpStream::connect(web).unwrap();
+    newcomer
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .unwrap();
+    let leaver = leaving.local_addr();
+    drop(leaving);
+    server.signal(libc::SIGCONT);
+    let mut answer = [0; 12];
+    newcomer.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    std::io::Read::read_exact(&mut newcomer, &mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 101", "{}", server.log_text());
+    let log = server.log_text();
+    let left = log.find(&format!("client {leaver} disconnected")).unwrap();
+    let joined = log.find("websocket client").unwrap();
+    assert!(left < joined, "{log}");
+    server.signal(libc::SIGTERM);
+    server.wait_exit();
 }

@@ -610,44 +610,48 @@ fn wait_until_subscribed(raw: &mut RawNats, to: &mut Client) {
 /// The subject instances use by default.
 const SUBJECT: &str = "broadcast-server.lines";
 
+/// An instance's envelope: `~bcast1 - ORIGIN SEQ\n` (no key), then the lines.
+fn enveloped(origin: &str, sequence: u64, lines: &[u8]) -> Vec<u8> {
+    [format!("~bcast1 - {origin} {sequence}\n").as_bytes(), lines].concat()
+}
+
+/// The instance id `server` logs at start.
+fn instance_id(server: &Server) -> String {
+    server
+        .wait_for_log("as instance ")
+        .split("as instance ")
+        .nth(1)
+        .and_then(|rest| rest.split([' ', ',']).next())
+        .expect("the instance's id")
+        .to_string()
+}
+
 #[test]
 fn messages_from_nats_arrive_once_in_sequence_whole_within_max_line_and_never_our_own() {
     let Some(nats) = Nats::start("messages_from_nats_arrive_once_in_sequence") else {
         return;
     };
     let b = instance(&nats.url(), &["--max-line", "100"]);
-    let own = b
-        .wait_for_log("as instance ")
-        .split("as instance ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .expect("the instance's id")
-        .to_string();
+    let own = instance_id(&b);
     let mut reader = b.connect();
     let mut raw = RawNats::connect(&nats);
     wait_until_subscribed(&mut raw, &mut reader);
     let (x, y) = ("00000000000000aa", "00000000000000bb");
-    let from = |origin: &'static str, seq: &'static str| {
-        [("Broadcast-Origin", origin), ("Broadcast-Seq", seq)]
-    };
-    raw.publish(SUBJECT, &from(x, "5"), b"x5\n");
-    raw.publish(SUBJECT, &from(x, "3"), b"x3 is older than x5\n");
-    raw.publish(SUBJECT, &from(x, "5"), b"x5 again\n");
-    raw.publish(SUBJECT, &from(x, "6"), b"x6\n");
+    raw.publish(SUBJECT, &[], &enveloped(x, 5, b"x5\n"));
+    raw.publish(SUBJECT, &[], &enveloped(x, 3, b"x3 is older than x5\n"));
+    raw.publish(SUBJECT, &[], &enveloped(x, 5, b"x5 again\n"));
+    raw.publish(SUBJECT, &[], &enveloped(x, 6, b"x6\n"));
     raw.publish(
         SUBJECT,
-        &from(y, "1"),
-        b"y1: another instance counts on its own\n",
+        &[],
+        &enveloped(y, 1, b"y1: another instance counts on its own\n"),
     );
-    raw.publish(
-        SUBJECT,
-        &[("Broadcast-Origin", own.as_str()), ("Broadcast-Seq", "99")],
-        b"our own, come back\n",
-    );
-    // Not an instance's id: a foreign publisher, whose messages are not sequence-checked
-    // (nor remembered).
-    raw.publish(SUBJECT, &from("someone-else", "1"), b"foreign\n");
-    raw.publish(SUBJECT, &from("someone-else", "1"), b"foreign again\n");
+    raw.publish(SUBJECT, &[], &enveloped(&own, 99, b"our own, come back\n"));
+    // No envelope: a plain publisher, whose messages are not sequence-checked (nor
+    // remembered); a bad envelope is not believed.
+    raw.publish(SUBJECT, &[], b"foreign\n");
+    raw.publish(SUBJECT, &[], b"foreign again\n");
+    raw.publish(SUBJECT, &[], b"~bcast1 - not-an-id 1\nbad envelope\n");
     raw.publish(SUBJECT, &[], b"not a whole line");
     let mut long = vec![b'L'; 101];
     long.extend_from_slice(b"\nafter the long line\n");
@@ -664,6 +668,208 @@ fn messages_from_nats_arrive_once_in_sequence_whole_within_max_line_and_never_ou
     let stats = b.wait_for_log("nats: published=");
     assert_eq!(counter(&stats, " stale="), 2, "{stats}");
     assert_eq!(counter(&stats, " inbound="), 2, "{stats}");
+    assert_eq!(counter(&stats, " forged="), 1, "{stats}");
+}
+
+/// A raw client that reads what instances publish on the subject.
+fn subscribed_raw(nats: &Nats) -> RawNats {
+    let mut raw = RawNats::connect(nats);
+    raw.write(format!("SUB {SUBJECT} 9\r\n").as_bytes());
+    raw.round_trip();
+    raw
+}
+
+impl RawNats {
+    /// The payload of the next message on the subject.
+    fn next_message(&mut self) -> Vec<u8> {
+        loop {
+            let line = self.read_line();
+            if line.starts_with("PING") {
+                self.write(b"PONG\r\n");
+                continue;
+            }
+            let Some(args) = line.strip_prefix("MSG ") else {
+                continue;
+            };
+            let size: usize = args.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+            let mut payload = vec![0; size + 2];
+            std::io::Read::read_exact(&mut self.reader, &mut payload).unwrap();
+            payload.truncate(size);
+            return payload;
+        }
+    }
+}
+
+/// Two instances on one nats-server with these extra flags, their clients bridged both ways.
+fn bridged_pair(nats: &Nats, extra: &[&str]) -> (Server, Server, Client, Client) {
+    let a = instance(&nats.url(), extra);
+    let b = instance(&nats.url(), extra);
+    let mut at_a = a.connect();
+    let mut at_b = b.connect();
+    wait_until_bridged(&mut at_a, &mut at_b, &mut []);
+    wait_until_bridged(&mut at_b, &mut at_a, &mut []);
+    (a, b, at_a, at_b)
+}
+
+#[test]
+fn one_forged_message_with_the_largest_sequence_silences_no_one() {
+    let Some(nats) = Nats::start("one_forged_message_with_the_largest_sequence") else {
+        return;
+    };
+    let (a, b, mut at_a, mut at_b) = bridged_pair(&nats, &[]);
+    let mut raw = subscribed_raw(&nats);
+    at_a.send(b"reveal\n");
+    at_b.expect(b"reveal\n");
+    // The attacker reads A's origin from a message A published...
+    let seen = loop {
+        let message = raw.next_message();
+        if message.ends_with(b"reveal\n") {
+            break message;
+        }
+    };
+    let head = String::from_utf8_lossy(&seen[..seen.iter().position(|&b| b == b'\n').unwrap()])
+        .to_string();
+    let origin = head.split(' ').nth(2).unwrap().to_string();
+    assert_eq!(origin, instance_id(&a), "{head}");
+    // ...and publishes one message with it and the largest sequence number.
+    raw.publish(SUBJECT, &[], &enveloped(&origin, u64::MAX, b"forged\n"));
+    raw.round_trip();
+    let lines = numbered_lines("after", 5);
+    at_a.send(&lines);
+    at_a.send(b"end\n");
+    let got = read_through(&mut at_b, b"end\n");
+    assert_eq!(got, [lines, b"end\n".to_vec()].concat());
+    b.signal(libc::SIGTERM);
+    let stats = b.wait_for_log("nats: published=");
+    assert_eq!(counter(&stats, " forged="), 1, "{stats}");
+    assert_eq!(counter(&stats, " stale="), 0, "{stats}");
+}
+
+#[test]
+fn with_a_shared_key_nothing_unsigned_or_altered_is_delivered() {
+    let Some(nats) = Nats::start("with_a_shared_key_nothing_unsigned") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("broadcast-server-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("nats.key");
+    std::fs::write(&key, "a shared secret of more than sixteen bytes\n").unwrap();
+    let key_arg = key.to_str().unwrap();
+    let (a, b, mut at_a, mut at_b) = bridged_pair(&nats, &["--nats-key", key_arg]);
+    assert!(
+        a.wait_for_log("as instance ")
+            .contains("signed with --nats-key")
+    );
+    let mut raw = subscribed_raw(&nats);
+    at_a.send(b"signed\n");
+    at_b.expect(b"signed\n");
+    let genuine = loop {
+        let message = raw.next_message();
+        if message.ends_with(b"signed\n") {
+            break message;
+        }
+    };
+    let origin = instance_id(&a);
+    // Unsigned, forged with A's origin, plain, and the genuine message altered by one byte.
+    raw.publish(SUBJECT, &[], &enveloped(&origin, u64::MAX, b"forged\n"));
+    raw.publish(SUBJECT, &[], b"plain\n");
+    let mut altered = genuine.clone();
+    let last = altered.len() - 2;
+    altered[last] ^= 0x20;
+    raw.publish(SUBJECT, &[], &altered);
+    raw.round_trip();
+    at_a.send(b"still signed\n");
+    at_b.expect(b"still signed\n");
+    b.signal(libc::SIGTERM);
+    let stats = b.wait_for_log("nats: published=");
+    assert_eq!(counter(&stats, " forged="), 3, "{stats}");
+    // A key file that is too short is refused at start.
+    std::fs::write(&key, "short\n").unwrap();
+    let out = Server::command(&["--nats", &nats.url(), "--nats-key", key_arg])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("at least 16"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads `count` lines from `client`, passing over every line equal to `skip`.
+fn read_lines_but(client: &mut Client, skip: &[u8], count: usize) -> Vec<u8> {
+    let (mut kept, mut line, mut lines) = (Vec::new(), Vec::new(), 0);
+    while lines < count {
+        line.extend_from_slice(&client.read_exact(1));
+        if line.ends_with(b"\n") {
+            if line != skip {
+                kept.extend_from_slice(&line);
+                lines += 1;
+            }
+            line.clear();
+        }
+    }
+    kept
+}
+
+#[test]
+fn garbage_headers_on_the_subject_cannot_take_bridging_down() {
+    let Some(nats) = Nats::start("garbage_headers_on_the_subject") else {
+        return;
+    };
+    let (a, b, mut at_a, mut at_b) = bridged_pair(&nats, &[]);
+    let mut raw = RawNats::connect(&nats);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            // 50 malformed-header messages a second for 5 s (a bad status line, a header
+            // value that is not UTF-8, a line without a colon).
+            let garbage: [&[u8]; 3] = [
+                b"NATS/1.0 xx\r\n\r\n",
+                b"NATS/1.0\r\nX: \xff\xfe\r\n\r\n",
+                b"NATS/1.0\r\nno colon here\r\n\r\n",
+            ];
+            for i in 0..250 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let head = garbage[i % garbage.len()];
+                let payload = b"garbage\n";
+                let mut frame = format!(
+                    "HPUB {SUBJECT} {} {}\r\n",
+                    head.len(),
+                    head.len() + payload.len()
+                )
+                .into_bytes();
+                frame.extend_from_slice(head);
+                frame.extend_from_slice(payload);
+                frame.extend_from_slice(b"\r\n");
+                raw.write(&frame);
+                thread::sleep(Duration::from_millis(20)); // the pace of the attack, not a wait
+            }
+            raw.round_trip();
+        })
+    };
+    // A streams numbered lines meanwhile, a few at a time: B's client gets every one.
+    for k in 0..50 {
+        let lines = numbered_lines(&format!("n{k}"), 6);
+        at_a.send(&lines);
+        assert_eq!(
+            read_lines_but(&mut at_b, b"garbage\n", 6),
+            lines,
+            "batch {k}"
+        );
+        thread::sleep(Duration::from_millis(100)); // the pace of the stream, not a wait
+    }
+    stop.store(true, Ordering::SeqCst);
+    flooding.join().unwrap();
+    for server in [&a, &b] {
+        assert!(
+            server.log_lines("nats: disconnected").is_empty(),
+            "{}",
+            server.log_text()
+        );
+        assert_eq!(server.log_lines("nats: connected").len(), 1);
+    }
 }
 
 #[test]
