@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::access::{AccessList, Cidr};
 use crate::bridge::envelope::MessageKey;
 use crate::bridge::{self, BridgeSettings};
+use crate::origin::OriginPolicy;
 use crate::tls::TlsSettings;
 
 /// The NATS subject used when `--nats-subject` is not given.
@@ -86,6 +87,8 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     /// Lines (and at most how many bytes of them) replayed to every newcomer; `None`: off.
     pub history: Option<(usize, usize)>,
+    /// Which pages may open `/ws` besides the server's own (`--allow-origin`).
+    pub origins: OriginPolicy,
 }
 
 /// The values `Config::new` checks, as given on the command line.
@@ -116,6 +119,8 @@ pub struct Settings {
     pub tls_client_ca: Option<std::path::PathBuf>,
     pub history: usize,
     pub history_bytes: usize,
+    /// `--allow-origin` values: exact origins, or `*`.
+    pub allow_origin: Vec<String>,
 }
 
 impl Default for Settings {
@@ -143,6 +148,7 @@ impl Default for Settings {
             tls_client_ca: None,
             history: 0,
             history_bytes: DEFAULT_HISTORY_BYTES,
+            allow_origin: Vec::new(),
         }
     }
 }
@@ -289,7 +295,13 @@ impl Config {
                 room,
             });
         }
+        let origins =
+            OriginPolicy::parse(&settings.allow_origin).map_err(|why| ConfigError::BadRange {
+                flag: "--allow-origin",
+                why,
+            })?;
         Ok(Config {
+            origins,
             history: (settings.history > 0).then_some((settings.history, settings.history_bytes)),
             tls,
             access,

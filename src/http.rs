@@ -39,6 +39,7 @@ pub struct Status(pub u16, pub &'static str);
 
 pub const OK: Status = Status(200, "OK");
 pub const BAD_REQUEST: Status = Status(400, "Bad Request");
+pub const FORBIDDEN: Status = Status(403, "Forbidden");
 pub const NOT_FOUND: Status = Status(404, "Not Found");
 pub const METHOD_NOT_ALLOWED: Status = Status(405, "Method Not Allowed");
 pub const UPGRADE_REQUIRED: Status = Status(426, "Upgrade Required");
@@ -55,8 +56,13 @@ pub enum Route {
     Metrics,
     /// `GET /healthz`.
     Health,
-    /// `GET /ws` with a valid WebSocket upgrade; `key` is its `Sec-WebSocket-Key`.
-    WebSocket { key: String },
+    /// `GET /ws` with a valid WebSocket upgrade: its `Sec-WebSocket-Key`, and its `Origin`
+    /// and `Host` (for the origin check, which the caller makes).
+    WebSocket {
+        key: String,
+        origin: Option<String>,
+        host: Option<String>,
+    },
 }
 
 /// A routed request: what it asks for, and whether the body should be left out (`HEAD`).
@@ -187,7 +193,12 @@ fn websocket_upgrade(request: &httparse::Request<'_, '_>) -> Result<Route, Refus
             "missing or malformed Sec-WebSocket-Key",
         ));
     }
-    Ok(Route::WebSocket { key })
+    let present = |name: &str| Some(header(name)).filter(|value| !value.is_empty());
+    Ok(Route::WebSocket {
+        key,
+        origin: present("Origin"),
+        host: present("Host"),
+    })
 }
 
 /// A complete response that closes the connection after it.
@@ -620,7 +631,9 @@ mod tests {
         assert_eq!(
             parse_request(UPGRADE.as_bytes()).unwrap().unwrap().route,
             Route::WebSocket {
-                key: "dGhlIHNhbXBsZSBub25jZQ==".into()
+                key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
+                origin: None,
+                host: Some("x".into()),
             }
         );
         assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n"), 0, "incomplete");

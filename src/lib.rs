@@ -7,9 +7,10 @@
 //! batching ([`batch`]) kept as pure, unit-tested logic. The loop *uses* rooms that know
 //! as little as possible: how bytes travel ([`transport`], [`tls`]), how lines look on the
 //! wire ([`websocket`], [`framed_batch`]), the web listener's HTTP stage ([`http`]), who
-//! may connect ([`access`]), the NATS bridge ([`bridge`]), the replay for newcomers
-//! ([`history`]) and the counters ([`stats`]). `main.rs` only turns flags into a
-//! [`Config`] and reports errors.
+//! may connect ([`access`]), which web pages may open a WebSocket ([`origin`]), the NATS
+//! bridge ([`bridge`]), the replay for newcomers ([`history`]), the counters ([`stats`])
+//! and the one door every log line passes ([`logger`]: escaped, bounded, rate-limited).
+//! `main.rs` only turns flags into a [`Config`] and reports errors.
 
 pub mod access;
 pub mod batch;
@@ -27,6 +28,7 @@ pub mod hold_timer;
 pub mod http;
 pub mod log_limit;
 pub mod logger;
+pub mod origin;
 pub mod shutdown;
 pub mod socket_queues;
 pub mod stats;

@@ -97,6 +97,11 @@ struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     http: Option<String>,
 
+    /// Also let pages from ORIGIN (scheme://host[:port], exactly as browsers send it; repeatable)
+    /// open /ws; pages of other sites are refused (403). '*' turns the check off
+    #[arg(long, value_name = "ORIGIN", requires = "http")]
+    allow_origin: Vec<String>,
+
     /// Ping a WebSocket client silent for SECS seconds, and drop it if it stays silent for
     /// SECS more (0: never)
     #[arg(
@@ -188,8 +193,15 @@ fn run(args: Args) -> Result<Exit, ServerError> {
         tls_client_ca: args.tls_client_ca,
         history: args.history,
         history_bytes: args.history_bytes,
+        allow_origin: args.allow_origin,
     })?;
     check_descriptor_budget(config.max_clients);
+    if config.origins.allows_any() {
+        warn!(
+            "--allow-origin '*': any web page a user visits can read and write the broadcast \
+             through the user's browser (no Origin check on /ws)"
+        );
+    }
     check_batch_room(&config);
     EventLoop::bind(config)?.run()
 }

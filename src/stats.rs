@@ -41,6 +41,8 @@ pub struct Stats {
     pub denied: u64,
     /// Connections refused by `--max-clients-per-ip`.
     pub refused_per_address: u64,
+    /// WebSocket upgrades refused for their `Origin` (another site's page).
+    pub refused_origin: u64,
     /// Lines and bytes `--history` holds now (`None`: off).
     pub history: Option<(u64, u64)>,
 }
@@ -103,11 +105,12 @@ impl Stats {
     /// The web listener's part of the stats line (only with `--http`).
     pub fn web_summary(&self, http: HttpCounters) -> String {
         format!(
-            "web: websocket={} protocol_error={} ping_timeout={} requests: answered={} \
-             refused={} timed_out={}",
+            "web: websocket={} protocol_error={} ping_timeout={} foreign_origin={} requests: \
+             answered={} refused={} timed_out={}",
             self.websocket_active,
             self.protocol_errors,
             self.ping_timeouts,
+            self.refused_origin,
             http.answered,
             http.refused,
             http.timed_out
@@ -202,12 +205,13 @@ impl Stats {
         metric(
             "refused_total",
             "counter",
-            "Connections refused: the server was full, the address is not allowed, or it has \
-             --max-clients-per-ip already.",
+            "Connections refused: the server was full, the address is not allowed, it has \
+             --max-clients-per-ip already, or a WebSocket upgrade came from another site's page.",
             &[
                 ("{reason=\"server_full\"}", self.refused_server_full),
                 ("{reason=\"denied\"}", self.denied),
                 ("{reason=\"per_address\"}", self.refused_per_address),
+                ("{reason=\"origin\"}", self.refused_origin),
             ],
         );
         metric(

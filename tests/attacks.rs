@@ -70,7 +70,14 @@ fn failed_handshakes(server: &Server) -> usize {
     let summed: usize = server
         .log_lines(" more handshakes failed")
         .iter()
-        .filter_map(|l| l.split("tls: ").nth(1)?.split(' ').next()?.parse::<usize>().ok())
+        .filter_map(|l| {
+            l.split("tls: ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .sum();
     one_each + summed
 }
@@ -244,6 +251,22 @@ fn a_tls_client_sent_away_for_a_long_line_is_counted_as_such_even_if_it_resets()
     );
 }
 
+/// /proc/net/tcp's code for CLOSE_WAIT: the FIN arrived, the socket is still open.
+const CLOSE_WAIT: u8 = 0x08;
+
+/// The state of the IPv4 socket from `local_port` to `remote_port`, from /proc/net/tcp.
+fn tcp_state(local_port: u16, remote_port: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, state) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+        (port(local) == Some(local_port) && port(remote) == Some(remote_port))
+            .then(|| u8::from_str_radix(state, 16).ok())
+            .flatten()
+    })
+}
+
 /// Waits until the server process is stopped (SIGSTOP is delivered asynchronously).
 fn wait_until_stopped(server: &Server) {
     let deadline = std::time::Instant::now() + common::DEADLINE;
@@ -283,11 +306,22 @@ fn a_client_that_left_in_the_same_poll_as_a_newcomer_arrived_no_longer_counts() 
         .unwrap();
     let leaver = leaving.local_addr();
     drop(leaving);
+    // Both are in the server's kernel before it runs again (a loaded machine may process
+    // loopback packets late): its side of the leaver is in CLOSE_WAIT.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while tcp_state(server.addr().port(), leaver.port()) != Some(CLOSE_WAIT) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the FIN never arrived"
+        );
+        thread::sleep(std::time::Duration::from_millis(5)); // polling /proc, with a deadline
+    }
     server.signal(libc::SIGCONT);
     let mut answer = [0; 12];
     newcomer.set_read_timeout(Some(common::DEADLINE)).unwrap();
     std::io::Read::read_exact(&mut newcomer, &mut answer).unwrap();
     assert_eq!(&answer, b"HTTP/1.1 101", "{}", server.log_text());
+    server.wait_for_log("websocket client");
     let log = server.log_text();
     let left = log.find(&format!("client {leaver} disconnected")).unwrap();
     let joined = log.find("websocket client").unwrap();

@@ -251,3 +251,67 @@ fn the_page_shows_live_lines_as_text_and_sends_what_is_typed() {
         std::fs::write(&path, png).expect("write the screenshot");
     }
 }
+
+/// A one-page web server of another site (another port): every request gets `html`.
+/// Serves until the test ends (its thread answers at most 50 requests).
+fn serve_foreign_page(html: String) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming().take(50) {
+            let Ok(mut stream) = stream else { continue };
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{html}",
+                html.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_page_of_another_site_cannot_join_but_the_servers_own_page_can_by_either_name() {
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let web = server.web_addr();
+    // Another site's page tries to join the broadcast through the visitor's browser.
+    let evil = serve_foreign_page(format!(
+        "<!doctype html><title>evil</title><script>\
+         const s = new WebSocket('ws://127.0.0.1:{}/ws');\
+         s.onopen = () => document.title = 'joined';\
+         s.onmessage = (m) => document.title = 'read ' + m.data;\
+         s.onclose = () => {{ if (document.title === 'evil') document.title = 'refused'; }};\
+         </script>",
+        web.port()
+    ));
+    let Some(mut foreign) = Browser::open("a_page_of_another_site", &format!("http://{evil}/"))
+    else {
+        return;
+    };
+    foreign.wait_until("document.title === 'refused'");
+    let refused = server.wait_for_log("403 Forbidden");
+    assert!(
+        refused.contains(&format!("Origin http://{evil}")),
+        "{refused}"
+    );
+    // The server's own page, loaded as localhost (not 127.0.0.1), joins and shows lines.
+    let own = format!("http://localhost:{}/", web.port());
+    let Some(mut page) = Browser::open("a_page_of_another_site", &own) else {
+        return;
+    };
+    page.wait_until("document.getElementById('state').dataset.state === 'open'");
+    let mut nc = server.connect();
+    nc.send(b"only for members\n");
+    page.wait_until(
+        "Array.from(document.querySelectorAll('#lines li'), li => li.textContent)\
+         .includes('only for members')",
+    );
+    assert_eq!(foreign.eval("document.title"), json!("refused"));
+}

@@ -389,3 +389,30 @@ fn a_tls_joiner_gets_a_replay_larger_than_its_socket_without_more_traffic() {
         TlsClient::connect_with_receive_buffer(server.addr(), Arc::clone(&config), 4096).unwrap();
     joiner.expect(&history);
 }
+
+#[test]
+fn over_tls_the_servers_own_origin_is_https_and_others_are_refused() {
+    let pki = Pki::new("wss-origin");
+    let (server, _) = tls_server(&pki, &["--http", "127.0.0.1:0"]);
+    let config = pki.client_config(None);
+    let port = server.web_addr().port();
+    let upgrade = |origin: &str| {
+        let mut tls = TlsClient::connect(server.web_addr(), Arc::clone(&config)).unwrap();
+        tls.send(
+            format!(
+                "GET /ws HTTP/1.1\r\nHost: localhost:{port}\r\nOrigin: {origin}\r\n\
+                 Upgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let head = tls.read_exact(12).expect("an answer");
+        String::from_utf8_lossy(&head).into_owned()
+    };
+    assert_eq!(
+        upgrade(&format!("https://localhost:{port}")),
+        "HTTP/1.1 101"
+    );
+    assert_eq!(upgrade(&format!("http://localhost:{port}")), "HTTP/1.1 403");
+    assert_eq!(upgrade("https://elsewhere.example"), "HTTP/1.1 403");
+}

@@ -449,3 +449,130 @@ fn shutdown_gives_websocket_clients_their_lines_then_close_1001() {
     let stats = server.final_log();
     assert!(stats.contains(" web: websocket=0 "), "{stats}");
 }
+
+/// An upgrade request for `/ws` with these `Host` and (if any) `Origin` headers; returns
+/// the answer's head, and the stream (upgraded or closed).
+fn upgrade_with(server: &Server, host: &str, origin: Option<&str>) -> (String, TcpStream) {
+    let mut stream = TcpStream::connect(server.web_addr()).unwrap();
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\n{origin}Upgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        match std::io::Read::read(&mut stream, &mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    (String::from_utf8_lossy(&head).into_owned(), stream)
+}
+
+#[test]
+fn pages_of_other_sites_cannot_open_the_websocket_and_the_servers_own_can() {
+    let mut server = web_server(&[]);
+    let web = server.web_addr();
+    let port = web.port();
+    let own = format!("http://127.0.0.1:{port}");
+    let foreign = format!("http://127.0.0.1:{}", port.wrapping_add(1).max(1));
+    for (host, origin, expected) in [
+        (web.to_string(), None, "101"),
+        (web.to_string(), Some(own.as_str()), "101"),
+        (
+            format!("localhost:{port}"),
+            Some(&*format!("http://localhost:{port}")),
+            "101",
+        ),
+        (
+            format!("LOCALHOST:{port}"),
+            Some(&*format!("http://localhost:{port}")),
+            "101",
+        ),
+        (web.to_string(), Some(foreign.as_str()), "403"),
+        (web.to_string(), Some("https://evil.example"), "403"),
+        (web.to_string(), Some("null"), "403"),
+        // Same host, other scheme: https is not this listener's scheme.
+        (
+            web.to_string(),
+            Some(&*format!("https://127.0.0.1:{port}")),
+            "403",
+        ),
+        (format!("localhost:{port}"), Some(own.as_str()), "403"),
+    ] {
+        let (head, stream) = upgrade_with(&server, &host, origin);
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {expected} ")),
+            "Host {host}, Origin {origin:?}: {head}"
+        );
+        if expected == "403" {
+            // A fixed body, nothing of the request echoed, and nothing broadcast to it.
+            let mut client = Client { stream };
+            let body = String::from_utf8_lossy(&client.read_to_eof()).into_owned();
+            assert_eq!(
+                body,
+                "403 Forbidden: this page's origin may not open /ws (see --allow-origin)\n"
+            );
+        } else {
+            server.wait_for_logs("websocket client", 1);
+        }
+    }
+    let refused = server.wait_for_logs("403 Forbidden", 5);
+    assert!(
+        refused[0].contains("Origin http://127.0.0.1:"),
+        "{}",
+        refused[0]
+    );
+    server.signal(libc::SIGTERM);
+    server.wait_exit();
+    let stats = server.final_log();
+    assert!(stats.contains(" foreign_origin=5 "), "{stats}");
+}
+
+#[test]
+fn allow_origin_admits_exactly_the_listed_origins_and_a_refusal_is_counted_in_metrics() {
+    let server = web_server(&["--allow-origin", "http://127.0.0.1:3000"]);
+    let host = server.web_addr().to_string();
+    let (head, _ok) = upgrade_with(&server, &host, Some("http://127.0.0.1:3000"));
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    for other in [
+        "http://127.0.0.1:3001",
+        "https://127.0.0.1:3000",
+        "http://localhost:3000",
+    ] {
+        let (head, _) = upgrade_with(&server, &host, Some(other));
+        assert!(head.starts_with("HTTP/1.1 403 "), "{other}: {head}");
+    }
+    // The escaped origin in the log: no raw control character.
+    let (head, _) = upgrade_with(&server, &host, Some("http://x\u{9b}31m"));
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let line = server.wait_for_log("Origin http://x");
+    assert!(line.contains("Origin http://x\\u{9b}31m"), "{line}");
+    assert_eq!(
+        metrics(&server)["broadcast_server_refused_total{reason=\"origin\"}"],
+        4
+    );
+}
+
+#[test]
+fn allow_origin_star_turns_the_check_off_and_says_so() {
+    let server = web_server(&["--allow-origin", "*"]);
+    server.wait_for_log("--allow-origin '*': any web page");
+    let host = server.web_addr().to_string();
+    let (head, _ws) = upgrade_with(&server, &host, Some("https://evil.example"));
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let out = Server::command(&["--allow-origin", "http://x"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "--allow-origin needs --http");
+    let out = Server::command(&["--http", "127.0.0.1:0", "--allow-origin", "example.com"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not an origin"), "{stderr}");
+}

@@ -18,6 +18,7 @@ use super::{ACCEPT_RETRY, EventLoop, HandOut, Listener, PAGE, is_per_connection_
 use crate::bridge::Bridge;
 use crate::connection::{self, ClientConnection};
 use crate::http::{self, Request, Route};
+use crate::logger;
 use crate::tls::HandshakeStep;
 use crate::transport::Transport;
 
@@ -298,10 +299,32 @@ impl EventLoop {
                 )
             }
             Route::Health => ok("text/plain; charset=utf-8", &[], b"ok\n"),
-            Route::WebSocket { key } => return self.upgrade_to_websocket(token, &key),
+            Route::WebSocket { key, origin, host } => {
+                if !self.config.origins.admits(
+                    origin.as_deref(),
+                    host.as_deref(),
+                    self.tls.is_some(),
+                ) {
+                    return self.refuse_foreign_origin(token, origin.as_deref().unwrap_or(""));
+                }
+                return self.upgrade_to_websocket(token, &key);
+            }
         };
         self.web_requests
             .answer(token, response, self.poll.registry());
+    }
+
+    /// Refuses an upgrade from another site's page (cross-site WebSocket hijacking): a 403
+    /// with a fixed body, logged (rate-limited) with the origin escaped, and counted.
+    fn refuse_foreign_origin(&mut self, token: Token, origin: &str) {
+        self.stats.refused_origin += 1;
+        let mut refusal = http::refusal(
+            http::FORBIDDEN,
+            "this page's origin may not open /ws (see --allow-origin)",
+        );
+        refusal.detail = Some(format!("Origin {}", logger::quote(origin, 120)));
+        self.web_requests
+            .refuse(token, &refusal, self.poll.registry());
     }
 
     /// Makes a web connection a WebSocket member of the broadcast, or refuses it (503) when

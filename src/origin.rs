@@ -1,0 +1,198 @@
+//! Which web pages may open a WebSocket to us: the `Origin` check that stops cross-site
+//! WebSocket hijacking. Pure: header values in, a verdict out.
+//!
+//! A browser sends `Origin` with every WebSocket upgrade, naming the page that asks
+//! (`scheme://host[:port]`), and WebSocket upgrades are not subject to CORS: without this
+//! check any page a user visits could read and write the broadcast through the user's
+//! browser. An upgrade is accepted when it carries no `Origin` (not a browser: nc-style
+//! tools, curl, libraries, which could claim any origin anyway), when its origin is the
+//! server's own (the scheme of the listener, `http` or `https` under TLS, and the `Host` the
+//! browser sent, so `localhost` and `127.0.0.1` each work as loaded), or when it is listed
+//! with `--allow-origin`. It is not authentication: it only keeps other sites' pages out.
+
+use std::fmt;
+
+/// `scheme://host:port`, lowercased, with the scheme's default port filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// Parses a serialized origin as browsers send it (`https://example.com`,
+    /// `http://127.0.0.1:8081`, `http://[::1]:8081`). `null` and anything with a path,
+    /// credentials or another scheme is not one.
+    pub fn parse(text: &str) -> Result<Origin, String> {
+        let bad = |why: &str| {
+            format!(
+                "'{text}' is not an origin ({why}); use scheme://host[:port], e.g. https://example.com:8443"
+            )
+        };
+        let (scheme, rest) = text.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        if !matches!(scheme.as_str(), "http" | "https") {
+            return Err(bad("the scheme is not http or https"));
+        }
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '@', '?', '#']) {
+            return Err(bad("an origin has no path, user or query"));
+        }
+        let (host, port) = split_host_port(rest).ok_or_else(|| bad("no host, or a bad port"))?;
+        Ok(Origin {
+            port: port.unwrap_or(default_port(&scheme)),
+            scheme,
+            host,
+        })
+    }
+
+    /// The server's own origin for a request that carried `Host: host` on a listener that
+    /// speaks `https` (`tls`) or `http`.
+    fn own(host_header: &str, tls: bool) -> Option<Origin> {
+        let scheme = if tls { "https" } else { "http" };
+        let (host, port) = split_host_port(host_header.trim())?;
+        Some(Origin {
+            port: port.unwrap_or(default_port(scheme)),
+            scheme: scheme.to_string(),
+            host,
+        })
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+fn default_port(scheme: &str) -> u16 {
+    if scheme == "https" { 443 } else { 80 }
+}
+
+/// `host[:port]` or `[v6][:port]`: the host lowercased, the port if given.
+fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = if let Some(v6) = text.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        (format!("[{host}]"), after.strip_prefix(':'))
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) => (host.to_string(), Some(port)),
+            None => (text.to_string(), None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    if !host_ok {
+        return None;
+    }
+    let port = match port {
+        Some(port) => Some(port.parse::<u16>().ok().filter(|&p| p != 0)?),
+        None => None,
+    };
+    Some((host.to_ascii_lowercase(), port))
+}
+
+/// The origins allowed besides the server's own (`--allow-origin`), or all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OriginPolicy {
+    allowed: Vec<Origin>,
+    /// `--allow-origin '*'`: no check at all.
+    any: bool,
+}
+
+impl OriginPolicy {
+    /// From the `--allow-origin` values: exact origins, or `*` for no check.
+    pub fn parse(values: &[String]) -> Result<OriginPolicy, String> {
+        let mut policy = OriginPolicy::default();
+        for value in values {
+            if value == "*" {
+                policy.any = true;
+            } else {
+                policy.allowed.push(Origin::parse(value)?);
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Whether the check is off (`--allow-origin '*'`).
+    pub fn allows_any(&self) -> bool {
+        self.any
+    }
+
+    /// Whether an upgrade with these `Origin` and `Host` header values, on a listener that
+    /// speaks TLS or not, may go ahead.
+    pub fn admits(&self, origin: Option<&str>, host: Option<&str>, tls: bool) -> bool {
+        let Some(origin) = origin else {
+            return true; // not a browser
+        };
+        if self.any {
+            return true;
+        }
+        let Ok(origin) = Origin::parse(origin.trim()) else {
+            return false; // `null` (a sandboxed or file page) and anything malformed
+        };
+        let own = host.and_then(|host| Origin::own(host, tls));
+        own.as_ref() == Some(&origin) || self.allowed.contains(&origin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(values: &[&str]) -> OriginPolicy {
+        OriginPolicy::parse(&values.iter().map(|v| v.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn the_servers_own_origin_is_the_host_the_browser_used() {
+        let none = policy(&[]);
+        assert!(none.admits(Some("http://127.0.0.1:8081"), Some("127.0.0.1:8081"), false));
+        assert!(none.admits(Some("http://localhost:8081"), Some("localhost:8081"), false));
+        assert!(none.admits(Some("HTTP://LocalHost:8081"), Some("localhost:8081"), false));
+        assert!(none.admits(Some("https://example.com"), Some("example.com:443"), true));
+        assert!(none.admits(Some("http://[::1]:8081"), Some("[::1]:8081"), false));
+        // Another port, host or scheme is another site.
+        assert!(!none.admits(Some("http://127.0.0.1:9000"), Some("127.0.0.1:8081"), false));
+        assert!(!none.admits(Some("http://localhost:8081"), Some("127.0.0.1:8081"), false));
+        assert!(!none.admits(Some("http://example.com"), Some("example.com"), true));
+        assert!(!none.admits(Some("null"), Some("127.0.0.1:8081"), false));
+        assert!(!none.admits(Some("http://127.0.0.1:8081"), None, false));
+        // No Origin: not a browser.
+        assert!(none.admits(None, None, false));
+    }
+
+    #[test]
+    fn listed_origins_and_the_wildcard() {
+        let listed = policy(&["https://app.example.com", "http://127.0.0.1:3000"]);
+        assert!(listed.admits(
+            Some("https://app.example.com"),
+            Some("ws.example.com"),
+            true
+        ));
+        assert!(listed.admits(Some("https://app.example.com:443"), Some("x"), true));
+        assert!(listed.admits(Some("http://127.0.0.1:3000"), Some("127.0.0.1:8081"), false));
+        assert!(!listed.admits(Some("http://127.0.0.1:3001"), Some("127.0.0.1:8081"), false));
+        assert!(!listed.admits(Some("https://evil.example.com"), Some("x"), true));
+        let any = policy(&["*"]);
+        assert!(any.allows_any());
+        assert!(any.admits(Some("https://evil.example.com"), Some("x"), false));
+    }
+
+    #[test]
+    fn bad_origins_are_refused_at_start() {
+        for bad in [
+            "example.com",
+            "ftp://x",
+            "https://x/path",
+            "https://u@x",
+            "https://x:99999",
+            "https://",
+        ] {
+            assert!(OriginPolicy::parse(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
+}
