@@ -19,6 +19,7 @@
 
 mod connection;
 pub mod envelope;
+mod outgoing;
 mod protocol;
 
 use std::future::Future;
@@ -28,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use log::{debug, info, warn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -36,6 +37,7 @@ use tokio::sync::mpsc;
 use connection::Connection;
 pub use connection::{Credentials, ServerUrl};
 use envelope::{MessageKey, Opened, Sequences, Verdict};
+use outgoing::Outgoing;
 use protocol::ServerOp;
 
 use crate::log_limit::RateLimit;
@@ -51,10 +53,10 @@ const INBOX_CAPACITY: usize = 32;
 /// for NATS (counted as `offline`).
 const OUT_LIMIT: usize = 1024 * 1024;
 /// How often the bridge pings the server: a stalled connection is noticed after two
-/// unanswered pings (any bytes from the server count as an answer).
+/// unanswered pings (only a PONG answers: a server that trickles bytes is stalled too).
 const PING_INTERVAL: Duration = Duration::from_secs(2);
-/// At exit, how long the last lines may take to leave.
-const FINAL_FLUSH: Duration = Duration::from_secs(1);
+/// At exit, how long the last lines may take to leave (the loop waits a little longer).
+pub const FINAL_FLUSH: Duration = Duration::from_secs(1);
 /// Reconnect delays back off to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
 /// Servers remembered, given and discovered from the cluster.
@@ -169,6 +171,8 @@ pub struct Bridge {
     done: std_mpsc::Receiver<()>,
     /// Set once the bridge thread is found gone (said once).
     gone: std::cell::Cell<bool>,
+    /// The rest of a message the loop took only part of (its budget ran out).
+    carry: Option<Bytes>,
 }
 
 impl Bridge {
@@ -199,6 +203,7 @@ impl Bridge {
             counters,
             done,
             gone: std::cell::Cell::new(false),
+            carry: None,
         })
     }
 
@@ -225,6 +230,9 @@ impl Bridge {
     pub fn finish(self, wait: Duration) -> Arc<BridgeCounters> {
         drop(self.outbox);
         // Messages from NATS the loop never took (shutdown takes none) are dropped here.
+        if let Some(rest) = &self.carry {
+            self.counters.count_inbound_drop(count_lines(rest));
+        }
         while let Ok(message) = self.inbox.try_recv() {
             self.counters.count_inbound_drop(count_lines(&message));
         }
@@ -237,9 +245,16 @@ impl Bridge {
         BridgeCounters::add(&self.counters.received, n);
     }
 
-    /// One message of whole lines from another instance, if any is waiting.
-    pub fn take_received(&self) -> Option<Bytes> {
-        self.inbox.try_recv().ok()
+    /// Whole lines from other instances, at most about `budget` bytes (a single longer line
+    /// comes whole), if any are waiting; the rest of a message waits for the next call.
+    pub fn take_lines(&mut self, budget: usize) -> Option<Bytes> {
+        let message = match self.carry.take() {
+            Some(rest) => rest,
+            None => self.inbox.try_recv().ok()?,
+        };
+        let (now, rest) = split_within(message, budget);
+        self.carry = rest;
+        Some(now)
     }
 
     pub fn counters(&self) -> &BridgeCounters {
@@ -275,6 +290,7 @@ struct LinkLogs {
     state: RateLimit,
     too_large: RateLimit,
     forged: RateLimit,
+    unfresh: RateLimit,
     server_errors: RateLimit,
 }
 
@@ -287,8 +303,9 @@ struct Link {
     origin: u64,
     /// The number of this instance's last published message.
     sequence: u64,
-    /// The last message number believed from each other instance.
-    sequences: Sequences,
+    /// With a key: the last message number delivered from each other instance (without
+    /// one, numbers cannot be verified and decide nothing).
+    sequences: Option<Sequences>,
     /// Servers to try in turn: the given ones, then those the cluster told of.
     servers: Vec<ServerUrl>,
     next_server: usize,
@@ -308,7 +325,7 @@ impl Link {
         counters: Arc<BridgeCounters>,
     ) -> Link {
         Link {
-            sequences: Sequences::new(settings.key.is_some()),
+            sequences: settings.key.as_ref().map(|_| Sequences::default()),
             servers: settings.servers.clone(),
             settings,
             waker,
@@ -322,6 +339,7 @@ impl Link {
                 state: RateLimit::with_burst(4),
                 too_large: RateLimit::default(),
                 forged: RateLimit::default(),
+                unfresh: RateLimit::default(),
                 server_errors: RateLimit::with_burst(4),
             },
             ever_connected: false,
@@ -344,6 +362,13 @@ impl Link {
                 ""
             }
         );
+        if self.settings.key.is_none() {
+            warn!(
+                "nats: messages are not signed (no --nats-key): any client of the NATS server \
+                 can publish lines into the broadcast, under any instance's name; give every \
+                 instance the same --nats-key FILE to refuse them"
+            );
+        }
         // Failed attempts in this round of the servers, and rounds failed in a row.
         let (mut failed, mut rounds) = (0usize, 0u32);
         loop {
@@ -418,8 +443,6 @@ impl Link {
     fn on_connected(&mut self, server: &ServerUrl, connection: &Connection) {
         self.ever_connected = true;
         self.learn(&connection.info);
-        // Unverified numbers from before are not trusted across an unknown stretch.
-        self.sequences.forget_unverified();
         self.log_state(|| info!("nats: connected to {server}; bridging"));
         self.counters.count_inbound_drop(connection.dropped_early);
     }
@@ -477,64 +500,97 @@ impl Link {
         for payload in std::mem::take(&mut connection.early) {
             self.deliver(payload);
         }
-        // Queued for the socket, and the part being written now.
-        let mut out = BytesMut::new();
-        let mut writing = Bytes::new();
+        let mut out = Outgoing::default();
+        let end = self
+            .serve_until_lost(&mut connection, &mut out, outbound)
+            .await;
+        match end {
+            Ended::Done => {
+                // The loop is done: what was handed over goes out before we end, all of it
+                // within one deadline.
+                let (rest, lines) = out.take_all();
+                let last_write = async {
+                    connection.writer.write_all(&rest).await?;
+                    connection.writer.flush().await
+                };
+                match tokio::time::timeout(FINAL_FLUSH, last_write).await {
+                    Ok(Ok(())) => BridgeCounters::add(&self.counters.published, lines),
+                    _ => BridgeCounters::add(&self.counters.dropped_offline, lines),
+                }
+            }
+            // Lines the socket never took are not published: dropped with the connection.
+            Ended::Lost(_) => BridgeCounters::add(&self.counters.dropped_offline, out.abandon()),
+        }
+        end
+    }
+
+    async fn serve_until_lost(
+        &mut self,
+        connection: &mut Connection,
+        out: &mut Outgoing,
+        outbound: &mut mpsc::Receiver<Bytes>,
+    ) -> Ended {
         let start = tokio::time::Instant::now() + PING_INTERVAL;
         let mut ping = tokio::time::interval_at(start, PING_INTERVAL);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unanswered = 0;
+        // Set once a write finishes: TLS may still hold its records until flushed.
+        let mut unflushed = false;
         loop {
-            if writing.is_empty() && !out.is_empty() {
-                writing = out.split().freeze();
-            }
+            let writing = out.next().clone();
             tokio::select! {
                 read = connection.reader.read_buf(&mut connection.input) => {
                     match read {
                         Ok(0) => return Ended::Lost("closed by the server".into()),
-                        Ok(_) => unanswered = 0,
+                        Ok(_) => {}
                         Err(e) => return Ended::Lost(e.to_string()),
                     }
                     loop {
                         match connection.decode() {
-                            Ok(Some(op)) => self.on_operation(op, &mut out),
+                            Ok(Some(ServerOp::Pong)) => unanswered = 0,
+                            Ok(Some(op)) => self.on_operation(op, out),
                             Ok(None) => break,
                             Err(e) => return Ended::Lost(e.to_string()),
                         }
                     }
-                }
-                written = connection.writer.write(&writing), if !writing.is_empty() => match written {
-                    Ok(0) => return Ended::Lost("the socket took nothing".into()),
-                    Ok(n) => writing.advance(n),
-                    Err(e) => return Ended::Lost(e.to_string()),
-                },
-                batch = outbound.recv() => match batch {
-                    Some(batch) => self.publish(batch, &mut out, writing.len()),
-                    None => {
-                        // The loop is done: what was handed over goes out before we end.
-                        let rest = [writing, out.freeze()].concat();
-                        let flush = connection.writer.write_all(&rest);
-                        let _ = tokio::time::timeout(FINAL_FLUSH, flush).await;
-                        let _ = tokio::time::timeout(FINAL_FLUSH, connection.writer.flush()).await;
-                        return Ended::Done;
+                    if out.len() > OUT_LIMIT {
+                        // Our answers (PONGs) pile up: the server sends but does not read.
+                        return Ended::Lost("the server does not read what we send".into());
                     }
+                }
+                // One branch writes, or (when all is written) flushes what TLS still holds.
+                done = write_or_flush(&mut connection.writer, &writing), if !writing.is_empty() || unflushed => {
+                    match done {
+                        Ok(0) if !writing.is_empty() => {
+                            return Ended::Lost("the socket took nothing".into());
+                        }
+                        Ok(n) => {
+                            BridgeCounters::add(&self.counters.published, out.written(n));
+                            unflushed = n > 0;
+                        }
+                        Err(e) => return Ended::Lost(e.to_string()),
+                    }
+                }
+                batch = outbound.recv() => match batch {
+                    Some(batch) => self.publish(batch, out),
+                    None => return Ended::Done,
                 },
                 _ = ping.tick() => {
                     if unanswered >= 2 {
                         return Ended::Lost("no answer to two pings: the server stalled".into());
                     }
                     unanswered += 1;
-                    out.extend_from_slice(protocol::PING);
+                    out.push(&[protocol::PING], 0);
                     self.log_summaries();
                 }
             }
         }
     }
 
-    fn on_operation(&mut self, op: ServerOp, out: &mut BytesMut) {
+    fn on_operation(&mut self, op: ServerOp, out: &mut Outgoing) {
         match op {
             ServerOp::Msg(payload) => self.deliver(payload),
-            ServerOp::Ping => out.extend_from_slice(protocol::PONG),
+            ServerOp::Ping => out.push(&[protocol::PONG], 0),
             ServerOp::Pong | ServerOp::Ok => {}
             ServerOp::Info(info) => self.learn(&info),
             ServerOp::Err(why) => {
@@ -554,6 +610,9 @@ impl Link {
         if let Some(more) = self.logs.forged.take_summary(now) {
             warn!("nats: {more} more messages that no instance sent were dropped");
         }
+        if let Some(more) = self.logs.unfresh.take_summary(now) {
+            warn!("nats: {more} more signed messages dropped as replays");
+        }
         if let Some(more) = self.logs.server_errors.take_summary(now) {
             warn!("nats: {more} more errors from the server");
         }
@@ -565,11 +624,12 @@ impl Link {
     /// Queues a batch of local lines, split at line ends into messages within NATS's max
     /// payload, each with its envelope and its own sequence number. Past [`OUT_LIMIT`] not
     /// yet taken by the socket (NATS stalled) lines are dropped, not queued.
-    fn publish(&mut self, batch: Bytes, out: &mut BytesMut, in_flight: usize) {
+    fn publish(&mut self, batch: Bytes, out: &mut Outgoing) {
         let limit = self
             .max_payload
             .saturating_sub(envelope::MAX_ENVELOPE)
             .max(1);
+        let now_ms = unix_millis();
         for chunk in split_at_lines(batch, limit) {
             let n = count_lines(&chunk);
             if chunk.len() > limit {
@@ -583,19 +643,15 @@ impl Link {
                 }
                 continue;
             }
-            if out.len() + in_flight >= OUT_LIMIT {
+            if out.len() >= OUT_LIMIT {
                 BridgeCounters::add(&self.counters.dropped_offline, n);
                 continue;
             }
             self.sequence += 1;
-            let head = envelope::seal(
-                self.origin,
-                self.sequence,
-                self.settings.key.as_ref(),
-                &chunk,
-            );
-            protocol::publish(out, &self.settings.subject, &head, &chunk);
-            BridgeCounters::add(&self.counters.published, n);
+            let key = self.settings.key.as_ref();
+            let head = envelope::seal(self.origin, self.sequence, now_ms, key, &chunk);
+            let pub_line = protocol::publish_line(&self.settings.subject, head.len() + chunk.len());
+            out.push(&[&pub_line, &head, &chunk, b"\r\n"], n);
         }
     }
 
@@ -608,21 +664,26 @@ impl Link {
                 return self.drop_forged(lines, "no valid envelope");
             }
             Opened::Foreign(lines) => lines,
-            Opened::Instance { origin, .. } if origin == self.origin => return, // our own
+            Opened::Instance { origin, .. } if origin == self.origin => {
+                // Our own, back: no_echo prevents it, so someone sent it under our name.
+                return self.drop_forged(1, "our own origin");
+            }
             Opened::Instance { lines, .. } if !lines.ends_with(b"\n") => {
                 return self.counters.count_inbound_drop(1);
             }
             Opened::Instance {
                 origin,
                 sequence,
+                sent_ms,
                 lines,
-            } => match self.sequences.judge(origin, sequence) {
+            } => match self.judge(origin, sequence, sent_ms) {
                 Verdict::Deliver => lines,
-                Verdict::Stale => {
+                Verdict::Late => {
                     return BridgeCounters::add(&self.counters.dropped_stale, count_lines(lines));
                 }
-                Verdict::Unbelieved => {
-                    return self.drop_forged(count_lines(lines), "a sequence number out of reach");
+                Verdict::Unfresh => {
+                    BridgeCounters::add(&self.counters.dropped_stale, count_lines(lines));
+                    return self.warn_unfresh(origin, sent_ms);
                 }
             },
         };
@@ -643,6 +704,31 @@ impl Link {
         }
     }
 
+    /// With a key, numbers are verified and keep each instance's lines in order; without
+    /// one, they decide nothing (a forger could steer any drop they decided).
+    fn judge(&mut self, origin: u64, sequence: u64, sent_ms: u64) -> Verdict {
+        match &mut self.sequences {
+            Some(sequences) => sequences.judge(origin, sequence, sent_ms, unix_millis()),
+            None => Verdict::Deliver,
+        }
+    }
+
+    fn warn_unfresh(&mut self, origin: u64, sent_ms: u64) {
+        let now = Instant::now();
+        if let Some(more) = self.logs.unfresh.take_summary(now) {
+            warn!("nats: {more} more signed messages dropped as replays");
+        }
+        if self.logs.unfresh.admit(now) {
+            let off = (i128::from(sent_ms) - i128::from(unix_millis())) / 1000;
+            warn!(
+                "nats: dropped a signed message from instance {origin:016x} sent {off} s from \
+                 now by our clock, the first heard from it: a replay, or clocks that differ by \
+                 more than {} s (check NTP)",
+                envelope::FRESH.as_secs()
+            );
+        }
+    }
+
     fn drop_forged(&mut self, lines: usize, why: &str) {
         BridgeCounters::add(&self.counters.dropped_forged, lines);
         let now = Instant::now();
@@ -655,6 +741,26 @@ impl Link {
     }
 }
 
+/// Writes some of `bytes`, or, with nothing to write, flushes (TLS records held back);
+/// returns how many bytes were written (0 for a flush).
+async fn write_or_flush(
+    writer: &mut tokio::io::WriteHalf<Box<dyn connection::Io>>,
+    bytes: &[u8],
+) -> io::Result<usize> {
+    if bytes.is_empty() {
+        writer.flush().await.map(|()| 0)
+    } else {
+        writer.write(bytes).await
+    }
+}
+
+/// Milliseconds since 1970 by this host's clock.
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The pause after the `round`th round of failed attempts at every server.
 fn backoff(round: u32) -> Duration {
     let millis = 250u64.saturating_mul(1 << round.min(5).saturating_sub(1));
@@ -663,6 +769,20 @@ fn backoff(round: u32) -> Duration {
 
 fn count_lines(bytes: &[u8]) -> usize {
     memchr::memchr_iter(b'\n', bytes).count()
+}
+
+/// Cuts whole lines at a line end within `budget` bytes (a first line longer than that
+/// comes whole): the part to take now, and the rest, if any.
+fn split_within(mut lines: Bytes, budget: usize) -> (Bytes, Option<Bytes>) {
+    if lines.len() <= budget {
+        return (lines, None);
+    }
+    let cut = match memchr::memrchr(b'\n', &lines[..budget]) {
+        Some(at) => at + 1,
+        None => memchr::memchr(b'\n', &lines).map_or(lines.len(), |at| at + 1),
+    };
+    let rest = lines.split_off(cut);
+    (lines, Some(rest).filter(|rest| !rest.is_empty()))
 }
 
 /// Splits whole lines into chunks of at most `limit` bytes where possible; a single line
@@ -707,6 +827,27 @@ mod tests {
         assert!(parse_servers("nats://host:notaport").is_err());
         assert!(parse_servers("nats://a:b@h1:4222,nats://c:d@h2:4222").is_err());
         assert!(parse_servers("nats://a:b@h1:4222,nats://h2:4222").is_ok());
+    }
+
+    #[test]
+    fn the_loop_takes_whole_lines_within_its_budget() {
+        let lines = Bytes::from_static(b"aa\nbbbb\nc\n");
+        assert_eq!(
+            split_within(lines.clone(), 8),
+            (
+                Bytes::from_static(b"aa\nbbbb\n"),
+                Some(Bytes::from_static(b"c\n"))
+            )
+        );
+        assert_eq!(split_within(lines.clone(), 100), (lines.clone(), None));
+        assert_eq!(
+            split_within(lines, 2),
+            (
+                Bytes::from_static(b"aa\n"),
+                Some(Bytes::from_static(b"bbbb\nc\n"))
+            ),
+            "a line longer than the budget comes whole"
+        );
     }
 
     #[test]

@@ -50,9 +50,11 @@ const PAGE: &str = include_str!("page.html");
 const FROM_NATS: Token = Token(usize::MAX);
 /// Most messages from NATS taken per turn, so that a flooding instance cannot starve this
 /// one's clients, timers or signals; the rest wait in the bridge's bounded queue.
-const NATS_MESSAGES_PER_TURN: usize = 4;
-/// How long the exit waits for the bridge to hand its last lines to NATS.
-const NATS_FINAL_FLUSH: Duration = Duration::from_secs(1);
+const NATS_BYTES_PER_TURN: usize = READ_BUDGET;
+/// How long the exit waits for the bridge to hand its last lines to NATS (its own deadline
+/// for that, and a little more).
+const NATS_FINAL_FLUSH: Duration =
+    crate::bridge::FINAL_FLUSH.saturating_add(Duration::from_millis(200));
 
 /// Most bytes taken from one client per turn, so that a firehose cannot starve the others.
 pub const READ_BUDGET: usize = 64 * 1024;
@@ -290,6 +292,7 @@ impl EventLoop {
             trace!("turn {}: {} events", self.turn, events.iter().count());
             let carried_readers = std::mem::take(&mut self.unfinished_readers);
             self.serve_deferred_handshakes();
+            self.serve_unfinished_web_requests();
             if let Some(exit) = self.handle_events(&events) {
                 break exit;
             }
@@ -720,19 +723,24 @@ impl EventLoop {
     }
 
     /// Appends lines other instances published (through the bridge) to the batch, as from
-    /// no client: every client gets them. At most `NATS_MESSAGES_PER_TURN` messages a turn;
-    /// none once shutdown began (its final batches are paced for the clients' queues). A
-    /// line longer than our `--max-line` is dropped (counted), so the batch keeps its bound.
+    /// no client: every client gets them. At most `NATS_BYTES_PER_TURN` a turn, as one
+    /// client's read budget (a message of a million empty lines is spread over turns like a
+    /// client's input); none once shutdown began (its final batches are paced for the
+    /// clients' queues). A line longer than our `--max-line` is dropped (counted), so the
+    /// batch keeps its bound.
     fn take_lines_from_nats(&mut self) {
         let max_line = self.config.max_line;
         self.nats_waiting = false;
         if self.shutdown.is_some() {
             return;
         }
-        for _ in 0..NATS_MESSAGES_PER_TURN {
-            let Some(message) = self.bridge.as_ref().and_then(Bridge::take_received) else {
+        let mut taken = 0;
+        while taken < NATS_BYTES_PER_TURN {
+            let budget = NATS_BYTES_PER_TURN - taken;
+            let Some(message) = self.bridge.as_mut().and_then(|b| b.take_lines(budget)) else {
                 return;
             };
+            taken += message.len();
             for line in message.split_inclusive(|&b| b == b'\n') {
                 if line.len() > max_line + 1 {
                     if let Some(bridge) = &self.bridge {
@@ -997,6 +1005,7 @@ impl EventLoop {
     fn next_timeout(&self) -> Option<Duration> {
         if !self.unfinished_readers.is_empty()
             || !self.deferred_handshakes.is_empty()
+            || self.web_requests.has_unfinished()
             || self.more_to_accept.contains(&true)
             || (!self.leftover_lines.is_empty() && self.shutdown.is_none())
             || (self.nats_waiting && self.shutdown.is_none())

@@ -28,6 +28,9 @@ pub const MAX_HEAD: usize = 8 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes read (and thrown away) from a connection after its answer before it is closed.
 const MAX_DISCARDED: usize = 64 * 1024;
+/// Most read cost (`Transport::take_read_cost`) one reading of a request head may spend: a
+/// head sent in 1-byte TLS records is read over several turns, not in one.
+const HEAD_READ_BUDGET: usize = 64 * 1024;
 /// Refused requests logged one by one each second; more in a storm are summed up.
 const REFUSALS_LOGGED: u64 = 20;
 /// Headers a request may have.
@@ -288,6 +291,8 @@ struct Pending {
     peer: SocketAddr,
     head: Vec<u8>,
     stage: Stage,
+    /// The last reading of the head stopped at its budget with input unread.
+    budget_spent: bool,
     /// Bytes read and thrown away after the answer (at most `MAX_DISCARDED`).
     discarded: usize,
 }
@@ -303,6 +308,9 @@ pub struct PendingRequests {
     refusal_log: RateLimit,
     /// Addresses of connections closed since the loop last asked.
     closed: Vec<IpAddr>,
+    /// Connections whose head reading spent its budget with input unread: no event will
+    /// say so, so the loop moves them on in its next turn.
+    unfinished: Vec<Token>,
 }
 
 impl Default for PendingRequests {
@@ -313,6 +321,7 @@ impl Default for PendingRequests {
             counters: HttpCounters::default(),
             refusal_log: RateLimit::with_burst(REFUSALS_LOGGED),
             closed: Vec::new(),
+            unfinished: Vec::new(),
         }
     }
 }
@@ -349,6 +358,7 @@ impl PendingRequests {
             peer,
             head: Vec::new(),
             stage: Stage::Reading,
+            budget_spent: false,
             discarded: 0,
         };
         self.requests.insert(token, pending);
@@ -366,6 +376,11 @@ impl PendingRequests {
         let pending = self.requests.get_mut(&token)?;
         match pending.stage {
             Stage::Reading => match read_head(pending) {
+                Ok(None) if pending.budget_spent => {
+                    pending.budget_spent = false;
+                    self.unfinished.push(token);
+                    None
+                }
                 Ok(None) => None,
                 Ok(Some(request)) => Some(request),
                 Err(Some(refused)) => {
@@ -388,6 +403,15 @@ impl PendingRequests {
                 None
             }
         }
+    }
+
+    /// Connections whose reading stopped at its budget last turn (see `unfinished`).
+    pub fn take_unfinished(&mut self) -> Vec<Token> {
+        std::mem::take(&mut self.unfinished)
+    }
+
+    pub fn has_unfinished(&self) -> bool {
+        !self.unfinished.is_empty()
     }
 
     /// Answers a routed request with `response` and closes the connection after it.
@@ -550,10 +574,19 @@ fn write_out(transport: &mut Transport, response: &[u8], written: &mut usize) ->
 /// `Err(Some(_))`: refuse; `Err(None)`: the client closed or failed (close quietly).
 fn read_head(pending: &mut Pending) -> Result<Option<Request>, Option<Refusal>> {
     let mut buf = [0; 4096];
+    let mut spent = 0;
     loop {
+        if spent >= HEAD_READ_BUDGET {
+            pending.budget_spent = true;
+            return Ok(None);
+        }
         // At most one byte past the limit: enough to know the head is too large.
         let want = (MAX_HEAD + 1 - pending.head.len()).min(buf.len());
-        match pending.transport.read(&mut buf[..want]) {
+        let read = pending.transport.read(&mut buf[..want]);
+        spent += pending
+            .transport
+            .take_read_cost(*read.as_ref().unwrap_or(&0));
+        match read {
             Ok(0) => return Err(None),
             Ok(n) => {
                 // Exactly what arrived: a connection here holds at most MAX_HEAD + 1 bytes.

@@ -176,7 +176,7 @@ impl fmt::Write for Bounded {
 fn needs_escape(c: char) -> bool {
     c.is_control() // C0 (tab and newline too), DEL, C1 (CSI, NEL, ...)
         || matches!(c, '\u{2028}' | '\u{2029}') // line and paragraph separators
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]

@@ -329,3 +329,30 @@ fn a_client_that_left_in_the_same_poll_as_a_newcomer_arrived_no_longer_counts() 
     server.signal(libc::SIGTERM);
     server.wait_exit();
 }
+
+#[test]
+fn a_request_head_in_one_byte_tls_records_is_read_over_several_turns_and_answered() {
+    let pki = Pki::new("head-records");
+    let server = tls_server(&pki, &["--http", "127.0.0.1:0"]);
+    let config = pki.client_config(None);
+    let mut client = TlsClient::connect(server.web_addr(), Arc::clone(&config)).unwrap();
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(7_000)
+    );
+    // Some 7,000 records, about 160 KB on the wire: more than one turn's read budget, all
+    // in the kernel before the server reads any (no further event announces the rest).
+    let mut ciphertext = Vec::new();
+    for byte in head.as_bytes() {
+        client.stream.conn.writer().write_all(&[*byte]).unwrap();
+        while client.stream.conn.wants_write() {
+            client.stream.conn.write_tls(&mut ciphertext).unwrap();
+        }
+    }
+    client.stream.sock.write_all(&ciphertext).unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut client.stream, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nok\n"), "{answer}");
+}

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use broadcast_server::bridge::envelope::{MessageKey, seal};
 use common::{Client, DEADLINE, Server, numbered_lines, report_skip};
 
 /// A nats-server on a loopback port of its choosing; killed when dropped.
@@ -414,8 +415,10 @@ fn a_stalled_nats_never_delivers_lines_late_out_of_order_or_twice() {
     let Some(nats) = Nats::start("a_stalled_nats") else {
         return;
     };
-    let a = instance(&nats.url(), &[]);
-    let b = instance(&nats.url(), &[]);
+    // Order across a stall is promised with a key (numbers that can be trusted).
+    let key = KeyFile::new("stalled");
+    let mut a = instance(&nats.url(), &["--nats-key", key.arg()]);
+    let mut b = instance(&nats.url(), &["--nats-key", key.arg()]);
     let mut sender = a.connect();
     let mut near = a.connect();
     let far = b.connect();
@@ -476,7 +479,57 @@ fn a_stalled_nats_never_delivers_lines_late_out_of_order_or_twice() {
             .collect::<String>()
             .into_bytes()
     );
+    // Every line A framed is counted once: published (taken by a socket), or dropped for a
+    // reason; B received no more than A published.
+    for server in [&a, &b] {
+        server.signal(libc::SIGTERM);
+    }
+    a.wait_exit();
+    b.wait_exit();
+    let (a_stats, b_stats) = (a.final_log(), b.final_log());
+    let a_stats = a_stats.lines().last().unwrap();
+    let b_stats = b_stats.lines().last().unwrap();
+    let accounted: u64 = [" published=", " backlog=", " offline=", " too_large="]
+        .iter()
+        .map(|name| counter(a_stats, name))
+        .sum();
+    assert_eq!(accounted, counter(a_stats, " lines_in="), "{a_stats}");
+    assert!(counter(a_stats, " offline=") > 0, "{a_stats}");
+    assert!(
+        counter(b_stats, " received=") <= counter(a_stats, " published="),
+        "{a_stats}\n{b_stats}"
+    );
 }
+
+/// A shared key file for `--nats-key`, removed when dropped.
+struct KeyFile {
+    path: PathBuf,
+}
+
+impl KeyFile {
+    fn new(name: &str) -> KeyFile {
+        let path = std::env::temp_dir().join(format!(
+            "broadcast-server-key-{name}-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+        KeyFile { path }
+    }
+
+    fn arg(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The secret in every test's key file.
+const SECRET: &str = "a shared secret of more than sixteen bytes";
 
 #[test]
 fn a_slow_consumer_on_one_instance_is_cut_there_and_no_one_else_notices() {
@@ -612,7 +665,11 @@ const SUBJECT: &str = "broadcast-server.lines";
 
 /// An instance's envelope: `~bcast1 - ORIGIN SEQ\n` (no key), then the lines.
 fn enveloped(origin: &str, sequence: u64, lines: &[u8]) -> Vec<u8> {
-    [format!("~bcast1 - {origin} {sequence}\n").as_bytes(), lines].concat()
+    [
+        format!("~bcast1 - {origin} {sequence} 0\n").as_bytes(),
+        lines,
+    ]
+    .concat()
 }
 
 /// The instance id `server` logs at start.
@@ -627,31 +684,28 @@ fn instance_id(server: &Server) -> String {
 }
 
 #[test]
-fn messages_from_nats_arrive_once_in_sequence_whole_within_max_line_and_never_our_own() {
-    let Some(nats) = Nats::start("messages_from_nats_arrive_once_in_sequence") else {
+fn without_a_key_numbers_decide_nothing_and_messages_arrive_whole_within_max_line() {
+    let Some(nats) = Nats::start("without_a_key_numbers_decide_nothing") else {
         return;
     };
     let b = instance(&nats.url(), &["--max-line", "100"]);
+    assert!(!b.log_lines("messages are not signed").is_empty());
     let own = instance_id(&b);
     let mut reader = b.connect();
     let mut raw = RawNats::connect(&nats);
     wait_until_subscribed(&mut raw, &mut reader);
-    let (x, y) = ("00000000000000aa", "00000000000000bb");
+    let x = "00000000000000aa";
+    // Unverifiable numbers drop nothing: each message is delivered as it comes.
     raw.publish(SUBJECT, &[], &enveloped(x, 5, b"x5\n"));
-    raw.publish(SUBJECT, &[], &enveloped(x, 3, b"x3 is older than x5\n"));
+    raw.publish(SUBJECT, &[], &enveloped(x, 3, b"x3\n"));
     raw.publish(SUBJECT, &[], &enveloped(x, 5, b"x5 again\n"));
+    raw.publish(SUBJECT, &[], &enveloped(x, u64::MAX, b"x max\n"));
     raw.publish(SUBJECT, &[], &enveloped(x, 6, b"x6\n"));
-    raw.publish(
-        SUBJECT,
-        &[],
-        &enveloped(y, 1, b"y1: another instance counts on its own\n"),
-    );
+    // Our own origin (no_echo: never really ours) and a bad envelope are dropped.
     raw.publish(SUBJECT, &[], &enveloped(&own, 99, b"our own, come back\n"));
-    // No envelope: a plain publisher, whose messages are not sequence-checked (nor
-    // remembered); a bad envelope is not believed.
+    raw.publish(SUBJECT, &[], b"~bcast1 - not-an-id 1 0\nbad envelope\n");
+    // No envelope: a plain publisher's lines.
     raw.publish(SUBJECT, &[], b"foreign\n");
-    raw.publish(SUBJECT, &[], b"foreign again\n");
-    raw.publish(SUBJECT, &[], b"~bcast1 - not-an-id 1\nbad envelope\n");
     raw.publish(SUBJECT, &[], b"not a whole line");
     let mut long = vec![b'L'; 101];
     long.extend_from_slice(b"\nafter the long line\n");
@@ -661,14 +715,13 @@ fn messages_from_nats_arrive_once_in_sequence_whole_within_max_line_and_never_ou
     let got = read_through(&mut reader, b"end\n");
     assert_eq!(
         String::from_utf8_lossy(&got),
-        "x5\nx6\ny1: another instance counts on its own\nforeign\nforeign again\n\
-         after the long line\nend\n"
+        "x5\nx3\nx5 again\nx max\nx6\nforeign\nafter the long line\nend\n"
     );
     b.signal(libc::SIGTERM);
     let stats = b.wait_for_log("nats: published=");
-    assert_eq!(counter(&stats, " stale="), 2, "{stats}");
+    assert_eq!(counter(&stats, " stale="), 0, "{stats}");
     assert_eq!(counter(&stats, " inbound="), 2, "{stats}");
-    assert_eq!(counter(&stats, " forged="), 1, "{stats}");
+    assert_eq!(counter(&stats, " forged="), 2, "{stats}");
 }
 
 /// A raw client that reads what instances publish on the subject.
@@ -711,37 +764,67 @@ fn bridged_pair(nats: &Nats, extra: &[&str]) -> (Server, Server, Client, Client)
     (a, b, at_a, at_b)
 }
 
+/// The origin and sequence number in the envelope of `message`.
+fn origin_and_sequence(message: &[u8]) -> (String, u64) {
+    let end = message.iter().position(|&b| b == b'\n').unwrap();
+    let head = String::from_utf8_lossy(&message[..end]).to_string();
+    let fields: Vec<&str> = head.split(' ').collect();
+    (fields[2].to_string(), fields[3].parse().unwrap())
+}
+
 #[test]
-fn one_forged_message_with_the_largest_sequence_silences_no_one() {
-    let Some(nats) = Nats::start("one_forged_message_with_the_largest_sequence") else {
+fn forged_sequence_numbers_never_stop_delay_or_reorder_an_instances_lines() {
+    let Some(nats) = Nats::start("forged_sequence_numbers_never_stop") else {
         return;
     };
     let (a, b, mut at_a, mut at_b) = bridged_pair(&nats, &[]);
     let mut raw = subscribed_raw(&nats);
     at_a.send(b"reveal\n");
     at_b.expect(b"reveal\n");
-    // The attacker reads A's origin from a message A published...
+    // The attacker reads A's origin and numbers from what A publishes...
     let seen = loop {
         let message = raw.next_message();
         if message.ends_with(b"reveal\n") {
             break message;
         }
     };
-    let head = String::from_utf8_lossy(&seen[..seen.iter().position(|&b| b == b'\n').unwrap()])
-        .to_string();
-    let origin = head.split(' ').nth(2).unwrap().to_string();
-    assert_eq!(origin, instance_id(&a), "{head}");
-    // ...and publishes one message with it and the largest sequence number.
+    let (origin, mut last) = origin_and_sequence(&seen);
+    assert_eq!(origin, instance_id(&a));
+    // ...publishes one message with A's origin and the largest number (the probe's attack)...
     raw.publish(SUBJECT, &[], &enveloped(&origin, u64::MAX, b"forged\n"));
-    raw.round_trip();
-    let lines = numbered_lines("after", 5);
-    at_a.send(&lines);
+    // ...then, while A streams, keeps claiming A's next numbers and numbers just ahead.
+    let mut expected = Vec::new();
+    for k in 0..20 {
+        for ahead in [1, 2, 200] {
+            raw.publish(SUBJECT, &[], &enveloped(&origin, last + ahead, b"forged\n"));
+        }
+        raw.round_trip();
+        let line = format!("after-{k}\n");
+        at_a.send(line.as_bytes());
+        expected.extend_from_slice(line.as_bytes());
+        let message = loop {
+            let message = raw.next_message();
+            if message.ends_with(line.as_bytes()) {
+                break message;
+            }
+        };
+        last = origin_and_sequence(&message).1;
+    }
     at_a.send(b"end\n");
+    expected.extend_from_slice(b"end\n");
     let got = read_through(&mut at_b, b"end\n");
-    assert_eq!(got, [lines, b"end\n".to_vec()].concat());
+    let from_a: Vec<u8> = got
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|line| *line != b"forged\n")
+        .flatten()
+        .copied()
+        .collect();
+    assert_eq!(
+        String::from_utf8_lossy(&from_a),
+        String::from_utf8_lossy(&expected)
+    );
     b.signal(libc::SIGTERM);
     let stats = b.wait_for_log("nats: published=");
-    assert_eq!(counter(&stats, " forged="), 1, "{stats}");
     assert_eq!(counter(&stats, " stale="), 0, "{stats}");
 }
 
@@ -750,12 +833,8 @@ fn with_a_shared_key_nothing_unsigned_or_altered_is_delivered() {
     let Some(nats) = Nats::start("with_a_shared_key_nothing_unsigned") else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("broadcast-server-key-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = dir.join("nats.key");
-    std::fs::write(&key, "a shared secret of more than sixteen bytes\n").unwrap();
-    let key_arg = key.to_str().unwrap();
-    let (a, b, mut at_a, mut at_b) = bridged_pair(&nats, &["--nats-key", key_arg]);
+    let key = KeyFile::new("shared");
+    let (a, b, mut at_a, mut at_b) = bridged_pair(&nats, &["--nats-key", key.arg()]);
     assert!(
         a.wait_for_log("as instance ")
             .contains("signed with --nats-key")
@@ -777,21 +856,39 @@ fn with_a_shared_key_nothing_unsigned_or_altered_is_delivered() {
     let last = altered.len() - 2;
     altered[last] ^= 0x20;
     raw.publish(SUBJECT, &[], &altered);
+    // The genuine message replayed: late (stale). A message signed with the key (as only
+    // an instance could) from an origin B has not heard from, recorded long ago: a replay
+    // to an instance that never heard from it is refused too.
+    raw.publish(SUBJECT, &[], &genuine);
+    let signing = MessageKey::new(SECRET.as_bytes(), SUBJECT);
+    let lines = b"recorded an hour ago\n";
+    let hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 3_600_000;
+    let old = [
+        seal(0xabc, 1, hour_ago, Some(&signing), lines),
+        lines.to_vec(),
+    ]
+    .concat();
+    raw.publish(SUBJECT, &[], &old);
     raw.round_trip();
     at_a.send(b"still signed\n");
     at_b.expect(b"still signed\n");
     b.signal(libc::SIGTERM);
     let stats = b.wait_for_log("nats: published=");
     assert_eq!(counter(&stats, " forged="), 3, "{stats}");
+    assert_eq!(counter(&stats, " stale="), 2, "{stats}");
+    assert!(!b.log_lines("a replay, or clocks that differ").is_empty());
     // A key file that is too short is refused at start.
-    std::fs::write(&key, "short\n").unwrap();
-    let out = Server::command(&["--nats", &nats.url(), "--nats-key", key_arg])
+    std::fs::write(&key.path, "short\n").unwrap();
+    let out = Server::command(&["--nats", &nats.url(), "--nats-key", key.arg()])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("at least 16"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Reads `count` lines from `client`, passing over every line equal to `skip`.
@@ -1080,4 +1177,69 @@ fn lines_from_other_instances_are_part_of_the_history() {
         "{:?}",
         String::from_utf8_lossy(&replay)
     );
+}
+
+/// A fake NATS server on a free port that plays `scripts`, one per connection, in order:
+/// each gets the socket after the INFO and the client's introduction were answered.
+fn fake_nats(scripts: Vec<Box<dyn FnOnce(std::net::TcpStream) + Send>>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for script in scripts {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            let info = "INFO {\"max_payload\":4611686018427387904,\"proto\":1}\r\n";
+            std::io::Write::write_all(&mut stream, info.as_bytes()).unwrap();
+            let mut seen = Vec::new();
+            while !seen.ends_with(b"PING\r\n") {
+                let mut byte = [0];
+                if std::io::Read::read(&mut stream, &mut byte).unwrap_or(0) == 0 {
+                    return;
+                }
+                seen.push(byte[0]);
+            }
+            std::io::Write::write_all(&mut stream, b"PONG\r\n").unwrap();
+            script(stream);
+        }
+        thread::sleep(DEADLINE); // keep the listener (no more connections are answered)
+    });
+    port
+}
+
+#[test]
+fn a_lying_nats_server_can_neither_crash_nor_bloat_an_instance() {
+    let port = fake_nats(vec![
+        // It claims a max payload of 2^62, then announces a message of 1 TiB.
+        Box::new(|mut stream| {
+            let msg = b"MSG broadcast-server.lines 1 1099511627776\r\nxxxx";
+            let _ = std::io::Write::write_all(&mut stream, msg);
+            thread::sleep(Duration::from_secs(1)); // the lie stays open, not a wait
+        }),
+        // It floods PINGs and never reads our PONGs (30 MB of them).
+        Box::new(|mut stream| {
+            let pings = b"PING\r\n".repeat(100_000);
+            for _ in 0..50 {
+                if std::io::Write::write_all(&mut stream, &pings).is_err() {
+                    break;
+                }
+            }
+        }),
+    ]);
+    let url = format!("nats://127.0.0.1:{port}");
+    let server = instance(&url, &[]);
+    let lied = server.wait_for_log("nats: disconnected");
+    assert!(lied.contains("a message of 1099511627776 bytes"), "{lied}");
+    let flooded = server.wait_for_logs("nats: disconnected", 2);
+    assert!(
+        flooded[1].contains("does not read what we send"),
+        "{flooded:?}"
+    );
+    assert!(server.rss_kib() < 64 * 1024, "{} KiB", server.rss_kib());
+    // Still serving its own clients.
+    let mut a = server.connect();
+    let mut b = server.connect();
+    a.send(b"alive\n");
+    b.expect(b"alive\n");
 }

@@ -16,7 +16,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use super::protocol::{self, Connect, DEFAULT_MAX_PAYLOAD, ServerInfo, ServerOp};
+use super::protocol::{
+    self, Connect, DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_CEILING, ServerInfo, ServerOp,
+};
 
 /// How long connecting, and the introduction, may take before the next server is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -213,7 +215,10 @@ impl Connection {
 
     /// The next whole operation already read, if any.
     pub fn decode(&mut self) -> io::Result<Option<ServerOp>> {
-        let limit = self.info.max_payload.max(DEFAULT_MAX_PAYLOAD);
+        let limit = self
+            .info
+            .max_payload
+            .clamp(DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_CEILING);
         protocol::decode(&mut self.input, limit).map_err(invalid)
     }
 }

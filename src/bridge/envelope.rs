@@ -4,7 +4,7 @@
 //! A message an instance publishes is one envelope line, then whole lines:
 //!
 //! ```text
-//! ~bcast1 <tag: 64 hex digits, or -> <origin: 16 hex digits> <sequence>\n
+//! ~bcast1 <tag: 64 hex digits, or -> <origin: 16 hex digits> <sequence> <sent: ms since 1970>\n
 //! <line>\n<line>\n...
 //! ```
 //!
@@ -12,15 +12,17 @@
 //! header support, so nats-server strips whatever headers a stranger publishes.
 //!
 //! **Forged messages.** Anyone who can publish on the subject can write an envelope naming
-//! another instance. With a shared key (`--nats-key`), the tag is HMAC-SHA256, under a key
-//! derived from the shared one and the subject, over everything after the tag (origin,
-//! sequence, lines), and a message without a valid tag is refused outright: a stranger can
-//! neither inject lines nor touch an instance's sequence. Without a key nothing can be
-//! verified, so a sequence is believed only within [`WINDOW`] of the last one believed from
-//! that origin: a forged far-off number (the probe's 18446744073709551615) is dropped and
-//! moves nothing; a forged number inside the window costs that origin at most
-//! [`WINDOW`] messages, once. A real gap wider than the window (a long partition between
-//! NATS servers) is believed after [`RESYNC_RUN`] consecutive numbers beyond it.
+//! another instance, so a receiver may act on an envelope's claims only if it can verify
+//! them. With a shared key (`--nats-key`), the tag is HMAC-SHA256, under a key derived from
+//! the shared one and the subject, over everything after the tag (origin, sequence, time,
+//! lines); a message without a valid tag is refused outright, and only then are sequence
+//! numbers trusted: a message not newer than the last one delivered from its origin is
+//! dropped as late (reordering after a stalled connection), and the first message heard
+//! from an origin must be fresh (sent within [`FRESH`] of our clock), so a recording cannot
+//! be replayed to a new instance later. Without a key nothing can be verified, and any
+//! drop decided by an envelope's numbers could be steered by a forger (one forged number
+//! could make an instance's real ones look late): so nothing is dropped for its numbers,
+//! and a stranger can neither stop, delay nor reorder an instance's lines, only add its own.
 
 use std::collections::HashMap;
 
@@ -30,13 +32,11 @@ use ring::hmac;
 const MAGIC: &[u8] = b"~bcast1 ";
 /// The tag's place in a message without a key.
 const NO_TAG: &[u8] = b"-";
-/// Longest envelope line: magic, tag, origin, a u64, separators and the line end.
-pub const MAX_ENVELOPE: usize = 8 + 64 + 1 + 16 + 1 + 20 + 1;
-/// Without a key: how far past the last believed sequence a new one may be.
-pub const WINDOW: u64 = 256;
-/// Without a key: consecutive sequence numbers outside the window that are believed (the
-/// origin's numbers really moved on, or a forged one was believed).
-pub const RESYNC_RUN: u32 = 16;
+/// Longest envelope line: magic, tag, origin, two u64s, separators and the line end.
+pub const MAX_ENVELOPE: usize = 8 + 64 + 1 + 16 + 1 + 20 + 1 + 20 + 1;
+/// With a key: how far the first message heard from an origin may be from our clock (a
+/// replay of older recordings is refused; clocks must agree this well).
+pub const FRESH: std::time::Duration = std::time::Duration::from_secs(300);
 /// Origins whose last sequence a receiver remembers; past this it forgets one.
 const MAX_ORIGINS: usize = 4096;
 
@@ -77,9 +77,16 @@ impl std::fmt::Debug for MessageKey {
     }
 }
 
-/// The envelope line of message `sequence` from `origin` carrying `lines`.
-pub fn seal(origin: u64, sequence: u64, key: Option<&MessageKey>, lines: &[u8]) -> Vec<u8> {
-    let signed_head = format!(" {origin:016x} {sequence}\n");
+/// The envelope line of message `sequence` from `origin`, sent at `sent_ms` (ms since
+/// 1970), carrying `lines`.
+pub fn seal(
+    origin: u64,
+    sequence: u64,
+    sent_ms: u64,
+    key: Option<&MessageKey>,
+    lines: &[u8],
+) -> Vec<u8> {
+    let signed_head = format!(" {origin:016x} {sequence} {sent_ms}\n");
     let mut head = MAGIC.to_vec();
     match key {
         Some(key) => {
@@ -99,10 +106,11 @@ pub fn seal(origin: u64, sequence: u64, key: Option<&MessageKey>, lines: &[u8]) 
 /// A message taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opened<'a> {
-    /// From an instance (verified when a key is set): its id, number and lines.
+    /// From an instance (verified when a key is set): its id, number, time and lines.
     Instance {
         origin: u64,
         sequence: u64,
+        sent_ms: u64,
         lines: &'a [u8],
     },
     /// No envelope: a plain publisher's lines (accepted only without a key).
@@ -127,7 +135,7 @@ pub fn open<'a>(payload: &'a [u8], key: Option<&MessageKey>) -> Opened<'a> {
         return Opened::Forged;
     };
     let (head, lines) = (&signed[1..head_end], &signed[head_end + 1..]);
-    let Some((origin, sequence)) = parse_head(head) else {
+    let Some((origin, sequence, sent_ms)) = parse_head(head) else {
         return Opened::Forged;
     };
     let genuine = match key {
@@ -140,6 +148,7 @@ pub fn open<'a>(payload: &'a [u8], key: Option<&MessageKey>) -> Opened<'a> {
     Opened::Instance {
         origin,
         sequence,
+        sent_ms,
         lines,
     }
 }
@@ -152,13 +161,19 @@ pub fn carried_lines(payload: &[u8]) -> usize {
     (lines - envelope).max(1)
 }
 
-/// `<origin> <sequence>`, each in its one spelling (what is tagged is what is read).
-fn parse_head(head: &[u8]) -> Option<(u64, u64)> {
+/// `<origin> <sequence> <sent>`, each in its one spelling (what is tagged is what is read).
+fn parse_head(head: &[u8]) -> Option<(u64, u64, u64)> {
     let text = std::str::from_utf8(head).ok()?;
-    let (origin, sequence) = text.split_once(' ')?;
-    let number: u64 = sequence.parse().ok()?;
-    (number.to_string() == sequence).then_some(())?;
-    Some((parse_origin(origin)?, number))
+    let mut fields = text.split(' ');
+    let (origin, sequence, sent) = (fields.next()?, fields.next()?, fields.next()?);
+    if fields.next().is_some() {
+        return None;
+    }
+    let number = |field: &str| {
+        let n: u64 = field.parse().ok()?;
+        (n.to_string() == field).then_some(n)
+    };
+    Some((parse_origin(origin)?, number(sequence)?, number(sent)?))
 }
 
 /// An instance id: exactly 16 lowercase hex digits.
@@ -185,98 +200,46 @@ fn parse_hex(text: &[u8]) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// What to do with a message from an instance.
+/// What to do with a verified message from an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Deliver,
     /// Not newer than one already delivered from that instance (late, after a stall).
-    Stale,
-    /// A number no instance would send next (without a key: beyond the window).
-    Unbelieved,
+    Late,
+    /// The first heard from that instance, sent too far from our clock: a replay (or
+    /// clocks that disagree).
+    Unfresh,
 }
 
-/// The last sequence number believed from each instance.
+/// With a key: the last sequence number delivered from each instance.
 #[derive(Debug, Default)]
 pub struct Sequences {
-    marks: HashMap<u64, Mark>,
-    /// Messages are verified by a key: every number is believed as it is.
-    keyed: bool,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Mark {
-    last: u64,
-    /// Consecutive numbers outside the window: the next one expected and how many so far.
-    run: Option<(u64, u32)>,
+    last: HashMap<u64, u64>,
 }
 
 impl Sequences {
-    pub fn new(keyed: bool) -> Sequences {
-        Sequences {
-            marks: HashMap::new(),
-            keyed,
+    /// Judges verified message `sequence` from `origin`, sent at `sent_ms` (its clock), at
+    /// `now_ms` (ours), and remembers it if it is delivered.
+    pub fn judge(&mut self, origin: u64, sequence: u64, sent_ms: u64, now_ms: u64) -> Verdict {
+        if let Some(last) = self.last.get_mut(&origin) {
+            if sequence <= *last {
+                return Verdict::Late;
+            }
+            *last = sequence;
+            return Verdict::Deliver;
         }
-    }
-
-    /// Forgets every origin (the receiver missed an unknown stretch: after a reconnect).
-    /// With a key, marks are kept: a verified number is never a stranger's.
-    pub fn forget_unverified(&mut self) {
-        if !self.keyed {
-            self.marks.clear();
+        if u128::from(sent_ms.abs_diff(now_ms)) > FRESH.as_millis() {
+            return Verdict::Unfresh;
         }
-    }
-
-    /// Judges message `sequence` from `origin`, and remembers it if it is delivered.
-    pub fn judge(&mut self, origin: u64, sequence: u64) -> Verdict {
-        if self.marks.len() >= MAX_ORIGINS
-            && !self.marks.contains_key(&origin)
-            && let Some(&evicted) = self.marks.keys().next()
+        if self.last.len() >= MAX_ORIGINS
+            && let Some(&evicted) = self.last.keys().next()
         {
-            self.marks.remove(&evicted);
+            // Only instances that signed a fresh message get here: this is churn, not an
+            // attack (a forgotten instance's next message must be fresh again).
+            self.last.remove(&evicted);
         }
-        let Some(mark) = self.marks.get_mut(&origin) else {
-            self.marks.insert(
-                origin,
-                Mark {
-                    last: sequence,
-                    run: None,
-                },
-            );
-            return Verdict::Deliver;
-        };
-        let ahead = sequence.wrapping_sub(mark.last);
-        if sequence > mark.last && (self.keyed || ahead <= WINDOW) {
-            *mark = Mark {
-                last: sequence,
-                run: None,
-            };
-            return Verdict::Deliver;
-        }
-        if self.keyed {
-            return Verdict::Stale;
-        }
-        let stale = sequence <= mark.last && mark.last - sequence < WINDOW;
-        if stale {
-            // Late: inside the window behind. A run only counts numbers outside the window.
-            return Verdict::Stale;
-        }
-        let run = match mark.run {
-            Some((next, len)) if next == sequence => (sequence.wrapping_add(1), len + 1),
-            _ => (sequence.wrapping_add(1), 1),
-        };
-        if run.1 >= RESYNC_RUN {
-            *mark = Mark {
-                last: sequence,
-                run: None,
-            };
-            return Verdict::Deliver;
-        }
-        mark.run = Some(run);
-        if sequence <= mark.last {
-            Verdict::Stale
-        } else {
-            Verdict::Unbelieved
-        }
+        self.last.insert(origin, sequence);
+        Verdict::Deliver
     }
 }
 
@@ -293,18 +256,19 @@ mod tests {
     #[test]
     fn envelopes_open_as_sealed_and_tags_catch_any_change() {
         let lines = b"one\ntwo\n";
-        let plain = message(seal(A, 7, None, lines), lines);
-        assert_eq!(plain, b"~bcast1 - 00ff00ff00ff00ff 7\none\ntwo\n");
+        let plain = message(seal(A, 7, 99, None, lines), lines);
+        assert_eq!(plain, b"~bcast1 - 00ff00ff00ff00ff 7 99\none\ntwo\n");
         assert_eq!(
             open(&plain, None),
             Opened::Instance {
                 origin: A,
                 sequence: 7,
+                sent_ms: 99,
                 lines
             }
         );
         let key = MessageKey::new(b"0123456789abcdef0123456789abcdef", "s");
-        let sealed = message(seal(A, 7, Some(&key), lines), lines);
+        let sealed = message(seal(A, 7, 99, Some(&key), lines), lines);
         assert!(matches!(
             open(&sealed, Some(&key)),
             Opened::Instance { sequence: 7, .. }
@@ -331,7 +295,7 @@ mod tests {
 
     #[test]
     fn a_message_that_cannot_be_opened_counts_its_lines_less_the_envelope() {
-        assert_eq!(carried_lines(b"~bcast1 - x 1\na\nb\n"), 2);
+        assert_eq!(carried_lines(b"~bcast1 - x 1 1\na\nb\n"), 2);
         assert_eq!(carried_lines(b"a\nb\n"), 2);
         assert_eq!(carried_lines(b"~bcast1 -"), 1);
         assert_eq!(carried_lines(b"~bcast1 - x 1\n"), 1);
@@ -341,12 +305,12 @@ mod tests {
     fn bad_envelopes_are_forged_and_plain_messages_foreign() {
         assert_eq!(open(b"hello\n", None), Opened::Foreign(b"hello\n"));
         for bad in [
-            &b"~bcast1 - 00FF00FF00FF00FF 1\nx\n"[..],
-            b"~bcast1 - 00ff00ff00ff00ff x\nx\n",
-            b"~bcast1 - 00ff00ff00ff00ff 01\nx\n",
-            b"~bcast1 - 00ff00ff00ff00ff\nx\n",
-            b"~bcast1 - 00ff00ff00ff00ff 1 2\nx\n",
-            b"~bcast1 - 00ff00ff00ff00ff 1",
+            &b"~bcast1 - 00FF00FF00FF00FF 1 1\nx\n"[..],
+            b"~bcast1 - 00ff00ff00ff00ff x 1\nx\n",
+            b"~bcast1 - 00ff00ff00ff00ff 01 1\nx\n",
+            b"~bcast1 - 00ff00ff00ff00ff 1\nx\n",
+            b"~bcast1 - 00ff00ff00ff00ff 1 2 3\nx\n",
+            b"~bcast1 - 00ff00ff00ff00ff 1 1",
             b"~bcast1 -",
         ] {
             assert_eq!(
@@ -359,69 +323,29 @@ mod tests {
     }
 
     #[test]
-    fn a_forged_far_off_number_moves_nothing() {
-        let mut seen = Sequences::new(false);
-        assert_eq!(seen.judge(A, 10), Verdict::Deliver);
-        assert_eq!(seen.judge(A, u64::MAX), Verdict::Unbelieved);
-        for sequence in 11..20 {
-            assert_eq!(seen.judge(A, sequence), Verdict::Deliver);
-        }
-        assert_eq!(seen.judge(A, 15), Verdict::Stale);
+    fn with_a_key_newer_numbers_are_delivered_older_ones_are_late() {
+        let mut seen = Sequences::default();
+        let now = 1_000_000_000_000;
+        assert_eq!(seen.judge(A, 1, now, now), Verdict::Deliver);
+        assert_eq!(seen.judge(A, 1_000_000, now, now), Verdict::Deliver);
+        assert_eq!(seen.judge(A, 999_999, now, now), Verdict::Late);
+        assert_eq!(seen.judge(A, 1_000_000, now, now), Verdict::Late);
+        // A known origin is judged by its numbers alone (its clock does not matter then).
+        assert_eq!(seen.judge(A, 1_000_001, 0, now), Verdict::Deliver);
     }
 
     #[test]
-    fn a_forged_number_inside_the_window_costs_at_most_the_window() {
-        let mut seen = Sequences::new(false);
-        seen.judge(A, 1);
+    fn the_first_message_of_an_origin_must_be_fresh() {
+        let mut seen = Sequences::default();
+        let now = 1_000_000_000_000;
+        let fresh = FRESH.as_millis() as u64;
         assert_eq!(
-            seen.judge(A, 1 + WINDOW),
-            Verdict::Deliver,
-            "forged, believed"
+            seen.judge(A, 5, now - fresh - 1, now),
+            Verdict::Unfresh,
+            "a replay"
         );
-        let lost = (2..=WINDOW + 1)
-            .filter(|&s| seen.judge(A, s) != Verdict::Deliver)
-            .count() as u64;
-        assert!(lost <= WINDOW, "{lost}");
-        assert_eq!(seen.judge(A, WINDOW + 2), Verdict::Deliver);
-    }
-
-    #[test]
-    fn a_real_gap_wider_than_the_window_is_believed_after_a_run() {
-        let mut seen = Sequences::new(false);
-        seen.judge(A, 1);
-        let start = 1 + WINDOW * 100;
-        let delivered: Vec<Verdict> = (start..start + u64::from(RESYNC_RUN) + 3)
-            .map(|s| seen.judge(A, s))
-            .collect();
-        let first = delivered
-            .iter()
-            .position(|v| *v == Verdict::Deliver)
-            .unwrap();
-        assert_eq!(first, RESYNC_RUN as usize - 1);
-        assert!(delivered[first..].iter().all(|v| *v == Verdict::Deliver));
-        // And a forged far-ahead run is followed back the same way.
-        let mut seen = Sequences::new(false);
-        seen.judge(A, 1);
-        for s in 0..u64::from(RESYNC_RUN) {
-            seen.judge(A, u64::MAX / 2 + s);
-        }
-        let back: Vec<Verdict> = (2..2 + u64::from(RESYNC_RUN) + 1)
-            .map(|s| seen.judge(A, s))
-            .collect();
-        assert_eq!(back.last(), Some(&Verdict::Deliver));
-    }
-
-    #[test]
-    fn with_a_key_every_newer_number_is_believed_and_older_ones_are_stale() {
-        let mut seen = Sequences::new(true);
-        seen.judge(A, 1);
-        assert_eq!(seen.judge(A, 1_000_000), Verdict::Deliver);
-        assert_eq!(seen.judge(A, 999_999), Verdict::Stale);
-        seen.forget_unverified();
-        assert_eq!(
-            seen.judge(A, 999_999),
-            Verdict::Stale,
-            "kept across reconnects"
-        );
+        assert_eq!(seen.judge(A, 6, now + fresh + 1, now), Verdict::Unfresh);
+        assert_eq!(seen.judge(A, 7, now - fresh, now), Verdict::Deliver);
+        assert_eq!(seen.judge(A, 5, now, now), Verdict::Late);
     }
 }

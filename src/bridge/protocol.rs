@@ -15,6 +15,9 @@ use bytes::{Buf, Bytes, BytesMut};
 pub const MAX_CONTROL_LINE: usize = 64 * 1024;
 /// nats-server's default max payload, until its `INFO` says otherwise.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+/// The most any server may claim as its max payload (nats-server's own ceiling): a lying
+/// server cannot make us buffer more for one message.
+pub const MAX_PAYLOAD_CEILING: usize = 64 * 1024 * 1024;
 
 /// One operation from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,9 +106,10 @@ pub fn decode(buf: &mut BytesMut, max_payload: usize) -> Result<Option<ServerOp>
         _ => return Err(ProtocolError::Malformed("operation")),
     };
     let (header_len, total_len) = message_lengths(args, with_headers)?;
-    if total_len > max_payload {
+    if total_len > max_payload.min(MAX_PAYLOAD_CEILING) {
         return Err(ProtocolError::PayloadTooLarge(total_len));
     }
+    // Both lengths are bounded above, so this cannot overflow.
     let frame_len = end + 2 + total_len + 2;
     if buf.len() < frame_len {
         buf.reserve(frame_len - buf.len());
@@ -157,7 +161,8 @@ fn parse_info(json: &[u8]) -> Result<ServerInfo, ProtocolError> {
         .get("max_payload")
         .and_then(serde_json::Value::as_u64)
         .and_then(|n| usize::try_from(n).ok())
-        .unwrap_or(DEFAULT_MAX_PAYLOAD);
+        .unwrap_or(DEFAULT_MAX_PAYLOAD)
+        .clamp(1, MAX_PAYLOAD_CEILING);
     let connect_urls = value
         .get("connect_urls")
         .and_then(serde_json::Value::as_array)
@@ -217,13 +222,9 @@ pub fn connect_and_subscribe(connect: &Connect<'_>, subject: &str) -> Vec<u8> {
     format!("CONNECT {options}\r\nSUB {subject} 1\r\nPING\r\n").into_bytes()
 }
 
-/// Appends `PUB subject <len>` and the payload (given in two parts: envelope, lines).
-pub fn publish(out: &mut BytesMut, subject: &str, head: &[u8], body: &[u8]) {
-    let len = head.len() + body.len();
-    out.extend_from_slice(format!("PUB {subject} {len}\r\n").as_bytes());
-    out.extend_from_slice(head);
-    out.extend_from_slice(body);
-    out.extend_from_slice(b"\r\n");
+/// `PUB subject <len>`: the line before a payload of `len` bytes (then `\r\n`).
+pub fn publish_line(subject: &str, len: usize) -> Vec<u8> {
+    format!("PUB {subject} {len}\r\n").into_bytes()
 }
 
 pub const PING: &[u8] = b"PING\r\n";
@@ -268,6 +269,20 @@ mod tests {
                 ServerOp::Msg(Bytes::new()),
                 ServerOp::Msg(Bytes::from_static(b"hi\n")),
             ]
+        );
+    }
+
+    #[test]
+    fn a_server_cannot_claim_a_max_payload_past_the_ceiling() {
+        let mut buf = BytesMut::from(&b"INFO {\"max_payload\":18446744073709551615}\r\n"[..]);
+        let Ok(Some(ServerOp::Info(info))) = decode(&mut buf, 1024) else {
+            panic!("no INFO");
+        };
+        assert_eq!(info.max_payload, MAX_PAYLOAD_CEILING);
+        let mut buf = BytesMut::from(&b"MSG s 1 18446744073709551614\r\n"[..]);
+        assert!(
+            decode(&mut buf, usize::MAX).is_err(),
+            "a length near usize::MAX"
         );
     }
 

@@ -153,6 +153,16 @@ impl EventLoop {
         }
     }
 
+    /// Moves on the web requests whose reading stopped at its budget last turn.
+    pub(super) fn serve_unfinished_web_requests(&mut self) {
+        let mut tokens = self.web_requests.take_unfinished();
+        tokens.sort_unstable();
+        tokens.dedup();
+        for token in tokens {
+            self.on_web_event(token);
+        }
+    }
+
     /// Moves on the handshakes the last turn's budget left waiting.
     pub(super) fn serve_deferred_handshakes(&mut self) {
         let mut tokens = std::mem::take(&mut self.deferred_handshakes);
