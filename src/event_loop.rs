@@ -738,6 +738,7 @@ impl EventLoop {
         while taken < NATS_BYTES_PER_TURN {
             let budget = NATS_BYTES_PER_TURN - taken;
             let Some(message) = self.bridge.as_mut().and_then(|b| b.take_lines(budget)) else {
+                trace!("nats: took {taken} bytes");
                 return;
             };
             taken += message.len();
@@ -759,6 +760,7 @@ impl EventLoop {
                 }
             }
         }
+        trace!("nats: took {taken} bytes");
         self.nats_waiting = true; // the budget ran out: more may be waiting
     }
 

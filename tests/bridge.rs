@@ -1243,3 +1243,29 @@ fn a_lying_nats_server_can_neither_crash_nor_bloat_an_instance() {
     a.send(b"alive\n");
     b.expect(b"alive\n");
 }
+
+#[test]
+fn a_message_of_a_million_empty_lines_is_taken_a_read_budget_a_turn() {
+    let Some(nats) = Nats::start("a_message_of_a_million_empty_lines") else {
+        return;
+    };
+    let mut b = instance(&nats.url(), &["-vv"]);
+    let mut reader = b.connect();
+    let mut raw = RawNats::connect(&nats);
+    wait_until_subscribed(&mut raw, &mut reader);
+    let empty = vec![b'\n'; 1_000_000];
+    raw.publish(SUBJECT, &[], &empty);
+    raw.publish(SUBJECT, &[], b"end\n");
+    let got = read_through(&mut reader, b"end\n");
+    assert_eq!(got.len(), 1_000_000 + 4);
+    b.signal(libc::SIGTERM);
+    b.wait_exit();
+    let log = b.final_log();
+    let taken: Vec<usize> = log
+        .lines()
+        .filter_map(|l| l.split("nats: took ").nth(1))
+        .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(taken.iter().all(|&n| n <= 64 * 1024), "{:?}", taken.iter().max());
+    assert!(taken.iter().sum::<usize>() >= 1_000_000);
+}

@@ -42,7 +42,7 @@ const SOLO_TARGET_PCT: f64 = 90.0;
 /// What "server" means in the figures of a cluster run.
 const SERVERS_ARE: &str = "server CPU = A + B + nats-server, all on one core";
 /// What an instance logs once its bridge has connected to NATS.
-const BRIDGING: &str = "nats: connected; bridging";
+const BRIDGING: &str = "nats: connected to ";
 
 /// The bridge scenario's rows (see the module documentation).
 pub fn bridge(kind: Kind, options: &Options) -> Vec<Row> {
