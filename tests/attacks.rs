@@ -160,19 +160,6 @@ fn a_request_path_full_of_terminal_controls_reaches_neither_the_log_nor_the_answ
     );
 }
 
-/// The `-vv` log split into turns: for each turn, its log lines.
-fn turns(log: &str) -> Vec<Vec<&str>> {
-    let mut turns = Vec::new();
-    for line in log.lines() {
-        if line.contains("] turn ") {
-            turns.push(Vec::new());
-        } else if let Some(turn) = turns.last_mut() {
-            turn.push(line);
-        }
-    }
-    turns
-}
-
 #[test]
 fn one_byte_tls_records_are_read_a_bounded_number_a_turn() {
     let pki = Pki::new("records");
@@ -207,7 +194,7 @@ fn one_byte_tls_records_are_read_a_bounded_number_a_turn() {
     server.wait_exit();
     let log = server.final_log();
     let needle = format!("token {token}: read ");
-    let per_turn: Vec<usize> = turns(&log)
+    let per_turn: Vec<usize> = common::turns(&log)
         .iter()
         .map(|turn| {
             turn.iter()

@@ -733,6 +733,16 @@ fn subscribed_raw(nats: &Nats) -> RawNats {
 }
 
 impl RawNats {
+    /// The payload of the next message on the subject that ends with `end`.
+    fn next_message_ending(&mut self, end: &[u8]) -> Vec<u8> {
+        loop {
+            let message = self.next_message();
+            if message.ends_with(end) {
+                return message;
+            }
+        }
+    }
+
     /// The payload of the next message on the subject.
     fn next_message(&mut self) -> Vec<u8> {
         loop {
@@ -782,12 +792,7 @@ fn forged_sequence_numbers_never_stop_delay_or_reorder_an_instances_lines() {
     at_a.send(b"reveal\n");
     at_b.expect(b"reveal\n");
     // The attacker reads A's origin and numbers from what A publishes...
-    let seen = loop {
-        let message = raw.next_message();
-        if message.ends_with(b"reveal\n") {
-            break message;
-        }
-    };
+    let seen = raw.next_message_ending(b"reveal\n");
     let (origin, mut last) = origin_and_sequence(&seen);
     assert_eq!(origin, instance_id(&a));
     // ...publishes one message with A's origin and the largest number (the probe's attack)...
@@ -802,12 +807,7 @@ fn forged_sequence_numbers_never_stop_delay_or_reorder_an_instances_lines() {
         let line = format!("after-{k}\n");
         at_a.send(line.as_bytes());
         expected.extend_from_slice(line.as_bytes());
-        let message = loop {
-            let message = raw.next_message();
-            if message.ends_with(line.as_bytes()) {
-                break message;
-            }
-        };
+        let message = raw.next_message_ending(line.as_bytes());
         last = origin_and_sequence(&message).1;
     }
     at_a.send(b"end\n");
@@ -842,12 +842,7 @@ fn with_a_shared_key_nothing_unsigned_or_altered_is_delivered() {
     let mut raw = subscribed_raw(&nats);
     at_a.send(b"signed\n");
     at_b.expect(b"signed\n");
-    let genuine = loop {
-        let message = raw.next_message();
-        if message.ends_with(b"signed\n") {
-            break message;
-        }
-    };
+    let genuine = raw.next_message_ending(b"signed\n");
     let origin = instance_id(&a);
     // Unsigned, forged with A's origin, plain, and the genuine message altered by one byte.
     raw.publish(SUBJECT, &[], &enveloped(&origin, u64::MAX, b"forged\n"));
@@ -1266,6 +1261,10 @@ fn a_message_of_a_million_empty_lines_is_taken_a_read_budget_a_turn() {
         .filter_map(|l| l.split("nats: took ").nth(1))
         .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
         .collect();
-    assert!(taken.iter().all(|&n| n <= 64 * 1024), "{:?}", taken.iter().max());
+    assert!(
+        taken.iter().all(|&n| n <= 64 * 1024),
+        "{:?}",
+        taken.iter().max()
+    );
     assert!(taken.iter().sum::<usize>() >= 1_000_000);
 }

@@ -330,19 +330,6 @@ fn no_flag_value_reaches_a_panic() {
     }
 }
 
-/// The `-vv` log split into turns: for each turn, its log lines.
-fn turns(log: &str) -> Vec<Vec<&str>> {
-    let mut turns = Vec::new();
-    for line in log.lines() {
-        if line.contains("] turn ") {
-            turns.push(Vec::new());
-        } else if let Some(turn) = turns.last_mut() {
-            turn.push(line);
-        }
-    }
-    turns
-}
-
 #[test]
 fn a_client_is_read_at_most_one_budget_per_turn() {
     let mut server = Server::start(&["-vv", "--coalesce-us", "0", "--max-line", "1MiB"]);
@@ -362,7 +349,7 @@ fn a_client_is_read_at_most_one_budget_per_turn() {
     let log = server.final_log();
     let needle = format!("token {token}: read ");
     let mut reads_seen = 0;
-    for turn in turns(&log) {
+    for turn in common::turns(&log) {
         let read: usize = turn
             .iter()
             .filter_map(|l| l.split(&needle).nth(1))
@@ -391,7 +378,7 @@ fn at_most_64_connections_are_accepted_per_turn() {
     server.signal(libc::SIGTERM);
     server.wait_exit();
     let log = server.final_log();
-    let per_turn: Vec<usize> = turns(&log)
+    let per_turn: Vec<usize> = common::turns(&log)
         .iter()
         .map(|turn| {
             turn.iter()

@@ -421,6 +421,19 @@ pub fn send_signal(pid: u32, signal: libc::c_int) {
     rustix::process::kill_process(pid, signal).expect("kill");
 }
 
+/// The `-vv` log split into turns: for each turn, its log lines.
+pub fn turns(log: &str) -> Vec<Vec<&str>> {
+    let mut turns = Vec::new();
+    for line in log.lines() {
+        if line.contains("] turn ") {
+            turns.push(Vec::new());
+        } else if let Some(turn) = turns.last_mut() {
+            turn.push(line);
+        }
+    }
+    turns
+}
+
 /// `count` numbered lines `prefix-N\n` as one byte string.
 pub fn numbered_lines(prefix: &str, count: usize) -> Vec<u8> {
     let mut out = Vec::new();
