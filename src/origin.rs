@@ -9,6 +9,13 @@
 //! server's own (the scheme of the listener, `http` or `https` under TLS, and the `Host` the
 //! browser sent, so `localhost` and `127.0.0.1` each work as loaded), or when it is listed
 //! with `--allow-origin`. It is not authentication: it only keeps other sites' pages out.
+//!
+//! DNS rebinding: a page at `http://evil.example:8081` whose name the attacker then points
+//! at 127.0.0.1 sends `Host: evil.example:8081` and that same origin, so "Host equals
+//! Origin" alone would let it in. Without TLS the own origin therefore counts only when the
+//! `Host` is an IP address or `localhost`; a plain-HTTP server reached by a DNS name lists
+//! that name's origin with `--allow-origin`. Under TLS any name counts: a rebound name
+//! fails the browser's certificate check before any request is sent.
 
 use std::fmt;
 
@@ -52,6 +59,9 @@ impl Origin {
     fn own(host_header: &str, tls: bool) -> Option<Origin> {
         let scheme = if tls { "https" } else { "http" };
         let (host, port) = split_host_port(host_header.trim())?;
+        if !tls && !is_address_or_localhost(&host) {
+            return None; // a DNS name over plain HTTP could be rebound (see above)
+        }
         Some(Origin {
             port: port.unwrap_or(default_port(scheme)),
             scheme: scheme.to_string(),
@@ -64,6 +74,12 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
     }
+}
+
+/// An IP literal (`127.0.0.1`, `[::1]`) or `localhost`: names no DNS answer can move.
+fn is_address_or_localhost(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || bare.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn default_port(scheme: &str) -> u16 {
@@ -154,6 +170,18 @@ mod tests {
         assert!(none.admits(Some("http://localhost:8081"), Some("localhost:8081"), false));
         assert!(none.admits(Some("HTTP://LocalHost:8081"), Some("localhost:8081"), false));
         assert!(none.admits(Some("https://example.com"), Some("example.com:443"), true));
+        // Over plain HTTP a DNS name could be rebound to us: not our own without a listing.
+        assert!(!none.admits(
+            Some("http://evil.example:8081"),
+            Some("evil.example:8081"),
+            false
+        ));
+        assert!(!none.admits(
+            Some("http://localhost.evil.example:8081"),
+            Some("localhost.evil.example:8081"),
+            false
+        ));
+        assert!(none.admits(Some("http://10.1.2.3:8081"), Some("10.1.2.3:8081"), false));
         assert!(none.admits(Some("http://[::1]:8081"), Some("[::1]:8081"), false));
         // Another port, host or scheme is another site.
         assert!(!none.admits(Some("http://127.0.0.1:9000"), Some("127.0.0.1:8081"), false));
@@ -167,6 +195,12 @@ mod tests {
 
     #[test]
     fn listed_origins_and_the_wildcard() {
+        let named = policy(&["http://chat.example.com:8081"]);
+        assert!(named.admits(
+            Some("http://chat.example.com:8081"),
+            Some("chat.example.com:8081"),
+            false
+        ));
         let listed = policy(&["https://app.example.com", "http://127.0.0.1:3000"]);
         assert!(listed.admits(
             Some("https://app.example.com"),

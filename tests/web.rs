@@ -559,6 +559,27 @@ fn allow_origin_admits_exactly_the_listed_origins_and_a_refusal_is_counted_in_me
 }
 
 #[test]
+fn a_rebound_dns_name_is_not_our_own_origin_over_plain_http_unless_listed() {
+    // A page of evil.example whose name now resolves to us: Host and Origin agree.
+    let server = web_server(&[]);
+    let port = server.web_addr().port();
+    let (host, origin) = (
+        format!("evil.example:{port}"),
+        format!("http://evil.example:{port}"),
+    );
+    let (head, _) = upgrade_with(&server, &host, Some(&origin));
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    // A server reached by that name over plain HTTP lists it.
+    let listed = web_server(&["--allow-origin", &format!("http://chat.example:{port}")]);
+    let (host, origin) = (
+        format!("chat.example:{port}"),
+        format!("http://chat.example:{port}"),
+    );
+    let (head, _ws) = upgrade_with(&listed, &host, Some(&origin));
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+}
+
+#[test]
 fn allow_origin_star_turns_the_check_off_and_says_so() {
     let server = web_server(&["--allow-origin", "*"]);
     server.wait_for_log("--allow-origin '*': any web page");
