@@ -45,13 +45,18 @@ use crate::logger;
 
 /// Batches waiting to be published; past this the loop drops batches for NATS.
 const OUTBOX_CAPACITY: usize = 64;
-/// Messages from NATS waiting for the loop; past this they are dropped: messages from NATS
-/// wait in at most this many times NATS's max payload (1 MiB by default: 32 MiB).
+/// Messages from NATS waiting for the loop; past this they are dropped.
 const INBOX_CAPACITY: usize = 32;
+/// Bytes of messages from NATS waiting for the loop; past this they are dropped (a server
+/// may allow messages of up to 64 MiB: 32 of them would be 2 GiB).
+const INBOX_BYTES: usize = 32 * 1024 * 1024;
 /// Most bytes of messages not yet taken by the socket. What is there when NATS stalls still
 /// goes out after it recovers, late: small, so that little can; past it, lines are dropped
 /// for NATS (counted as `offline`).
 const OUT_LIMIT: usize = 1024 * 1024;
+/// Most bytes of our protocol lines (PONGs to the server's PINGs) waiting for the socket:
+/// past it, the server asks without reading, and the connection is given up.
+const CONTROL_LIMIT: usize = 64 * 1024;
 /// How often the bridge pings the server: a stalled connection is noticed after two
 /// unanswered pings (only a PONG answers: a server that trickles bytes is stalled too).
 const PING_INTERVAL: Duration = Duration::from_secs(2);
@@ -119,8 +124,8 @@ pub struct BridgeCounters {
     pub dropped_inbound: AtomicU64,
     /// Lines from NATS dropped because they came after newer ones from the same instance.
     pub dropped_stale: AtomicU64,
-    /// Lines from NATS dropped because their message could not be believed: a bad
-    /// envelope, a missing or wrong tag (`--nats-key`), a sequence number out of reach.
+    /// Messages (not lines) from NATS dropped because no instance sent them: a bad
+    /// envelope, or with `--nats-key` a missing or wrong tag.
     pub dropped_forged: AtomicU64,
 }
 
@@ -173,6 +178,8 @@ pub struct Bridge {
     gone: std::cell::Cell<bool>,
     /// The rest of a message the loop took only part of (its budget ran out).
     carry: Option<Bytes>,
+    /// Bytes waiting in the inbox (the bridge adds, the loop takes away).
+    inbox_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Bridge {
@@ -183,10 +190,12 @@ impl Bridge {
         let (inbound, inbox) = std_mpsc::sync_channel(INBOX_CAPACITY);
         let (done_tx, done) = std_mpsc::channel();
         let counters = Arc::new(BridgeCounters::default());
+        let inbox_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let link = Link::new(settings, waker, inbound, Arc::clone(&counters));
+        let mut link = Link::new(settings, waker, inbound, Arc::clone(&counters));
+        link.inbox_bytes = Arc::clone(&inbox_bytes);
         std::thread::Builder::new()
             .name("nats-bridge".into())
             .spawn(move || {
@@ -204,6 +213,7 @@ impl Bridge {
             done,
             gone: std::cell::Cell::new(false),
             carry: None,
+            inbox_bytes,
         })
     }
 
@@ -250,7 +260,11 @@ impl Bridge {
     pub fn take_lines(&mut self, budget: usize) -> Option<Bytes> {
         let message = match self.carry.take() {
             Some(rest) => rest,
-            None => self.inbox.try_recv().ok()?,
+            None => {
+                let message = self.inbox.try_recv().ok()?;
+                self.inbox_bytes.fetch_sub(message.len(), Ordering::Relaxed);
+                message
+            }
         };
         let (now, rest) = split_within(message, budget);
         self.carry = rest;
@@ -299,6 +313,8 @@ struct Link {
     settings: BridgeSettings,
     waker: mio::Waker,
     inbound: std_mpsc::SyncSender<Bytes>,
+    /// Bytes waiting in the loop's inbox (shared with the loop's handle).
+    inbox_bytes: Arc<std::sync::atomic::AtomicUsize>,
     counters: Arc<BridgeCounters>,
     origin: u64,
     /// The number of this instance's last published message.
@@ -330,6 +346,7 @@ impl Link {
             settings,
             waker,
             inbound,
+            inbox_bytes: Arc::default(),
             counters,
             origin: origin_id(),
             sequence: 0,
@@ -553,7 +570,7 @@ impl Link {
                             Err(e) => return Ended::Lost(e.to_string()),
                         }
                     }
-                    if out.len() > OUT_LIMIT {
+                    if out.control_len() > CONTROL_LIMIT {
                         // Our answers (PONGs) pile up: the server sends but does not read.
                         return Ended::Lost("the server does not read what we send".into());
                     }
@@ -643,7 +660,8 @@ impl Link {
                 }
                 continue;
             }
-            if out.len() >= OUT_LIMIT {
+            // Within the limit, whole messages (one over it only into an empty queue).
+            if !out.is_empty() && out.len() + chunk.len() > OUT_LIMIT {
                 BridgeCounters::add(&self.counters.dropped_offline, n);
                 continue;
             }
@@ -660,14 +678,13 @@ impl Link {
     fn deliver(&mut self, payload: Bytes) {
         let lines = match envelope::open(&payload, self.settings.key.as_ref()) {
             Opened::Forged => {
-                let lines = envelope::carried_lines(&payload);
-                return self.drop_forged(lines, "no valid envelope");
+                return self.drop_forged("no valid envelope");
             }
             Opened::Foreign(lines) => lines,
-            Opened::Instance { origin, .. } if origin == self.origin => {
-                // Our own, back: no_echo prevents it, so someone sent it under our name.
-                return self.drop_forged(1, "our own origin");
-            }
+            // Our own, back: `echo: false` holds per connection, so what an earlier connection
+            // published can reach this one's subscription. Dropped quietly (a stranger using
+            // our name loses nothing but its own lines, here).
+            Opened::Instance { origin, .. } if origin == self.origin => return,
             Opened::Instance { lines, .. } if !lines.ends_with(b"\n") => {
                 return self.counters.count_inbound_drop(1);
             }
@@ -693,6 +710,12 @@ impl Link {
         }
         let n = count_lines(lines);
         let lines = payload.slice_ref(lines);
+        let size = lines.len();
+        // Counted before it is sent (the loop may take it at once), given back if refused.
+        if self.inbox_bytes.fetch_add(size, Ordering::Relaxed) + size > INBOX_BYTES {
+            self.inbox_bytes.fetch_sub(size, Ordering::Relaxed);
+            return BridgeCounters::add(&self.counters.dropped_inbound, n);
+        }
         match self.inbound.try_send(lines) {
             Ok(()) => {
                 // `received` is counted by the loop, as the lines reach the batch.
@@ -700,7 +723,10 @@ impl Link {
                     warn!("nats: cannot wake the event loop: {e}");
                 }
             }
-            Err(_) => BridgeCounters::add(&self.counters.dropped_inbound, n),
+            Err(_) => {
+                self.inbox_bytes.fetch_sub(size, Ordering::Relaxed);
+                BridgeCounters::add(&self.counters.dropped_inbound, n);
+            }
         }
     }
 
@@ -729,8 +755,10 @@ impl Link {
         }
     }
 
-    fn drop_forged(&mut self, lines: usize, why: &str) {
-        BridgeCounters::add(&self.counters.dropped_forged, lines);
+    /// Drops a message no instance sent: counted by message (a forger chooses how many
+    /// lines it carries).
+    fn drop_forged(&mut self, why: &str) {
+        BridgeCounters::add(&self.counters.dropped_forged, 1);
         let now = Instant::now();
         if let Some(more) = self.logs.forged.take_summary(now) {
             warn!("nats: {more} more messages that no instance sent were dropped");

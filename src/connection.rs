@@ -17,7 +17,7 @@ use mio::{Interest, Registry, Token};
 use crate::transport::Transport;
 use socket2::{SockRef, TcpKeepalive};
 
-use crate::framing::LineFramer;
+use crate::framing::{self, LineFramer};
 use crate::socket_queues;
 use crate::websocket::{self, CloseCode, Stop};
 
@@ -40,6 +40,9 @@ pub enum DisconnectReason {
     SlowConsumer { queued: usize },
     /// The client sent a line longer than `--max-line`.
     LineTooLong,
+    /// The client's first line was an HTTP request line: a web page's request (a no-cors
+    /// `fetch` or a form) sent to the line port, whose lines must not be broadcast.
+    HttpRequest,
     /// The server shut down; the client got everything that was queued for it.
     Shutdown,
     /// The server shut down, and the drain deadline passed before the client took its output.
@@ -79,6 +82,7 @@ impl fmt::Display for DisconnectReason {
                 write!(f, "slow consumer: {queued} bytes queued")
             }
             DisconnectReason::LineTooLong => write!(f, "line too long"),
+            DisconnectReason::HttpRequest => write!(f, "sent an HTTP request to the line port"),
             DisconnectReason::Shutdown => write!(f, "server shutdown"),
             DisconnectReason::ShutdownTimeout { unsent } => {
                 write!(f, "server shutdown timed out with {unsent} bytes unsent")
@@ -203,6 +207,9 @@ pub struct ClientConnection {
     read_turn: u64,
     /// The last hand-out that served this client as a sender (its own lines left out).
     served_as_sender: u64,
+    /// Whether its first line was checked for an HTTP request line (see
+    /// [`DisconnectReason::HttpRequest`]); WebSocket clients need no check.
+    first_line_checked: bool,
 }
 
 impl ClientConnection {
@@ -223,6 +230,7 @@ impl ClientConnection {
             phase: Phase::Open,
             read_turn: 0,
             served_as_sender: 0,
+            first_line_checked: false,
             transport,
         }
     }
@@ -292,6 +300,10 @@ impl ClientConnection {
         match (&self.wire, reason) {
             (Wire::Lines(_), DisconnectReason::LineTooLong) => {
                 format!("ERR line too long (max {max_line} bytes)\n").into_bytes()
+            }
+            (Wire::Lines(_), DisconnectReason::HttpRequest) => {
+                b"ERR this port speaks lines, not HTTP (browsers use the --http listener)\n"
+                    .to_vec()
             }
             (Wire::Lines(_), _) => Vec::new(),
             (Wire::WebSocket(_), reason) => {
@@ -439,10 +451,23 @@ impl ClientConnection {
         lines_out: &mut Vec<u8>,
     ) -> (usize, Option<DisconnectReason>) {
         match &mut self.wire {
-            Wire::Lines(framer) => match framer.push(chunk, max_line, lines_out) {
-                Ok(lines) => (lines, None),
-                Err(too_long) => (too_long.lines_before, Some(DisconnectReason::LineTooLong)),
-            },
+            Wire::Lines(framer) => {
+                let start = lines_out.len();
+                match framer.push(chunk, max_line, lines_out) {
+                    Ok(lines) if lines > 0 && !self.first_line_checked => {
+                        self.first_line_checked = true;
+                        let first = lines_out[start..].split(|&b| b == b'\n').next();
+                        if first.is_some_and(framing::is_http_request_line) {
+                            // None of a web page's request reaches anyone.
+                            lines_out.truncate(start);
+                            return (0, Some(DisconnectReason::HttpRequest));
+                        }
+                        (lines, None)
+                    }
+                    Ok(lines) => (lines, None),
+                    Err(too_long) => (too_long.lines_before, Some(DisconnectReason::LineTooLong)),
+                }
+            }
             Wire::WebSocket(state) => {
                 state.last_heard = Instant::now();
                 state.pinged = false;
@@ -496,8 +521,18 @@ impl ClientConnection {
             // Grow exactly: this runs once per closing client, and the caller's buffer has
             // a size bound to keep.
             lines_out.reserve_exact(framer.pending() + end);
+            let start = lines_out.len();
             match framer.push(&scratch[..end], max_line, lines_out) {
                 Ok(0) => {}
+                Ok(_)
+                    if !self.first_line_checked
+                        && framing::is_http_request_line(
+                            lines_out[start..].strip_suffix(b"\n").unwrap_or_default(),
+                        ) =>
+                {
+                    lines_out.truncate(start); // a web page's request, as in `decode`
+                    return 0;
+                }
                 Ok(lines) => return lines,
                 Err(_) => return 0, // past --max-line: never broadcast, like any such line
             }

@@ -416,7 +416,9 @@ impl EventLoop {
         match report.end {
             ReadEnd::WouldBlock => {}
             ReadEnd::BudgetSpent => self.unfinished_readers.push(token),
-            ReadEnd::Closed(DisconnectReason::LineTooLong) => self.reject_long_line(token),
+            ReadEnd::Closed(
+                reason @ (DisconnectReason::LineTooLong | DisconnectReason::HttpRequest),
+            ) => self.reject_line(token, reason),
             ReadEnd::Closed(
                 reason @ (DisconnectReason::WebSocketClosed { .. }
                 | DisconnectReason::WebSocketViolation { .. }),
@@ -514,17 +516,23 @@ impl EventLoop {
         behind
     }
 
-    /// Sends the client a farewell (`ERR` line, or WebSocket Close 1009) and lets it drain;
-    /// its line is never broadcast.
-    fn reject_long_line(&mut self, token: Token) {
+    /// Sends away a client whose line cannot be broadcast (`reason`: a line over
+    /// `--max-line`, or an HTTP request on the line port): a farewell (`ERR` line, or
+    /// WebSocket Close 1009), then it drains; the line is never broadcast.
+    pub(super) fn reject_line(&mut self, token: Token, reason: DisconnectReason) {
         let max_line = self.config.max_line;
         let Some(connection) = self.connections.get_mut(&token) else {
             return;
         };
         if self.warning_log.admit(Instant::now()) {
+            let what = match reason {
+                DisconnectReason::HttpRequest => {
+                    "sent an HTTP request (a web page posting to the line port?)".to_string()
+                }
+                _ => format!("sent a line longer than {max_line} bytes"),
+            };
             warn!(
-                "client {} (token {}) sent a line longer than {max_line} bytes; disconnecting \
-                 it",
+                "client {} (token {}) {what}; disconnecting it",
                 connection.peer(),
                 token.0
             );
@@ -532,14 +540,10 @@ impl EventLoop {
         // It is being sent away: it keeps no more than its farewell and the rest of the line
         // it is receiving, not a whole queue, now that it no longer counts as a client.
         connection.discard_queued_lines();
-        if self.reset_if_behind(token, DisconnectReason::LineTooLong) {
+        if self.reset_if_behind(token, reason) {
             return;
         }
-        self.begin_drain(
-            token,
-            DisconnectReason::LineTooLong,
-            Instant::now() + REJECT_LINGER,
-        );
+        self.begin_drain(token, reason, Instant::now() + REJECT_LINGER);
         self.on_writable(token);
     }
 

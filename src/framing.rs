@@ -122,9 +122,46 @@ impl LineFramer {
     }
 }
 
+/// Whether `line` (without its `\n`) is an HTTP/1 request line, `METHOD TARGET HTTP/1.x`:
+/// what a browser sends first when a web page posts to the line port.
+pub fn is_http_request_line(line: &[u8]) -> bool {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    (1..=20).contains(&method.len())
+        && method.iter().all(u8::is_ascii_uppercase)
+        && !target.is_empty()
+        && matches!(version, b"HTTP/1.0" | b"HTTP/1.1")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_request_lines_are_recognised_and_chat_is_not() {
+        for request in [
+            &b"POST / HTTP/1.1\r"[..],
+            b"GET /x?y HTTP/1.0",
+            b"OPTIONS * HTTP/1.1",
+        ] {
+            assert!(is_http_request_line(request), "{request:?}");
+        }
+        for line in [
+            &b"hello"[..],
+            b"GET me a coffee",
+            b"get / HTTP/1.1",
+            b"POST / HTTP/2",
+            b"POST  / HTTP/1.1",
+            b"",
+        ] {
+            assert!(!is_http_request_line(line), "{line:?}");
+        }
+    }
     use proptest::prelude::*;
 
     /// Feeds `chunks` in order and returns (emitted bytes, line count, bytes still held).

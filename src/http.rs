@@ -14,7 +14,7 @@ use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use log::{debug, info};
+use log::{debug, info, trace};
 use mio::{Interest, Registry, Token};
 
 use crate::deadlines::Deadlines;
@@ -375,7 +375,13 @@ impl PendingRequests {
     pub fn on_ready(&mut self, token: Token, registry: &Registry) -> Option<Request> {
         let pending = self.requests.get_mut(&token)?;
         match pending.stage {
-            Stage::Reading => match read_head(pending) {
+            Stage::Reading => match read_head(pending).inspect(|_| {
+                trace!(
+                    "token {}: request head {} bytes so far",
+                    token.0,
+                    pending.head.len()
+                );
+            }) {
                 Ok(None) if pending.budget_spent => {
                     pending.budget_spent = false;
                     self.unfinished.push(token);

@@ -138,6 +138,18 @@ impl OriginPolicy {
         self.any
     }
 
+    /// Whether a refused upgrade's origin is its `Host` by a DNS name over plain HTTP: the
+    /// server's own name, perhaps, refused only because such a name could be rebound (the
+    /// refusal's log line then says how to allow it).
+    pub fn refused_only_as_rebindable(origin: &str, host: &str) -> bool {
+        let (Ok(origin), Some((name, port))) =
+            (Origin::parse(origin.trim()), split_host_port(host.trim()))
+        else {
+            return false;
+        };
+        origin.scheme == "http" && origin.host == name && origin.port == port.unwrap_or(80)
+    }
+
     /// Whether an upgrade with these `Origin` and `Host` header values, on a listener that
     /// speaks TLS or not, may go ahead.
     pub fn admits(&self, origin: Option<&str>, host: Option<&str>, tls: bool) -> bool {

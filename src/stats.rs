@@ -29,6 +29,8 @@ pub struct Stats {
     pub peers_vanished: u64,
     pub slow_consumers: u64,
     pub lines_too_long: u64,
+    /// Line clients whose first line was an HTTP request (a web page posting to the port).
+    pub http_requests: u64,
     pub refused_server_full: u64,
     pub closed_at_shutdown: u64,
     /// WebSocket clients connected now (also counted in `active`).
@@ -68,6 +70,7 @@ impl Stats {
             DisconnectReason::PeerVanished => &mut self.peers_vanished,
             DisconnectReason::SlowConsumer { .. } => &mut self.slow_consumers,
             DisconnectReason::LineTooLong => &mut self.lines_too_long,
+            DisconnectReason::HttpRequest => &mut self.http_requests,
             DisconnectReason::Shutdown | DisconnectReason::ShutdownTimeout { .. } => {
                 &mut self.closed_at_shutdown
             }
@@ -82,7 +85,7 @@ impl fmt::Display for Stats {
             f,
             "stats: accepted={} active={} peak={} lines_in={} deliveries={} bytes_in={} \
              bytes_out={} disconnects: client_closed={} error={} peer_vanished={} \
-             slow_consumer={} line_too_long={} server_full={} shutdown={}",
+             slow_consumer={} line_too_long={} http_request={} server_full={} shutdown={}",
             self.accepted,
             self.active,
             self.peak,
@@ -95,6 +98,7 @@ impl fmt::Display for Stats {
             self.peers_vanished,
             self.slow_consumers,
             self.lines_too_long,
+            self.http_requests,
             self.refused_server_full,
             self.closed_at_shutdown,
         )
@@ -197,6 +201,7 @@ impl Stats {
                 ("{reason=\"peer_vanished\"}", self.peers_vanished),
                 ("{reason=\"slow_consumer\"}", self.slow_consumers),
                 ("{reason=\"line_too_long\"}", self.lines_too_long),
+                ("{reason=\"http_request\"}", self.http_requests),
                 ("{reason=\"shutdown\"}", self.closed_at_shutdown),
                 ("{reason=\"protocol_error\"}", self.protocol_errors),
                 ("{reason=\"ping_timeout\"}", self.ping_timeouts),

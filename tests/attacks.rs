@@ -320,7 +320,7 @@ fn a_client_that_left_in_the_same_poll_as_a_newcomer_arrived_no_longer_counts() 
 #[test]
 fn a_request_head_in_one_byte_tls_records_is_read_over_several_turns_and_answered() {
     let pki = Pki::new("head-records");
-    let server = tls_server(&pki, &["--http", "127.0.0.1:0"]);
+    let mut server = tls_server(&pki, &["--http", "127.0.0.1:0", "-vv"]);
     let config = pki.client_config(None);
     let mut client = TlsClient::connect(server.web_addr(), Arc::clone(&config)).unwrap();
     let head = format!(
@@ -342,4 +342,46 @@ fn a_request_head_in_one_byte_tls_records_is_read_over_several_turns_and_answere
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nok\n"), "{answer}");
+    // Read a budget a turn: a few hundred bytes of head each time, over many turns.
+    server.signal(libc::SIGTERM);
+    server.wait_exit();
+    let log = server.final_log();
+    let mut so_far = 0;
+    let mut grew = Vec::new();
+    for turn in common::turns(&log) {
+        for line in turn {
+            let Some(rest) = line.split("request head ").nth(1) else {
+                continue;
+            };
+            let now: usize = rest.split(' ').next().unwrap().parse().unwrap();
+            grew.push(now - so_far);
+            so_far = now;
+        }
+    }
+    assert_eq!(so_far, head.len());
+    assert!(grew.len() >= 10, "read in {} steps", grew.len());
+    assert!(grew.iter().all(|&n| n <= 1024), "{grew:?}");
+}
+
+#[test]
+fn an_http_request_sent_to_the_line_port_is_refused_and_none_of_it_is_broadcast() {
+    let mut server = Server::start(&[]);
+    let mut member = server.connect();
+    let mut page = server.connect();
+    page.send(
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\n\
+          Content-Type: text/plain\r\n\r\nINJECTED\n",
+    );
+    assert_eq!(
+        page.read_to_eof(),
+        b"ERR this port speaks lines, not HTTP (browsers use the --http listener)\n"
+    );
+    // A line that only starts like a request is chat.
+    let mut talker = server.connect();
+    talker.send(b"GET me a coffee\n");
+    member.expect(b"GET me a coffee\n");
+    server.signal(libc::SIGTERM);
+    server.wait_exit();
+    let stats = server.final_log();
+    assert!(stats.contains(" http_request=1 "), "{stats}");
 }

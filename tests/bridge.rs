@@ -701,7 +701,8 @@ fn without_a_key_numbers_decide_nothing_and_messages_arrive_whole_within_max_lin
     raw.publish(SUBJECT, &[], &enveloped(x, 5, b"x5 again\n"));
     raw.publish(SUBJECT, &[], &enveloped(x, u64::MAX, b"x max\n"));
     raw.publish(SUBJECT, &[], &enveloped(x, 6, b"x6\n"));
-    // Our own origin (no_echo: never really ours) and a bad envelope are dropped.
+    // Our own origin (back from an earlier connection, or a stranger's) is dropped quietly,
+    // a bad envelope counted as forged.
     raw.publish(SUBJECT, &[], &enveloped(&own, 99, b"our own, come back\n"));
     raw.publish(SUBJECT, &[], b"~bcast1 - not-an-id 1 0\nbad envelope\n");
     // No envelope: a plain publisher's lines.
@@ -721,7 +722,7 @@ fn without_a_key_numbers_decide_nothing_and_messages_arrive_whole_within_max_lin
     let stats = b.wait_for_log("nats: published=");
     assert_eq!(counter(&stats, " stale="), 0, "{stats}");
     assert_eq!(counter(&stats, " inbound="), 2, "{stats}");
-    assert_eq!(counter(&stats, " forged="), 2, "{stats}");
+    assert_eq!(counter(&stats, " forged="), 1, "{stats}");
 }
 
 /// A raw client that reads what instances publish on the subject.
@@ -1267,4 +1268,50 @@ fn a_message_of_a_million_empty_lines_is_taken_a_read_budget_a_turn() {
         taken.iter().max()
     );
     assert!(taken.iter().sum::<usize>() >= 1_000_000);
+}
+
+#[test]
+fn a_one_second_stall_of_nats_under_load_costs_no_reconnect() {
+    let Some(nats) = Nats::start("a_one_second_stall_of_nats_under_load") else {
+        return;
+    };
+    let key = KeyFile::new("short-stall");
+    let (a, _b, mut at_a, _at_b) = bridged_pair(&nats, &["--nats-key", key.arg()]);
+    let mut near = a.connect();
+    // The near client keeps up all along (a reader of its own).
+    let reading = thread::spawn(move || {
+        let (mut total, mut buf) = (0, vec![0; 256 * 1024]);
+        near.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        loop {
+            let n = std::io::Read::read(&mut near.stream, &mut buf).expect("the near reader");
+            total += n;
+            if n == 0 || buf[..n].ends_with(b"end\n") {
+                return total;
+            }
+        }
+    });
+    let filler = "s".repeat(200);
+    let mut sent = 0;
+    // About 5 MB/s for 3 s, nats-server frozen for the middle second: more than the kernel
+    // buffers and the bridge hold for it (1 MiB) piles up and is dropped, but the connection
+    // is not given up.
+    for step in 0..300 {
+        if step == 100 {
+            nats.signal(libc::SIGSTOP);
+        }
+        if step == 200 {
+            nats.signal(libc::SIGCONT);
+        }
+        let lines = numbered_lines(&format!("{filler}{step}"), 250);
+        at_a.send(&lines);
+        sent += lines.len();
+        thread::sleep(Duration::from_millis(10)); // the sender's pace, not a wait
+    }
+    at_a.send(b"end\n");
+    assert_eq!(reading.join().unwrap(), sent + 4);
+    assert!(
+        a.log_lines("nats: disconnected").is_empty(),
+        "{}",
+        a.log_text()
+    );
 }

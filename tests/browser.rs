@@ -281,14 +281,18 @@ fn serve_foreign_page(html: String) -> std::net::SocketAddr {
 fn a_page_of_another_site_cannot_join_but_the_servers_own_page_can_by_either_name() {
     let server = Server::start(&["--http", "127.0.0.1:0"]);
     let web = server.web_addr();
-    // Another site's page tries to join the broadcast through the visitor's browser.
+    let mut member = server.connect();
+    // Another site's page tries to join the broadcast through the visitor's browser, and to
+    // post into it through the line port (a no-cors fetch needs no permission).
     let evil = serve_foreign_page(format!(
         "<!doctype html><title>evil</title><script>\
+         fetch('http://127.0.0.1:{}/', {{method: 'POST', mode: 'no-cors', body: 'INJECTED\\n'}});\
          const s = new WebSocket('ws://127.0.0.1:{}/ws');\
          s.onopen = () => document.title = 'joined';\
          s.onmessage = (m) => document.title = 'read ' + m.data;\
          s.onclose = () => {{ if (document.title === 'evil') document.title = 'refused'; }};\
          </script>",
+        server.addr().port(),
         web.port()
     ));
     let Some(mut foreign) = Browser::open("a_page_of_another_site", &format!("http://{evil}/"))
@@ -296,6 +300,7 @@ fn a_page_of_another_site_cannot_join_but_the_servers_own_page_can_by_either_nam
         return;
     };
     foreign.wait_until("document.title === 'refused'");
+    server.wait_for_log("sent an HTTP request");
     let refused = server.wait_for_log("403 Forbidden");
     assert!(
         refused.contains(&format!("Origin http://{evil}")),
@@ -309,6 +314,8 @@ fn a_page_of_another_site_cannot_join_but_the_servers_own_page_can_by_either_nam
     page.wait_until("document.getElementById('state').dataset.state === 'open'");
     let mut nc = server.connect();
     nc.send(b"only for members\n");
+    // Nothing of the page's request reached the member before this line.
+    member.expect(b"only for members\n");
     page.wait_until(
         "Array.from(document.querySelectorAll('#lines li'), li => li.textContent)\
          .includes('only for members')",

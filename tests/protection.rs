@@ -421,7 +421,7 @@ fn the_stats_line_counts_a_scripted_session_exactly() {
     let last = log.lines().last().unwrap_or_default();
     let expected = "stats: accepted=3 active=0 peak=3 lines_in=3 deliveries=6 bytes_in=15 \
                     bytes_out=30 disconnects: client_closed=1 error=0 peer_vanished=0 slow_consumer=0 \
-                    line_too_long=0 server_full=1 shutdown=2";
+                    line_too_long=0 http_request=0 server_full=1 shutdown=2";
     assert!(last.ends_with(expected), "{last}");
 }
 

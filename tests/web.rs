@@ -569,6 +569,8 @@ fn a_rebound_dns_name_is_not_our_own_origin_over_plain_http_unless_listed() {
     );
     let (head, _) = upgrade_with(&server, &host, Some(&origin));
     assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let line = server.wait_for_log("403 Forbidden");
+    assert!(line.contains(&format!("--allow-origin {origin}")), "{line}");
     // A server reached by that name over plain HTTP lists it.
     let listed = web_server(&["--allow-origin", &format!("http://chat.example:{port}")]);
     let (host, origin) = (

@@ -16,6 +16,9 @@ pub struct Outgoing {
     /// Each message's bytes not yet taken and its lines, oldest first (protocol lines
     /// carry none).
     messages: VecDeque<(usize, usize)>,
+    /// Bytes of protocol lines (our PINGs and PONGs) not yet taken: a server that keeps
+    /// asking but does not read would grow them.
+    control: usize,
 }
 
 impl Outgoing {
@@ -24,11 +27,24 @@ impl Outgoing {
         self.queued.len() + self.writing.len()
     }
 
-    /// Appends one message of `bytes` (in parts) carrying `lines` lines.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Protocol bytes (PINGs, PONGs) not yet taken by the socket.
+    pub fn control_len(&self) -> usize {
+        self.control
+    }
+
+    /// Appends one message of `bytes` (in parts) carrying `lines` lines (none: a protocol
+    /// line).
     pub fn push(&mut self, parts: &[&[u8]], lines: usize) {
         let bytes: usize = parts.iter().map(|p| p.len()).sum();
         for part in parts {
             self.queued.extend_from_slice(part);
+        }
+        if lines == 0 {
+            self.control += bytes;
         }
         self.messages.push_back((bytes, lines));
     }
@@ -53,6 +69,9 @@ impl Outgoing {
             let took = n.min(*left);
             *left -= took;
             n -= took;
+            if *carried == 0 {
+                self.control -= took;
+            }
             if *left == 0 {
                 lines += *carried;
                 self.messages.pop_front();
@@ -71,6 +90,7 @@ impl Outgoing {
     pub fn abandon(&mut self) -> usize {
         self.queued.clear();
         self.writing = Bytes::new();
+        self.control = 0;
         self.messages.drain(..).map(|(_, lines)| lines).sum()
     }
 }
@@ -89,7 +109,9 @@ mod tests {
         assert_eq!(out.next().len(), total);
         assert_eq!(out.written(5), 0, "half of the first message");
         assert_eq!(out.written(10), 2);
+        assert_eq!(out.control_len(), 6);
         assert_eq!(out.written(6), 0, "the PING");
+        assert_eq!(out.control_len(), 0);
         out.push(&[b"PUB s 2\r\nd\n\r\n"], 1);
         assert_eq!(out.abandon(), 2, "the third message and the fourth");
         assert_eq!(out.len(), 0);

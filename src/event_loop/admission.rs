@@ -19,6 +19,7 @@ use crate::bridge::Bridge;
 use crate::connection::{self, ClientConnection};
 use crate::http::{self, Request, Route};
 use crate::logger;
+use crate::origin::OriginPolicy;
 use crate::tls::HandshakeStep;
 use crate::transport::Transport;
 
@@ -315,7 +316,12 @@ impl EventLoop {
                     host.as_deref(),
                     self.tls.is_some(),
                 ) {
-                    return self.refuse_foreign_origin(token, origin.as_deref().unwrap_or(""));
+                    let origin = origin.as_deref().unwrap_or("");
+                    let hint = OriginPolicy::refused_only_as_rebindable(
+                        origin,
+                        host.as_deref().unwrap_or(""),
+                    );
+                    return self.refuse_foreign_origin(token, origin, hint);
                 }
                 return self.upgrade_to_websocket(token, &key);
             }
@@ -326,13 +332,20 @@ impl EventLoop {
 
     /// Refuses an upgrade from another site's page (cross-site WebSocket hijacking): a 403
     /// with a fixed body, logged (rate-limited) with the origin escaped, and counted.
-    fn refuse_foreign_origin(&mut self, token: Token, origin: &str) {
+    fn refuse_foreign_origin(&mut self, token: Token, origin: &str, rebindable: bool) {
         self.stats.refused_origin += 1;
         let mut refusal = http::refusal(
             http::FORBIDDEN,
             "this page's origin may not open /ws (see --allow-origin)",
         );
-        refusal.detail = Some(format!("Origin {}", logger::quote(origin, 120)));
+        let quoted = logger::quote(origin, 120);
+        refusal.detail = Some(match rebindable {
+            true => format!(
+                "Origin {quoted} (its Host is a DNS name over plain HTTP, which could be \
+                 rebound; if it is this server's name: --allow-origin {quoted})"
+            ),
+            false => format!("Origin {quoted}"),
+        });
         self.web_requests
             .refuse(token, &refusal, self.poll.registry());
     }

@@ -201,8 +201,10 @@ impl EventLoop {
                     self.finish_unfinished_line(finale.token);
                     true
                 }
-                Some(ReadEnd::Closed(DisconnectReason::LineTooLong)) => {
-                    self.reject_long_line(finale.token);
+                Some(ReadEnd::Closed(
+                    reason @ (DisconnectReason::LineTooLong | DisconnectReason::HttpRequest),
+                )) => {
+                    self.reject_line(finale.token, reason);
                     true
                 }
                 Some(ReadEnd::Closed(
