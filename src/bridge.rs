@@ -194,8 +194,12 @@ impl Bridge {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let mut link = Link::new(settings, waker, inbound, Arc::clone(&counters));
-        link.inbox_bytes = Arc::clone(&inbox_bytes);
+        let link = Link::new(
+            settings,
+            waker,
+            (inbound, Arc::clone(&inbox_bytes)),
+            Arc::clone(&counters),
+        );
         std::thread::Builder::new()
             .name("nats-bridge".into())
             .spawn(move || {
@@ -337,7 +341,10 @@ impl Link {
     fn new(
         settings: BridgeSettings,
         waker: mio::Waker,
-        inbound: std_mpsc::SyncSender<Bytes>,
+        (inbound, inbox_bytes): (
+            std_mpsc::SyncSender<Bytes>,
+            Arc<std::sync::atomic::AtomicUsize>,
+        ),
         counters: Arc<BridgeCounters>,
     ) -> Link {
         Link {
@@ -346,7 +353,7 @@ impl Link {
             settings,
             waker,
             inbound,
-            inbox_bytes: Arc::default(),
+            inbox_bytes,
             counters,
             origin: origin_id(),
             sequence: 0,
