@@ -251,6 +251,10 @@ impl Bridge {
             self.counters.count_inbound_drop(count_lines(&message));
         }
         let _ = self.done.recv_timeout(wait);
+        // And those that came while the bridge finished.
+        while let Ok(message) = self.inbox.try_recv() {
+            self.counters.count_inbound_drop(count_lines(&message));
+        }
         self.counters
     }
 
@@ -716,10 +720,14 @@ impl Link {
             return self.counters.count_inbound_drop(1);
         }
         let n = count_lines(lines);
-        let lines = payload.slice_ref(lines);
+        // A copy, not a slice: a slice would keep the whole read buffer it came from alive
+        // (up to a 64 MiB message's), and the inbox's byte bound would not be what it holds.
+        let lines = Bytes::copy_from_slice(lines);
         let size = lines.len();
-        // Counted before it is sent (the loop may take it at once), given back if refused.
-        if self.inbox_bytes.fetch_add(size, Ordering::Relaxed) + size > INBOX_BYTES {
+        // Counted before it is sent (the loop may take it at once), given back if refused;
+        // one message always fits an empty inbox.
+        let before = self.inbox_bytes.fetch_add(size, Ordering::Relaxed);
+        if before > 0 && before + size > INBOX_BYTES {
             self.inbox_bytes.fetch_sub(size, Ordering::Relaxed);
             return BridgeCounters::add(&self.counters.dropped_inbound, n);
         }

@@ -453,20 +453,14 @@ impl ClientConnection {
         match &mut self.wire {
             Wire::Lines(framer) => {
                 let start = lines_out.len();
-                match framer.push(chunk, max_line, lines_out) {
-                    Ok(lines) if lines > 0 && !self.first_line_checked => {
-                        self.first_line_checked = true;
-                        let first = lines_out[start..].split(|&b| b == b'\n').next();
-                        if first.is_some_and(framing::is_http_request_line) {
-                            // None of a web page's request reaches anyone.
-                            lines_out.truncate(start);
-                            return (0, Some(DisconnectReason::HttpRequest));
-                        }
-                        (lines, None)
-                    }
+                let (lines, stop) = match framer.push(chunk, max_line, lines_out) {
                     Ok(lines) => (lines, None),
                     Err(too_long) => (too_long.lines_before, Some(DisconnectReason::LineTooLong)),
+                };
+                if self.refuse_http_first_line(lines_out, start, false) {
+                    return (0, Some(DisconnectReason::HttpRequest));
                 }
+                (lines, stop)
             }
             Wire::WebSocket(state) => {
                 state.last_heard = Instant::now();
@@ -524,16 +518,10 @@ impl ClientConnection {
             let start = lines_out.len();
             match framer.push(&scratch[..end], max_line, lines_out) {
                 Ok(0) => {}
-                Ok(_)
-                    if !self.first_line_checked
-                        && framing::is_http_request_line(
-                            lines_out[start..].strip_suffix(b"\n").unwrap_or_default(),
-                        ) =>
-                {
-                    lines_out.truncate(start); // a web page's request, as in `decode`
-                    return 0;
+                Ok(lines) => {
+                    let refused = self.refuse_http_first_line(lines_out, start, false);
+                    return if refused { 0 } else { lines };
                 }
-                Ok(lines) => return lines,
                 Err(_) => return 0, // past --max-line: never broadcast, like any such line
             }
         }
@@ -745,11 +733,43 @@ impl ClientConnection {
     /// Takes the unfinished line out (with a `\n`) into `lines_out`; used at shutdown so that
     /// nothing a client sent is lost. Returns how many lines it added.
     pub fn finish_partial_line(&mut self, lines_out: &mut Vec<u8>) -> usize {
-        match &mut self.wire {
+        let start = lines_out.len();
+        let lines = match &mut self.wire {
             Wire::Lines(framer) => framer.finish(lines_out),
             // A WebSocket message is atomic: one the client never finished is not delivered.
             Wire::WebSocket(_) => 0,
+        };
+        if self.refuse_http_first_line(lines_out, start, true) {
+            return 0;
         }
+        lines
+    }
+
+    /// Screens a line client's first line (complete, or `unfinished` at its end), appended
+    /// to `lines_out` from `start`: a web page's HTTP request (a no-cors POST to the line
+    /// port) is taken out again, so none of it reaches anyone. True if it was.
+    fn refuse_http_first_line(
+        &mut self,
+        lines_out: &mut Vec<u8>,
+        start: usize,
+        unfinished: bool,
+    ) -> bool {
+        if self.first_line_checked || lines_out.len() == start {
+            return false;
+        }
+        self.first_line_checked = true;
+        let first = lines_out[start..]
+            .split(|&b| b == b'\n')
+            .next()
+            .unwrap_or_default();
+        let http = match unfinished {
+            false => framing::is_http_request_line(first),
+            true => framing::starts_like_http_request(first),
+        };
+        if http {
+            lines_out.truncate(start);
+        }
+        http
     }
 
     /// While draining with nothing left queued: shuts our side down once, then reports

@@ -138,9 +138,29 @@ pub fn is_http_request_line(line: &[u8]) -> bool {
         && matches!(version, b"HTTP/1.0" | b"HTTP/1.1")
 }
 
+/// Whether an unfinished `line` could be the start of an HTTP request line: an uppercase
+/// method, a space and a target (`/...`, `*`, `http://...`). Chat rarely looks like that.
+pub fn starts_like_http_request(line: &[u8]) -> bool {
+    let Some(space) = line.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let (method, target) = (&line[..space], &line[space + 1..]);
+    (1..=20).contains(&method.len())
+        && method.iter().all(u8::is_ascii_uppercase)
+        && (target.starts_with(b"/") || target.starts_with(b"*") || target.starts_with(b"http"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unfinished_request_lines_are_recognised_by_their_start() {
+        assert!(starts_like_http_request(b"POST /INJECTED-by-page HT"));
+        assert!(starts_like_http_request(b"GET http://x/"));
+        assert!(!starts_like_http_request(b"GET me a coffee"));
+        assert!(!starts_like_http_request(b"hello"));
+    }
 
     #[test]
     fn http_request_lines_are_recognised_and_chat_is_not() {

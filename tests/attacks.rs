@@ -376,6 +376,31 @@ fn an_http_request_sent_to_the_line_port_is_refused_and_none_of_it_is_broadcast(
         page.read_to_eof(),
         b"ERR this port speaks lines, not HTTP (browsers use the --http listener)\n"
     );
+    // With a small --max-line the request's body can carry a line too long: still nothing
+    // of it is broadcast (the first line decides, before the long one is judged).
+    let mut short = Server::start(&["--max-line", "1000"]);
+    let mut watcher = short.connect();
+    let mut page = short.connect();
+    let body = "A".repeat(1_100);
+    page.send(format!("POST / HTTP/1.1\r\nHost: x\r\n\r\nINJECTED\n{body}\n").as_bytes());
+    assert!(
+        page.read_to_eof()
+            .starts_with(b"ERR this port speaks lines, not HTTP")
+    );
+    // An unfinished request line left at a disconnect is not delivered either.
+    let unfinished = short.connect();
+    let mut raw = unfinished.stream.try_clone().unwrap();
+    raw.write_all(b"POST /INJECTED-unfinished HTTP/1.1")
+        .unwrap();
+    let local = unfinished.local_addr();
+    drop((raw, unfinished));
+    short.wait_for_disconnect(local);
+    let mut talker = short.connect();
+    talker.send(b"marker\n");
+    watcher.expect(b"marker\n");
+    short.signal(libc::SIGTERM);
+    short.wait_exit();
+    assert!(short.final_log().contains(" http_request=1 "));
     // A line that only starts like a request is chat.
     let mut talker = server.connect();
     talker.send(b"GET me a coffee\n");
