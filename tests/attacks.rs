@@ -254,25 +254,6 @@ fn tcp_state(local_port: u16, remote_port: u16) -> Option<u8> {
     })
 }
 
-/// Waits until the server process is stopped (SIGSTOP is delivered asynchronously).
-fn wait_until_stopped(server: &Server) {
-    let deadline = std::time::Instant::now() + common::DEADLINE;
-    loop {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-        if status
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains("stopped"))
-        {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server never stopped"
-        );
-        thread::sleep(std::time::Duration::from_millis(5)); // polling /proc, with a deadline
-    }
-}
-
 #[test]
 fn a_client_that_left_in_the_same_poll_as_a_newcomer_arrived_no_longer_counts() {
     let mut server = Server::start(&["--http", "127.0.0.1:0", "--max-clients", "3"]);
@@ -280,8 +261,7 @@ fn a_client_that_left_in_the_same_poll_as_a_newcomer_arrived_no_longer_counts() 
     let leaving = server.connect();
     let _b = server.connect();
     let _c = server.connect();
-    server.signal(libc::SIGSTOP);
-    wait_until_stopped(&server);
+    server.stop_and_wait();
     // The newcomer's connection is ready on the web listener first, then the leaver's close
     // arrives: one poll reports both, the listener first.
     let mut newcomer = TcpStream::connect(web).unwrap();

@@ -599,3 +599,40 @@ fn allow_origin_star_turns_the_check_off_and_says_so() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("is not an origin"), "{stderr}");
 }
+
+#[test]
+fn messages_of_126_bytes_and_more_cross_both_ways_intact() {
+    // 16-bit and 64-bit payload lengths, in both directions, against a third-party client.
+    let server = web_server(&["--max-line", "100000"]);
+    let mut tcp = server.connect();
+    let url = format!("ws://{}/ws", server.web_addr());
+    let (mut browser, _) = tungstenite::connect(url).expect("tungstenite connects");
+    if let tungstenite::stream::MaybeTlsStream::Plain(stream) = browser.get_ref() {
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    }
+    server.wait_for_log("websocket client");
+    let lines: Vec<String> = [126, 200, 65_535, 65_536, 70_000]
+        .iter()
+        .map(|&len| {
+            (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect()
+        })
+        .collect();
+    for line in &lines {
+        tcp.send(format!("{line}\n").as_bytes());
+        assert_eq!(
+            browser.read().expect("a message"),
+            tungstenite::Message::Text(line.as_str().into())
+        );
+        browser
+            .send(tungstenite::Message::Text(line.as_str().into()))
+            .unwrap();
+        tcp.expect(format!("{line}\n").as_bytes());
+    }
+    tcp.send(b"end\n");
+    assert_eq!(
+        browser.read().unwrap(),
+        tungstenite::Message::Text("end".into())
+    );
+}

@@ -157,11 +157,14 @@ impl TlsClient {
         Ok(buf)
     }
 
+    /// Reads exactly `expected.len()` bytes and asserts they are `expected`, byte for byte
+    /// (shown as text first, for a readable failure).
     pub fn expect(&mut self, expected: &[u8]) {
         let got = self.read_exact(expected.len()).expect("read over TLS");
         assert_eq!(
             String::from_utf8_lossy(&got),
             String::from_utf8_lossy(expected)
         );
+        assert_eq!(got, expected, "bytes differ");
     }
 }
