@@ -158,6 +158,33 @@ fn stuck_client_behind(server: &Server, bytes: usize) -> (Client, usize) {
 }
 
 #[test]
+fn a_client_that_half_closes_with_output_queued_is_let_go_at_once_with_a_reset() {
+    // Its FIN says it sends no more; it also reads nothing: holding its queue (MiBs) until
+    // some deadline would only keep memory for no one.
+    let server = Server::start(&["--max-queue", "64MiB"]);
+    // More than the kernel's buffers hold: most of it waits in the server's queue.
+    let (mut stuck, total) = stuck_client_behind(&server, 16 << 20);
+    stuck.half_close();
+    let line = server.wait_for_disconnect(stuck.local_addr());
+    assert!(line.ends_with("client closed"), "{line}");
+    // What it had not taken is dropped with a reset, not ended with a FIN that would look
+    // like the clean end of its stream.
+    let mut got = 0;
+    let mut buf = vec![0; 64 * 1024];
+    stuck.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let end = loop {
+        match std::io::Read::read(&mut stuck.stream, &mut buf) {
+            Ok(0) => break "end of stream",
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+            Err(e) => panic!("read failed: {e}"),
+        }
+    };
+    assert_eq!(end, "reset", "after {got} of {total} bytes");
+    assert!(got < total);
+}
+
+#[test]
 fn at_the_shutdown_deadline_a_client_still_behind_is_reset_and_its_unsent_bytes_logged() {
     let mut server = Server::start(&["--shutdown-timeout", "0.5"]);
     let (stuck, total) = stuck_client_behind(&server, 2 << 20);
