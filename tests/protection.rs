@@ -487,3 +487,17 @@ fn a_burst_of_connections_beyond_one_turns_accept_budget_is_all_accepted() {
         client.expect(b"all of you\n");
     }
 }
+
+#[test]
+fn sighup_without_tls_only_says_there_is_nothing_to_reload() {
+    // A log rotation's `kill -HUP` must never stop the server.
+    let mut server = Server::start(&[]);
+    let mut a = server.connect();
+    let mut b = server.connect();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("received SIGHUP: nothing to reload (no --tls-cert)");
+    a.send(b"still serving\n");
+    b.expect(b"still serving\n");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+}

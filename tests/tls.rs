@@ -421,3 +421,33 @@ fn over_tls_the_servers_own_origin_is_https_and_others_are_refused() {
     assert_eq!(upgrade(&format!("http://localhost:{port}")), "HTTP/1.1 403");
     assert_eq!(upgrade("https://elsewhere.example"), "HTTP/1.1 403");
 }
+
+#[test]
+fn a_tls_1_2_client_joins_and_exchanges_lines() {
+    let pki = Pki::new("tls12");
+    let (server, _) = tls_server(&pki, &[]);
+    let modern = pki.client_config(None);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(pki.ca_path()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let old = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let mut tls12 = connect(&server, &old);
+    assert_eq!(
+        tls12.stream.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let mut tls13 = connect(&server, &modern);
+    tls12.send(b"from 1.2\n");
+    tls13.expect(b"from 1.2\n");
+    tls13.send(b"from 1.3\n");
+    tls12.expect(b"from 1.3\n");
+}

@@ -636,3 +636,18 @@ fn messages_of_126_bytes_and_more_cross_both_ways_intact() {
         tungstenite::Message::Text("end".into())
     );
 }
+
+#[test]
+fn a_websocket_message_unfinished_at_disconnect_is_not_delivered() {
+    let server = web_server(&[]);
+    let mut tcp = server.connect();
+    let mut ws = server.connect_websocket();
+    // The first fragment of a message whose end never comes.
+    ws.send_frame(TEXT, false, b"half a message");
+    let local = ws.stream.local_addr().unwrap();
+    drop(ws);
+    server.wait_for_log(&format!("client {local} disconnected"));
+    let mut other = server.connect();
+    other.send(b"marker\n");
+    tcp.expect(b"marker\n");
+}
