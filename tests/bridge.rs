@@ -452,6 +452,21 @@ fn a_stalled_nats_never_delivers_lines_late_out_of_order_or_twice() {
         }
         thread::sleep(Duration::from_millis(20)); // the sender's pace, not a wait
     }
+    // Locally nothing waited for NATS: every line of the stall reached the near client while
+    // nats-server is still frozen.
+    let last = format!("stall-{}\n", stalled - 1);
+    let near_got = read_through(&mut near, last.as_bytes());
+    let local: Vec<&[u8]> = near_got
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"stall-"))
+        .collect();
+    assert_eq!(
+        local.concat(),
+        (0..stalled)
+            .map(|i| format!("stall-{i}\n"))
+            .collect::<String>()
+            .into_bytes()
+    );
     nats.signal(libc::SIGCONT);
     a.wait_for_logs("nats: connected", 2);
     let seen = probes.load(Ordering::SeqCst);
@@ -476,20 +491,6 @@ fn a_stalled_nats_never_delivers_lines_late_out_of_order_or_twice() {
     );
     let after_count = sequence.iter().filter(|&&n| n >= 1_000_000).count();
     assert_eq!(after_count, 1_000, "lines sent after the thaw went missing");
-    // Locally nothing was held up: every stalled-period line reached the near client.
-    let last = format!("stall-{}\n", stalled - 1);
-    let near_got = read_through(&mut near, last.as_bytes());
-    let local: Vec<&[u8]> = near_got
-        .split_inclusive(|&b| b == b'\n')
-        .filter(|l| l.starts_with(b"stall-"))
-        .collect();
-    assert_eq!(
-        local.concat(),
-        (0..stalled)
-            .map(|i| format!("stall-{i}\n"))
-            .collect::<String>()
-            .into_bytes()
-    );
     // Every line A framed is counted once: published (taken by a socket), or dropped for a
     // reason; B received no more than A published.
     for server in [&a, &b] {
