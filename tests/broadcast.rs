@@ -45,8 +45,13 @@ fn ten_thousand_lines_reach_five_receivers_in_order() {
     let mut receivers = server.connect_many(5);
     let mut sender = server.connect();
     let lines = numbered_lines("line", 10_000);
-    let expected = lines.clone();
-    let sending = thread::spawn(move || sender.send(&lines));
+    // A marker after them: nothing arrives twice or extra (e.g. a partly written slice
+    // sent again) between the lines and the marker.
+    let expected = [lines.clone(), b"marker\n".to_vec()].concat();
+    let sending = thread::spawn(move || {
+        sender.send(&lines);
+        sender.send(b"marker\n");
+    });
     for receiver in &mut receivers {
         receiver.expect(&expected);
     }
@@ -232,8 +237,10 @@ fn five_hundred_clients_all_receive_every_line() {
     let mut sender = server.connect();
     let lines = numbered_lines("to everyone", 20);
     sender.send(&lines);
+    sender.send(b"marker\n");
+    let expected = [lines, b"marker\n".to_vec()].concat();
     for receiver in &mut receivers {
-        receiver.expect(&lines);
+        receiver.expect(&expected);
     }
 }
 

@@ -79,6 +79,7 @@ fn five_thousand_lines_reach_two_websocket_clients_in_order() {
     let mut readers = [server.connect_websocket(), server.connect_websocket()];
     let lines = numbered_lines("line", 5_000);
     sender.send(&lines);
+    sender.send(b"marker\n");
     for reader in &mut readers {
         let mut got = Vec::new();
         while got.len() < lines.len() {
@@ -88,6 +89,8 @@ fn five_thousand_lines_reach_two_websocket_clients_in_order() {
             got.push(b'\n');
         }
         assert_eq!(got, lines);
+        // Nothing extra or repeated before the marker.
+        reader.expect_text("marker");
     }
 }
 
