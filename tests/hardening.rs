@@ -587,3 +587,17 @@ fn a_client_whose_host_vanished_is_dropped_by_keepalive() {
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit().code(), Some(0));
 }
+
+#[test]
+fn two_stop_signals_delivered_together_exit_at_once_without_the_drain() {
+    // A client behind would hold a graceful shutdown for its full timeout (60 s); the second
+    // signal, even one delivered before the loop looked at the first, means "now". (Two
+    // different signals: the kernel would merge two pending SIGTERMs into one delivery.)
+    let mut server = Server::start(&["--shutdown-timeout", "60"]);
+    let (_stuck, _total) = stuck_client_behind(&server, 4 << 20);
+    server.stop_and_wait();
+    server.signal(libc::SIGTERM);
+    server.signal(libc::SIGINT);
+    server.signal(libc::SIGCONT);
+    assert_eq!(server.wait_exit().code(), Some(1), "a forced exit");
+}
