@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::process::Command;
 use std::thread;
 
 use common::{Client, Server, numbered_lines};
@@ -319,16 +318,7 @@ fn localhost_names_resolve() {
 
 /// Runs the binary to completion with `args`; returns (exit code, stdout, stderr).
 fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_broadcast-server"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run broadcast-server");
-    (
-        output.status.code().expect("exited, not killed"),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    Server::run_to_exit(args)
 }
 
 #[test]

@@ -290,16 +290,12 @@ fn a_client_that_half_closes_while_draining_still_gets_everything() {
 
 /// Runs the binary with `args`, which it must refuse; returns (exit code, stderr).
 fn run_refused(args: &[&str]) -> (i32, String) {
-    let output = Server::command(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run broadcast-server");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let (code, _, stderr) = Server::run_to_exit(args);
     assert!(
         !stderr.contains("listening on"),
         "{args:?} started: {stderr}"
     );
-    (output.status.code().unwrap_or(-1), stderr)
+    (code, stderr)
 }
 
 #[test]

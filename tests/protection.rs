@@ -456,13 +456,8 @@ fn nonsense_limits_are_refused_at_start_with_a_clear_message() {
         ),
     ];
     for (args, code, start) in cases {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_broadcast-server"))
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .output()
-            .expect("run broadcast-server");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+        let (exit, _, stderr) = Server::run_to_exit(args);
+        assert_eq!(exit, code, "{args:?}: {stderr}");
         assert!(stderr.starts_with(start), "{args:?}: {stderr}");
     }
 }

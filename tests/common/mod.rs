@@ -50,6 +50,20 @@ impl Server {
         command
     }
 
+    /// Runs the binary to completion with `args` (as `command` sets it up: RUST_LOG cleared,
+    /// port 0 unless `--addr` is given, no stdin); returns (exit code, stdout, stderr).
+    pub fn run_to_exit(args: &[&str]) -> (i32, String, String) {
+        let output = Server::command(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run broadcast-server");
+        (
+            output.status.code().expect("exited, not killed"),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
     /// Spawns `command` and waits for its `listening on ADDR` line.
     pub fn start_command(mut command: Command) -> Server {
         let mut child = command
