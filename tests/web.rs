@@ -654,3 +654,27 @@ fn a_websocket_message_unfinished_at_disconnect_is_not_delivered() {
     other.send(b"marker\n");
     tcp.expect(b"marker\n");
 }
+
+#[test]
+fn requests_in_progress_are_capped_by_max_clients_and_one_more_gets_503_at_once() {
+    let server = web_server(&["--max-clients", "2"]);
+    // Two connections that never finish their request hold the two places (the listen
+    // queue is first in, first out: they are taken before the third).
+    let silent: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(server.web_addr()).unwrap())
+        .collect();
+    let mut third = TcpStream::connect(server.web_addr()).unwrap();
+    third.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut third, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("too many requests in progress\n"),
+        "{answer}"
+    );
+    drop(silent);
+}
