@@ -451,3 +451,14 @@ fn a_tls_1_2_client_joins_and_exchanges_lines() {
     tls13.send(b"from 1.3\n");
     tls12.expect(b"from 1.3\n");
 }
+
+#[test]
+fn a_full_server_says_so_encrypted_after_the_handshake() {
+    let pki = Pki::new("full");
+    let (server, _) = tls_server(&pki, &["--max-clients", "1"]);
+    let config = pki.client_config(None);
+    let _member = connect(&server, &config);
+    // The limit is judged once the handshake is done: the refusal is a TLS record.
+    let mut refused = TlsClient::connect(server.addr(), Arc::clone(&config)).expect("handshake");
+    refused.expect(b"ERR server full (max 1 clients)\n");
+}
