@@ -19,6 +19,7 @@
 
 mod connection;
 pub mod envelope;
+mod inbox;
 mod outgoing;
 mod protocol;
 
@@ -37,6 +38,7 @@ use tokio::sync::mpsc;
 use connection::Connection;
 pub use connection::{Credentials, ServerUrl};
 use envelope::{MessageKey, Opened, Sequences, Verdict};
+use inbox::{InboxReceiver, InboxSender};
 use outgoing::Outgoing;
 use protocol::ServerOp;
 
@@ -45,11 +47,6 @@ use crate::logger;
 
 /// Batches waiting to be published; past this the loop drops batches for NATS.
 const OUTBOX_CAPACITY: usize = 64;
-/// Messages from NATS waiting for the loop; past this they are dropped.
-const INBOX_CAPACITY: usize = 32;
-/// Bytes of messages from NATS waiting for the loop; past this they are dropped (a server
-/// may allow messages of up to 64 MiB: 32 of them would be 2 GiB).
-const INBOX_BYTES: usize = 32 * 1024 * 1024;
 /// Most bytes of messages not yet taken by the socket. What is there when NATS stalls still
 /// goes out after it recovers, late: small, so that little can; past it, lines are dropped
 /// for NATS (counted as `offline`).
@@ -170,7 +167,7 @@ impl BridgeCounters {
 /// The loop's handle on the bridge thread.
 pub struct Bridge {
     outbox: mpsc::Sender<Bytes>,
-    inbox: std_mpsc::Receiver<Bytes>,
+    inbox: InboxReceiver,
     counters: Arc<BridgeCounters>,
     /// Says when the bridge thread has handed its last lines to NATS and ended.
     done: std_mpsc::Receiver<()>,
@@ -178,8 +175,6 @@ pub struct Bridge {
     gone: std::cell::Cell<bool>,
     /// The rest of a message the loop took only part of (its budget ran out).
     carry: Option<Bytes>,
-    /// Bytes waiting in the inbox (the bridge adds, the loop takes away).
-    inbox_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Bridge {
@@ -187,19 +182,13 @@ impl Bridge {
     /// through `waker` when lines arrive.
     pub fn start(settings: BridgeSettings, waker: mio::Waker) -> io::Result<Bridge> {
         let (outbox, outbound) = mpsc::channel(OUTBOX_CAPACITY);
-        let (inbound, inbox) = std_mpsc::sync_channel(INBOX_CAPACITY);
+        let (inbound, inbox) = inbox::inbox();
         let (done_tx, done) = std_mpsc::channel();
         let counters = Arc::new(BridgeCounters::default());
-        let inbox_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let link = Link::new(
-            settings,
-            waker,
-            (inbound, Arc::clone(&inbox_bytes)),
-            Arc::clone(&counters),
-        );
+        let link = Link::new(settings, waker, inbound, Arc::clone(&counters));
         std::thread::Builder::new()
             .name("nats-bridge".into())
             .spawn(move || {
@@ -217,7 +206,6 @@ impl Bridge {
             done,
             gone: std::cell::Cell::new(false),
             carry: None,
-            inbox_bytes,
         })
     }
 
@@ -243,16 +231,14 @@ impl Bridge {
     /// waiting then are in no counter.
     pub fn finish(self, wait: Duration) -> Arc<BridgeCounters> {
         drop(self.outbox);
-        // Messages from NATS the loop never took (shutdown takes none) are dropped here.
-        if let Some(rest) = &self.carry {
-            self.counters.count_inbound_drop(count_lines(rest));
-        }
-        while let Ok(message) = self.inbox.try_recv() {
-            self.counters.count_inbound_drop(count_lines(&message));
-        }
         let _ = self.done.recv_timeout(wait);
-        // And those that came while the bridge finished.
-        while let Ok(message) = self.inbox.try_recv() {
+        // Messages from NATS the loop never took (shutdown takes none), and those that came
+        // while the bridge finished, are dropped here.
+        let waiting = self
+            .carry
+            .into_iter()
+            .chain(std::iter::from_fn(|| self.inbox.try_recv()));
+        for message in waiting {
             self.counters.count_inbound_drop(count_lines(&message));
         }
         self.counters
@@ -266,14 +252,7 @@ impl Bridge {
     /// Whole lines from other instances, at most about `budget` bytes (a single longer line
     /// comes whole), if any are waiting; the rest of a message waits for the next call.
     pub fn take_lines(&mut self, budget: usize) -> Option<Bytes> {
-        let message = match self.carry.take() {
-            Some(rest) => rest,
-            None => {
-                let message = self.inbox.try_recv().ok()?;
-                self.inbox_bytes.fetch_sub(message.len(), Ordering::Relaxed);
-                message
-            }
-        };
+        let message = self.carry.take().or_else(|| self.inbox.try_recv())?;
         let (now, rest) = split_within(message, budget);
         self.carry = rest;
         Some(now)
@@ -320,9 +299,7 @@ struct LinkLogs {
 struct Link {
     settings: BridgeSettings,
     waker: mio::Waker,
-    inbound: std_mpsc::SyncSender<Bytes>,
-    /// Bytes waiting in the loop's inbox (shared with the loop's handle).
-    inbox_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    inbound: InboxSender,
     counters: Arc<BridgeCounters>,
     origin: u64,
     /// The number of this instance's last published message.
@@ -345,10 +322,7 @@ impl Link {
     fn new(
         settings: BridgeSettings,
         waker: mio::Waker,
-        (inbound, inbox_bytes): (
-            std_mpsc::SyncSender<Bytes>,
-            Arc<std::sync::atomic::AtomicUsize>,
-        ),
+        inbound: InboxSender,
         counters: Arc<BridgeCounters>,
     ) -> Link {
         Link {
@@ -357,7 +331,6 @@ impl Link {
             settings,
             waker,
             inbound,
-            inbox_bytes,
             counters,
             origin: origin_id(),
             sequence: 0,
@@ -378,11 +351,10 @@ impl Link {
     /// Connects (retrying for ever, server after server, backing off), and moves lines both
     /// ways until the loop drops its handle.
     async fn run(mut self, mut outbound: mpsc::Receiver<Bytes>) {
-        let servers: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
         info!(
             "nats: bridging subject {} through {} as instance {:016x}{} (connecting)",
             self.settings.subject,
-            servers.join(","),
+            self.server_list(),
             self.origin,
             if self.settings.key.is_some() {
                 ", messages signed with --nats-key"
@@ -475,13 +447,18 @@ impl Link {
         self.counters.count_inbound_drop(connection.dropped_early);
     }
 
+    /// The servers it tries, as a log line shows them.
+    fn server_list(&self) -> String {
+        let shown: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
+        shown.join(",")
+    }
+
     fn on_failed_attempt(&mut self, server: &ServerUrl, error: &io::Error) {
         if !self.ever_connected && !self.said_unreachable {
             self.said_unreachable = true;
-            let servers: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
             warn!(
                 "nats: cannot reach {} yet ({}); serving locally and retrying",
-                servers.join(","),
+                self.server_list(),
                 logger::quote(&error.to_string(), QUOTED)
             );
         } else {
@@ -722,26 +699,12 @@ impl Link {
         let n = count_lines(lines);
         // A copy, not a slice: a slice would keep the whole read buffer it came from alive
         // (up to a 64 MiB message's), and the inbox's byte bound would not be what it holds.
-        let lines = Bytes::copy_from_slice(lines);
-        let size = lines.len();
-        // Counted before it is sent (the loop may take it at once), given back if refused;
-        // one message always fits an empty inbox.
-        let before = self.inbox_bytes.fetch_add(size, Ordering::Relaxed);
-        if before > 0 && before + size > INBOX_BYTES {
-            self.inbox_bytes.fetch_sub(size, Ordering::Relaxed);
+        if !self.inbound.try_send(Bytes::copy_from_slice(lines)) {
             return BridgeCounters::add(&self.counters.dropped_inbound, n);
         }
-        match self.inbound.try_send(lines) {
-            Ok(()) => {
-                // `received` is counted by the loop, as the lines reach the batch.
-                if let Err(e) = self.waker.wake() {
-                    warn!("nats: cannot wake the event loop: {e}");
-                }
-            }
-            Err(_) => {
-                self.inbox_bytes.fetch_sub(size, Ordering::Relaxed);
-                BridgeCounters::add(&self.counters.dropped_inbound, n);
-            }
+        // `received` is counted by the loop, as the lines reach the batch.
+        if let Err(e) = self.waker.wake() {
+            warn!("nats: cannot wake the event loop: {e}");
         }
     }
 

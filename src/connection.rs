@@ -405,8 +405,10 @@ impl ClientConnection {
         // never less than the plaintext), judged against the budget.
         let mut spent = 0;
         while spent < budget && report.read < budget {
-            let read = self.transport.read(&mut scratch[..budget - report.read]);
-            spent += self.transport.take_read_cost(*read.as_ref().unwrap_or(&0));
+            let (read, cost) = self
+                .transport
+                .read_metered(&mut scratch[..budget - report.read]);
+            spent += cost;
             match read {
                 Ok(0) => {
                     report = self.ended(report, DisconnectReason::ClientClosed, lines_out);

@@ -742,8 +742,7 @@ impl EventLoop {
         while taken < NATS_BYTES_PER_TURN {
             let budget = NATS_BYTES_PER_TURN - taken;
             let Some(message) = self.bridge.as_mut().and_then(|b| b.take_lines(budget)) else {
-                trace!("nats: took {taken} bytes");
-                return;
+                break;
             };
             taken += message.len();
             for line in message.split_inclusive(|&b| b == b'\n') {
@@ -765,7 +764,8 @@ impl EventLoop {
             }
         }
         trace!("nats: took {taken} bytes");
-        self.nats_waiting = true; // the budget ran out: more may be waiting
+        // The budget ran out before the inbox did: more may be waiting.
+        self.nats_waiting = taken >= NATS_BYTES_PER_TURN;
     }
 
     /// Removes a client for good; the one place a disconnect is logged and counted.

@@ -132,10 +132,7 @@ pub fn is_http_request_line(line: &[u8]) -> bool {
     else {
         return false;
     };
-    (1..=20).contains(&method.len())
-        && method.iter().all(u8::is_ascii_uppercase)
-        && !target.is_empty()
-        && matches!(version, b"HTTP/1.0" | b"HTTP/1.1")
+    is_method(method) && !target.is_empty() && matches!(version, b"HTTP/1.0" | b"HTTP/1.1")
 }
 
 /// Whether an unfinished `line` could be the start of an HTTP request line: an uppercase
@@ -145,9 +142,13 @@ pub fn starts_like_http_request(line: &[u8]) -> bool {
         return false;
     };
     let (method, target) = (&line[..space], &line[space + 1..]);
-    (1..=20).contains(&method.len())
-        && method.iter().all(u8::is_ascii_uppercase)
+    is_method(method)
         && (target.starts_with(b"/") || target.starts_with(b"*") || target.starts_with(b"http"))
+}
+
+/// An HTTP method as browsers send it: 1 to 20 uppercase letters.
+fn is_method(word: &[u8]) -> bool {
+    (1..=20).contains(&word.len()) && word.iter().all(u8::is_ascii_uppercase)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub const MAX_HEAD: usize = 8 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes read (and thrown away) from a connection after its answer before it is closed.
 const MAX_DISCARDED: usize = 64 * 1024;
-/// Most read cost (`Transport::take_read_cost`) one reading of a request head may spend: a
+/// Most read cost (`Transport::read_metered`) one reading of a request head may spend: a
 /// head sent in 1-byte TLS records is read over several turns, not in one.
 const HEAD_READ_BUDGET: usize = 64 * 1024;
 /// Refused requests logged one by one each second; more in a storm are summed up.
@@ -291,8 +291,6 @@ struct Pending {
     peer: SocketAddr,
     head: Vec<u8>,
     stage: Stage,
-    /// The last reading of the head stopped at its budget with input unread.
-    budget_spent: bool,
     /// Bytes read and thrown away after the answer (at most `MAX_DISCARDED`).
     discarded: usize,
 }
@@ -358,7 +356,6 @@ impl PendingRequests {
             peer,
             head: Vec::new(),
             stage: Stage::Reading,
-            budget_spent: false,
             discarded: 0,
         };
         self.requests.insert(token, pending);
@@ -375,29 +372,22 @@ impl PendingRequests {
     pub fn on_ready(&mut self, token: Token, registry: &Registry) -> Option<Request> {
         let pending = self.requests.get_mut(&token)?;
         match pending.stage {
-            Stage::Reading => match read_head(pending).inspect(|_| {
+            Stage::Reading => {
+                let head = read_head(pending);
                 trace!(
                     "token {}: request head {} bytes so far",
                     token.0,
                     pending.head.len()
                 );
-            }) {
-                Ok(None) if pending.budget_spent => {
-                    pending.budget_spent = false;
-                    self.unfinished.push(token);
-                    None
+                match head {
+                    Head::Complete(request) => return Some(request),
+                    Head::Incomplete => {}
+                    Head::Unfinished => self.unfinished.push(token),
+                    Head::Refused(refused) => self.refuse(token, &refused, registry),
+                    Head::Gone => self.close(token, registry),
                 }
-                Ok(None) => None,
-                Ok(Some(request)) => Some(request),
-                Err(Some(refused)) => {
-                    self.refuse(token, &refused, registry);
-                    None
-                }
-                Err(None) => {
-                    self.close(token, registry);
-                    None
-                }
-            },
+                None
+            }
             Stage::Answering { .. } => {
                 self.write_answer(token, registry);
                 None
@@ -576,43 +566,51 @@ fn write_out(transport: &mut Transport, response: &[u8], written: &mut usize) ->
     transport.flush_tls()
 }
 
-/// Reads what has arrived of the request head and parses it. `Ok(None)`: incomplete;
-/// `Err(Some(_))`: refuse; `Err(None)`: the client closed or failed (close quietly).
-fn read_head(pending: &mut Pending) -> Result<Option<Request>, Option<Refusal>> {
+/// What reading a request head came to.
+enum Head {
+    Complete(Request),
+    /// More of it is to come; its next event says when.
+    Incomplete,
+    /// The read budget was spent with input unread: no event will say so.
+    Unfinished,
+    Refused(Refusal),
+    /// The client closed or failed: close quietly.
+    Gone,
+}
+
+/// Reads what has arrived of the request head, within `HEAD_READ_BUDGET`, and parses it.
+fn read_head(pending: &mut Pending) -> Head {
     let mut buf = [0; 4096];
     let mut spent = 0;
     loop {
         if spent >= HEAD_READ_BUDGET {
-            pending.budget_spent = true;
-            return Ok(None);
+            return Head::Unfinished;
         }
         // At most one byte past the limit: enough to know the head is too large.
         let want = (MAX_HEAD + 1 - pending.head.len()).min(buf.len());
-        let read = pending.transport.read(&mut buf[..want]);
-        spent += pending
-            .transport
-            .take_read_cost(*read.as_ref().unwrap_or(&0));
+        let (read, cost) = pending.transport.read_metered(&mut buf[..want]);
+        spent += cost;
         match read {
-            Ok(0) => return Err(None),
+            Ok(0) => return Head::Gone,
             Ok(n) => {
                 // Exactly what arrived: a connection here holds at most MAX_HEAD + 1 bytes.
                 pending.head.reserve_exact(n);
                 pending.head.extend_from_slice(&buf[..n]);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Head::Incomplete,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Err(None),
+            Err(_) => return Head::Gone,
         }
         let head = &pending.head[..pending.head.len().min(MAX_HEAD)];
         match parse_request(head) {
-            Ok(Some(request)) if pending.head.len() <= MAX_HEAD => return Ok(Some(request)),
+            Ok(Some(request)) if pending.head.len() <= MAX_HEAD => return Head::Complete(request),
             Ok(None) if pending.head.len() <= MAX_HEAD => {}
-            Err(refused) if pending.head.len() <= MAX_HEAD => return Err(Some(refused)),
+            Err(refused) if pending.head.len() <= MAX_HEAD => return Head::Refused(refused),
             _ => {
-                return Err(Some(refusal(
+                return Head::Refused(refusal(
                     HEAD_TOO_LARGE,
                     format!("request head over {MAX_HEAD} bytes"),
-                )));
+                ));
             }
         }
     }
@@ -627,11 +625,9 @@ fn read_to_end(pending: &mut Pending) -> bool {
         if pending.discarded >= MAX_DISCARDED {
             return true;
         }
-        let read = pending.transport.read(&mut buf);
         // Counted by cost: a TLS client's records are judged by their number too.
-        pending.discarded += pending
-            .transport
-            .take_read_cost(*read.as_ref().unwrap_or(&0));
+        let (read, cost) = pending.transport.read_metered(&mut buf);
+        pending.discarded += cost;
         match read {
             Ok(0) => return true,
             Ok(_) => {}

@@ -54,14 +54,11 @@ impl Origin {
         })
     }
 
-    /// The server's own origin for a request that carried `Host: host` on a listener that
-    /// speaks `https` (`tls`) or `http`.
-    fn own(host_header: &str, tls: bool) -> Option<Origin> {
+    /// The origin a request that carried `Host: host` names on a listener that speaks
+    /// `https` (`tls`) or `http`: the server's own, unless it is rebindable (see above).
+    fn named_by_host(host_header: &str, tls: bool) -> Option<Origin> {
         let scheme = if tls { "https" } else { "http" };
         let (host, port) = split_host_port(host_header.trim())?;
-        if !tls && !is_address_or_localhost(&host) {
-            return None; // a DNS name over plain HTTP could be rebound (see above)
-        }
         Some(Origin {
             port: port.unwrap_or(default_port(scheme)),
             scheme: scheme.to_string(),
@@ -138,33 +135,48 @@ impl OriginPolicy {
         self.any
     }
 
-    /// Whether a refused upgrade's origin is its `Host` by a DNS name over plain HTTP: the
-    /// server's own name, perhaps, refused only because such a name could be rebound (the
-    /// refusal's log line then says how to allow it).
-    pub fn refused_only_as_rebindable(origin: &str, host: &str) -> bool {
-        let (Ok(origin), Some((name, port))) =
-            (Origin::parse(origin.trim()), split_host_port(host.trim()))
-        else {
-            return false;
-        };
-        origin.scheme == "http" && origin.host == name && origin.port == port.unwrap_or(80)
+    /// Whether an upgrade with these `Origin` and `Host` header values, on a listener that
+    /// speaks TLS or not, may go ahead (the tests' shorthand for [`OriginPolicy::judge`]).
+    #[cfg(test)]
+    fn admits(&self, origin: Option<&str>, host: Option<&str>, tls: bool) -> bool {
+        self.judge(origin, host, tls) == Verdict::Admitted
     }
 
-    /// Whether an upgrade with these `Origin` and `Host` header values, on a listener that
-    /// speaks TLS or not, may go ahead.
-    pub fn admits(&self, origin: Option<&str>, host: Option<&str>, tls: bool) -> bool {
+    /// The verdict on an upgrade with these `Origin` and `Host` header values, on a listener
+    /// that speaks TLS or not.
+    pub fn judge(&self, origin: Option<&str>, host: Option<&str>, tls: bool) -> Verdict {
         let Some(origin) = origin else {
-            return true; // not a browser
+            return Verdict::Admitted; // not a browser
         };
         if self.any {
-            return true;
+            return Verdict::Admitted;
         }
         let Ok(origin) = Origin::parse(origin.trim()) else {
-            return false; // `null` (a sandboxed or file page) and anything malformed
+            return Verdict::Foreign; // `null` (a sandboxed or file page), anything malformed
         };
-        let own = host.and_then(|host| Origin::own(host, tls));
-        own.as_ref() == Some(&origin) || self.allowed.contains(&origin)
+        if self.allowed.contains(&origin) {
+            return Verdict::Admitted;
+        }
+        match host.and_then(|host| Origin::named_by_host(host, tls)) {
+            Some(named) if named == origin && (tls || is_address_or_localhost(&named.host)) => {
+                Verdict::Admitted
+            }
+            Some(named) if named == origin => Verdict::Rebindable,
+            _ => Verdict::Foreign,
+        }
     }
+}
+
+/// What the Origin check says of an upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Admitted,
+    /// Another site's page.
+    Foreign,
+    /// Its origin is its `Host`, a DNS name over plain HTTP: this server's own name, perhaps,
+    /// refused only because such a name could be rebound (the refusal's log line then says
+    /// how to allow it).
+    Rebindable,
 }
 
 #[cfg(test)]
@@ -194,6 +206,12 @@ mod tests {
             false
         ));
         assert!(none.admits(Some("http://10.1.2.3:8081"), Some("10.1.2.3:8081"), false));
+        let (evil, evil_host) = (Some("http://evil.example:8081"), Some("evil.example:8081"));
+        assert_eq!(none.judge(evil, evil_host, false), Verdict::Rebindable);
+        assert_eq!(
+            none.judge(evil, Some("127.0.0.1:8081"), false),
+            Verdict::Foreign
+        );
         assert!(none.admits(Some("http://[::1]:8081"), Some("[::1]:8081"), false));
         // Another port, host or scheme is another site.
         assert!(!none.admits(Some("http://127.0.0.1:9000"), Some("127.0.0.1:8081"), false));

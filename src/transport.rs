@@ -132,13 +132,20 @@ impl Transport {
         }
     }
 
-    /// What the reads since the last call cost, in bytes of read budget: in the clear the
-    /// `plaintext` bytes read; through TLS the bytes taken from the socket plus
-    /// [`RECORD_COST`] per record.
-    pub fn take_read_cost(&mut self, plaintext: usize) -> usize {
+    /// Reads like [`Transport::read`], and says what the read cost in bytes of read budget:
+    /// in the clear the plaintext read; through TLS the bytes taken from the socket plus
+    /// [`RECORD_COST`] per record (never less than the plaintext).
+    pub fn read_metered(&mut self, buf: &mut [u8]) -> (io::Result<usize>, usize) {
         match self {
-            Transport::Plain(_) => plaintext,
-            Transport::Tls(stream) => std::mem::take(&mut stream.cost),
+            Transport::Plain(tcp) => {
+                let read = tcp.read(buf);
+                let cost = *read.as_ref().unwrap_or(&0);
+                (read, cost)
+            }
+            Transport::Tls(stream) => {
+                let read = stream.read(buf);
+                (read, std::mem::take(&mut stream.cost))
+            }
         }
     }
 
@@ -199,20 +206,19 @@ impl Transport {
 
 impl TlsStream {
     fn complete_handshake(&mut self) -> io::Result<HandshakeProgress> {
-        let start = self.cost;
+        // This step's cost (no one takes a handshake's cost: each step starts afresh).
+        self.cost = 0;
         while self.tls.is_handshaking() {
             if !self.flush_records()? {
                 return Ok(HandshakeProgress::Waiting); // our records wait for room: WRITABLE
             }
-            if self.cost - start >= HANDSHAKE_STEP_COST {
-                self.cost = start;
+            if self.cost >= HANDSHAKE_STEP_COST {
                 return Ok(HandshakeProgress::Unfinished);
             }
             match self.read_records() {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.cost = start;
                     return Ok(HandshakeProgress::Waiting);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -223,7 +229,8 @@ impl TlsStream {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
         }
-        self.cost = start;
+        // The first read after the handshake is charged for its own records only.
+        self.cost = 0;
         // The handshake's last messages (and TLS 1.3 session tickets).
         self.flush_records()?;
         Ok(HandshakeProgress::Complete)

@@ -167,16 +167,7 @@ fn one_byte_tls_records_are_read_a_bounded_number_a_turn() {
     let config = pki.client_config(None);
     let mut receiver = connect(&server, &config);
     let mut sender = connect(&server, &config);
-    let token = server
-        .wait_for_log(&format!(
-            "client {} connected (token ",
-            sender.stream.sock.local_addr().unwrap()
-        ))
-        .rsplit("(token ")
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .to_string();
+    let token = server.token_of_addr(sender.stream.sock.local_addr().unwrap());
     // 40,000 bytes of lines, one byte a record: encrypted first, sent in one go.
     let lines = common::numbered_lines(&"r".repeat(90), 400);
     let mut ciphertext = Vec::new();
@@ -193,15 +184,8 @@ fn one_byte_tls_records_are_read_a_bounded_number_a_turn() {
     server.signal(libc::SIGTERM);
     server.wait_exit();
     let log = server.final_log();
-    let needle = format!("token {token}: read ");
-    let per_turn: Vec<usize> = common::turns(&log)
-        .iter()
-        .map(|turn| {
-            turn.iter()
-                .filter_map(|l| l.split(&needle).nth(1))
-                .map(|rest| rest.split(' ').next().unwrap().parse::<usize>().unwrap())
-                .sum()
-        })
+    let per_turn: Vec<usize> = common::reads_per_turn(&log, &token)
+        .into_iter()
         .filter(|&read| read > 0)
         .collect();
     assert_eq!(per_turn.iter().sum::<usize>(), lines.len());
@@ -228,10 +212,7 @@ fn a_tls_client_sent_away_for_a_long_line_is_counted_as_such_even_if_it_resets()
     let local = client.stream.sock.local_addr().unwrap();
     drop(client);
     server.wait_for_disconnect(local);
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
-    let log = server.final_log();
-    let stats = log.lines().last().unwrap_or_default();
+    let stats = server.stop_for_stats();
     assert!(
         stats.contains(" error=0 ") && stats.contains(" line_too_long=1 "),
         "{stats}"
@@ -378,15 +359,12 @@ fn an_http_request_sent_to_the_line_port_is_refused_and_none_of_it_is_broadcast(
     let mut talker = short.connect();
     talker.send(b"marker\n");
     watcher.expect(b"marker\n");
-    short.signal(libc::SIGTERM);
-    short.wait_exit();
-    assert!(short.final_log().contains(" http_request=1 "));
+    let stats = short.stop_for_stats();
+    assert!(stats.contains(" http_request=1 "), "{stats}");
     // A line that only starts like a request is chat.
     let mut talker = server.connect();
     talker.send(b"GET me a coffee\n");
     member.expect(b"GET me a coffee\n");
-    server.signal(libc::SIGTERM);
-    server.wait_exit();
-    let stats = server.final_log();
+    let stats = server.stop_for_stats();
     assert!(stats.contains(" http_request=1 "), "{stats}");
 }

@@ -414,11 +414,8 @@ fn nats_killed_mid_stream_local_delivery_goes_on_far_side_has_no_dups_and_bridgi
             );
         }
     }
-    a.signal(libc::SIGTERM);
-    a.wait_exit();
-    let log = a.final_log();
-    let stats = log.lines().last().unwrap();
-    assert!(counter(stats, " offline=") >= 2_000, "{stats}");
+    let stats = a.stop_for_stats();
+    assert!(counter(&stats, " offline=") >= 2_000, "{stats}");
 }
 
 #[test]
@@ -493,14 +490,7 @@ fn a_stalled_nats_never_delivers_lines_late_out_of_order_or_twice() {
     assert_eq!(after_count, 1_000, "lines sent after the thaw went missing");
     // Every line A framed is counted once: published (taken by a socket), or dropped for a
     // reason; B received no more than A published.
-    for server in [&a, &b] {
-        server.signal(libc::SIGTERM);
-    }
-    a.wait_exit();
-    b.wait_exit();
-    let (a_stats, b_stats) = (a.final_log(), b.final_log());
-    let a_stats = a_stats.lines().last().unwrap();
-    let b_stats = b_stats.lines().last().unwrap();
+    let (a_stats, b_stats) = (&a.stop_for_stats(), &b.stop_for_stats());
     let accounted: u64 = [" published=", " backlog=", " offline=", " too_large="]
         .iter()
         .map(|name| counter(a_stats, name))

@@ -370,16 +370,7 @@ fn a_client_is_read_at_most_one_budget_per_turn() {
     server.signal(libc::SIGTERM);
     server.wait_exit();
     let log = server.final_log();
-    let needle = format!("token {token}: read ");
-    let per_turn: Vec<usize> = common::turns(&log)
-        .iter()
-        .map(|turn| {
-            turn.iter()
-                .filter_map(|l| l.split(&needle).nth(1))
-                .map(|rest| rest.split(' ').next().unwrap().parse::<usize>().unwrap())
-                .sum()
-        })
-        .collect();
+    let per_turn = common::reads_per_turn(&log, &token);
     assert_eq!(
         per_turn.iter().sum::<usize>(),
         line.len(),

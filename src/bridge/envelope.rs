@@ -93,8 +93,9 @@ pub fn seal(
             let mut context = hmac::Context::with_key(&key.key);
             context.update(signed_head.as_bytes());
             context.update(lines);
+            const HEX: &[u8; 16] = b"0123456789abcdef";
             for byte in context.sign().as_ref() {
-                head.extend_from_slice(format!("{byte:02x}").as_bytes());
+                head.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
             }
         }
         None => head.extend_from_slice(NO_TAG),

@@ -19,7 +19,7 @@ use crate::bridge::Bridge;
 use crate::connection::{self, ClientConnection};
 use crate::http::{self, Request, Route};
 use crate::logger;
-use crate::origin::OriginPolicy;
+use crate::origin;
 use crate::tls::HandshakeStep;
 use crate::transport::Transport;
 
@@ -311,17 +311,14 @@ impl EventLoop {
             }
             Route::Health => ok("text/plain; charset=utf-8", &[], b"ok\n"),
             Route::WebSocket { key, origin, host } => {
-                if !self.config.origins.admits(
-                    origin.as_deref(),
-                    host.as_deref(),
-                    self.tls.is_some(),
-                ) {
+                let tls = self.tls.is_some();
+                let verdict = self
+                    .config
+                    .origins
+                    .judge(origin.as_deref(), host.as_deref(), tls);
+                if verdict != origin::Verdict::Admitted {
                     let origin = origin.as_deref().unwrap_or("");
-                    let hint = OriginPolicy::refused_only_as_rebindable(
-                        origin,
-                        host.as_deref().unwrap_or(""),
-                    );
-                    return self.refuse_foreign_origin(token, origin, hint);
+                    return self.refuse_foreign_origin(token, origin, verdict);
                 }
                 return self.upgrade_to_websocket(token, &key);
             }
@@ -332,19 +329,19 @@ impl EventLoop {
 
     /// Refuses an upgrade from another site's page (cross-site WebSocket hijacking): a 403
     /// with a fixed body, logged (rate-limited) with the origin escaped, and counted.
-    fn refuse_foreign_origin(&mut self, token: Token, origin: &str, rebindable: bool) {
+    fn refuse_foreign_origin(&mut self, token: Token, origin: &str, verdict: origin::Verdict) {
         self.stats.refused_origin += 1;
         let mut refusal = http::refusal(
             http::FORBIDDEN,
             "this page's origin may not open /ws (see --allow-origin)",
         );
         let quoted = logger::quote(origin, 120);
-        refusal.detail = Some(match rebindable {
-            true => format!(
+        refusal.detail = Some(match verdict {
+            origin::Verdict::Rebindable => format!(
                 "Origin {quoted} (its Host is a DNS name over plain HTTP, which could be \
                  rebound; if it is this server's name: --allow-origin {quoted})"
             ),
-            false => format!("Origin {quoted}"),
+            _ => format!("Origin {quoted}"),
         });
         self.web_requests
             .refuse(token, &refusal, self.poll.registry());

@@ -211,7 +211,12 @@ impl Server {
 
     /// The token the server gave `client` (from its `connected (token N)` log line).
     pub fn token_of(&self, client: &Client) -> String {
-        self.wait_for_log(&format!("client {} connected (token ", client.local_addr()))
+        self.token_of_addr(client.local_addr())
+    }
+
+    /// The token the server gave the client connected from `local` (TCP or TLS).
+    pub fn token_of_addr(&self, local: SocketAddr) -> String {
+        self.wait_for_log(&format!("client {local} connected (token "))
             .rsplit("(token ")
             .next()
             .unwrap_or_default()
@@ -267,6 +272,15 @@ impl Server {
             assert!(Instant::now() < deadline, "server did not exit");
             thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Stops the server gracefully (SIGTERM), checks that it exits 0, and returns its last
+    /// log line: the final stats line.
+    pub fn stop_for_stats(&mut self) -> String {
+        self.signal(libc::SIGTERM);
+        assert_eq!(self.wait_exit().code(), Some(0), "{}", self.log_text());
+        let log = self.final_log();
+        log.lines().last().unwrap_or_default().to_string()
     }
 
     /// Resident memory of the server process, in KiB.
@@ -465,6 +479,20 @@ pub fn turns(log: &str) -> Vec<Vec<&str>> {
         }
     }
     turns
+}
+
+/// From a `-vv` log: for each turn, the bytes read from the client with `token`.
+pub fn reads_per_turn(log: &str, token: &str) -> Vec<usize> {
+    let needle = format!("token {token}: read ");
+    turns(log)
+        .iter()
+        .map(|turn| {
+            turn.iter()
+                .filter_map(|l| l.split(&needle).nth(1))
+                .map(|rest| rest.split(' ').next().unwrap().parse::<usize>().unwrap())
+                .sum()
+        })
+        .collect()
 }
 
 /// `count` numbered lines `prefix-N\n` as one byte string.

@@ -1,0 +1,98 @@
+//! The queue of lines from NATS to the loop, bounded in messages and in bytes: the bridge
+//! thread sends, the loop takes, and one shared count keeps the bytes waiting (so a server
+//! that allows 64 MiB messages cannot make 32 of them wait: 2 GiB).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use bytes::Bytes;
+
+/// Messages waiting for the loop; past this they are refused.
+const CAPACITY: usize = 32;
+/// Bytes waiting for the loop; past this messages are refused (one larger message still
+/// fits an empty queue, so that no message is too large to ever pass).
+const BYTES: usize = 32 * 1024 * 1024;
+
+/// A new queue: the bridge thread's end and the loop's end.
+pub fn inbox() -> (InboxSender, InboxReceiver) {
+    let (tx, rx) = mpsc::sync_channel(CAPACITY);
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let receiver = InboxReceiver {
+        rx,
+        waiting: Arc::clone(&waiting),
+    };
+    (InboxSender { tx, waiting }, receiver)
+}
+
+/// The bridge thread's end.
+pub struct InboxSender {
+    tx: mpsc::SyncSender<Bytes>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl InboxSender {
+    /// Queues `lines` if there is room for them; false if they were refused.
+    pub fn try_send(&self, lines: Bytes) -> bool {
+        let size = lines.len();
+        // Counted before it is sent (the loop may take it at once), given back if refused.
+        let before = self.waiting.fetch_add(size, Ordering::Relaxed);
+        let fits = before == 0 || before + size <= BYTES;
+        if fits && self.tx.try_send(lines).is_ok() {
+            return true;
+        }
+        self.waiting.fetch_sub(size, Ordering::Relaxed);
+        false
+    }
+}
+
+/// The loop's end.
+pub struct InboxReceiver {
+    rx: mpsc::Receiver<Bytes>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl InboxReceiver {
+    /// The next message waiting, if any.
+    pub fn try_recv(&self) -> Option<Bytes> {
+        let lines = self.rx.try_recv().ok()?;
+        self.waiting.fetch_sub(lines.len(), Ordering::Relaxed);
+        Some(lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_but_a_large_message_fits_an_empty_one() {
+        let (tx, rx) = inbox();
+        let half = Bytes::from(vec![b'\n'; BYTES / 2]);
+        assert!(tx.try_send(half.clone()));
+        assert!(tx.try_send(half.clone()));
+        assert!(!tx.try_send(Bytes::from_static(b"x\n")), "full by bytes");
+        assert_eq!(rx.try_recv().map(|m| m.len()), Some(BYTES / 2));
+        assert!(tx.try_send(Bytes::from_static(b"x\n")));
+        while rx.try_recv().is_some() {}
+        assert!(
+            tx.try_send(Bytes::from(vec![b'\n'; BYTES * 2])),
+            "alone, it fits"
+        );
+        assert!(!tx.try_send(Bytes::from_static(b"x\n")));
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_messages() {
+        let (tx, rx) = inbox();
+        for _ in 0..CAPACITY {
+            assert!(tx.try_send(Bytes::from_static(b"x\n")));
+        }
+        assert!(!tx.try_send(Bytes::from_static(b"x\n")));
+        assert!(rx.try_recv().is_some());
+        assert!(
+            tx.try_send(Bytes::from_static(b"x\n")),
+            "and a refusal gave its bytes back"
+        );
+    }
+}
