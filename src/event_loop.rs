@@ -69,6 +69,15 @@ const ACCEPT_BUDGET: usize = 64;
 /// How long to wait before accepting again after running out of descriptors (the listener
 /// will not signal again for connections already queued).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Accepting paused after running out of descriptors.
+struct AcceptPause {
+    /// When to try again (sooner if a client leaves).
+    retry_at: Instant,
+    /// Whether the pause was logged: then so is its end, however soon, so that every
+    /// "cannot accept" line an operator sees is followed by "accepting again".
+    announced: bool,
+}
+
 /// How long a client that broke the line limit has to read its `ERR` line.
 const REJECT_LINGER: Duration = Duration::from_secs(2);
 /// Denials and per-address refusals logged one by one each second; more are summed up.
@@ -152,7 +161,7 @@ pub struct EventLoop {
     /// the batch past its bound.
     leftover_lines: VecDeque<(Token, Vec<u8>)>,
     /// Set while accepting is paused after running out of descriptors.
-    accept_retry_at: Option<Instant>,
+    accept_pause: Option<AcceptPause>,
     /// Accepts left in this turn (both listeners share it).
     accept_budget: usize,
     /// Per listener: connections may be waiting (its event came this poll, or the accept
@@ -259,7 +268,7 @@ impl EventLoop {
             leaving: 0,
             doomed: Vec::new(),
             leftover_lines: VecDeque::new(),
-            accept_retry_at: None,
+            accept_pause: None,
             accept_budget: ACCEPT_BUDGET,
             more_to_accept: [false; 2],
             shutdown: None,
@@ -811,9 +820,9 @@ impl EventLoop {
             connection.peer(),
             token.0
         );
-        if self.accept_retry_at.is_some() {
+        if let Some(pause) = &mut self.accept_pause {
             // A descriptor just came free: try the waiting connections now.
-            self.accept_retry_at = Some(Instant::now());
+            pause.retry_at = Instant::now();
         }
     }
 
@@ -886,7 +895,11 @@ impl EventLoop {
     /// Runs whatever is due: the accept retry, the drain checks and deadlines, the stats
     /// line, the summaries of rate-limited messages.
     fn run_timers(&mut self, now: Instant) {
-        if self.accept_retry_at.is_some_and(|at| at <= now) {
+        if self
+            .accept_pause
+            .as_ref()
+            .is_some_and(|pause| pause.retry_at <= now)
+        {
             self.accept_all(Listener::Lines);
             self.accept_all(Listener::Web);
         }
@@ -921,7 +934,7 @@ impl EventLoop {
             info!("denied or refused {count} more connections by their address in the last second");
         }
         if let Some(count) = self.accept_failure_log.take_summary(now) {
-            warn!("accepting failed or resumed {count} more times in the last second");
+            warn!("accepting failed {count} more times in the last second");
         }
         if let Some(count) = self.warning_log.take_summary(now) {
             warn!(
@@ -1020,7 +1033,7 @@ impl EventLoop {
         }
         let drain_tick = (!self.draining.is_empty()).then(|| Instant::now() + DRAIN_TICK);
         [
-            self.accept_retry_at,
+            self.accept_pause.as_ref().map(|pause| pause.retry_at),
             self.next_stats_at,
             self.next_liveness_check,
             self.web_requests.next_deadline(),

@@ -112,16 +112,15 @@ fn a_plaintext_client_is_closed_and_its_bytes_reach_no_one() {
     let mut writer = connect(&server, &config);
     let mut plain = Client::connect_raw(server.addr());
     plain.send(b"hello in the clear\n");
-    let started = Instant::now();
     plain.stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut answer = Vec::new();
     let _ = plain.stream.read_to_end(&mut answer); // an alert, or nothing; then the close
     assert!(!answer.windows(5).any(|w| w == b"hello"));
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "closed only at the deadline"
-    );
-    let line = server.wait_for_log("tls: handshake with");
+    // Closed for what it sent, not at the handshake deadline 10 s later.
+    let line = server.wait_for_log(&format!(
+        "tls: handshake with {} failed",
+        plain.local_addr()
+    ));
     assert!(!line.contains("no TLS handshake within"), "{line}");
     writer.send(b"marker\n");
     reader.expect(b"marker\n");
@@ -144,6 +143,7 @@ fn stalled_handshakes_block_no_one_and_are_closed_after_ten_seconds() {
         let got = Client { stream }.read_to_eof();
         assert!(got.is_empty(), "a stalled handshake got bytes");
     }
+    // A lower bound only (a loaded machine can make it later, never earlier).
     assert!(
         started.elapsed() >= Duration::from_secs(9),
         "closed too early"

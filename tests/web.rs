@@ -387,10 +387,13 @@ fn slow_requests_are_closed_ten_seconds_after_they_connect_and_stall_no_one_mean
             thread::spawn(move || {
                 let deadline = Instant::now() + DEADLINE;
                 // Writes fail soon after the server closed the connection.
-                while stream.write_all(b"o").is_ok() && Instant::now() < deadline {
+                while stream.write_all(b"o").is_ok() {
+                    if Instant::now() > deadline {
+                        return None;
+                    }
                     thread::sleep(Duration::from_millis(300)); // the trickle's pace
                 }
-                Instant::now()
+                Some(Instant::now())
             })
         })
         .collect();
@@ -401,14 +404,12 @@ fn slow_requests_are_closed_ten_seconds_after_they_connect_and_stall_no_one_mean
     ws.expect_text("while they dawdle");
     assert_eq!(server.get("/healthz"), (200, "ok\n".to_string()));
     for trickle in trickling {
-        let closed_at = trickle.join().unwrap().duration_since(started);
+        let closed_at = trickle.join().unwrap().expect("never closed");
+        // A lower bound only (a loaded machine can make it later, never earlier).
+        let closed_at = closed_at.duration_since(started);
         assert!(
             closed_at >= Duration::from_secs(9),
             "closed too early: {closed_at:?}"
-        );
-        assert!(
-            closed_at < Duration::from_secs(25),
-            "never closed: {closed_at:?}"
         );
     }
     server.wait_for_logs("no complete request within 10 s", 20);

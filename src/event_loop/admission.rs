@@ -14,7 +14,9 @@ use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{ACCEPT_RETRY, EventLoop, HandOut, Listener, PAGE, is_per_connection_accept_error};
+use super::{
+    ACCEPT_RETRY, AcceptPause, EventLoop, HandOut, Listener, PAGE, is_per_connection_accept_error,
+};
 use crate::bridge::Bridge;
 use crate::connection::{self, ClientConnection};
 use crate::http::{self, Request, Route};
@@ -43,8 +45,10 @@ impl EventLoop {
             match listener.accept() {
                 Ok((stream, peer)) => self.on_accepted(stream, peer, which),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.accept_retry_at.take().is_some()
-                        && self.accept_failure_log.admit(Instant::now())
+                    if self
+                        .accept_pause
+                        .take()
+                        .is_some_and(|pause| pause.announced)
                     {
                         info!("accepting again ({} clients)", self.connections.len());
                     }
@@ -408,16 +412,25 @@ impl EventLoop {
     /// retrying at once would spin, so wait a little, or until a client leaves.
     pub(super) fn pause_accepting(&mut self, error: &io::Error) {
         let now = Instant::now();
-        if self.accept_retry_at.is_none() && self.accept_failure_log.admit(now) {
+        let retry_at = now + ACCEPT_RETRY;
+        if let Some(pause) = &mut self.accept_pause {
+            debug!("accept still failing: {error}");
+            pause.retry_at = retry_at;
+            return;
+        }
+        // Flapping (paused and resumed many times a second) logs one pair a second.
+        let announced = self.accept_failure_log.admit(now);
+        if announced {
             warn!(
                 "cannot accept new clients: {error} ({} clients connected); retrying every {} ms",
                 self.connections.len(),
                 ACCEPT_RETRY.as_millis()
             );
-        } else {
-            debug!("accept still failing: {error}");
         }
-        self.accept_retry_at = Some(now + ACCEPT_RETRY);
+        self.accept_pause = Some(AcceptPause {
+            retry_at,
+            announced,
+        });
     }
 }
 

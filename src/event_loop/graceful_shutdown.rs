@@ -44,7 +44,7 @@ impl EventLoop {
         }
         self.web_requests.close_all(self.poll.registry());
         self.handshakes.close_all(self.poll.registry());
-        self.accept_retry_at = None;
+        self.accept_pause = None;
         self.more_to_accept = [false; 2];
         // From now on open clients are read only through their finales; leaving clients
         // still need their reads (to discard input and notice a close).
