@@ -393,9 +393,7 @@ impl PendingRequests {
                 None
             }
             Stage::Closing => {
-                if read_to_end(pending) {
-                    self.close(token, registry);
-                }
+                self.discard_until_closed(token, registry);
                 None
             }
         }
@@ -532,7 +530,20 @@ impl PendingRequests {
             Err(_) => return self.close(token, registry),
         }
         pending.stage = Stage::Closing;
+        self.discard_until_closed(token, registry);
+    }
+
+    /// After the answer: reads and throws away what the client still sends, and closes the
+    /// connection once the client has closed or sent too much.
+    fn discard_until_closed(&mut self, token: Token, registry: &Registry) {
+        let Some(pending) = self.requests.get_mut(&token) else {
+            return;
+        };
         if read_to_end(pending) {
+            debug!(
+                "http: {} closed after its answer, {} bytes after it thrown away",
+                pending.peer, pending.discarded
+            );
             self.close(token, registry);
         }
     }

@@ -6,6 +6,7 @@ mod common;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 
+use common::websocket::upgrade_request;
 use common::{Client, Server};
 
 fn loopback(last: u8) -> IpAddr {
@@ -24,26 +25,8 @@ fn connect_from(server: &Server, last: u8) -> Client {
 fn refused_from(server: &Server, last: u8, bytes: &[u8]) -> Vec<u8> {
     let mut client = Client::connect_from(server.addr(), loopback(last));
     let _ = client.stream.write_all(bytes); // the server may have closed already
-    read_until_closed(&mut client)
-}
-
-/// Everything until the server closes (a reset counts as closed).
-fn read_until_closed(client: &mut Client) -> Vec<u8> {
-    use std::io::Read;
-    client
-        .stream
-        .set_read_timeout(Some(common::DEADLINE))
-        .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0; 1024];
-    loop {
-        match client.stream.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("the server did not close the connection: {e}"),
-        }
-    }
+    // Closed unread: a reset is as good as a FIN here.
+    client.read_until_closed().0
 }
 
 #[test]
@@ -124,7 +107,7 @@ fn the_web_listener_obeys_the_same_rules() {
         .stream
         .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(
-        read_until_closed(&mut denied),
+        denied.read_until_closed().0, // closed unread: a reset is as good as a FIN
         b"",
         "a denied address got an answer"
     );
@@ -132,12 +115,9 @@ fn the_web_listener_obeys_the_same_rules() {
     let mut upgrade = Client::connect_from(web, loopback(2));
     upgrade
         .stream
-        .write_all(
-            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
+        .write_all(upgrade_request("t", "").as_bytes())
         .unwrap();
-    let response = String::from_utf8(read_until_closed(&mut upgrade)).unwrap();
+    let response = String::from_utf8(upgrade.read_to_eof()).unwrap();
     assert!(response.starts_with("HTTP/1.1 429 "), "{response}");
     assert!(
         response.ends_with("too many connections from 127.0.0.2 (max 1)\n"),
@@ -183,11 +163,11 @@ fn one_address_cannot_crowd_others_out_with_unfinished_requests_or_handshakes() 
         })
         .collect();
     let mut third = Client::connect_from(web, loopback(2));
-    let answer = String::from_utf8(read_until_closed(&mut third)).unwrap();
+    let answer = String::from_utf8(third.read_to_eof()).unwrap();
     assert!(answer.starts_with("HTTP/1.1 429 "), "{answer}");
     let mut other = Client::connect_from(web, loopback(3));
     other.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
-    let answer = String::from_utf8(read_until_closed(&mut other)).unwrap();
+    let answer = String::from_utf8(other.read_to_eof()).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
 
     // TLS handshakes that never start count too; past the limit one is closed unanswered
@@ -206,7 +186,7 @@ fn one_address_cannot_crowd_others_out_with_unfinished_requests_or_handshakes() 
         .map(|_| Client::connect_from(tls.addr(), loopback(2)))
         .collect();
     let mut over = Client::connect_from(tls.addr(), loopback(2));
-    assert_eq!(read_until_closed(&mut over), b"");
+    assert_eq!(over.read_to_eof(), b"");
     tls.wait_for_log("refused 127.0.0.2:");
     // At once: while the two it was refused for still wait for their handshake deadline.
     assert!(

@@ -12,6 +12,7 @@ use std::thread;
 
 use common::Server;
 use common::tls::{Pki, TlsClient};
+use common::websocket::upgrade_request;
 
 /// A server speaking TLS with a certificate from `pki`, plus `extra` flags.
 fn tls_server(pki: &Pki, extra: &[&str]) -> Server {
@@ -105,15 +106,9 @@ fn two_hundred_hellos_with_a_huge_invalid_sni_leave_the_log_small_and_tls_workin
         let _ = attacker.write_all(&hello);
     }
     // Every attacker's failure is logged or summed up (20 a second, then a summary).
-    let deadline = std::time::Instant::now() + common::DEADLINE;
-    while failed_handshakes(&server) < 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of 200 handshakes failed",
-            failed_handshakes(&server)
-        );
-        thread::sleep(std::time::Duration::from_millis(20)); // polling the log, with a deadline
-    }
+    common::wait_until("all 200 handshakes failed", || {
+        failed_handshakes(&server) >= 200
+    });
     // A normal client is still served after them.
     let mut late = connect(&server, &config);
     sender.send(b"still here\n");
@@ -247,23 +242,15 @@ fn a_client_that_left_in_the_same_poll_as_a_newcomer_arrived_no_longer_counts() 
     // arrives: one poll reports both, the listener first.
     let mut newcomer = TcpStream::connect(web).unwrap();
     newcomer
-        .write_all(
-            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
+        .write_all(upgrade_request("t", "").as_bytes())
         .unwrap();
     let leaver = leaving.local_addr();
     drop(leaving);
     // Both are in the server's kernel before it runs again (a loaded machine may process
     // loopback packets late): its side of the leaver is in CLOSE_WAIT.
-    let deadline = std::time::Instant::now() + common::DEADLINE;
-    while tcp_state(server.addr().port(), leaver.port()) != Some(CLOSE_WAIT) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the FIN never arrived"
-        );
-        thread::sleep(std::time::Duration::from_millis(5)); // polling /proc, with a deadline
-    }
+    common::wait_until("the FIN arrived", || {
+        tcp_state(server.addr().port(), leaver.port()) == Some(CLOSE_WAIT)
+    });
     server.signal(libc::SIGCONT);
     let mut answer = [0; 12];
     newcomer.set_read_timeout(Some(common::DEADLINE)).unwrap();

@@ -6,37 +6,12 @@ mod common;
 
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read};
-use std::net::TcpStream;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use broadcast_server::socket_queues::{unacknowledged_output, unread_input};
-use common::{Client, DEADLINE, Server};
-
-/// Waits until `condition` holds, failing the test at the deadline.
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Reads from `stream` as fast as it can until EOF.
-fn read_all(mut stream: TcpStream) -> Vec<u8> {
-    let mut all = Vec::new();
-    let mut buf = vec![0; 256 * 1024];
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return all,
-            Ok(n) => all.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("reader failed after {} bytes: {e}", all.len()),
-        }
-    }
-}
+use common::{Client, DEADLINE, Server, wait_until};
 
 /// Has each of `senders` send one unfinished line of `len` bytes (distinct contents), and
 /// waits until the server's kernel has acknowledged them all; returns the lines as they
@@ -66,7 +41,7 @@ fn shut_down_and_expect(mut server: Server, readers: &[Client], expected: &HashS
         .iter()
         .map(|reader| {
             let stream = reader.stream.try_clone().unwrap();
-            thread::spawn(move || read_all(stream))
+            thread::spawn(move || Client { stream }.read_to_eof())
         })
         .collect();
     server.signal(libc::SIGTERM);
@@ -169,19 +144,14 @@ fn a_client_that_half_closes_with_output_queued_is_let_go_at_once_with_a_reset()
     assert!(line.ends_with("client closed"), "{line}");
     // What it had not taken is dropped with a reset, not ended with a FIN that would look
     // like the clean end of its stream.
-    let mut got = 0;
-    let mut buf = vec![0; 64 * 1024];
-    stuck.stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let end = loop {
-        match std::io::Read::read(&mut stuck.stream, &mut buf) {
-            Ok(0) => break "end of stream",
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
-            Err(e) => panic!("read failed: {e}"),
-        }
-    };
-    assert_eq!(end, "reset", "after {got} of {total} bytes");
-    assert!(got < total);
+    let (got, closed) = stuck.read_until_closed();
+    assert_eq!(
+        closed,
+        common::Closed::Reset,
+        "after {} of {total} bytes",
+        got.len()
+    );
+    assert!(got.len() < total);
 }
 
 #[test]

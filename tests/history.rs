@@ -2,20 +2,13 @@
 
 mod common;
 
-use common::{Client, Server, numbered_lines};
+use common::{Client, Server, numbered_lines, numbered_lines_in};
 
 /// Sends `lines` from `sender` and waits until `witness` (connected all along) has them,
 /// so they have been handed out (and kept) before anyone joins.
 fn broadcast(sender: &mut Client, witness: &mut Client, lines: &[u8]) {
     sender.send(lines);
     witness.expect(lines);
-}
-
-/// `prefix-N\n` for N in `range`.
-fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<u8> {
-    range
-        .flat_map(|i| format!("{prefix}-{i}\n").into_bytes())
-        .collect()
 }
 
 #[test]
@@ -25,7 +18,7 @@ fn a_joiner_gets_the_last_n_lines_in_order_then_the_live_ones() {
     let mut witness = server.connect();
     broadcast(&mut sender, &mut witness, &numbered_lines("old", 8));
     let mut joiner = server.connect();
-    joiner.expect(&numbered("old", 3..8));
+    joiner.expect(&numbered_lines_in("old", 3..8));
     sender.send(b"live\n");
     joiner.expect(b"live\n");
     witness.expect(b"live\n");
@@ -172,7 +165,7 @@ fn a_joiner_during_a_busy_stream_sees_no_gap_and_no_duplicate() {
     let server = Server::start(&["--history", "100"]);
     let mut sender = server.connect();
     let mut witness = server.connect();
-    let chunk = |j: usize| numbered("busy", 500 * j..500 * (j + 1));
+    let chunk = |j: usize| numbered_lines_in("busy", 500 * j..500 * (j + 1));
     sender.send(&chunk(0));
     let mut joiners = Vec::new();
     for j in 0..5 {

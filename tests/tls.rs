@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::tls::{Pki, TlsClient};
+use common::websocket::upgrade_request;
 use common::{Client, DEADLINE, Server, numbered_lines, report_skip};
 use rustls::pki_types::pem::PemObject;
 
@@ -92,11 +93,7 @@ fn ncat_ssl_sends_and_receives() {
     let mut output = ncat.stdout.take().unwrap();
     let mut got = [0; 8];
     let reading = thread::spawn(move || output.read_exact(&mut got).map(|()| got));
-    let deadline = Instant::now() + DEADLINE;
-    while !reading.is_finished() {
-        assert!(Instant::now() < deadline, "ncat never printed the line");
-        thread::sleep(Duration::from_millis(10)); // polling the reader thread, with a deadline
-    }
+    common::wait_until("ncat printed the line", || reading.is_finished());
     assert_eq!(&reading.join().unwrap().unwrap(), b"to ncat\n");
     drop(input);
     let _ = ncat.kill();
@@ -403,14 +400,9 @@ fn over_tls_the_servers_own_origin_is_https_and_others_are_refused() {
     let port = server.web_addr().port();
     let upgrade = |origin: &str| {
         let mut tls = TlsClient::connect(server.web_addr(), Arc::clone(&config)).unwrap();
-        tls.send(
-            format!(
-                "GET /ws HTTP/1.1\r\nHost: localhost:{port}\r\nOrigin: {origin}\r\n\
-                 Upgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            )
-            .as_bytes(),
-        );
+        let host = format!("localhost:{port}");
+        let request = upgrade_request(&host, &format!("Origin: {origin}\r\n"));
+        tls.send(request.as_bytes());
         let head = tls.read_exact(12).expect("an answer");
         String::from_utf8_lossy(&head).into_owned()
     };

@@ -27,6 +27,15 @@ struct Log {
     ended: std::sync::atomic::AtomicBool,
 }
 
+/// How the server closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// An orderly close: everything sent arrived.
+    Fin,
+    /// A reset: whatever was still in flight was thrown away.
+    Reset,
+}
+
 /// A running `broadcast-server` process; killed when dropped.
 pub struct Server {
     child: Child,
@@ -390,30 +399,44 @@ impl Client {
         assert_eq!(got, expected);
     }
 
-    /// Reads until the server closes; returns everything read. Fails at the deadline.
+    /// Reads until the server closes with a FIN; returns everything read. Fails on a reset
+    /// and at the deadline.
     pub fn read_to_eof(&mut self) -> Vec<u8> {
         self.read_to_eof_pacing(Duration::ZERO)
     }
 
     /// Like `read_to_eof`, pausing `pause` after each read, as a slow client would.
     pub fn read_to_eof_pacing(&mut self, pause: Duration) -> Vec<u8> {
+        match self.read_until_closed_pacing(pause) {
+            (all, Closed::Fin) => all,
+            (all, Closed::Reset) => panic!("reset instead of a close, after {} bytes", all.len()),
+        }
+    }
+
+    /// Reads until the server closes, by a FIN or a reset; returns everything read and how
+    /// it ended. Fails at the deadline.
+    pub fn read_until_closed(&mut self) -> (Vec<u8>, Closed) {
+        self.read_until_closed_pacing(Duration::ZERO)
+    }
+
+    fn read_until_closed_pacing(&mut self, pause: Duration) -> (Vec<u8>, Closed) {
         let deadline = Instant::now() + DEADLINE;
         let mut all = Vec::new();
-        let mut buf = vec![0; 64 * 1024];
+        let mut buf = vec![0; 256 * 1024];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
-                "no EOF before the deadline ({} bytes)",
+                "no close before the deadline ({} bytes)",
                 all.len()
             );
             self.stream.set_read_timeout(Some(left)).unwrap();
             match self.stream.read(&mut buf) {
-                Ok(0) => return all,
+                Ok(0) => return (all, Closed::Fin),
                 Ok(k) => all.extend_from_slice(&buf[..k]),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return all,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return (all, Closed::Reset),
                 Err(e) => panic!("read failed: {e}"),
             }
             if !pause.is_zero() {
@@ -495,13 +518,26 @@ pub fn reads_per_turn(log: &str, token: &str) -> Vec<usize> {
         .collect()
 }
 
+/// Waits until `condition` holds, polling it every few milliseconds; fails the test at the
+/// deadline, saying `what` it waited for.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// `count` numbered lines `prefix-N\n` as one byte string.
 pub fn numbered_lines(prefix: &str, count: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    for i in 0..count {
-        out.extend_from_slice(format!("{prefix}-{i}\n").as_bytes());
-    }
-    out
+    numbered_lines_in(prefix, 0..count)
+}
+
+/// `prefix-N\n` for N in `range`, as one byte string.
+pub fn numbered_lines_in(prefix: &str, range: std::ops::Range<usize>) -> Vec<u8> {
+    range
+        .flat_map(|i| format!("{prefix}-{i}\n").into_bytes())
+        .collect()
 }
 
 /// Says, past the test harness's output capture (straight to stderr), that a test was

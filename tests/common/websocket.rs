@@ -14,6 +14,15 @@ pub const CLOSE: u8 = 0x8;
 pub const PING: u8 = 0x9;
 pub const PONG: u8 = 0xA;
 
+/// A WebSocket upgrade request for `/ws` with this `Host`, and `extra` headers (each ending
+/// in `\r\n`) before the upgrade's own.
+pub fn upgrade_request(host: &str, extra: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\n{extra}Upgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
 /// The key the client sends; the server must answer with its RFC 6455 digest.
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
@@ -49,10 +58,7 @@ impl WsClient {
     /// Sends the upgrade request on `stream` and checks the `101` answer.
     fn upgrade(mut stream: TcpStream, addr: SocketAddr) -> WsClient {
         stream.set_nodelay(true).unwrap();
-        let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
+        let request = upgrade_request(&addr.to_string(), "");
         stream
             .write_all(request.as_bytes())
             .expect("send the upgrade");
@@ -100,8 +106,7 @@ impl WsClient {
                         e.kind(),
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return false,
-                Err(e) => panic!("read failed: {e}"),
+                Err(e) => panic!("read failed (a reset is not a close): {e}"),
             }
         }
     }
