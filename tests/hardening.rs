@@ -493,11 +493,13 @@ impl Drop for DropFromPort {
     }
 }
 
-/// Firewalls a new client's port and waits until keepalive drops it: about 5 s with
+/// Has a new client send an `unfinished` line, firewalls its port and waits until keepalive
+/// drops it: about 5 s with
 /// `--tcp-keepalive 1` (1 s idle, then 4 probes 1 s apart). `None` when nft cannot run here
 /// (reported as a skip).
-fn vanish_and_wait_for_keepalive(server: &Server) -> Option<()> {
-    let vanished = server.connect();
+fn vanish_and_wait_for_keepalive(server: &Server, unfinished: &[u8]) -> Option<()> {
+    let mut vanished = server.connect();
+    vanished.send(unfinished);
     let firewall = match DropFromPort::install(vanished.local_addr().port()) {
         Ok(firewall) => firewall,
         Err(why) => {
@@ -527,10 +529,12 @@ fn keepalive_drops_a_client_whose_host_vanished_but_never_one_that_is_only_not_r
     // Two vanished hosts dropped one after the other are the clock: over 10 s of probing
     // has passed since the stuck client's window shut, past the kernel's zero-window
     // probes at about 6 s where a user timeout of the keepalive time would abort it.
-    for _ in 0..2 {
-        if vanish_and_wait_for_keepalive(&server).is_none() {
+    for unfinished in [&b"gone mid-li"[..], b"and mid-wo"] {
+        if vanish_and_wait_for_keepalive(&server, unfinished).is_none() {
             return;
         }
+        // What it had sent of its line is delivered, ended.
+        other.expect(&[unfinished, b"\n"].concat());
     }
     server.wait_for_log("peer_vanished=2 ");
     assert!(

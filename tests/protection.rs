@@ -151,6 +151,31 @@ fn a_client_that_never_reads_is_disconnected_and_the_others_get_everything() {
 }
 
 #[test]
+fn the_unfinished_line_of_a_client_cut_as_a_slow_consumer_reaches_the_others_ended() {
+    let server = Server::start(&["--max-queue", "128KiB"]);
+    let mut stuck = server.connect();
+    stuck.set_receive_buffer(4096);
+    let mut reader = server.connect();
+    let mut sender = server.connect();
+    stuck.send(b"my last wo");
+    // Far more than the kernel's buffers and 128 KiB: the stuck client is cut somewhere in
+    // the middle, and its unfinished line reaches the reader there, with a `\n`.
+    let lines = numbered_lines(&"s".repeat(100), 80_000);
+    sender.send(&lines);
+    let got = reader.read_exact(lines.len() + b"my last wo\n".len());
+    let at = got
+        .windows(11)
+        .position(|w| w == b"my last wo\n")
+        .expect("the unfinished line, ended");
+    assert!(at == 0 || got[at - 1] == b'\n', "inside another line");
+    assert_eq!([&got[..at], &got[at + 11..]].concat(), lines);
+    let line = server.wait_for_disconnect(stuck.local_addr());
+    assert!(line.contains("slow consumer"), "{line}");
+    sender.send(b"marker\n");
+    reader.expect(b"marker\n");
+}
+
+#[test]
 fn a_full_server_refuses_with_an_err_line_and_accepts_again_when_clients_leave() {
     let server = Server::start(&["--max-clients", "3"]);
     let mut clients = server.connect_many(3);

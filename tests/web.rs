@@ -130,8 +130,8 @@ fn an_over_long_message_closes_with_1009_and_none_of_it_is_broadcast() {
 }
 
 #[test]
-fn protocol_violations_close_with_1002_or_1007_and_are_logged() {
-    let server = web_server(&[]);
+fn protocol_violations_close_with_1002_or_1007_and_are_logged_and_counted() {
+    let mut server = web_server(&[]);
     let mut tcp = server.connect();
     let mut unmasked = server.connect_websocket();
     unmasked.send_frame_with(TEXT, true, b"not masked", false);
@@ -155,6 +155,11 @@ fn protocol_violations_close_with_1002_or_1007_and_are_logged() {
     let mut fine = server.connect_websocket();
     fine.send_text("after the violations");
     tcp.expect(b"after the violations\n");
+    let stats = server.stop_for_stats();
+    assert!(
+        stats.contains(" protocol_error=5 ping_timeout=0"),
+        "{stats}"
+    );
 }
 
 #[test]
@@ -334,8 +339,8 @@ fn a_websocket_client_that_stops_reading_is_a_slow_consumer_and_no_one_else_noti
 }
 
 #[test]
-fn a_silent_websocket_client_is_pinged_then_dropped_and_one_that_answers_stays() {
-    let server = web_server(&["--ws-ping-interval", "1"]);
+fn a_silent_websocket_client_is_pinged_then_dropped_counted_and_one_that_answers_stays() {
+    let mut server = web_server(&["--ws-ping-interval", "1"]);
     let mut silent = server.connect_websocket();
     let silent_addr = silent.stream.local_addr().unwrap();
     let answering = server.connect_websocket();
@@ -353,13 +358,19 @@ fn a_silent_websocket_client_is_pinged_then_dropped_and_one_that_answers_stays()
     assert!(line.contains("no answer to WebSocket pings"), "{line}");
     let mut tcp = server.connect();
     tcp.send(b"done\n");
-    let _answering = answerer
+    let answering = answerer
         .join()
         .expect("the answering client stayed connected");
     assert!(
         server
             .log_lines(&format!("client {answering_addr} disconnected"))
             .is_empty()
+    );
+    drop(answering);
+    let stats = server.stop_for_stats();
+    assert!(
+        stats.contains(" protocol_error=0 ping_timeout=1"),
+        "{stats}"
     );
 }
 
