@@ -99,6 +99,40 @@ fn a_client_without_room_holds_the_final_lines_up_once_not_per_batch() {
 }
 
 #[test]
+fn final_lines_not_handed_out_in_three_quarters_of_the_timeout_are_dropped_with_a_warning() {
+    // The stuck client has no room for the first batch of final lines, and is waited for
+    // up to 500 ms; the finales may use only 0.45 s of the 0.6 s, so they run out first
+    // and the drain keeps its quarter (without that limit they would go out at 0.5 s).
+    let mut server = Server::start(&["--max-line", "4MiB", "--shutdown-timeout", "0.6"]);
+    let (_stuck, _) = stuck_client_behind(&server, 6 << 20);
+    let mut readers = server.connect_many(2);
+    let mut senders = server.connect_many(40);
+    let expected = send_unfinished_lines(&mut senders, 200_000);
+    server.signal(libc::SIGTERM);
+    // Some batches may go out before the stuck client is found without room; both readers
+    // get the same whole lines, and fewer than all.
+    let got: Vec<Vec<u8>> = readers.iter_mut().map(Client::read_to_eof).collect();
+    assert!(got[0] == got[1], "the readers got different lines");
+    let delivered = got[0].split_inclusive(|&b| b == b'\n').count();
+    for line in got[0].split_inclusive(|&b| b == b'\n') {
+        assert!(expected.contains(line), "a line cut or invented");
+    }
+    assert!(
+        delivered < 40,
+        "all final lines delivered: no limit on the finales"
+    );
+    assert_eq!(server.wait_exit().code(), Some(0));
+    let log = server.final_log();
+    let dropped = 40 - delivered;
+    let warning = format!(
+        "shutdown ran out of time before delivering everything already received: \
+         {} bytes from {dropped} clients dropped",
+        dropped * 200_000
+    );
+    assert!(log.contains(&warning), "{warning}\n{log}");
+}
+
+#[test]
 fn shutdown_reads_input_already_in_the_kernel_instead_of_inventing_a_line_end() {
     let mut server = Server::start(&["--max-line", "1MiB", "--shutdown-timeout", "20"]);
     let mut receiver = server.connect();
