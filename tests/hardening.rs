@@ -189,6 +189,25 @@ fn a_client_that_half_closes_with_output_queued_is_let_go_at_once_with_a_reset()
 }
 
 #[test]
+fn a_client_lingering_to_read_its_err_line_no_longer_counts_against_max_clients() {
+    let server = Server::start(&["--max-clients", "3", "--max-line", "1KiB"]);
+    // Its window shut behind MiBs: the ERR line it is sent away with cannot leave, so it
+    // lingers (up to 2 s) while the newcomer arrives.
+    let (mut lingering, _) = stuck_client_behind(&server, 8 << 20);
+    server.wait_for_logs("disconnected", 2); // the helper's reader and sender
+    let _full = [server.connect(), server.connect()];
+    lingering.send(&[b'x'; 2000]);
+    server.wait_for_log("sent a line longer than 1024 bytes; disconnecting it");
+    let _newcomer = server.connect(); // times out on "ERR server full"
+    assert!(
+        server
+            .log_lines(&format!("client {} disconnected", lingering.local_addr()))
+            .is_empty(),
+        "it left before the newcomer came: nothing was tested"
+    );
+}
+
+#[test]
 fn at_the_shutdown_deadline_a_client_still_behind_is_reset_and_its_unsent_bytes_logged() {
     let mut server = Server::start(&["--shutdown-timeout", "0.5"]);
     let (stuck, total) = stuck_client_behind(&server, 2 << 20);
