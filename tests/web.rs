@@ -721,3 +721,72 @@ fn a_websocket_client_that_leaves_with_output_queued_is_let_go_at_once_with_a_re
     assert_eq!(closed, common::Closed::Reset, "after {} bytes", got.len());
     assert!(got.len() < lines.len());
 }
+
+#[test]
+fn pongs_queued_for_a_client_that_pings_without_reading_count_in_max_queue() {
+    let mut server = web_server(&["--max-line", "1KiB", "--max-queue", "64KiB"]);
+    let mut tcp = server.connect();
+    let pinger = server.connect_websocket();
+    let me = pinger.stream.local_addr().unwrap();
+    socket2::SockRef::from(&pinger.stream)
+        .set_recv_buffer_size(4096)
+        .expect("SO_RCVBUF");
+    // Pings of 125 bytes, a thousand a write; it never reads a pong. Bounded: 64 MiB of
+    // pings is far past the kernel's buffers and 64 KiB of queue.
+    let pings = common::websocket::client_frame(PING, true, &[b'p'; 125], true).repeat(1000);
+    let mut stream = pinger.stream;
+    let mut sent = 0;
+    while sent < 64 << 20 && stream.write_all(&pings).is_ok() {
+        sent += pings.len();
+    }
+    let line = server.wait_for_disconnect(me);
+    assert!(line.contains("slow consumer"), "{line}");
+    // Everyone else is served, and the stats say why it went.
+    let mut other = server.connect();
+    other.send(b"after the pinger\n");
+    tcp.expect(b"after the pinger\n");
+    let stats = server.stop_for_stats();
+    assert!(stats.contains(" slow_consumer=1 "), "{stats}");
+}
+
+#[test]
+fn a_websocket_client_with_output_queued_is_not_pinged_while_an_idle_silent_one_is_dropped() {
+    let server = web_server(&["--ws-ping-interval", "1", "--max-queue", "64MiB"]);
+    let mut silent = server.connect_websocket();
+    let silent_addr = silent.stream.local_addr().unwrap();
+    let mut busy = server.connect_websocket();
+    let busy_addr = busy.stream.local_addr().unwrap();
+    // 64 KiB, not less: below one loopback MSS the window reopens only on the sender's
+    // persist timer and reading it all back would crawl.
+    socket2::SockRef::from(&busy.stream)
+        .set_recv_buffer_size(64 * 1024)
+        .expect("SO_RCVBUF");
+    let mut sender = server.connect();
+    // More than the kernel's buffers hold: most of it waits in the server's queue for busy.
+    let count = (16 << 20) / 110;
+    sender.send(&numbered_lines(&"b".repeat(100), count));
+    // The silent client reads everything (pings too, never answering), so nothing is queued
+    // for it: it is pinged and dropped. That is the clock for the busy one.
+    let mut data = 0;
+    while data < count {
+        let frame = silent.read_frame().expect("a frame");
+        data += usize::from(frame.opcode != PING);
+    }
+    let line = server.wait_for_disconnect(silent_addr);
+    assert!(line.contains("no answer to WebSocket pings"), "{line}");
+    assert!(
+        server
+            .log_lines(&format!("client {busy_addr} disconnected"))
+            .is_empty(),
+        "{}",
+        server.log_text()
+    );
+    // Not pinged while behind: no ping was queued among its lines.
+    for i in 0..count {
+        let frame = busy.read_frame().expect("a frame");
+        assert_ne!(
+            frame.opcode, PING,
+            "pinged with output queued, before line {i}"
+        );
+    }
+}

@@ -23,6 +23,31 @@ pub fn upgrade_request(host: &str, extra: &str) -> String {
     )
 }
 
+/// One client frame, masked as a client must (`masked: false` breaks the protocol).
+pub fn client_frame(opcode: u8, fin: bool, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => frame.push(mask_bit | n as u8),
+        n @ 126..=0xFFFF => {
+            frame.push(mask_bit | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(mask_bit | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        frame.extend_from_slice(payload);
+    }
+    frame
+}
+
 /// The key the client sends; the server must answer with its RFC 6455 digest.
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
@@ -113,26 +138,7 @@ impl WsClient {
 
     /// Sends one frame, masked as a client must (`masked: false` breaks the protocol).
     pub fn send_frame_with(&mut self, opcode: u8, fin: bool, payload: &[u8], masked: bool) {
-        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
-        let mask_bit = if masked { 0x80 } else { 0 };
-        match payload.len() {
-            n @ 0..=125 => frame.push(mask_bit | n as u8),
-            n @ 126..=0xFFFF => {
-                frame.push(mask_bit | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(mask_bit | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        if masked {
-            let mask = [0x12, 0x34, 0x56, 0x78];
-            frame.extend_from_slice(&mask);
-            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        } else {
-            frame.extend_from_slice(payload);
-        }
+        let frame = client_frame(opcode, fin, payload, masked);
         self.stream.write_all(&frame).expect("send a frame");
     }
 
