@@ -355,3 +355,35 @@ fn an_http_request_sent_to_the_line_port_is_refused_and_none_of_it_is_broadcast(
     let stats = server.stop_for_stats();
     assert!(stats.contains(" http_request=1 "), "{stats}");
 }
+
+#[test]
+fn at_most_eight_handshake_steps_are_taken_a_turn_and_the_rest_follow() {
+    let pki = Pki::new("steps");
+    let server = tls_server(&pki, &["-vv"]);
+    // Forty real ClientHellos (each costs the server a signature), all waiting when the
+    // server runs again.
+    let mut hello = Vec::new();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    rustls::ClientConnection::new(pki.client_config(None), name)
+        .unwrap()
+        .write_tls(&mut hello)
+        .unwrap();
+    server.stop_and_wait();
+    let clients: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut stream = TcpStream::connect(server.addr()).unwrap();
+            stream.write_all(&hello).unwrap();
+            stream
+        })
+        .collect();
+    server.signal(libc::SIGCONT);
+    server.wait_for_logs(": handshake step", 40);
+    let steps: Vec<usize> = common::turns(&server.log_text())
+        .iter()
+        .map(|turn| turn.iter().filter(|l| l.contains(": handshake step")).count())
+        .filter(|&n| n > 0)
+        .collect();
+    assert!(steps.iter().all(|&n| n <= 8), "steps per turn: {steps:?}");
+    assert!(steps.contains(&8), "the budget was never reached: {steps:?}");
+    drop(clients);
+}

@@ -10,7 +10,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use log::{debug, info, warn};
+use log::{debug, info, trace, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
@@ -148,6 +148,7 @@ impl EventLoop {
             return;
         }
         self.handshake_budget -= 1;
+        trace!("token {}: handshake step", token.0);
         match self.handshakes.on_ready(token, self.poll.registry()) {
             HandshakeStep::Complete(done) => {
                 self.admit(done.transport, done.peer, token, done.kind)
