@@ -380,10 +380,17 @@ fn at_most_eight_handshake_steps_are_taken_a_turn_and_the_rest_follow() {
     server.wait_for_logs(": handshake step", 40);
     let steps: Vec<usize> = common::turns(&server.log_text())
         .iter()
-        .map(|turn| turn.iter().filter(|l| l.contains(": handshake step")).count())
+        .map(|turn| {
+            turn.iter()
+                .filter(|l| l.contains(": handshake step"))
+                .count()
+        })
         .filter(|&n| n > 0)
         .collect();
     assert!(steps.iter().all(|&n| n <= 8), "steps per turn: {steps:?}");
-    assert!(steps.contains(&8), "the budget was never reached: {steps:?}");
+    assert!(
+        steps.contains(&8),
+        "the budget was never reached: {steps:?}"
+    );
     drop(clients);
 }

@@ -561,3 +561,75 @@ fn sighup_without_tls_only_says_there_is_nothing_to_reload() {
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit().code(), Some(0));
 }
+
+/// A shared object that, preloaded into the server, makes its `fail_at`-th accepted
+/// connection fail in accept4 with ECONNABORTED (the connection closed), as when a client
+/// resets while still in the backlog on systems that report it. Built with the system's C
+/// compiler (the one Rust links with).
+fn accept_failure_shim(fail_at: usize) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("broadcast-server-shim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = dir.join("shim.c");
+    std::fs::write(
+        &source,
+        format!(
+            r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <sys/socket.h>
+#include <unistd.h>
+static int accepted;
+int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {{
+    static int (*real)(int, struct sockaddr *, socklen_t *, int);
+    if (!real) real = (int (*)(int, struct sockaddr *, socklen_t *, int))dlsym(RTLD_NEXT, "accept4");
+    int connection = real(fd, addr, len, flags);
+    if (connection >= 0 && ++accepted == {fail_at}) {{
+        close(connection);
+        errno = ECONNABORTED;
+        return -1;
+    }}
+    return connection;
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let shim = dir.join("shim.so");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&shim)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .expect("run cc");
+    assert!(built.success(), "cc failed to build the shim");
+    shim
+}
+
+#[test]
+fn a_connection_that_fails_in_accept_is_skipped_and_the_ones_behind_it_are_accepted() {
+    let shim = accept_failure_shim(2);
+    let mut command = Server::command(&["-v"]);
+    command.env("LD_PRELOAD", &shim);
+    let server = Server::start_command(command);
+    // All three wait in the backlog when the server runs again: one accept loop meets them.
+    server.stop_and_wait();
+    let mut first = Client::connect_raw(server.addr());
+    let mut failed = Client::connect_raw(server.addr());
+    let mut third = Client::connect_raw(server.addr());
+    server.signal(libc::SIGCONT);
+    server.wait_for_log(&format!("client {} connected", first.local_addr()));
+    server.wait_for_log("accept: Software caused connection abort");
+    // No further event will come for the third: it is accepted in the same loop.
+    server.wait_for_log(&format!("client {} connected", third.local_addr()));
+    assert_eq!(failed.read_until_closed().0, b"");
+    assert!(
+        server.log_lines("cannot accept new clients").is_empty(),
+        "{}",
+        server.log_text()
+    );
+    first.send(b"both here\n");
+    third.expect(b"both here\n");
+    let _ = std::fs::remove_dir_all(shim.parent().unwrap());
+}
