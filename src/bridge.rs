@@ -836,6 +836,28 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_bridge_thread_leaves_lines_local_counted_offline_and_is_said_once() {
+        // The thread's end of the outbox is gone, as after a panic on the bridge thread.
+        let (outbox, outbound) = mpsc::channel(OUTBOX_CAPACITY);
+        drop(outbound);
+        let (_inbound, inbox) = inbox::inbox();
+        let (_done_tx, done) = std_mpsc::channel();
+        let bridge = Bridge {
+            outbox,
+            inbox,
+            counters: Arc::new(BridgeCounters::default()),
+            done,
+            gone: std::cell::Cell::new(false),
+            carry: None,
+        };
+        bridge.publish(b"a\nb\n".to_vec(), 2);
+        assert!(bridge.gone.get(), "the stop is noticed (and said)");
+        bridge.publish(b"c\n".to_vec(), 1);
+        let offline = bridge.counters().dropped_offline.load(Ordering::Relaxed);
+        assert_eq!(offline, 3);
+    }
+
+    #[test]
     fn the_loop_takes_whole_lines_within_its_budget() {
         let lines = Bytes::from_static(b"aa\nbbbb\nc\n");
         assert_eq!(
