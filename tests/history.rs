@@ -175,6 +175,8 @@ fn a_joiner_during_a_busy_stream_sees_no_gap_and_no_duplicate() {
         joiners.push(server.connect());
     }
     witness.expect(&chunk(5));
+    // A marker after them: nothing is repeated after the last line.
+    sender.send(b"marker\n");
     let last = b"busy-2999\n";
     for (j, joiner) in joiners.iter_mut().enumerate() {
         let mut got = Vec::new();
@@ -197,6 +199,7 @@ fn a_joiner_during_a_busy_stream_sees_no_gap_and_no_duplicate() {
             (500 * (j + 1) - 100..=500 * (j + 2) - 100).contains(&first),
             "joiner {j} began at line {first}"
         );
+        joiner.expect(b"marker\n");
     }
 }
 
