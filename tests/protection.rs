@@ -160,9 +160,17 @@ fn the_unfinished_line_of_a_client_cut_as_a_slow_consumer_reaches_the_others_end
     stuck.send(b"my last wo");
     // Far more than the kernel's buffers and 128 KiB: the stuck client is cut somewhere in
     // the middle, and its unfinished line reaches the reader there, with a `\n`.
+    // Sent 300 lines (about 32 KiB) at a time, each once the reader has them: the reader never falls 128 KiB
+    // behind, however loaded the machine (the stuck client does).
     let lines = numbered_lines(&"s".repeat(100), 80_000);
-    sender.send(&lines);
-    let got = reader.read_exact(lines.len() + b"my last wo\n".len());
+    let mut got = Vec::new();
+    let whole: Vec<&[u8]> = lines.split_inclusive(|&b| b == b'\n').collect();
+    for group in whole.chunks(300) {
+        let chunk = group.concat(); // 300 whole lines, about 32 KiB
+        sender.send(&chunk);
+        got.extend_from_slice(&reader.read_exact(chunk.len()));
+    }
+    got.extend_from_slice(&reader.read_exact(b"my last wo\n".len()));
     let at = got
         .windows(11)
         .position(|w| w == b"my last wo\n")
