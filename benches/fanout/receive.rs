@@ -124,6 +124,12 @@ impl Receiver {
     }
 
     /// Starts a measured run: only lines written from now on are expected.
+    /// The next sequence number expected from `sender`: every earlier line from it arrived
+    /// or was skipped.
+    pub fn expects(&self, sender: u32) -> u32 {
+        self.next.get(sender as usize).copied().unwrap_or(0)
+    }
+
     pub fn restart(&mut self, sent: &[u32]) {
         self.next.clear();
         self.next.extend_from_slice(sent);
