@@ -900,8 +900,7 @@ impl EventLoop {
             .as_ref()
             .is_some_and(|pause| pause.retry_at <= now)
         {
-            self.accept_all(Listener::Lines);
-            self.accept_all(Listener::Web);
+            self.retry_accepting(now);
         }
         self.web_requests.expire(now, self.poll.registry());
         self.handshakes.expire(now, self.poll.registry());
@@ -934,7 +933,18 @@ impl EventLoop {
             info!("denied or refused {count} more connections by their address in the last second");
         }
         if let Some(count) = self.accept_failure_log.take_summary(now) {
-            warn!("accepting failed {count} more times in the last second");
+            match &mut self.accept_pause {
+                Some(pause) => {
+                    // Said now, so its end will be said too.
+                    pause.announced = true;
+                    warn!(
+                        "accepting failed {count} more times in the last second; still \
+                         paused, retrying every {} ms",
+                        ACCEPT_RETRY.as_millis()
+                    );
+                }
+                None => warn!("accepting failed {count} more times in the last second"),
+            }
         }
         if let Some(count) = self.warning_log.take_summary(now) {
             warn!(

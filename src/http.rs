@@ -539,9 +539,9 @@ impl PendingRequests {
         let Some(pending) = self.requests.get_mut(&token) else {
             return;
         };
-        if read_to_end(pending) {
+        if let Some(why) = read_to_end(pending) {
             debug!(
-                "http: {} closed after its answer, {} bytes after it thrown away",
+                "http: {} closed after its answer ({why}), {} bytes after it thrown away",
                 pending.peer, pending.discarded
             );
             self.close(token, registry);
@@ -627,24 +627,24 @@ fn read_head(pending: &mut Pending) -> Head {
     }
 }
 
-/// Reads and discards until the client closes (true) or nothing more is there yet (false).
-/// A client that keeps sending after its answer is closed after `MAX_DISCARDED` bytes, so
-/// it cannot keep the loop busy.
-fn read_to_end(pending: &mut Pending) -> bool {
+/// Reads and discards until the client closes, sends too much, or fails (`Some(why)`), or
+/// nothing more is there yet (`None`). A client that keeps sending after its answer is
+/// closed after `MAX_DISCARDED` bytes, so it cannot keep the loop busy.
+fn read_to_end(pending: &mut Pending) -> Option<&'static str> {
     let mut buf = [0; 4096];
     loop {
         if pending.discarded >= MAX_DISCARDED {
-            return true;
+            return Some("it sent too much");
         }
         // Counted by cost: a TLS client's records are judged by their number too.
         let (read, cost) = pending.transport.read_metered(&mut buf);
         pending.discarded += cost;
         match read {
-            Ok(0) => return true,
+            Ok(0) => return Some("it closed"),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return true,
+            Err(_) => return Some("a read failed"),
         }
     }
 }

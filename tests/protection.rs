@@ -641,3 +641,58 @@ fn a_connection_that_fails_in_accept_is_skipped_and_the_ones_behind_it_are_accep
     third.expect(b"both here\n");
     let _ = std::fs::remove_dir_all(shim.parent().unwrap());
 }
+
+#[test]
+fn out_of_descriptors_a_backlog_on_one_listener_is_not_forgotten_when_the_other_empties() {
+    let server = Server::start(&["--http", "127.0.0.1:0", "-v"]);
+    let web = server.web_addr();
+    set_descriptor_limit(&server, 40);
+    // Three answered web connections hold a descriptor each until they close.
+    let answered: Vec<Client> = (0..3)
+        .map(|_| {
+            let mut client = Client::connect_raw(web);
+            client.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+            assert_eq!(client.read_exact(12), b"HTTP/1.1 200");
+            client
+        })
+        .collect();
+    // Line clients until one has to wait in the backlog.
+    let mut lines = Vec::new();
+    let full = || !server.log_lines("cannot accept new clients").is_empty();
+    while !full() {
+        assert!(lines.len() < 60, "the limit did not bite");
+        let client = Client::connect_raw(server.addr());
+        let addr = client.local_addr();
+        lines.push(client);
+        common::wait_until("the client is taken or the server is full", || {
+            full()
+                || !server
+                    .log_lines(&format!("client {addr} connected"))
+                    .is_empty()
+        });
+    }
+    // Three web requests wait in the other backlog.
+    let waiting: Vec<Client> = (0..3)
+        .map(|_| {
+            let mut client = Client::connect_raw(web);
+            client.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+            client
+        })
+        .collect();
+    // In one turn: three descriptors come free without a client leaving (the answered
+    // connections close: no nudge to the retry), then a line client arrives, and the line
+    // backlog (it and the one waiting) is taken and found empty. The web backlog still
+    // waits, with a descriptor free for one.
+    server.stop_and_wait();
+    drop(answered);
+    let newcomer = Client::connect_raw(server.addr());
+    server.signal(libc::SIGCONT);
+    server.wait_for_log(&format!("client {} connected", newcomer.local_addr()));
+    common::wait_until("a waiting web request is answered", || {
+        waiting.iter().any(|client| {
+            !server
+                .log_lines(&format!("http: answered {}", client.local_addr()))
+                .is_empty()
+        })
+    });
+}

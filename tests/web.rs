@@ -442,7 +442,9 @@ fn a_client_that_keeps_sending_after_its_answer_is_cut_off() {
     }
     // What the client managed to send includes what the kernels buffered (MiBs); what the
     // server read is in its log: at most 64 KiB, give or take its last 4 KiB read.
-    let line = server.wait_for_log(&format!("http: {me} closed after its answer"));
+    let line = server.wait_for_log(&format!(
+        "http: {me} closed after its answer (it sent too much)"
+    ));
     let thrown_away: usize = line
         .split(", ")
         .nth(1)

@@ -44,16 +44,9 @@ impl EventLoop {
             self.accept_budget -= 1;
             match listener.accept() {
                 Ok((stream, peer)) => self.on_accepted(stream, peer, which),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self
-                        .accept_pause
-                        .take()
-                        .is_some_and(|pause| pause.announced)
-                    {
-                        info!("accepting again ({} clients)", self.connections.len());
-                    }
-                    return;
-                }
+                // An empty backlog here says nothing of the other listener's: a pause ends
+                // only in a retry that tried both (`retry_accepting`).
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_per_connection_accept_error(&e) => {
                     debug!("accept: {e} (the connection failed before we took it)");
                 }
@@ -406,6 +399,26 @@ impl EventLoop {
         }
         for (token, reason) in std::mem::take(&mut self.doomed) {
             self.close(token, reason);
+        }
+    }
+
+    /// Retries both listeners after running out of descriptors; the pause ends if neither
+    /// failed again (edge-triggered, a listener would not say again that connections wait
+    /// in its backlog, so both are tried before it ends).
+    pub(super) fn retry_accepting(&mut self, now: Instant) {
+        self.accept_all(Listener::Lines);
+        self.accept_all(Listener::Web);
+        // A failure in this retry moved the next one past `now`.
+        if self
+            .accept_pause
+            .as_ref()
+            .is_some_and(|pause| pause.retry_at <= now)
+            && self
+                .accept_pause
+                .take()
+                .is_some_and(|pause| pause.announced)
+        {
+            info!("accepting again ({} clients)", self.connections.len());
         }
     }
 
