@@ -324,7 +324,8 @@ fn running_out_of_descriptors_pauses_accepting_without_spinning_then_recovers() 
     server.wait_for_logs("accept still failing", first + 5);
     thread::sleep(Duration::from_millis(500)); // a measuring window, not synchronisation
     let (counted, elapsed) = (retries() - first, since.elapsed());
-    let most = (elapsed.as_millis() / 100 + 1) as usize;
+    // +2: a retry logged just before the window may be read just after it starts.
+    let most = (elapsed.as_millis() / 100 + 2) as usize;
     assert!(
         counted <= most,
         "{counted} retries in {elapsed:?}: the server spins while out of descriptors"
@@ -573,8 +574,8 @@ fn sighup_without_tls_only_says_there_is_nothing_to_reload() {
 /// A shared object that, preloaded into the server, makes its `fail_at`-th accepted
 /// connection fail in accept4 with ECONNABORTED (the connection closed), as when a client
 /// resets while still in the backlog on systems that report it. Built with the system's C
-/// compiler (the one Rust links with).
-fn accept_failure_shim(fail_at: usize) -> std::path::PathBuf {
+/// compiler (the one Rust links with); `None` (reported) without one.
+fn accept_failure_shim(fail_at: usize) -> Option<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("broadcast-server-shim-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let source = dir.join("shim.c");
@@ -609,15 +610,25 @@ int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {{
         .arg(&shim)
         .arg(&source)
         .arg("-ldl")
-        .status()
-        .expect("run cc");
-    assert!(built.success(), "cc failed to build the shim");
-    shim
+        .status();
+    match built {
+        Ok(status) if status.success() => Some(shim),
+        Ok(_) => panic!("cc failed to build the shim"),
+        Err(e) => {
+            common::report_skip(
+                "a_connection_that_fails_in_accept_is_skipped_and_the_ones_behind_it_are_accepted",
+                &format!("needs a C compiler (cc): {e}"),
+            );
+            None
+        }
+    }
 }
 
 #[test]
 fn a_connection_that_fails_in_accept_is_skipped_and_the_ones_behind_it_are_accepted() {
-    let shim = accept_failure_shim(2);
+    let Some(shim) = accept_failure_shim(2) else {
+        return;
+    };
     let mut command = Server::command(&["-v"]);
     command.env("LD_PRELOAD", &shim);
     let server = Server::start_command(command);

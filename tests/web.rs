@@ -330,9 +330,7 @@ fn a_websocket_client_that_stops_reading_is_a_slow_consumer_and_no_one_else_noti
     let mut reader = server.connect();
     let stuck = server.connect_websocket();
     let stuck_addr = stuck.stream.local_addr().unwrap();
-    socket2::SockRef::from(&stuck.stream)
-        .set_recv_buffer_size(4096)
-        .unwrap();
+    stuck.set_receive_buffer(4096);
     common::stream_sixteen_megabytes(|piece| sender.send(piece), |piece| reader.expect(piece));
     let line = server.wait_for_disconnect(stuck_addr);
     assert!(line.contains("slow consumer"), "{line}");
@@ -700,9 +698,7 @@ fn a_websocket_client_that_leaves_with_output_queued_is_let_go_at_once_with_a_re
     // behind MiBs it will never take, so the server drops them with a reset.
     let server = web_server(&["--max-queue", "64MiB"]);
     let mut leaving = server.connect_websocket();
-    socket2::SockRef::from(&leaving.stream)
-        .set_recv_buffer_size(4096)
-        .expect("SO_RCVBUF");
+    leaving.set_receive_buffer(4096);
     let mut fast = server.connect();
     let mut sender = server.connect();
     // More than the kernel's buffers hold: most of it waits in the server's queue.
@@ -730,13 +726,12 @@ fn pongs_queued_for_a_client_that_pings_without_reading_count_in_max_queue() {
     let mut tcp = server.connect();
     let pinger = server.connect_websocket();
     let me = pinger.stream.local_addr().unwrap();
-    socket2::SockRef::from(&pinger.stream)
-        .set_recv_buffer_size(4096)
-        .expect("SO_RCVBUF");
+    pinger.set_receive_buffer(4096);
     // Pings of 125 bytes, a thousand a write; it never reads a pong. Bounded: 64 MiB of
     // pings is far past the kernel's buffers and 64 KiB of queue.
     let pings = common::websocket::client_frame(PING, true, &[b'p'; 125], true).repeat(1000);
     let mut stream = pinger.stream;
+    stream.set_write_timeout(Some(DEADLINE)).unwrap();
     let mut sent = 0;
     while sent < 64 << 20 && stream.write_all(&pings).is_ok() {
         sent += pings.len();
@@ -754,26 +749,22 @@ fn pongs_queued_for_a_client_that_pings_without_reading_count_in_max_queue() {
 #[test]
 fn a_websocket_client_with_output_queued_is_not_pinged_while_an_idle_silent_one_is_dropped() {
     let server = web_server(&["--ws-ping-interval", "1", "--max-queue", "64MiB"]);
-    let mut silent = server.connect_websocket();
-    let silent_addr = silent.stream.local_addr().unwrap();
     let mut busy = server.connect_websocket();
     let busy_addr = busy.stream.local_addr().unwrap();
     // 64 KiB, not less: below one loopback MSS the window reopens only on the sender's
     // persist timer and reading it all back would crawl.
-    socket2::SockRef::from(&busy.stream)
-        .set_recv_buffer_size(64 * 1024)
-        .expect("SO_RCVBUF");
+    busy.set_receive_buffer(64 * 1024);
     let mut sender = server.connect();
+    let mut witness = server.connect();
     // More than the kernel's buffers hold: most of it waits in the server's queue for busy.
     let count = (16 << 20) / 110;
-    sender.send(&numbered_lines(&"b".repeat(100), count));
-    // The silent client reads everything (pings too, never answering), so nothing is queued
-    // for it: it is pinged and dropped. That is the clock for the busy one.
-    let mut data = 0;
-    while data < count {
-        let frame = silent.read_frame().expect("a frame");
-        data += usize::from(frame.opcode != PING);
-    }
+    let lines = numbered_lines(&"b".repeat(100), count);
+    sender.send(&lines);
+    witness.expect(&lines);
+    // A client that joins now gets nothing and says nothing: it is pinged, then dropped.
+    // That is the clock for the busy one, behind all along.
+    let silent = server.connect_websocket();
+    let silent_addr = silent.stream.local_addr().unwrap();
     let line = server.wait_for_disconnect(silent_addr);
     assert!(line.contains("no answer to WebSocket pings"), "{line}");
     assert!(
@@ -783,7 +774,9 @@ fn a_websocket_client_with_output_queued_is_not_pinged_while_an_idle_silent_one_
         "{}",
         server.log_text()
     );
-    // Not pinged while behind: no ping was queued among its lines.
+    // Not pinged while behind: no ping among its lines, nor right after them (a ping
+    // queued behind them would come before this marker).
+    sender.send(b"marker\n");
     for i in 0..count {
         let frame = busy.read_frame().expect("a frame");
         assert_ne!(
@@ -791,4 +784,6 @@ fn a_websocket_client_with_output_queued_is_not_pinged_while_an_idle_silent_one_
             "pinged with output queued, before line {i}"
         );
     }
+    let next = busy.read_frame().expect("a frame");
+    assert_eq!((next.opcode, next.payload), (TEXT, b"marker".to_vec()));
 }

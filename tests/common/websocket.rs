@@ -142,6 +142,13 @@ impl WsClient {
         self.stream.write_all(&frame).expect("send a frame");
     }
 
+    /// Shrinks (or sets) the receive buffer, as `Client::set_receive_buffer` does.
+    pub fn set_receive_buffer(&self, bytes: usize) {
+        socket2::SockRef::from(&self.stream)
+            .set_recv_buffer_size(bytes)
+            .expect("SO_RCVBUF");
+    }
+
     pub fn send_frame(&mut self, opcode: u8, fin: bool, payload: &[u8]) {
         self.send_frame_with(opcode, fin, payload, true);
     }
