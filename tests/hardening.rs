@@ -170,12 +170,19 @@ fn stuck_client_behind(server: &Server, bytes: usize) -> (Client, usize) {
 fn a_client_that_half_closes_with_output_queued_is_let_go_at_once_with_a_reset() {
     // Its FIN says it sends no more; it also reads nothing: holding its queue (MiBs) until
     // some deadline would only keep memory for no one.
-    let server = Server::start(&["--max-queue", "64MiB"]);
+    let server = Server::start(&["--max-queue", "64MiB", "-vv"]);
     // More than the kernel's buffers hold: most of it waits in the server's queue.
     let (mut stuck, total) = stuck_client_behind(&server, 16 << 20);
+    let token = server.token_of(&stuck);
     stuck.half_close();
     let line = server.wait_for_disconnect(stuck.local_addr());
     assert!(line.ends_with("client closed"), "{line}");
+    // At once: in the turn that read its end of stream, not at some later deadline.
+    assert!(common::in_one_turn(
+        &server.log_text(),
+        &format!("token {token}: read 0 bytes"),
+        &format!("client {} disconnected", stuck.local_addr()),
+    ));
     // What it had not taken is dropped with a reset, not ended with a FIN that would look
     // like the clean end of its stream.
     let (got, closed) = stuck.read_until_closed();

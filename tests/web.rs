@@ -696,7 +696,7 @@ fn requests_in_progress_are_capped_by_max_clients_and_one_more_gets_503_at_once(
 fn a_websocket_client_that_leaves_with_output_queued_is_let_go_at_once_with_a_reset() {
     // Its close frame says it is leaving; it reads nothing: the server's answer would wait
     // behind MiBs it will never take, so the server drops them with a reset.
-    let server = web_server(&["--max-queue", "64MiB"]);
+    let server = web_server(&["--max-queue", "64MiB", "-vv"]);
     let mut leaving = server.connect_websocket();
     leaving.set_receive_buffer(4096);
     let mut fast = server.connect();
@@ -712,6 +712,13 @@ fn a_websocket_client_that_leaves_with_output_queued_is_let_go_at_once_with_a_re
         line.ends_with("client closed (WebSocket close 1000)"),
         "{line}"
     );
+    // At once: in the turn that read its close frame (8 bytes), not at a later deadline.
+    let token = server.token_of_addr(me);
+    assert!(common::in_one_turn(
+        &server.log_text(),
+        &format!("token {token}: read 8 bytes"),
+        &format!("client {me} disconnected"),
+    ));
     let (got, closed) = Client {
         stream: leaving.stream,
     }

@@ -504,6 +504,13 @@ pub fn turns(log: &str) -> Vec<Vec<&str>> {
     turns
 }
 
+/// Whether some turn of a `-vv` log has a line containing `a` and one containing `b`.
+pub fn in_one_turn(log: &str, a: &str, b: &str) -> bool {
+    turns(log)
+        .iter()
+        .any(|turn| turn.iter().any(|l| l.contains(a)) && turn.iter().any(|l| l.contains(b)))
+}
+
 /// From a `-vv` log: for each turn, the bytes read from the client with `token`.
 pub fn reads_per_turn(log: &str, token: &str) -> Vec<usize> {
     let needle = format!("token {token}: read ");
