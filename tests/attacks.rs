@@ -11,28 +11,12 @@ use std::sync::Arc;
 use std::thread;
 
 use common::Server;
-use common::tls::{Pki, TlsClient};
+use common::tls::{Pki, TlsClient, connect};
 use common::websocket::upgrade_request;
 
 /// A server speaking TLS with a certificate from `pki`, plus `extra` flags.
 fn tls_server(pki: &Pki, extra: &[&str]) -> Server {
-    let (cert, key) = pki.issue("server", false);
-    let mut args = vec![
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Server::start(&args)
-}
-
-/// A TLS client that the server has admitted.
-fn connect(server: &Server, config: &Arc<rustls::ClientConfig>) -> TlsClient {
-    let client = TlsClient::connect(server.addr(), Arc::clone(config)).expect("TLS handshake");
-    let local = client.stream.sock.local_addr().unwrap();
-    server.wait_for_log(&format!("client {local} connected"));
-    client
+    common::tls::tls_server(pki, extra).0
 }
 
 /// A TLS 1.3 ClientHello whose server_name is `name` (any bytes), cut into handshake

@@ -6,37 +6,15 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::tls::{Pki, TlsClient};
+use common::tls::{Pki, TlsClient, connect, tls_server};
 use common::websocket::upgrade_request;
 use common::{Client, DEADLINE, Server, numbered_lines, report_skip};
 use rustls::pki_types::pem::PemObject;
-
-/// A server speaking TLS with a certificate from `pki`, plus `extra` flags.
-fn tls_server(pki: &Pki, extra: &[&str]) -> (Server, (PathBuf, PathBuf)) {
-    let identity = pki.issue("server", false);
-    let mut args = vec![
-        "--tls-cert",
-        identity.0.to_str().unwrap(),
-        "--tls-key",
-        identity.1.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    (Server::start(&args), identity)
-}
-
-/// A TLS client that the server has admitted.
-fn connect(server: &Server, config: &Arc<rustls::ClientConfig>) -> TlsClient {
-    let client = TlsClient::connect(server.addr(), Arc::clone(config)).expect("TLS handshake");
-    let local = client.stream.sock.local_addr().unwrap();
-    server.wait_for_log(&format!("client {local} connected"));
-    client
-}
 
 #[test]
 fn tls_clients_broadcast_ten_thousand_lines_in_order_and_a_60000_byte_line() {
@@ -453,4 +431,22 @@ fn a_full_server_says_so_encrypted_after_the_handshake() {
     // The limit is judged once the handshake is done: the refusal is a TLS record.
     let mut refused = TlsClient::connect(server.addr(), Arc::clone(&config)).expect("handshake");
     refused.expect(b"ERR server full (max 1 clients)\n");
+}
+
+#[test]
+fn handshakes_in_progress_are_capped_by_max_clients_and_one_more_is_closed_at_once() {
+    let pki = Pki::new("handshake-cap");
+    let (server, _) = tls_server(&pki, &["--max-clients", "2"]);
+    // Two connections that never start their handshake hold the two places.
+    let silent: Vec<Client> = (0..2).map(|_| Client::connect_raw(server.addr())).collect();
+    let mut third = Client::connect_raw(server.addr());
+    assert_eq!(third.read_to_eof(), b"", "closed unanswered");
+    server.wait_for_log("TLS handshakes in progress already");
+    // At once: the two silent ones are still within their 10 s.
+    assert!(
+        server.log_lines("no TLS handshake within").is_empty(),
+        "{}",
+        server.log_text()
+    );
+    drop(silent);
 }

@@ -89,6 +89,28 @@ impl Pki {
     }
 }
 
+/// A server speaking TLS with a certificate from `pki`, plus `extra` flags; with the
+/// certificate and key files it was given.
+pub fn tls_server(pki: &Pki, extra: &[&str]) -> (super::Server, (PathBuf, PathBuf)) {
+    let identity = pki.issue("server", false);
+    let mut args = vec![
+        "--tls-cert",
+        identity.0.to_str().unwrap(),
+        "--tls-key",
+        identity.1.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    (super::Server::start(&args), identity)
+}
+
+/// A TLS client that `server` has admitted (its `connected` line logged).
+pub fn connect(server: &super::Server, config: &Arc<rustls::ClientConfig>) -> TlsClient {
+    let client = TlsClient::connect(server.addr(), Arc::clone(config)).expect("TLS handshake");
+    let local = client.stream.sock.local_addr().unwrap();
+    server.wait_for_log(&format!("client {local} connected"));
+    client
+}
+
 impl Drop for Pki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
