@@ -358,7 +358,7 @@ fn nats_killed_mid_stream_local_delivery_goes_on_far_side_has_no_dups_and_bridgi
         return;
     };
     let port = nats.port;
-    let mut a = instance(&nats.url(), &[]);
+    let mut a = instance(&nats.url(), &["--stats-interval", "0.2"]);
     let b = instance(&nats.url(), &[]);
     let mut sender = a.connect();
     let mut near = a.connect();
@@ -376,6 +376,12 @@ fn nats_killed_mid_stream_local_delivery_goes_on_far_side_has_no_dups_and_bridgi
     let during = numbered_lines("during", 2_000);
     sender.send(&during);
     near.expect(&during); // local delivery does not notice
+    // Dropped (and counted) while NATS is down, not held to be judged at the reconnect.
+    common::wait_until("the outage lines are counted offline", || {
+        a.log_lines(" offline=")
+            .last()
+            .is_some_and(|stats| counter(stats, " offline=") >= 2_000)
+    });
     let _nats = Nats::start_on(Some(port));
     a.wait_for_logs("nats: connected", 2);
     b.wait_for_logs("nats: connected", 2);
