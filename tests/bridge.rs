@@ -998,8 +998,17 @@ fn echo_with_nats_gives_the_sender_its_line_once_and_every_other_instance_once()
 /// Reads `client` on a thread, fast, until the server closes it, keeping only the lines that
 /// start with `prefix` (the flood around them is counted, not kept).
 fn keep_lines_starting(
+    client: Client,
+    prefix: &'static [u8],
+) -> thread::JoinHandle<(Vec<u8>, usize)> {
+    keep_and_count_lines_starting(client, prefix, Arc::default())
+}
+
+/// Like `keep_lines_starting`, counting the kept lines in `kept_lines` as they arrive.
+fn keep_and_count_lines_starting(
     mut client: Client,
     prefix: &'static [u8],
+    kept_lines: Arc<AtomicUsize>,
 ) -> thread::JoinHandle<(Vec<u8>, usize)> {
     thread::spawn(move || {
         let (mut kept, mut line, mut total) = (Vec::new(), Vec::new(), 0);
@@ -1020,6 +1029,7 @@ fn keep_lines_starting(
                 if piece.ends_with(b"\n") {
                     if line.starts_with(prefix) {
                         kept.extend_from_slice(&line);
+                        kept_lines.fetch_add(1, Ordering::SeqCst);
                     }
                     line.clear();
                 }
@@ -1042,7 +1052,8 @@ fn a_publisher_flooding_the_subject_stalls_no_local_client_and_memory_stays_boun
     let mut talker_out = Client {
         stream: talker.stream.try_clone().unwrap(),
     };
-    let heard = keep_lines_starting(listener, b"local-");
+    let heard_lines = Arc::new(AtomicUsize::new(0));
+    let heard = keep_and_count_lines_starting(listener, b"local-", Arc::clone(&heard_lines));
     let near_heard = keep_lines_starting(near, b"local-");
     let talker_heard = keep_lines_starting(talker, b"local-");
     let rss_before = b.rss_kib();
@@ -1058,15 +1069,24 @@ fn a_publisher_flooding_the_subject_stalls_no_local_client_and_memory_stays_boun
         }
         raw.round_trip();
     });
-    // Meanwhile a local conversation goes on.
+    // Meanwhile a local conversation goes on, and is heard while the flood lasts (a loop
+    // that waited on the bridge would deliver it late, after the flood).
     let mut sent = 0;
+    let mut heard_during_the_flood = 0;
     while !flood.is_finished() || sent < 50 {
+        if !flood.is_finished() {
+            heard_during_the_flood = heard_lines.load(Ordering::SeqCst);
+        }
         talker_out.send(format!("local-{sent}\n").as_bytes());
         sent += 1;
         assert!(sent < 100_000, "the flood never ended");
         thread::sleep(Duration::from_millis(5)); // the talker's pace, not a wait
     }
     flood.join().expect("the flood");
+    assert!(
+        heard_during_the_flood > 0,
+        "no local line was delivered while the flood lasted"
+    );
     let peak = b.peak_rss_kib();
     b.signal(libc::SIGTERM);
     assert!(b.wait_exit().success());
