@@ -135,11 +135,8 @@ fn an_address_range_that_is_not_one_is_refused_at_start() {
         ("--deny", "localhost"),
         ("--allow", "::1/129"),
     ] {
-        let output = Server::command(&[flag, value])
-            .output()
-            .expect("run the binary");
-        assert_eq!(output.status.code(), Some(1), "{flag} {value}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let (code, _, stderr) = Server::run_to_exit(&[flag, value]);
+        assert_eq!(code, 1, "{flag} {value}");
         assert!(
             stderr.starts_with(&format!(
                 "error: invalid {flag}: '{value}' is not an address range"

@@ -887,11 +887,8 @@ fn with_a_shared_key_nothing_unsigned_or_altered_is_delivered() {
     assert!(!b.log_lines("a replay, or clocks that differ").is_empty());
     // A key file that is too short is refused at start.
     std::fs::write(&key.path, "short\n").unwrap();
-    let out = Server::command(&["--nats", &nats.url(), "--nats-key", key.arg()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, _, stderr) = Server::run_to_exit(&["--nats", &nats.url(), "--nats-key", key.arg()]);
+    assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("at least 16"), "{stderr}");
 }
 

@@ -322,16 +322,11 @@ fn localhost_names_resolve() {
     b.expect(b"by name\n");
 }
 
-/// Runs the binary to completion with `args`; returns (exit code, stdout, stderr).
-fn run_cli(args: &[&str]) -> (i32, String, String) {
-    Server::run_to_exit(args)
-}
-
 #[test]
 fn a_port_in_use_is_one_clear_error_line_and_a_failure_exit() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (code, _, stderr) = run_cli(&["--addr", &addr]);
+    let (code, _, stderr) = Server::run_to_exit(&["--addr", &addr]);
     assert_eq!(code, 1);
     let expected_start =
         format!("error: cannot listen on {addr}: Address already in use (os error 98)");
@@ -343,7 +338,7 @@ fn a_port_in_use_is_one_clear_error_line_and_a_failure_exit() {
 #[test]
 fn a_bad_addr_is_one_clear_error_line_and_a_failure_exit() {
     for bad in ["nonsense", "127.0.0.1", "127.0.0.1:70000"] {
-        let (code, _, stderr) = run_cli(&["--addr", bad]);
+        let (code, _, stderr) = Server::run_to_exit(&["--addr", bad]);
         assert_eq!(code, 1, "{bad}: {stderr}");
         assert!(
             stderr.starts_with(&format!("error: invalid --addr '{bad}': ")),
@@ -355,7 +350,7 @@ fn a_bad_addr_is_one_clear_error_line_and_a_failure_exit() {
 
 #[test]
 fn help_and_version_work() {
-    let (code, stdout, _) = run_cli(&["--help"]);
+    let (code, stdout, _) = Server::run_to_exit(&["--help"]);
     assert_eq!(code, 0);
     for flag in [
         "--addr",
@@ -370,7 +365,7 @@ fn help_and_version_work() {
     ] {
         assert!(stdout.contains(flag), "--help lacks {flag}");
     }
-    let (code, stdout, _) = run_cli(&["--version"]);
+    let (code, stdout, _) = Server::run_to_exit(&["--version"]);
     assert_eq!(code, 0);
     assert_eq!(
         stdout,

@@ -140,7 +140,7 @@ fn shutdown_reads_input_already_in_the_kernel_instead_of_inventing_a_line_end() 
     // More than one read budget (64 KiB) waits in the kernel when the signal is handled.
     let mut line = vec![b'k'; 100_000];
     line.push(b'\n');
-    server.signal(libc::SIGSTOP);
+    server.stop_and_wait();
     sender.send(&line);
     wait_until("the stopped server's kernel holds the whole line", || {
         unacknowledged_output(&sender.stream) == 0

@@ -111,18 +111,15 @@ fn a_joiner_that_never_reads_is_cut_at_max_queue_and_one_that_reads_gets_everyth
 
 #[test]
 fn a_history_that_cannot_fit_in_max_queue_is_refused_at_start() {
-    let output = Server::command(&[
+    let (code, _, stderr) = Server::run_to_exit(&[
         "--history",
         "10",
         "--history-bytes",
         "16MiB",
         "--max-queue",
         "1MiB",
-    ])
-    .output()
-    .expect("run the binary");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    ]);
+    assert_eq!(code, 1);
     assert!(
         stderr.starts_with("error: --history-bytes (16777216 bytes) must fit in --max-queue"),
         "{stderr}"
@@ -134,9 +131,9 @@ fn a_history_that_cannot_fit_in_max_queue_is_refused_at_start() {
     drop(tcp_only);
     let mut web = fits.to_vec();
     web.extend(["--http", "127.0.0.1:0"]);
-    let output = Server::command(&web).output().expect("run the binary");
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("twice over with --http"));
+    let (code, _, stderr) = Server::run_to_exit(&web);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("twice over with --http"), "{stderr}");
 }
 
 #[test]

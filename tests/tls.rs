@@ -40,6 +40,9 @@ fn tls_clients_broadcast_ten_thousand_lines_in_order_and_a_60000_byte_line() {
     binary.push(b'\n');
     sender.send(&binary);
     receiver.expect(&binary);
+    // Nothing repeated or extra after them.
+    sender.send(b"marker\n");
+    receiver.expect(b"marker\n");
 }
 
 #[test]
@@ -254,9 +257,8 @@ fn tls_start_up_errors_are_one_line_and_a_non_zero_exit() {
         ),
     ];
     for (args, expected) in cases {
-        let output = Server::command(&args).output().expect("run the binary");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        let (code, _, stderr) = Server::run_to_exit(&args);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
         assert!(stderr.starts_with(&expected), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(!stderr.contains("panicked"));

@@ -676,10 +676,8 @@ fn requests_in_progress_are_capped_by_max_clients_and_one_more_gets_503_at_once(
     let silent: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(server.web_addr()).unwrap())
         .collect();
-    let mut third = TcpStream::connect(server.web_addr()).unwrap();
-    third.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut answer = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut third, &mut answer);
+    let mut third = Client::connect_raw(server.web_addr());
+    let answer = third.read_to_eof();
     let answer = String::from_utf8_lossy(&answer);
     assert!(
         answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
