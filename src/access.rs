@@ -4,9 +4,11 @@
 //! Deny wins over allow; with any `--allow`, an address must match one. IPv4 addresses that
 //! arrive IPv4-mapped on an IPv6 socket (`::ffff:127.0.0.1`) are judged as IPv4.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::rc::Rc;
 
 /// An address range: an address and how many leading bits must match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,51 +96,76 @@ impl AccessList {
     }
 }
 
-/// Connections per client address, against `--max-clients-per-ip`.
+/// Connections per client address, against `--max-clients-per-ip`. Each connection holds
+/// its [`AddressPlace`] from its accept to its end, in whatever stage it is (handshake,
+/// request, client, leaving): the place is given back when it is dropped, so no path that
+/// ends a connection can forget it.
 #[derive(Debug, Default)]
 pub struct PerAddress {
     /// 0: no limit (and nothing counted).
     max: usize,
-    counts: HashMap<IpAddr, usize>,
+    counts: Rc<RefCell<HashMap<IpAddr, usize>>>,
 }
 
 impl PerAddress {
     pub fn new(max: usize) -> PerAddress {
         PerAddress {
             max,
-            counts: HashMap::new(),
+            counts: Rc::default(),
         }
     }
 
-    /// Counts one more connection from `ip`, unless that would pass the limit (false).
-    pub fn try_add(&mut self, ip: IpAddr) -> bool {
+    /// A place for one more connection from `ip`, unless that would pass the limit.
+    pub fn try_take(&self, ip: IpAddr) -> Option<AddressPlace> {
         if self.max == 0 {
-            return true;
-        }
-        let count = self.counts.entry(ip.to_canonical()).or_insert(0);
-        if *count >= self.max {
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    /// Counts one connection from `ip` gone.
-    pub fn remove(&mut self, ip: IpAddr) {
-        if self.max == 0 {
-            return;
+            return Some(AddressPlace::uncounted(ip));
         }
         let ip = ip.to_canonical();
-        if let Some(count) = self.counts.get_mut(&ip) {
-            *count -= 1;
-            if *count == 0 {
-                self.counts.remove(&ip);
-            }
+        let mut counts = self.counts.borrow_mut();
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
         }
+        *count += 1;
+        Some(AddressPlace {
+            ip,
+            counts: Some(Rc::clone(&self.counts)),
+        })
     }
 
     pub fn max(&self) -> usize {
         self.max
+    }
+}
+
+/// One connection's place in its address's count (`--max-clients-per-ip`); given back when
+/// dropped.
+#[derive(Debug)]
+pub struct AddressPlace {
+    ip: IpAddr,
+    /// `None` when nothing is counted (no limit).
+    counts: Option<Rc<RefCell<HashMap<IpAddr, usize>>>>,
+}
+
+impl AddressPlace {
+    /// A place that counts against nothing (no limit, or a connection made in a test).
+    pub fn uncounted(ip: IpAddr) -> AddressPlace {
+        AddressPlace { ip, counts: None }
+    }
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let Some(counts) = &self.counts else {
+            return;
+        };
+        let mut counts = counts.borrow_mut();
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -189,22 +216,30 @@ mod tests {
     }
 
     #[test]
-    fn per_address_counts_up_to_the_limit_and_down_again() {
-        let mut limit = PerAddress::new(2);
-        assert!(limit.try_add(ip("127.0.0.2")) && limit.try_add(ip("127.0.0.2")));
+    fn per_address_places_count_up_to_the_limit_and_are_given_back_when_dropped() {
+        let limit = PerAddress::new(2);
+        let first = limit.try_take(ip("127.0.0.2")).unwrap();
+        let second = limit.try_take(ip("127.0.0.2")).unwrap();
         assert!(
-            !limit.try_add(ip("::ffff:127.0.0.2")),
+            limit.try_take(ip("::ffff:127.0.0.2")).is_none(),
             "the same address, mapped"
         );
-        assert!(limit.try_add(ip("127.0.0.3")));
-        limit.remove(ip("127.0.0.2"));
-        assert!(limit.try_add(ip("127.0.0.2")));
-        limit.remove(ip("127.0.0.3"));
+        let other = limit.try_take(ip("127.0.0.3")).unwrap();
+        drop(first);
+        let again = limit.try_take(ip("127.0.0.2"));
+        assert!(again.is_some());
+        drop(other);
         assert!(
-            !limit.counts.contains_key(&ip("127.0.0.3")),
+            !limit.counts.borrow().contains_key(&ip("127.0.0.3")),
             "no entry left behind"
         );
-        let mut unlimited = PerAddress::new(0);
-        assert!((0..100).all(|_| unlimited.try_add(ip("127.0.0.2"))));
+        drop((second, again));
+        assert!(limit.counts.borrow().is_empty());
+        let unlimited = PerAddress::new(0);
+        let places: Vec<_> = (0..100)
+            .map(|_| unlimited.try_take(ip("127.0.0.2")))
+            .collect();
+        assert!(places.iter().all(Option::is_some));
+        assert!(unlimited.counts.borrow().is_empty(), "nothing counted");
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use crate::access::AddressPlace;
 use crate::transport::Transport;
 use socket2::{SockRef, TcpKeepalive};
 
@@ -196,6 +197,9 @@ pub enum Liveness {
 pub struct ClientConnection {
     transport: Transport,
     peer: SocketAddr,
+    /// Its place in its address's count (`--max-clients-per-ip`): held, never read, and
+    /// given back when the connection is dropped.
+    _place: AddressPlace,
     wire: Wire,
     /// Output the kernel would not take yet, oldest first. Empty (and unallocated) unless the
     /// client's socket buffer is full.
@@ -215,9 +219,10 @@ pub struct ClientConnection {
 impl ClientConnection {
     /// Wraps an accepted transport, registered for reading under `token` (and through its
     /// TLS handshake, if any).
-    pub fn new(transport: Transport, peer: SocketAddr) -> ClientConnection {
+    pub fn new(transport: Transport, peer: SocketAddr, place: AddressPlace) -> ClientConnection {
         ClientConnection {
             peer,
+            _place: place,
             wire: Wire::Lines(LineFramer::default()),
             write_buf: VecDeque::new(),
             // A TLS handshake hands its socket over registered READABLE | WRITABLE: say so,
@@ -241,9 +246,10 @@ impl ClientConnection {
     pub fn new_websocket(
         transport: Transport,
         peer: SocketAddr,
+        place: AddressPlace,
         handshake: &[u8],
     ) -> ClientConnection {
-        let mut connection = ClientConnection::new(transport, peer);
+        let mut connection = ClientConnection::new(transport, peer, place);
         connection.wire = Wire::WebSocket(Box::new(WebSocketState {
             decoder: websocket::Decoder::default(),
             last_heard: Instant::now(),
@@ -866,7 +872,11 @@ mod tests {
         poll.registry()
             .register(&mut ours, Token(9), Interest::READABLE)
             .unwrap();
-        (ClientConnection::new(Transport::Plain(ours), addr), peer)
+        let place = AddressPlace::uncounted(addr.ip());
+        (
+            ClientConnection::new(Transport::Plain(ours), addr, place),
+            peer,
+        )
     }
 
     #[test]

@@ -17,7 +17,7 @@ use mio::event::Event;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token};
 
-use crate::access::PerAddress;
+use crate::access::{AddressPlace, PerAddress};
 use crate::batch::Batch;
 use crate::bridge::{Bridge, BridgeCounters};
 use crate::config::Config;
@@ -69,6 +69,14 @@ const ACCEPT_BUDGET: usize = 64;
 /// How long to wait before accepting again after running out of descriptors (the listener
 /// will not signal again for connections already queued).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Where a connection in its TLS handshake goes afterwards, and its place in its address's
+/// count (given back if the handshake fails).
+#[derive(Debug)]
+struct Admitting {
+    which: Listener,
+    place: AddressPlace,
+}
+
 /// Accepting paused after running out of descriptors.
 struct AcceptPause {
     /// When to try again (sooner if a client leaves).
@@ -126,7 +134,7 @@ pub struct EventLoop {
     /// The TLS configuration new connections get (replaced on SIGHUP), with `--tls-cert`.
     tls: Option<Arc<rustls::ServerConfig>>,
     /// New connections in their TLS handshake, and the listener each came through.
-    handshakes: Handshakes<Listener>,
+    handshakes: Handshakes<Admitting>,
     /// Handshake steps left in this turn, and handshakes waiting for the next turn's.
     handshake_budget: usize,
     deferred_handshakes: Vec<Token>,
@@ -814,7 +822,6 @@ impl EventLoop {
             debug!("token {}: SO_LINGER: {e}", token.0);
         }
         self.stats.disconnected(reason, connection.is_websocket());
-        self.per_address.remove(connection.peer().ip());
         info!(
             "client {} disconnected (token {}): {reason}",
             connection.peer(),
@@ -904,7 +911,6 @@ impl EventLoop {
         }
         self.web_requests.expire(now, self.poll.registry());
         self.handshakes.expire(now, self.poll.registry());
-        self.release_closed_connections();
         self.web_requests.log_summary(now);
         if let (Some(at), Some(every)) = (self.next_liveness_check, self.config.ws_ping)
             && at <= now

@@ -11,12 +11,13 @@
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, trace};
 use mio::{Interest, Registry, Token};
 
+use crate::access::AddressPlace;
 use crate::deadlines::Deadlines;
 use crate::log_limit::RateLimit;
 use crate::logger;
@@ -289,6 +290,8 @@ enum Stage {
 struct Pending {
     transport: Transport,
     peer: SocketAddr,
+    /// Its place in its address's count, given back when it is closed here.
+    place: AddressPlace,
     head: Vec<u8>,
     stage: Stage,
     /// Bytes read and thrown away after the answer (at most `MAX_DISCARDED`).
@@ -304,8 +307,6 @@ pub struct PendingRequests {
     counters: HttpCounters,
     /// Refusals and timeouts are logged at most `REFUSALS_LOGGED` a second, then summed up.
     refusal_log: RateLimit,
-    /// Addresses of connections closed since the loop last asked.
-    closed: Vec<IpAddr>,
     /// Connections whose head reading spent its budget with input unread: no event will
     /// say so, so the loop moves them on in its next turn.
     unfinished: Vec<Token>,
@@ -318,7 +319,6 @@ impl Default for PendingRequests {
             deadlines: Deadlines::new(REQUEST_TIMEOUT),
             counters: HttpCounters::default(),
             refusal_log: RateLimit::with_burst(REFUSALS_LOGGED),
-            closed: Vec::new(),
             unfinished: Vec::new(),
         }
     }
@@ -350,10 +350,17 @@ impl PendingRequests {
     /// Takes a newly accepted connection, already registered (READABLE) under `token` and
     /// through its TLS handshake if any. The caller then calls [`Self::on_ready`] at once:
     /// TLS may hold the request's first bytes already.
-    pub fn admit(&mut self, transport: Transport, peer: SocketAddr, token: Token) {
+    pub fn admit(
+        &mut self,
+        transport: Transport,
+        peer: SocketAddr,
+        place: AddressPlace,
+        token: Token,
+    ) {
         let pending = Pending {
             transport,
             peer,
+            place,
             head: Vec::new(),
             stage: Stage::Reading,
             discarded: 0,
@@ -442,10 +449,10 @@ impl PendingRequests {
     }
 
     /// Hands an upgraded connection to the loop: its transport (still registered under
-    /// `token`) and peer.
-    pub fn take_upgrade(&mut self, token: Token) -> Option<(Transport, SocketAddr)> {
+    /// `token`), peer and address place.
+    pub fn take_upgrade(&mut self, token: Token) -> Option<(Transport, SocketAddr, AddressPlace)> {
         let pending = self.requests.remove(&token)?;
-        Some((pending.transport, pending.peer))
+        Some((pending.transport, pending.peer, pending.place))
     }
 
     /// Closes connections whose deadline passed; a client that had not finished its request
@@ -551,14 +558,7 @@ impl PendingRequests {
     fn close(&mut self, token: Token, registry: &Registry) {
         if let Some(mut pending) = self.requests.remove(&token) {
             let _ = registry.deregister(pending.transport.tcp_mut());
-            self.closed.push(pending.peer.ip());
         }
-    }
-
-    /// The addresses of connections closed here since the last call (for the loop's
-    /// per-address counts; an upgraded connection is not among them: it lives on).
-    pub fn take_closed(&mut self) -> Vec<IpAddr> {
-        std::mem::take(&mut self.closed)
     }
 }
 

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,7 +147,8 @@ struct Handshake<K> {
 pub struct Handshaken<K> {
     pub transport: Transport,
     pub peer: SocketAddr,
-    /// What the caller said when it started the handshake (e.g. which listener).
+    /// What the caller said when it started the handshake (e.g. which listener, and the
+    /// connection's place in its address's count: dropped with a failed handshake).
     pub kind: K,
 }
 
@@ -171,8 +172,6 @@ pub struct Handshakes<K> {
     pending: HashMap<Token, Handshake<K>>,
     deadlines: Deadlines,
     failure_log: RateLimit,
-    /// Addresses of handshakes ended without success since the loop last asked.
-    closed: Vec<IpAddr>,
 }
 
 impl<K> Default for Handshakes<K> {
@@ -181,7 +180,6 @@ impl<K> Default for Handshakes<K> {
             pending: HashMap::new(),
             deadlines: Deadlines::new(HANDSHAKE_TIMEOUT),
             failure_log: RateLimit::with_burst(FAILURES_LOGGED),
-            closed: Vec::new(),
         }
     }
 }
@@ -255,7 +253,6 @@ impl<K> Handshakes<K> {
                 // while records still wait, and an edge would be lost.
                 let both = mio::Interest::READABLE | mio::Interest::WRITABLE;
                 if let Err(e) = registry.reregister(done.transport.tcp_mut(), token, both) {
-                    self.closed.push(done.peer.ip());
                     info!("tls: {} lost after its handshake: {e}", done.peer);
                     return HandshakeStep::Gone;
                 }
@@ -306,22 +303,14 @@ impl<K> Handshakes<K> {
     pub fn close_all(&mut self, registry: &Registry) {
         for (_, mut handshake) in self.pending.drain() {
             let _ = registry.deregister(handshake.transport.tcp_mut());
-            self.closed.push(handshake.peer.ip());
         }
         self.deadlines.clear();
-    }
-
-    /// The addresses of handshakes that failed since the last call (for the loop's
-    /// per-address counts; a completed handshake is not among them: it lives on).
-    pub fn take_closed(&mut self) -> Vec<IpAddr> {
-        std::mem::take(&mut self.closed)
     }
 
     fn fail(&mut self, token: Token, why: &str, registry: &Registry) {
         let Some(mut handshake) = self.pending.remove(&token) else {
             return;
         };
-        self.closed.push(handshake.peer.ip());
         if self.failure_log.admit(Instant::now()) {
             info!("tls: handshake with {} failed: {why}", handshake.peer);
         }

@@ -15,8 +15,10 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{
-    ACCEPT_RETRY, AcceptPause, EventLoop, HandOut, Listener, PAGE, is_per_connection_accept_error,
+    ACCEPT_RETRY, AcceptPause, Admitting, EventLoop, HandOut, Listener, PAGE,
+    is_per_connection_accept_error,
 };
+use crate::access::AddressPlace;
 use crate::bridge::Bridge;
 use crate::connection::{self, ClientConnection};
 use crate::http::{self, Request, Route};
@@ -66,13 +68,13 @@ impl EventLoop {
         }
         // Every connection from an address counts against --max-clients-per-ip from its
         // accept (handshakes and web requests too), so one host cannot crowd others out.
-        self.release_closed_connections();
-        if let Some(why) = self.over_per_address_limit(peer) {
-            return self.refuse_over_limit(stream, which, &why);
-        }
+        // Its place goes with it through every stage, and back when it is dropped.
+        let place = match self.take_address_place(peer) {
+            Ok(place) => place,
+            Err(why) => return self.refuse_over_limit(stream, which, &why),
+        };
         if self.tls.is_some() && self.handshakes.len() >= self.config.max_clients {
             // Handshakes are bounded like clients; this one is closed unanswered.
-            self.per_address.remove(peer.ip());
             self.stats.refused_server_full += 1;
             if self.refusal_log.admit(Instant::now()) {
                 info!(
@@ -92,20 +94,22 @@ impl EventLoop {
             .registry()
             .register(&mut stream, token, Interest::READABLE)
         {
-            self.per_address.remove(peer.ip());
             warn!("{peer}: cannot register with the poller, dropping it: {e}");
             return;
         }
         match &self.tls {
             Some(config) => {
-                if let Err(e) = self.handshakes.start(stream, config, peer, token, which) {
-                    self.per_address.remove(peer.ip());
+                let admitting = Admitting { which, place };
+                if let Err(e) = self
+                    .handshakes
+                    .start(stream, config, peer, token, admitting)
+                {
                     warn!("{peer}: cannot start TLS, dropping it: {e}");
                     return;
                 }
                 self.on_handshake_event(token);
             }
-            None => self.admit(Transport::Plain(stream), peer, token, which),
+            None => self.admit(Transport::Plain(stream), peer, place, token, which),
         }
     }
 
@@ -123,14 +127,6 @@ impl EventLoop {
         self.refuse_with(Transport::Plain(stream), &message);
     }
 
-    /// Gives back the per-address counts of connections the handshake and web rooms closed.
-    pub(super) fn release_closed_connections(&mut self) {
-        let closed = self.web_requests.take_closed().into_iter();
-        for ip in closed.chain(self.handshakes.take_closed()) {
-            self.per_address.remove(ip);
-        }
-    }
-
     /// Moves a TLS handshake on; admits the connection once it is done.
     /// At most `HANDSHAKE_BUDGET` steps a turn (a step may cost a signature, and reads at
     /// most `transport::HANDSHAKE_STEP_COST`): a flood of ClientHellos waits its turn
@@ -144,7 +140,8 @@ impl EventLoop {
         trace!("token {}: handshake step", token.0);
         match self.handshakes.on_ready(token, self.poll.registry()) {
             HandshakeStep::Complete(done) => {
-                self.admit(done.transport, done.peer, token, done.kind)
+                let Admitting { which, place } = done.kind;
+                self.admit(done.transport, done.peer, place, token, which)
             }
             // Its step's work bound was reached: input waits that no event will announce.
             HandshakeStep::Unfinished => self.deferred_handshakes.push(token),
@@ -177,12 +174,13 @@ impl EventLoop {
         &mut self,
         transport: Transport,
         peer: SocketAddr,
+        place: AddressPlace,
         token: Token,
         which: Listener,
     ) {
         match which {
-            Listener::Lines => self.admit_lines(transport, peer, token),
-            Listener::Web => self.admit_web(transport, peer, token),
+            Listener::Lines => self.admit_lines(transport, peer, place, token),
+            Listener::Web => self.admit_web(transport, peer, place, token),
         }
     }
 
@@ -198,7 +196,13 @@ impl EventLoop {
     /// Makes a connection a line client, or refuses it with an `ERR` line when the server is
     /// full or its address has `--max-clients-per-ip` already. Clients that are leaving do
     /// not count.
-    pub(super) fn admit_lines(&mut self, transport: Transport, peer: SocketAddr, token: Token) {
+    pub(super) fn admit_lines(
+        &mut self,
+        transport: Transport,
+        peer: SocketAddr,
+        place: AddressPlace,
+        token: Token,
+    ) {
         let max_clients = self.config.max_clients;
         if self.connections.len() - self.leaving >= max_clients {
             self.stats.refused_server_full += 1;
@@ -206,7 +210,6 @@ impl EventLoop {
                 info!("refused {peer}: server full ({max_clients} clients)");
             }
             let message = format!("ERR server full (max {max_clients} clients)\n");
-            self.per_address.remove(peer.ip());
             return self.refuse_with(transport, message.as_bytes());
         }
         // TLS may hold the client's first bytes already: no readiness event will say so.
@@ -215,7 +218,7 @@ impl EventLoop {
         // when it was framed.
         self.distribute_everything_framed();
         self.connections
-            .insert(token, ClientConnection::new(transport, peer));
+            .insert(token, ClientConnection::new(transport, peer, place));
         self.stats.connected(false);
         info!("client {peer} connected (token {})", token.0);
         self.replay_history(token);
@@ -238,10 +241,10 @@ impl EventLoop {
         let _ = transport.shutdown_write();
     }
 
-    /// Counts one more client from `peer`'s address, or says why not (logged, counted).
-    pub(super) fn over_per_address_limit(&mut self, peer: SocketAddr) -> Option<String> {
-        if self.per_address.try_add(peer.ip()) {
-            return None;
+    /// A place for one more connection from `peer`'s address, or why not (logged, counted).
+    pub(super) fn take_address_place(&mut self, peer: SocketAddr) -> Result<AddressPlace, String> {
+        if let Some(place) = self.per_address.try_take(peer.ip()) {
+            return Ok(place);
         }
         self.stats.refused_per_address += 1;
         let why = format!(
@@ -252,12 +255,18 @@ impl EventLoop {
         if self.access_log.admit(Instant::now()) {
             info!("refused {peer}: {why}");
         }
-        Some(why)
+        Err(why)
     }
 
     /// Takes a web connection: its request is read as it arrives. Requests in progress are
     /// limited to `--max-clients` too; past that a connection gets a 503 at once.
-    pub(super) fn admit_web(&mut self, transport: Transport, peer: SocketAddr, token: Token) {
+    pub(super) fn admit_web(
+        &mut self,
+        transport: Transport,
+        peer: SocketAddr,
+        place: AddressPlace,
+        token: Token,
+    ) {
         if self.web_requests.len() >= self.config.max_clients {
             self.stats.refused_server_full += 1;
             if self.refusal_log.admit(Instant::now()) {
@@ -267,10 +276,9 @@ impl EventLoop {
                 );
             }
             let refusal = http::refusal(http::SERVICE_UNAVAILABLE, "too many requests in progress");
-            self.per_address.remove(peer.ip());
             return self.refuse_with(transport, &http::refusal_response(&refusal));
         }
-        self.web_requests.admit(transport, peer, token);
+        self.web_requests.admit(transport, peer, place, token);
         // Through TLS the request may be here already, with no readiness event to say so.
         self.on_web_event(token);
     }
@@ -359,12 +367,12 @@ impl EventLoop {
             return;
         }
         self.distribute_everything_framed();
-        // Its per-address count, taken at the accept, goes on with it.
-        let Some((transport, peer)) = self.web_requests.take_upgrade(token) else {
+        // Its place in its address's count, taken at the accept, goes on with it.
+        let Some((transport, peer, place)) = self.web_requests.take_upgrade(token) else {
             return;
         };
         let handshake = http::upgrade_response(key);
-        let connection = ClientConnection::new_websocket(transport, peer, &handshake);
+        let connection = ClientConnection::new_websocket(transport, peer, place, &handshake);
         self.connections.insert(token, connection);
         self.stats.connected(true);
         info!("websocket client {peer} connected (token {})", token.0);
