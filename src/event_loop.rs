@@ -28,7 +28,8 @@ use crate::history::History;
 use crate::hold_timer::HoldTimer;
 use crate::http::PendingRequests;
 use crate::log_limit::RateLimit;
-use crate::shutdown::{Shutdown, StopSignals};
+use crate::shutdown::Shutdown;
+use crate::signals::{Signal, Signals};
 
 mod admission;
 mod graceful_shutdown;
@@ -140,7 +141,7 @@ pub struct EventLoop {
     deferred_handshakes: Vec<Token>,
     /// The last lines handed out, for newcomers (`--history`).
     history: Option<History>,
-    signals: StopSignals,
+    signals: Signals,
     /// Fires when a batch held for coalescing is due.
     hold_timer: HoldTimer,
     config: Config,
@@ -221,8 +222,7 @@ impl EventLoop {
             }
             None => None,
         };
-        let signals =
-            StopSignals::register(poll.registry(), SIGNALS).map_err(ServerError::Signals)?;
+        let signals = Signals::register(poll.registry(), SIGNALS).map_err(ServerError::Signals)?;
         let hold_timer =
             HoldTimer::register(poll.registry(), HOLD_TIMER).map_err(ServerError::Poll)?;
         let bridge = match &config.nats {
@@ -862,11 +862,12 @@ impl EventLoop {
     /// Handles SIGINT/SIGTERM: the first starts a graceful shutdown, any later one (even
     /// delivered together with the first) ends it.
     fn on_signals(&mut self) -> Option<Exit> {
-        for name in self.signals.take() {
-            if name == "SIGHUP" {
+        for signal in self.signals.take() {
+            if signal == Signal::Reload {
                 self.reload_tls();
                 continue;
             }
+            let name = signal.name();
             if self.shutdown.is_some() {
                 warn!(
                     "received {name} again: exiting now, dropping output for {} clients",

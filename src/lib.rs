@@ -8,8 +8,9 @@
 //! as little as possible: how bytes travel ([`transport`], [`tls`]), how lines look on the
 //! wire ([`websocket`], [`framed_batch`]), the web listener's HTTP stage ([`http`]), who
 //! may connect ([`access`]), which web pages may open a WebSocket ([`origin`]), the NATS
-//! bridge ([`bridge`]), the replay for newcomers ([`history`]), the counters ([`stats`])
-//! and the one door every log line passes ([`logger`]: escaped, bounded, rate-limited).
+//! bridge ([`bridge`]), the replay for newcomers ([`history`]), the counters ([`stats`]),
+//! signals as poll events ([`signals`]), the graceful stop ([`shutdown`]), and the one door
+//! every log line passes ([`logger`]: escaped, bounded, rate-limited).
 //! `main.rs` only turns flags into a [`Config`] and reports errors.
 
 pub mod access;
@@ -30,6 +31,7 @@ pub mod log_limit;
 pub mod logger;
 pub mod origin;
 pub mod shutdown;
+pub mod signals;
 pub mod socket_queues;
 pub mod stats;
 pub mod tls;
