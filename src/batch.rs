@@ -9,12 +9,20 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use mio::Token;
+/// Who sent a stretch of the batch. The batch knows no sockets: the loop names its clients
+/// by their own numbers (it uses their poll tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Sender {
+    /// A client of this server.
+    Client(usize),
+    /// Another instance, through NATS: its lines go to every client here.
+    Remote,
+}
 
-/// A stretch of the batch sent by one client.
+/// A stretch of the batch sent by one sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Run {
-    sender: Token,
+    sender: Sender,
     start: usize,
     end: usize,
     lines: usize,
@@ -94,7 +102,7 @@ impl Batch {
 
     /// Notes that `sender` appended everything after `start` (`lines` lines). Consecutive
     /// appends by one sender merge into one run.
-    pub fn record(&mut self, sender: Token, start: usize, lines: usize) {
+    pub fn record(&mut self, sender: Sender, start: usize, lines: usize) {
         let end = self.bytes.len();
         if end == start {
             return;
@@ -167,7 +175,7 @@ pub struct SenderShare<'a> {
 }
 
 impl<'a> SenderShare<'a> {
-    pub fn sender(&self) -> Token {
+    pub fn sender(&self) -> Sender {
         self.batch.runs[self.own[0]].sender
     }
 
@@ -260,7 +268,7 @@ mod tests {
         let start = batch.len();
         batch.bytes_for(bytes.len()).extend_from_slice(bytes);
         let lines = bytes.iter().filter(|&&b| b == b'\n').count();
-        batch.record(Token(sender), start, lines);
+        batch.record(Sender::Client(sender), start, lines);
     }
 
     fn batch() -> Batch {
@@ -274,7 +282,10 @@ mod tests {
             .senders()
             .map(|s| {
                 let parts = s.parts().map(<[u8]>::to_vec).collect();
-                (s.sender().0, s.lines_for_sender(), parts)
+                let Sender::Client(sender) = s.sender() else {
+                    unreachable!("the tests record clients only")
+                };
+                (sender, s.lines_for_sender(), parts)
             })
             .collect()
     }

@@ -18,7 +18,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use crate::access::{AddressPlace, PerAddress};
-use crate::batch::Batch;
+use crate::batch::{Batch, Sender};
 use crate::bridge::{Bridge, BridgeCounters};
 use crate::config::Config;
 use crate::connection::{ClientConnection, DisconnectReason, Liveness, Phase, ReadEnd, ReadReport};
@@ -46,9 +46,6 @@ const WEB_LISTENER: Token = Token(4);
 const FIRST_CLIENT: usize = 5;
 /// The live page served at `/`.
 const PAGE: &str = include_str!("page.html");
-/// The sender recorded for lines that came from NATS: no client has it, so every client
-/// receives them, and they are never published again.
-const FROM_NATS: Token = Token(usize::MAX);
 /// Most messages from NATS taken per turn, so that a flooding instance cannot starve this
 /// one's clients, timers or signals; the rest wait in the bridge's bounded queue.
 const NATS_BYTES_PER_TURN: usize = READ_BUDGET;
@@ -464,7 +461,8 @@ impl EventLoop {
             max_line,
             self.batch.bytes_for(incoming),
         );
-        self.batch.record(token, start, report.lines);
+        self.batch
+            .record(Sender::Client(token.0), start, report.lines);
         self.stats.bytes_in += report.framed as u64;
         self.stats.lines_in += report.lines as u64;
         trace!(
@@ -647,7 +645,10 @@ impl EventLoop {
         if !self.config.echo {
             let mut slices = Vec::new();
             for share in self.batch.senders() {
-                let token = share.sender();
+                let Sender::Client(client) = share.sender() else {
+                    continue; // lines from NATS: their sender is not here
+                };
+                let token = Token(client);
                 let Some(connection) = self.connections.get_mut(&token) else {
                     continue;
                 };
@@ -710,7 +711,7 @@ impl EventLoop {
         match self
             .batch
             .senders()
-            .find(|share| share.sender() == FROM_NATS)
+            .find(|share| share.sender() == Sender::Remote)
         {
             None => {
                 self.nats_outgoing.extend_from_slice(self.batch.whole());
@@ -774,7 +775,7 @@ impl EventLoop {
                 }
                 let start = self.batch.len();
                 self.batch.bytes_for(line.len()).extend_from_slice(line);
-                self.batch.record(FROM_NATS, start, 1);
+                self.batch.record(Sender::Remote, start, 1);
                 if let Some(bridge) = &self.bridge {
                     bridge.count_received(1);
                 }
@@ -854,7 +855,7 @@ impl EventLoop {
         {
             let start = self.batch.len();
             self.batch.bytes_for(line.len()).extend_from_slice(&line);
-            self.batch.record(token, start, 1);
+            self.batch.record(Sender::Client(token.0), start, 1);
             self.stats.lines_in += 1;
         }
     }

@@ -89,7 +89,7 @@ impl FramedBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mio::Token;
+    use crate::batch::Sender;
     use std::time::Duration;
 
     #[test]
@@ -104,7 +104,7 @@ mod tests {
             let start = batch.len();
             batch.bytes_for(bytes.len()).extend_from_slice(bytes);
             let lines = bytes.iter().filter(|&&b| b == b'\n').count();
-            batch.record(Token(sender), start, lines);
+            batch.record(Sender::Client(sender), start, lines);
         }
         let mut framed = FramedBatch::default();
         framed.build(&batch);
@@ -121,13 +121,19 @@ mod tests {
             .concat()
         );
         batch.index_senders();
-        let one = batch.senders().find(|s| s.sender() == Token(1)).unwrap();
+        let one = batch
+            .senders()
+            .find(|s| s.sender() == Sender::Client(1))
+            .unwrap();
         let parts: Vec<&[u8]> = framed.parts_for(&one).collect();
         assert_eq!(
             parts,
             [[text(b"b1"), vec![0x82, 1, 0xff]].concat(), text(b"c1")]
         );
-        let three = batch.senders().find(|s| s.sender() == Token(3)).unwrap();
+        let three = batch
+            .senders()
+            .find(|s| s.sender() == Sender::Client(3))
+            .unwrap();
         assert_eq!(
             framed.parts_for(&three).collect::<Vec<_>>().concat(),
             &framed.whole()[..framed.whole().len() - 4]

@@ -23,6 +23,7 @@ use log::{debug, info, warn};
 use mio::Token;
 
 use super::{EventLoop, READ_BUDGET};
+use crate::batch::Sender;
 use crate::connection::{ClientConnection, DisconnectReason, ReadEnd, ReadReport};
 use crate::shutdown::{Finale, Shutdown};
 
@@ -241,7 +242,7 @@ impl EventLoop {
         let out = self.batch.bytes_for(connection.unfinished_line_len() + 1);
         let mut lines = connection.read_rest_of_line(&mut self.scratch, max_line, out);
         lines += connection.finish_partial_line(out);
-        self.batch.record(token, start, lines);
+        self.batch.record(Sender::Client(token.0), start, lines);
         self.stats.bytes_in += (self.batch.len() - start) as u64;
         self.stats.lines_in += lines as u64;
     }
