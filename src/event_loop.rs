@@ -109,6 +109,85 @@ enum Listener {
     Web = 1,
 }
 
+/// One broadcast: the lines framed since the last hand-out, their WebSocket framing, the
+/// lines kept for newcomers, the timer of a held batch, and the unfinished lines of clients
+/// closed meanwhile. The loop has one; rooms will make many.
+struct Broadcast {
+    /// The batch as WebSocket frames, built at a hand-out only when WebSocket clients
+    /// receive it.
+    framed: FramedBatch,
+    /// The last lines handed out, for newcomers (`--history`).
+    history: Option<History>,
+    /// Fires when a batch held for coalescing is due.
+    hold_timer: HoldTimer,
+    /// Lines framed since the last hand-out.
+    batch: Batch,
+    /// Numbers the hand-outs of the batch.
+    hand_outs: u64,
+    /// Unfinished lines (with a `\n` added) of clients closed other than by their own
+    /// hang-up, waiting for room in the batch: moved here so a burst of closes cannot grow
+    /// the batch past its bound.
+    leftover_lines: VecDeque<(Token, Vec<u8>)>,
+}
+
+/// The TLS stage: the configuration new connections get (replaced on SIGHUP), the
+/// handshakes under way, and how many steps this turn may still take.
+struct TlsStage {
+    /// The TLS configuration new connections get (replaced on SIGHUP), with `--tls-cert`.
+    config: Option<Arc<rustls::ServerConfig>>,
+    /// New connections in their TLS handshake, and the listener each came through.
+    handshakes: Handshakes<Admitting>,
+    /// Handshake steps left in this turn, and handshakes waiting for the next turn's.
+    budget: usize,
+    deferred: Vec<Token>,
+}
+
+/// The loop's side of the NATS bridge (`--nats`): the bridge thread's handle, whether
+/// lines from NATS wait beyond this turn's intake, and local lines gathered for the next
+/// publish.
+struct NatsLink {
+    /// The NATS bridge, with `--nats`.
+    bridge: Option<Bridge>,
+    /// Messages from NATS may be waiting (the waker fired, or the last turn's budget ran out).
+    waiting: bool,
+    /// This turn's local lines for NATS, handed to the bridge once at the end of the turn.
+    outgoing: Vec<u8>,
+    outgoing_lines: usize,
+}
+
+/// Admission's state: per-address places (`--max-clients-per-ip`), this turn's accept
+/// budget, a pause after running out of descriptors, and the rate limits of the lines
+/// that refusals and accept failures log.
+struct Admission {
+    /// Clients per address, for `--max-clients-per-ip`.
+    per_address: PerAddress,
+    /// Set while accepting is paused after running out of descriptors.
+    pause: Option<AcceptPause>,
+    /// Accepts left in this turn (both listeners share it).
+    budget: usize,
+    /// Per listener: connections may be waiting (its event came this poll, or the accept
+    /// budget ran out before it was empty: no new edge will come for those).
+    more_to_accept: [bool; 2],
+    failure_log: RateLimit,
+    /// Connections denied or refused by address: 20 lines a second, then summed.
+    access_log: RateLimit,
+    /// Refusals of a full server, accept failures, and warnings about misbehaving clients
+    /// (slow consumers, over-long lines) are logged at most once a second each, then summed.
+    refusal_log: RateLimit,
+}
+
+/// The front door of the web listener (`--http`): connections in their HTTP stage, the
+/// page's Content-Security-Policy, and when WebSocket clients are next checked for life.
+struct WebFront {
+    /// Web connections that have not become WebSocket clients (reading their request,
+    /// being answered).
+    requests: PendingRequests,
+    /// The page's Content-Security-Policy (see [`page_policy`]).
+    page_policy: String,
+    /// When WebSocket clients are next checked for silence (with `--http`).
+    next_liveness_check: Option<Instant>,
+}
+
 /// The server: listener, clients, and the state of one turn.
 pub struct EventLoop {
     poll: Poll,
@@ -117,43 +196,27 @@ pub struct EventLoop {
     local_addr: SocketAddr,
     /// The web listener, with `--http` (`None` without it, or once shutdown has begun).
     web_listener: Option<TcpListener>,
-    /// Web connections that have not become WebSocket clients (reading their request,
-    /// being answered).
-    web_requests: PendingRequests,
-    /// The batch as WebSocket frames, built at a hand-out only when WebSocket clients
-    /// receive it.
-    framed: FramedBatch,
-    /// The page's Content-Security-Policy (see [`page_policy`]).
-    page_policy: String,
-    /// When WebSocket clients are next checked for silence (with `--http`).
-    next_liveness_check: Option<Instant>,
-    /// Clients per address, for `--max-clients-per-ip`.
-    per_address: PerAddress,
-    /// The TLS configuration new connections get (replaced on SIGHUP), with `--tls-cert`.
-    tls: Option<Arc<rustls::ServerConfig>>,
-    /// New connections in their TLS handshake, and the listener each came through.
-    handshakes: Handshakes<Admitting>,
-    /// Handshake steps left in this turn, and handshakes waiting for the next turn's.
-    handshake_budget: usize,
-    deferred_handshakes: Vec<Token>,
-    /// The last lines handed out, for newcomers (`--history`).
-    history: Option<History>,
     signals: Signals,
-    /// Fires when a batch held for coalescing is due.
-    hold_timer: HoldTimer,
     config: Config,
     connections: HashMap<Token, ClientConnection>,
     /// Tokens only grow, so a stale event can never reach a newer client.
     next_token: usize,
-    /// Lines framed since the last hand-out.
-    batch: Batch,
     /// The read buffer shared by all clients; what is not a complete line moves to the
     /// client's own framer.
     scratch: Box<[u8]>,
     /// Numbers the turns: each client is read at most once per turn.
     turn: u64,
-    /// Numbers the hand-outs of the batch.
-    hand_outs: u64,
+    /// Who gets in, how fast: per-address places, the accept budget and pause, their logs.
+    admission: Admission,
+    /// TLS: the configuration new connections get, and the handshakes under way.
+    tls: TlsStage,
+    /// The web listener's front door (`--http`): requests in their HTTP stage, the page's
+    /// policy, the pings' schedule.
+    web: WebFront,
+    /// The one broadcast: its batch, framing, history and hold.
+    broadcast: Broadcast,
+    /// The NATS bridge (`--nats`) and what waits to go to it.
+    nats: NatsLink,
     /// Clients whose read budget ran out with input possibly still waiting.
     unfinished_readers: Vec<Token>,
     /// Clients that are leaving but still have output to flush.
@@ -162,34 +225,10 @@ pub struct EventLoop {
     leaving: usize,
     /// Clients to close once the current pass over the map is done.
     doomed: Vec<(Token, DisconnectReason)>,
-    /// Unfinished lines (with a `\n` added) of clients closed other than by their own
-    /// hang-up, waiting for room in the batch: moved here so a burst of closes cannot grow
-    /// the batch past its bound.
-    leftover_lines: VecDeque<(Token, Vec<u8>)>,
-    /// Set while accepting is paused after running out of descriptors.
-    accept_pause: Option<AcceptPause>,
-    /// Accepts left in this turn (both listeners share it).
-    accept_budget: usize,
-    /// Per listener: connections may be waiting (its event came this poll, or the accept
-    /// budget ran out before it was empty: no new edge will come for those).
-    more_to_accept: [bool; 2],
     /// `Some` once a stop signal arrived.
     shutdown: Option<Shutdown>,
     stats: Stats,
     next_stats_at: Option<Instant>,
-    /// The NATS bridge, with `--nats`.
-    bridge: Option<Bridge>,
-    /// Messages from NATS may be waiting (the waker fired, or the last turn's budget ran out).
-    nats_waiting: bool,
-    /// This turn's local lines for NATS, handed to the bridge once at the end of the turn.
-    nats_outgoing: Vec<u8>,
-    nats_outgoing_lines: usize,
-    /// Refusals of a full server, accept failures, and warnings about misbehaving clients
-    /// (slow consumers, over-long lines) are logged at most once a second each, then summed.
-    refusal_log: RateLimit,
-    /// Connections denied or refused by address: 20 lines a second, then summed.
-    access_log: RateLimit,
-    accept_failure_log: RateLimit,
     warning_log: RateLimit,
 }
 
@@ -235,52 +274,62 @@ impl EventLoop {
             info!("http listening on {addr}");
         }
         Ok(EventLoop {
-            next_liveness_check: config
-                .ws_ping
-                .filter(|_| web_listener.is_some())
-                .map(|every| Instant::now() + every / 2),
-            per_address: PerAddress::new(config.max_clients_per_ip),
-            tls,
-            handshakes: Handshakes::default(),
-            handshake_budget: HANDSHAKE_BUDGET,
-            deferred_handshakes: Vec::new(),
-            history: config
-                .history
-                .map(|(lines, bytes)| History::new(lines, bytes)),
-            page_policy: admission::page_policy(PAGE),
+            web: WebFront {
+                requests: PendingRequests::default(),
+                page_policy: admission::page_policy(PAGE),
+                next_liveness_check: config
+                    .ws_ping
+                    .filter(|_| web_listener.is_some())
+                    .map(|every| Instant::now() + every / 2),
+            },
+            admission: Admission {
+                per_address: PerAddress::new(config.max_clients_per_ip),
+                pause: None,
+                budget: ACCEPT_BUDGET,
+                more_to_accept: [false; 2],
+                failure_log: RateLimit::default(),
+                access_log: RateLimit::with_burst(ACCESS_LINES_LOGGED),
+                refusal_log: RateLimit::default(),
+            },
+            nats: NatsLink {
+                bridge,
+                waiting: false,
+                outgoing: Vec::new(),
+                outgoing_lines: 0,
+            },
+            tls: TlsStage {
+                config: tls,
+                handshakes: Handshakes::default(),
+                budget: HANDSHAKE_BUDGET,
+                deferred: Vec::new(),
+            },
+            broadcast: Broadcast {
+                history: config
+                    .history
+                    .map(|(lines, bytes)| History::new(lines, bytes)),
+                framed: FramedBatch::default(),
+                hold_timer,
+                batch: Batch::new(config.batch_limit(), config.max_line, config.coalesce),
+                hand_outs: 0,
+                leftover_lines: VecDeque::new(),
+            },
             web_listener,
-            web_requests: PendingRequests::default(),
-            framed: FramedBatch::default(),
-            bridge,
-            nats_waiting: false,
-            nats_outgoing: Vec::new(),
-            nats_outgoing_lines: 0,
             poll,
             listener: Some(listener),
             local_addr,
             signals,
-            hold_timer,
             next_stats_at: config.stats_interval.map(|every| Instant::now() + every),
-            batch: Batch::new(config.batch_limit(), config.max_line, config.coalesce),
             config,
             connections: HashMap::new(),
             next_token: FIRST_CLIENT,
             scratch: vec![0; READ_BUDGET].into_boxed_slice(),
             turn: 0,
-            hand_outs: 0,
             unfinished_readers: Vec::new(),
             draining: Vec::new(),
             leaving: 0,
             doomed: Vec::new(),
-            leftover_lines: VecDeque::new(),
-            accept_pause: None,
-            accept_budget: ACCEPT_BUDGET,
-            more_to_accept: [false; 2],
             shutdown: None,
             stats: Stats::default(),
-            refusal_log: RateLimit::default(),
-            access_log: RateLimit::with_burst(ACCESS_LINES_LOGGED),
-            accept_failure_log: RateLimit::default(),
             warning_log: RateLimit::default(),
         })
     }
@@ -301,8 +350,8 @@ impl EventLoop {
                 return Err(ServerError::Poll(e));
             }
             self.turn += 1;
-            self.accept_budget = ACCEPT_BUDGET;
-            self.handshake_budget = HANDSHAKE_BUDGET;
+            self.admission.budget = ACCEPT_BUDGET;
+            self.tls.budget = HANDSHAKE_BUDGET;
             trace!("turn {}: {} events", self.turn, events.iter().count());
             let carried_readers = std::mem::take(&mut self.unfinished_readers);
             self.serve_deferred_handshakes();
@@ -311,12 +360,12 @@ impl EventLoop {
                 break exit;
             }
             self.serve_unfinished_readers(carried_readers);
-            if self.nats_waiting {
+            if self.nats.waiting {
                 self.take_lines_from_nats();
             }
             for (listener, more) in [Listener::Lines, Listener::Web]
                 .into_iter()
-                .zip(self.more_to_accept)
+                .zip(self.admission.more_to_accept)
             {
                 if more {
                     self.accept_all(listener);
@@ -337,7 +386,7 @@ impl EventLoop {
             Exit::Graceful => NATS_FINAL_FLUSH,
             Exit::Forced => Duration::ZERO,
         };
-        let nats = self.bridge.take().map(|bridge| bridge.finish(flush));
+        let nats = self.nats.bridge.take().map(|bridge| bridge.finish(flush));
         info!("{}", self.stats_line(nats.as_deref()));
         Ok(exit)
     }
@@ -350,10 +399,10 @@ impl EventLoop {
     fn handle_events(&mut self, events: &Events) -> Option<Exit> {
         for event in events.iter() {
             match event.token() {
-                LISTENER => self.more_to_accept[Listener::Lines as usize] = true,
-                WEB_LISTENER => self.more_to_accept[Listener::Web as usize] = true,
-                HOLD_TIMER => self.hold_timer.acknowledge(),
-                BRIDGE => self.nats_waiting = true,
+                LISTENER => self.admission.more_to_accept[Listener::Lines as usize] = true,
+                WEB_LISTENER => self.admission.more_to_accept[Listener::Web as usize] = true,
+                HOLD_TIMER => self.broadcast.hold_timer.acknowledge(),
+                BRIDGE => self.nats.waiting = true,
                 SIGNALS => {
                     if let Some(exit) = self.on_signals() {
                         return Some(exit);
@@ -370,7 +419,7 @@ impl EventLoop {
     fn distribute_everything_framed(&mut self) {
         loop {
             self.distribute();
-            if self.leftover_lines.is_empty() || self.shutdown.is_some() {
+            if self.broadcast.leftover_lines.is_empty() || self.shutdown.is_some() {
                 return;
             }
             self.take_leftover_lines();
@@ -381,10 +430,10 @@ impl EventLoop {
     /// batch of events: that is normal, and the event is ignored.
     fn on_client_event(&mut self, token: Token, event: &Event) {
         if !self.connections.contains_key(&token) {
-            if self.web_requests.contains(token) {
+            if self.web.requests.contains(token) {
                 return self.on_web_event(token);
             }
-            if self.handshakes.contains(token) {
+            if self.tls.handshakes.contains(token) {
                 return self.on_handshake_event(token);
             }
             trace!("event for closed token {} ignored", token.0);
@@ -414,11 +463,11 @@ impl EventLoop {
         }
         // A leaving client's input is discarded: its reads need no room in the batch.
         let budget = if open {
-            READ_BUDGET.min(self.batch.limit())
+            READ_BUDGET.min(self.broadcast.batch.limit())
         } else {
             READ_BUDGET
         };
-        if open && self.batch.room() < budget {
+        if open && self.broadcast.batch.room() < budget {
             self.distribute();
         }
         let Some(report) = self.read_into_batch(token, budget) else {
@@ -450,7 +499,7 @@ impl EventLoop {
     fn read_into_batch(&mut self, token: Token, budget: usize) -> Option<ReadReport> {
         let max_line = self.config.max_line;
         let connection = self.connections.get_mut(&token)?;
-        let start = self.batch.len();
+        let start = self.broadcast.batch.len();
         let incoming = if connection.is_open() {
             budget + connection.unfinished_line_len()
         } else {
@@ -459,9 +508,10 @@ impl EventLoop {
         let report = connection.read_until_would_block(
             &mut self.scratch[..budget],
             max_line,
-            self.batch.bytes_for(incoming),
+            self.broadcast.batch.bytes_for(incoming),
         );
-        self.batch
+        self.broadcast
+            .batch
             .record(Sender::Client(token.0), start, report.lines);
         self.stats.bytes_in += report.framed as u64;
         self.stats.lines_in += report.lines as u64;
@@ -606,13 +656,13 @@ impl EventLoop {
             // At shutdown they go out with the finales, at the finales' pace.
             self.take_leftover_lines();
         }
-        let Some(due) = self.batch.due_at(now) else {
+        let Some(due) = self.broadcast.batch.due_at(now) else {
             return;
         };
         if due <= now {
             self.distribute();
-        } else if !self.hold_timer.is_armed()
-            && let Err(e) = self.hold_timer.arm(due - now)
+        } else if !self.broadcast.hold_timer.is_armed()
+            && let Err(e) = self.broadcast.hold_timer.arm(due - now)
         {
             warn!("cannot arm the coalescing timer ({e}); sending at once");
             self.distribute();
@@ -624,17 +674,17 @@ impl EventLoop {
     /// slice. Clients that keep up get one `writev` straight from the batch; only what the
     /// kernel refuses is copied into a queue. Clients over `--max-queue` are disconnected.
     fn distribute(&mut self) {
-        if self.batch.is_empty() {
+        if self.broadcast.batch.is_empty() {
             return;
         }
-        self.hand_outs += 1;
-        let id = self.hand_outs;
-        if !self.config.echo || self.bridge.is_some() {
-            self.batch.index_senders();
+        self.broadcast.hand_outs += 1;
+        let id = self.broadcast.hand_outs;
+        if !self.config.echo || self.nats.bridge.is_some() {
+            self.broadcast.batch.index_senders();
         }
         self.publish_local_lines();
         if self.stats.websocket_active > 0 {
-            self.framed.build(&self.batch);
+            self.broadcast.framed.build(&self.broadcast.batch);
         }
         let mut hand_out = HandOut {
             registry: self.poll.registry(),
@@ -644,7 +694,7 @@ impl EventLoop {
         };
         if !self.config.echo {
             let mut slices = Vec::new();
-            for share in self.batch.senders() {
+            for share in self.broadcast.batch.senders() {
                 let Sender::Client(client) = share.sender() else {
                     continue; // lines from NATS: their sender is not here
                 };
@@ -655,15 +705,15 @@ impl EventLoop {
                 connection.mark_served_as_sender(id);
                 slices.clear();
                 if connection.is_websocket() {
-                    slices.extend(self.framed.parts_for(&share).map(IoSlice::new));
+                    slices.extend(self.broadcast.framed.parts_for(&share).map(IoSlice::new));
                 } else {
                     slices.extend(share.parts().map(IoSlice::new));
                 }
                 hand_out.deliver(token, connection, &mut slices, share.lines_for_sender());
             }
         }
-        let (whole, lines) = (self.batch.whole(), self.batch.lines());
-        let framed = self.framed.whole();
+        let (whole, lines) = (self.broadcast.batch.whole(), self.broadcast.batch.lines());
+        let framed = self.broadcast.framed.whole();
         for (&token, connection) in self.connections.iter_mut() {
             if !connection.was_served_as_sender(id) {
                 let bytes = if connection.is_websocket() {
@@ -676,15 +726,15 @@ impl EventLoop {
         }
         trace!(
             "hand-out {id}: {} bytes, {} lines",
-            self.batch.len(),
-            self.batch.lines()
+            self.broadcast.batch.len(),
+            self.broadcast.batch.lines()
         );
-        if let Some(history) = &mut self.history {
-            history.keep(self.batch.whole());
+        if let Some(history) = &mut self.broadcast.history {
+            history.keep(self.broadcast.batch.whole());
             self.stats.history = Some((history.lines() as u64, history.len() as u64));
         }
-        self.batch.clear(Instant::now());
-        self.framed.clear();
+        self.broadcast.batch.clear(Instant::now());
+        self.broadcast.framed.clear();
         for (token, reason) in std::mem::take(&mut self.doomed) {
             if let DisconnectReason::SlowConsumer { queued } = reason
                 && let Some(connection) = self.connections.get(&token)
@@ -705,42 +755,45 @@ impl EventLoop {
     /// Copies this hand-out's local lines (not those that came from NATS) into the turn's
     /// buffer for NATS. Call after `Batch::index_senders`.
     fn publish_local_lines(&mut self) {
-        if self.bridge.is_none() {
+        if self.nats.bridge.is_none() {
             return;
         }
         match self
+            .broadcast
             .batch
             .senders()
             .find(|share| share.sender() == Sender::Remote)
         {
             None => {
-                self.nats_outgoing.extend_from_slice(self.batch.whole());
-                self.nats_outgoing_lines += self.batch.lines();
+                self.nats
+                    .outgoing
+                    .extend_from_slice(self.broadcast.batch.whole());
+                self.nats.outgoing_lines += self.broadcast.batch.lines();
             }
             Some(remote) => {
                 for part in remote.parts() {
-                    self.nats_outgoing.extend_from_slice(part);
+                    self.nats.outgoing.extend_from_slice(part);
                 }
-                self.nats_outgoing_lines += remote.lines_for_sender();
+                self.nats.outgoing_lines += remote.lines_for_sender();
             }
         }
         // Many hand-outs in one turn: hand over a batch's worth at a time, so that one send
         // (and the bridge's queue of them) stays bounded in bytes.
-        if self.nats_outgoing.len() >= self.batch.limit() {
+        if self.nats.outgoing.len() >= self.broadcast.batch.limit() {
             self.hand_lines_to_nats();
         }
     }
 
     /// Hands the turn's local lines to the bridge: one non-blocking send per turn.
     fn hand_lines_to_nats(&mut self) {
-        if let Some(bridge) = &self.bridge
-            && !self.nats_outgoing.is_empty()
+        if let Some(bridge) = &self.nats.bridge
+            && !self.nats.outgoing.is_empty()
         {
             bridge.publish(
-                std::mem::take(&mut self.nats_outgoing),
-                self.nats_outgoing_lines,
+                std::mem::take(&mut self.nats.outgoing),
+                self.nats.outgoing_lines,
             );
-            self.nats_outgoing_lines = 0;
+            self.nats.outgoing_lines = 0;
         }
     }
 
@@ -752,38 +805,41 @@ impl EventLoop {
     /// batch keeps its bound.
     fn take_lines_from_nats(&mut self) {
         let max_line = self.config.max_line;
-        self.nats_waiting = false;
+        self.nats.waiting = false;
         if self.shutdown.is_some() {
             return;
         }
         let mut taken = 0;
         while taken < NATS_BYTES_PER_TURN {
             let budget = NATS_BYTES_PER_TURN - taken;
-            let Some(message) = self.bridge.as_mut().and_then(|b| b.take_lines(budget)) else {
+            let Some(message) = self.nats.bridge.as_mut().and_then(|b| b.take_lines(budget)) else {
                 break;
             };
             taken += message.len();
             for line in message.split_inclusive(|&b| b == b'\n') {
                 if line.len() > max_line + 1 {
-                    if let Some(bridge) = &self.bridge {
+                    if let Some(bridge) = &self.nats.bridge {
                         bridge.counters().count_inbound_drop(1);
                     }
                     continue;
                 }
-                if self.batch.room() < line.len() {
+                if self.broadcast.batch.room() < line.len() {
                     self.distribute();
                 }
-                let start = self.batch.len();
-                self.batch.bytes_for(line.len()).extend_from_slice(line);
-                self.batch.record(Sender::Remote, start, 1);
-                if let Some(bridge) = &self.bridge {
+                let start = self.broadcast.batch.len();
+                self.broadcast
+                    .batch
+                    .bytes_for(line.len())
+                    .extend_from_slice(line);
+                self.broadcast.batch.record(Sender::Remote, start, 1);
+                if let Some(bridge) = &self.nats.bridge {
                     bridge.count_received(1);
                 }
             }
         }
         trace!("nats: took {taken} bytes");
         // The budget ran out before the inbox did: more may be waiting.
-        self.nats_waiting = taken >= NATS_BYTES_PER_TURN;
+        self.nats.waiting = taken >= NATS_BYTES_PER_TURN;
     }
 
     /// Removes a client for good; the one place a disconnect is logged and counted.
@@ -828,7 +884,7 @@ impl EventLoop {
             connection.peer(),
             token.0
         );
-        if let Some(pause) = &mut self.accept_pause {
+        if let Some(pause) = &mut self.admission.pause {
             // A descriptor just came free: try the waiting connections now.
             pause.retry_at = Instant::now();
         }
@@ -843,19 +899,24 @@ impl EventLoop {
             connection.read_rest_of_line(&mut self.scratch, self.config.max_line, &mut line);
             connection.finish_partial_line(&mut line);
             if !line.is_empty() {
-                self.leftover_lines.push_back((token, line));
+                self.broadcast.leftover_lines.push_back((token, line));
             }
         }
     }
 
     /// Moves kept unfinished lines into the batch while it has room.
     fn take_leftover_lines(&mut self) {
-        while self.batch.room() > 0
-            && let Some((token, line)) = self.leftover_lines.pop_front()
+        while self.broadcast.batch.room() > 0
+            && let Some((token, line)) = self.broadcast.leftover_lines.pop_front()
         {
-            let start = self.batch.len();
-            self.batch.bytes_for(line.len()).extend_from_slice(&line);
-            self.batch.record(Sender::Client(token.0), start, 1);
+            let start = self.broadcast.batch.len();
+            self.broadcast
+                .batch
+                .bytes_for(line.len())
+                .extend_from_slice(&line);
+            self.broadcast
+                .batch
+                .record(Sender::Client(token.0), start, 1);
             self.stats.lines_in += 1;
         }
     }
@@ -890,7 +951,7 @@ impl EventLoop {
         };
         match crate::tls::load(settings) {
             Ok(config) => {
-                self.tls = Some(config);
+                self.tls.config = Some(config);
                 info!(
                     "tls: reloaded {} and {} (new connections use them)",
                     settings.cert.display(),
@@ -905,20 +966,21 @@ impl EventLoop {
     /// line, the summaries of rate-limited messages.
     fn run_timers(&mut self, now: Instant) {
         if self
-            .accept_pause
+            .admission
+            .pause
             .as_ref()
             .is_some_and(|pause| pause.retry_at <= now)
         {
             self.retry_accepting(now);
         }
-        self.web_requests.expire(now, self.poll.registry());
-        self.handshakes.expire(now, self.poll.registry());
-        self.web_requests.log_summary(now);
-        if let (Some(at), Some(every)) = (self.next_liveness_check, self.config.ws_ping)
+        self.web.requests.expire(now, self.poll.registry());
+        self.tls.handshakes.expire(now, self.poll.registry());
+        self.web.requests.log_summary(now);
+        if let (Some(at), Some(every)) = (self.web.next_liveness_check, self.config.ws_ping)
             && at <= now
         {
             self.check_websocket_liveness(now, every);
-            self.next_liveness_check = Some(now + every / 2);
+            self.web.next_liveness_check = Some(now + every / 2);
         }
         if !self.draining.is_empty() {
             self.sweep_draining(now);
@@ -926,22 +988,22 @@ impl EventLoop {
         if let (Some(at), Some(every)) = (self.next_stats_at, self.config.stats_interval)
             && at <= now
         {
-            let nats = self.bridge.as_ref().map(Bridge::counters);
+            let nats = self.nats.bridge.as_ref().map(Bridge::counters);
             info!("{}", self.stats_line(nats));
             self.next_stats_at = Some(now + every);
         }
-        if let Some(count) = self.refusal_log.take_summary(now) {
+        if let Some(count) = self.admission.refusal_log.take_summary(now) {
             info!(
                 "refused {count} more connections in the last second: server full ({} \
                  clients)",
                 self.config.max_clients
             );
         }
-        if let Some(count) = self.access_log.take_summary(now) {
+        if let Some(count) = self.admission.access_log.take_summary(now) {
             info!("denied or refused {count} more connections by their address in the last second");
         }
-        if let Some(count) = self.accept_failure_log.take_summary(now) {
-            match &mut self.accept_pause {
+        if let Some(count) = self.admission.failure_log.take_summary(now) {
+            match &mut self.admission.pause {
                 Some(pause) => {
                     // Said now, so its end will be said too.
                     pause.announced = true;
@@ -989,7 +1051,7 @@ impl EventLoop {
         let mut line = self.stats.to_string();
         if self.config.http.is_some() {
             line.push(' ');
-            line.push_str(&self.stats.web_summary(self.web_requests.counters()));
+            line.push_str(&self.stats.web_summary(self.web.requests.counters()));
         }
         if let Some(history) = self.stats.history_summary() {
             line.push(' ');
@@ -1041,26 +1103,26 @@ impl EventLoop {
     /// batch is not one of them: the hold timer wakes the poll for it.
     fn next_timeout(&self) -> Option<Duration> {
         if !self.unfinished_readers.is_empty()
-            || !self.deferred_handshakes.is_empty()
-            || self.web_requests.has_unfinished()
-            || self.more_to_accept.contains(&true)
-            || (!self.leftover_lines.is_empty() && self.shutdown.is_none())
-            || (self.nats_waiting && self.shutdown.is_none())
+            || !self.tls.deferred.is_empty()
+            || self.web.requests.has_unfinished()
+            || self.admission.more_to_accept.contains(&true)
+            || (!self.broadcast.leftover_lines.is_empty() && self.shutdown.is_none())
+            || (self.nats.waiting && self.shutdown.is_none())
         {
             return Some(Duration::ZERO);
         }
         let drain_tick = (!self.draining.is_empty()).then(|| Instant::now() + DRAIN_TICK);
         [
-            self.accept_pause.as_ref().map(|pause| pause.retry_at),
+            self.admission.pause.as_ref().map(|pause| pause.retry_at),
             self.next_stats_at,
-            self.next_liveness_check,
-            self.web_requests.next_deadline(),
-            self.handshakes.next_deadline(),
+            self.web.next_liveness_check,
+            self.web.requests.next_deadline(),
+            self.tls.handshakes.next_deadline(),
             drain_tick,
             self.finales_wake_at(),
-            self.refusal_log.summary_due_at(),
-            self.access_log.summary_due_at(),
-            self.accept_failure_log.summary_due_at(),
+            self.admission.refusal_log.summary_due_at(),
+            self.admission.access_log.summary_due_at(),
+            self.admission.failure_log.summary_due_at(),
             self.warning_log.summary_due_at(),
         ]
         .into_iter()

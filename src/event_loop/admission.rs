@@ -30,7 +30,7 @@ use crate::transport::Transport;
 impl EventLoop {
     /// Accepts waiting connections on `which`, within what is left of this turn's budget.
     pub(super) fn accept_all(&mut self, which: Listener) {
-        self.more_to_accept[which as usize] = false;
+        self.admission.more_to_accept[which as usize] = false;
         loop {
             let listener = match which {
                 Listener::Lines => self.listener.as_ref(),
@@ -39,11 +39,11 @@ impl EventLoop {
             let Some(listener) = listener else {
                 return;
             };
-            if self.accept_budget == 0 {
-                self.more_to_accept[which as usize] = true;
+            if self.admission.budget == 0 {
+                self.admission.more_to_accept[which as usize] = true;
                 return;
             }
-            self.accept_budget -= 1;
+            self.admission.budget -= 1;
             match listener.accept() {
                 Ok((stream, peer)) => self.on_accepted(stream, peer, which),
                 // An empty backlog here says nothing of the other listener's: a pause ends
@@ -73,13 +73,13 @@ impl EventLoop {
             Ok(place) => place,
             Err(why) => return self.refuse_over_limit(stream, which, &why),
         };
-        if self.tls.is_some() && self.handshakes.len() >= self.config.max_clients {
+        if self.tls.config.is_some() && self.tls.handshakes.len() >= self.config.max_clients {
             // Handshakes are bounded like clients; this one is closed unanswered.
             self.stats.refused_server_full += 1;
-            if self.refusal_log.admit(Instant::now()) {
+            if self.admission.refusal_log.admit(Instant::now()) {
                 info!(
                     "refused {peer}: {} TLS handshakes in progress already",
-                    self.handshakes.len()
+                    self.tls.handshakes.len()
                 );
             }
             return;
@@ -97,10 +97,11 @@ impl EventLoop {
             warn!("{peer}: cannot register with the poller, dropping it: {e}");
             return;
         }
-        match &self.tls {
+        match &self.tls.config {
             Some(config) => {
                 let admitting = Admitting { which, place };
                 if let Err(e) = self
+                    .tls
                     .handshakes
                     .start(stream, config, peer, token, admitting)
                 {
@@ -117,7 +118,7 @@ impl EventLoop {
     /// `429` on the web listener), and closes it; with TLS it is closed unanswered, before
     /// any handshake work is spent on it.
     pub(super) fn refuse_over_limit(&mut self, stream: TcpStream, which: Listener, why: &str) {
-        if self.tls.is_some() {
+        if self.tls.config.is_some() {
             return;
         }
         let message = match which {
@@ -132,26 +133,26 @@ impl EventLoop {
     /// most `transport::HANDSHAKE_STEP_COST`): a flood of ClientHellos waits its turn
     /// instead of stalling everyone; the rest go on in the next turn.
     pub(super) fn on_handshake_event(&mut self, token: Token) {
-        if self.handshake_budget == 0 {
-            self.deferred_handshakes.push(token);
+        if self.tls.budget == 0 {
+            self.tls.deferred.push(token);
             return;
         }
-        self.handshake_budget -= 1;
+        self.tls.budget -= 1;
         trace!("token {}: handshake step", token.0);
-        match self.handshakes.on_ready(token, self.poll.registry()) {
+        match self.tls.handshakes.on_ready(token, self.poll.registry()) {
             HandshakeStep::Complete(done) => {
                 let Admitting { which, place } = done.kind;
                 self.admit(done.transport, done.peer, place, token, which)
             }
             // Its step's work bound was reached: input waits that no event will announce.
-            HandshakeStep::Unfinished => self.deferred_handshakes.push(token),
+            HandshakeStep::Unfinished => self.tls.deferred.push(token),
             HandshakeStep::Waiting | HandshakeStep::Gone => {}
         }
     }
 
     /// Moves on the web requests whose reading stopped at its budget last turn.
     pub(super) fn serve_unfinished_web_requests(&mut self) {
-        let mut tokens = self.web_requests.take_unfinished();
+        let mut tokens = self.web.requests.take_unfinished();
         tokens.sort_unstable();
         tokens.dedup();
         for token in tokens {
@@ -161,7 +162,7 @@ impl EventLoop {
 
     /// Moves on the handshakes the last turn's budget left waiting.
     pub(super) fn serve_deferred_handshakes(&mut self) {
-        let mut tokens = std::mem::take(&mut self.deferred_handshakes);
+        let mut tokens = std::mem::take(&mut self.tls.deferred);
         tokens.sort_unstable();
         tokens.dedup();
         for token in tokens {
@@ -188,7 +189,7 @@ impl EventLoop {
     /// (dropped with the accepted socket), before anything it sent was read.
     pub(super) fn deny(&mut self, peer: SocketAddr) {
         self.stats.denied += 1;
-        if self.access_log.admit(Instant::now()) {
+        if self.admission.access_log.admit(Instant::now()) {
             info!("denied {peer}: its address is not allowed (--allow/--deny)");
         }
     }
@@ -206,7 +207,7 @@ impl EventLoop {
         let max_clients = self.config.max_clients;
         if self.connections.len() - self.leaving >= max_clients {
             self.stats.refused_server_full += 1;
-            if self.refusal_log.admit(Instant::now()) {
+            if self.admission.refusal_log.admit(Instant::now()) {
                 info!("refused {peer}: server full ({max_clients} clients)");
             }
             let message = format!("ERR server full (max {max_clients} clients)\n");
@@ -243,16 +244,16 @@ impl EventLoop {
 
     /// A place for one more connection from `peer`'s address, or why not (logged, counted).
     pub(super) fn take_address_place(&mut self, peer: SocketAddr) -> Result<AddressPlace, String> {
-        if let Some(place) = self.per_address.try_take(peer.ip()) {
+        if let Some(place) = self.admission.per_address.try_take(peer.ip()) {
             return Ok(place);
         }
         self.stats.refused_per_address += 1;
         let why = format!(
             "too many connections from {} (max {})",
             peer.ip(),
-            self.per_address.max()
+            self.admission.per_address.max()
         );
-        if self.access_log.admit(Instant::now()) {
+        if self.admission.access_log.admit(Instant::now()) {
             info!("refused {peer}: {why}");
         }
         Err(why)
@@ -267,9 +268,9 @@ impl EventLoop {
         place: AddressPlace,
         token: Token,
     ) {
-        if self.web_requests.len() >= self.config.max_clients {
+        if self.web.requests.len() >= self.config.max_clients {
             self.stats.refused_server_full += 1;
-            if self.refusal_log.admit(Instant::now()) {
+            if self.admission.refusal_log.admit(Instant::now()) {
                 info!(
                     "refused {peer}: {} web requests in progress already",
                     self.config.max_clients
@@ -278,14 +279,14 @@ impl EventLoop {
             let refusal = http::refusal(http::SERVICE_UNAVAILABLE, "too many requests in progress");
             return self.refuse_with(transport, &http::refusal_response(&refusal));
         }
-        self.web_requests.admit(transport, peer, place, token);
+        self.web.requests.admit(transport, peer, place, token);
         // Through TLS the request may be here already, with no readiness event to say so.
         self.on_web_event(token);
     }
 
     /// Readiness for a web connection still in its HTTP stage; answers a complete request.
     pub(super) fn on_web_event(&mut self, token: Token) {
-        if let Some(request) = self.web_requests.on_ready(token, self.poll.registry()) {
+        if let Some(request) = self.web.requests.on_ready(token, self.poll.registry()) {
             self.answer_web(token, request);
         }
     }
@@ -303,12 +304,12 @@ impl EventLoop {
                     true => PAGE.replacen("data-echo=\"off\"", "data-echo=\"on\"", 1),
                     false => PAGE.to_string(),
                 };
-                let policy = [("Content-Security-Policy", self.page_policy.as_str())];
+                let policy = [("Content-Security-Policy", self.web.page_policy.as_str())];
                 ok("text/html; charset=utf-8", &policy, page.as_bytes())
             }
             Route::Metrics => {
-                let nats = self.bridge.as_ref().map(Bridge::counters);
-                let text = self.stats.prometheus(self.web_requests.counters(), nats);
+                let nats = self.nats.bridge.as_ref().map(Bridge::counters);
+                let text = self.stats.prometheus(self.web.requests.counters(), nats);
                 ok(
                     "text/plain; version=0.0.4; charset=utf-8",
                     &[],
@@ -317,7 +318,7 @@ impl EventLoop {
             }
             Route::Health => ok("text/plain; charset=utf-8", &[], b"ok\n"),
             Route::WebSocket { key, origin, host } => {
-                let tls = self.tls.is_some();
+                let tls = self.tls.config.is_some();
                 let verdict = self
                     .config
                     .origins
@@ -329,7 +330,8 @@ impl EventLoop {
                 return self.upgrade_to_websocket(token, &key);
             }
         };
-        self.web_requests
+        self.web
+            .requests
             .answer(token, response, self.poll.registry());
     }
 
@@ -349,7 +351,8 @@ impl EventLoop {
             ),
             _ => format!("Origin {quoted}"),
         });
-        self.web_requests
+        self.web
+            .requests
             .refuse(token, &refusal, self.poll.registry());
     }
 
@@ -362,13 +365,14 @@ impl EventLoop {
             self.stats.refused_server_full += 1;
             let reason = format!("server full (max {max_clients} clients)");
             let refusal = http::refusal(http::SERVICE_UNAVAILABLE, reason);
-            self.web_requests
+            self.web
+                .requests
                 .refuse(token, &refusal, self.poll.registry());
             return;
         }
         self.distribute_everything_framed();
         // Its place in its address's count, taken at the accept, goes on with it.
-        let Some((transport, peer, place)) = self.web_requests.take_upgrade(token) else {
+        let Some((transport, peer, place)) = self.web.requests.take_upgrade(token) else {
             return;
         };
         let handshake = http::upgrade_response(key);
@@ -383,7 +387,7 @@ impl EventLoop {
     /// Sends a newcomer the lines kept by `--history` (everything handed out before it
     /// joined; what comes after reaches it live), within its `--max-queue` like any output.
     pub(super) fn replay_history(&mut self, token: Token) {
-        let Some(history) = self.history.as_ref().filter(|h| !h.is_empty()) else {
+        let Some(history) = self.broadcast.history.as_ref().filter(|h| !h.is_empty()) else {
             return;
         };
         let Some(connection) = self.connections.get_mut(&token) else {
@@ -418,11 +422,13 @@ impl EventLoop {
         self.accept_all(Listener::Web);
         // A failure in this retry moved the next one past `now`.
         if self
-            .accept_pause
+            .admission
+            .pause
             .as_ref()
             .is_some_and(|pause| pause.retry_at <= now)
             && self
-                .accept_pause
+                .admission
+                .pause
                 .take()
                 .is_some_and(|pause| pause.announced)
         {
@@ -435,13 +441,13 @@ impl EventLoop {
     pub(super) fn pause_accepting(&mut self, error: &io::Error) {
         let now = Instant::now();
         let retry_at = now + ACCEPT_RETRY;
-        if let Some(pause) = &mut self.accept_pause {
+        if let Some(pause) = &mut self.admission.pause {
             debug!("accept still failing: {error}");
             pause.retry_at = retry_at;
             return;
         }
         // Flapping (paused and resumed many times a second) logs one pair a second.
-        let announced = self.accept_failure_log.admit(now);
+        let announced = self.admission.failure_log.admit(now);
         if announced {
             warn!(
                 "cannot accept new clients: {error} ({} clients connected); retrying every {} ms",
@@ -449,7 +455,7 @@ impl EventLoop {
                 ACCEPT_RETRY.as_millis()
             );
         }
-        self.accept_pause = Some(AcceptPause {
+        self.admission.pause = Some(AcceptPause {
             retry_at,
             announced,
         });

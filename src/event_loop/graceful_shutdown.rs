@@ -43,10 +43,10 @@ impl EventLoop {
                 debug!("deregister listener: {e}");
             }
         }
-        self.web_requests.close_all(self.poll.registry());
-        self.handshakes.close_all(self.poll.registry());
-        self.accept_pause = None;
-        self.more_to_accept = [false; 2];
+        self.web.requests.close_all(self.poll.registry());
+        self.tls.handshakes.close_all(self.poll.registry());
+        self.admission.pause = None;
+        self.admission.more_to_accept = [false; 2];
         // From now on open clients are read only through their finales; leaving clients
         // still need their reads (to discard input and notice a close).
         let connections = &self.connections;
@@ -75,7 +75,7 @@ impl EventLoop {
              delivering {} bytes already received ({unfinished} in unfinished lines), for up \
              to {:.1} s",
             self.connections.len(),
-            unread + unfinished + self.batch.len(),
+            unread + unfinished + self.broadcast.batch.len(),
             timeout.as_secs_f64()
         );
         self.shutdown = Some(Shutdown {
@@ -116,7 +116,7 @@ impl EventLoop {
         self.shutdown
             .as_ref()
             .is_some_and(|s| !s.finales.is_empty())
-            || !self.leftover_lines.is_empty()
+            || !self.broadcast.leftover_lines.is_empty()
     }
 
     /// When a batch of final lines waits for a client to make room: the end of its patience.
@@ -130,7 +130,7 @@ impl EventLoop {
     /// that may complete it). A client without room is waited for `SHUTDOWN_PATIENCE`, once:
     /// after that it is not waited for again.
     fn may_hand_out_next_batch(&mut self, now: Instant) -> bool {
-        let need = self.batch.limit() + self.config.max_line + 1;
+        let need = self.broadcast.batch.limit() + self.config.max_line + 1;
         let max_queue = self.config.max_queue;
         let Some(shutdown) = &mut self.shutdown else {
             return false;
@@ -164,7 +164,7 @@ impl EventLoop {
     fn hand_out_finales(&mut self) {
         self.take_leftover_lines();
         while let Some(&finale) = self.shutdown.as_ref().and_then(|s| s.finales.front()) {
-            let room = self.batch.room();
+            let room = self.broadcast.batch.room();
             if room == 0 {
                 break;
             }
@@ -197,7 +197,11 @@ impl EventLoop {
                 Some(ReadEnd::BudgetSpent) if unread > 0 => false,
                 // The read filled the batch: the line's end goes in the next one, so that
                 // the batch stays within its bound.
-                Some(ReadEnd::WouldBlock | ReadEnd::BudgetSpent) if self.batch.room() == 0 => false,
+                Some(ReadEnd::WouldBlock | ReadEnd::BudgetSpent)
+                    if self.broadcast.batch.room() == 0 =>
+                {
+                    false
+                }
                 Some(ReadEnd::WouldBlock | ReadEnd::BudgetSpent) => {
                     self.finish_unfinished_line(finale.token);
                     true
@@ -238,12 +242,17 @@ impl EventLoop {
         let Some(connection) = self.connections.get_mut(&token) else {
             return;
         };
-        let start = self.batch.len();
-        let out = self.batch.bytes_for(connection.unfinished_line_len() + 1);
+        let start = self.broadcast.batch.len();
+        let out = self
+            .broadcast
+            .batch
+            .bytes_for(connection.unfinished_line_len() + 1);
         let mut lines = connection.read_rest_of_line(&mut self.scratch, max_line, out);
         lines += connection.finish_partial_line(out);
-        self.batch.record(Sender::Client(token.0), start, lines);
-        self.stats.bytes_in += (self.batch.len() - start) as u64;
+        self.broadcast
+            .batch
+            .record(Sender::Client(token.0), start, lines);
+        self.stats.bytes_in += (self.broadcast.batch.len() - start) as u64;
         self.stats.lines_in += lines as u64;
     }
 
@@ -255,7 +264,12 @@ impl EventLoop {
         let finales = std::mem::take(&mut shutdown.finales);
         shutdown.blocked_since = None;
         let mut clients = 0;
-        let mut bytes: usize = self.leftover_lines.drain(..).map(|(_, l)| l.len()).sum();
+        let mut bytes: usize = self
+            .broadcast
+            .leftover_lines
+            .drain(..)
+            .map(|(_, l)| l.len())
+            .sum();
         for finale in &finales {
             let held = finale.unread
                 + self
