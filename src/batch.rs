@@ -40,7 +40,7 @@ pub struct Batch {
     /// Hand the batch out before a read could take it past this many bytes.
     limit: usize,
     /// What `bytes` may ever hold: `limit` plus one full line and its newline (the most a
-    /// read can complete beyond `limit` with a partial line carried in).
+    /// read can complete beyond `limit` with a unfinished line carried in).
     capacity_bound: usize,
     hold: AdaptiveHold,
 }
@@ -66,7 +66,7 @@ impl Batch {
     }
 
     /// How many bytes a read may take before the batch must be handed out (0: now).
-    pub fn room(&self) -> usize {
+    pub fn free_space(&self) -> usize {
         self.limit.saturating_sub(self.bytes.len())
     }
 
@@ -153,7 +153,7 @@ impl Batch {
             return None;
         }
         let due = self.hold.due_at(now);
-        Some(if self.room() == 0 { now } else { due })
+        Some(if self.free_space() == 0 { now } else { due })
     }
 
     /// Empties the batch after it was handed out at `now`. Its memory is kept: it never
@@ -351,8 +351,8 @@ mod tests {
     #[test]
     fn the_buffer_never_grows_past_the_limit_plus_one_line() {
         let mut batch = Batch::new(1000, 100, Duration::ZERO);
-        while batch.room() > 0 {
-            let take = batch.room().min(64);
+        while batch.free_space() > 0 {
+            let take = batch.free_space().min(64);
             append(&mut batch, 1, &vec![b'x'; take]);
         }
         append(&mut batch, 2, &[b'y'; 101]);

@@ -15,7 +15,7 @@
 //! Delivery across instances is at most once: what is published while NATS is unreachable
 //! is dropped, not queued (counted); NATS's own buffers may lose a message in flight when a
 //! connection breaks. Our own publications never come back (`echo: false`, plus the origin
-//! checked on receipt). This room knows nothing of clients or framing.
+//! checked on receipt). This module knows nothing of clients or framing.
 
 mod connection;
 pub mod envelope;

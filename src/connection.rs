@@ -545,7 +545,7 @@ impl ClientConnection {
         lines_out: &mut Vec<u8>,
     ) -> ReadReport {
         if self.is_open() {
-            report.lines += self.finish_partial_line(lines_out);
+            report.lines += self.end_unfinished_line(lines_out);
         }
         report.end = ReadEnd::Closed(reason);
         report
@@ -740,7 +740,7 @@ impl ClientConnection {
 
     /// Takes the unfinished line out (with a `\n`) into `lines_out`; used at shutdown so that
     /// nothing a client sent is lost. Returns how many lines it added.
-    pub fn finish_partial_line(&mut self, lines_out: &mut Vec<u8>) -> usize {
+    pub fn end_unfinished_line(&mut self, lines_out: &mut Vec<u8>) -> usize {
         let start = lines_out.len();
         let lines = match &mut self.wire {
             Wire::Lines(framer) => framer.finish(lines_out),

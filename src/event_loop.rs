@@ -127,7 +127,7 @@ struct Broadcast {
     /// Unfinished lines (with a `\n` added) of clients closed other than by their own
     /// hang-up, waiting for room in the batch: moved here so a burst of closes cannot grow
     /// the batch past its bound.
-    leftover_lines: VecDeque<(Token, Vec<u8>)>,
+    kept_lines: VecDeque<(Token, Vec<u8>)>,
 }
 
 /// The TLS stage: the configuration new connections get (replaced on SIGHUP), the
@@ -311,7 +311,7 @@ impl EventLoop {
                 hold_timer,
                 batch: Batch::new(config.batch_limit(), config.max_line, config.coalesce),
                 hand_outs: 0,
-                leftover_lines: VecDeque::new(),
+                kept_lines: VecDeque::new(),
             },
             web_listener,
             poll,
@@ -373,7 +373,7 @@ impl EventLoop {
             }
             let now = Instant::now();
             self.continue_shutdown(now);
-            self.distribute_when_due(now);
+            self.hand_out_when_due(now);
             self.run_timers(now);
             self.hand_lines_to_nats();
             if self.shutdown.is_some() && self.connections.is_empty() {
@@ -416,13 +416,13 @@ impl EventLoop {
 
     /// Hands out the batch and every kept unfinished line (a batch at a time), so that none
     /// reaches a client accepted after it.
-    fn distribute_everything_framed(&mut self) {
+    fn hand_out_everything_framed(&mut self) {
         loop {
-            self.distribute();
-            if self.broadcast.leftover_lines.is_empty() || self.shutdown.is_some() {
+            self.hand_out();
+            if self.broadcast.kept_lines.is_empty() || self.shutdown.is_some() {
                 return;
             }
-            self.take_leftover_lines();
+            self.take_kept_lines();
         }
     }
 
@@ -467,8 +467,8 @@ impl EventLoop {
         } else {
             READ_BUDGET
         };
-        if open && self.broadcast.batch.room() < budget {
-            self.distribute();
+        if open && self.broadcast.batch.free_space() < budget {
+            self.hand_out();
         }
         let Some(report) = self.read_into_batch(token, budget) else {
             return;
@@ -651,21 +651,21 @@ impl EventLoop {
 
     /// Sends the batch now if it is due (see `Batch::due_at`), else makes sure the hold
     /// timer will wake the loop when it is.
-    fn distribute_when_due(&mut self, now: Instant) {
+    fn hand_out_when_due(&mut self, now: Instant) {
         if self.shutdown.is_none() {
             // At shutdown they go out with the finales, at the finales' pace.
-            self.take_leftover_lines();
+            self.take_kept_lines();
         }
         let Some(due) = self.broadcast.batch.due_at(now) else {
             return;
         };
         if due <= now {
-            self.distribute();
+            self.hand_out();
         } else if !self.broadcast.hold_timer.is_armed()
             && let Err(e) = self.broadcast.hold_timer.arm(due - now)
         {
             warn!("cannot arm the coalescing timer ({e}); sending at once");
-            self.distribute();
+            self.hand_out();
         }
     }
 
@@ -673,7 +673,7 @@ impl EventLoop {
     /// (at most its runs + 1 slices), then every other client gets the whole batch as one
     /// slice. Clients that keep up get one `writev` straight from the batch; only what the
     /// kernel refuses is copied into a queue. Clients over `--max-queue` are disconnected.
-    fn distribute(&mut self) {
+    fn hand_out(&mut self) {
         if self.broadcast.batch.is_empty() {
             return;
         }
@@ -823,8 +823,8 @@ impl EventLoop {
                     }
                     continue;
                 }
-                if self.broadcast.batch.room() < line.len() {
-                    self.distribute();
+                if self.broadcast.batch.free_space() < line.len() {
+                    self.hand_out();
                 }
                 let start = self.broadcast.batch.len();
                 self.broadcast
@@ -897,17 +897,17 @@ impl EventLoop {
         if connection.unfinished_line_len() > 0 {
             let mut line = Vec::new();
             connection.read_rest_of_line(&mut self.scratch, self.config.max_line, &mut line);
-            connection.finish_partial_line(&mut line);
+            connection.end_unfinished_line(&mut line);
             if !line.is_empty() {
-                self.broadcast.leftover_lines.push_back((token, line));
+                self.broadcast.kept_lines.push_back((token, line));
             }
         }
     }
 
     /// Moves kept unfinished lines into the batch while it has room.
-    fn take_leftover_lines(&mut self) {
-        while self.broadcast.batch.room() > 0
-            && let Some((token, line)) = self.broadcast.leftover_lines.pop_front()
+    fn take_kept_lines(&mut self) {
+        while self.broadcast.batch.free_space() > 0
+            && let Some((token, line)) = self.broadcast.kept_lines.pop_front()
         {
             let start = self.broadcast.batch.len();
             self.broadcast
@@ -1106,7 +1106,7 @@ impl EventLoop {
             || !self.tls.deferred.is_empty()
             || self.web.requests.has_unfinished()
             || self.admission.more_to_accept.contains(&true)
-            || (!self.broadcast.leftover_lines.is_empty() && self.shutdown.is_none())
+            || (!self.broadcast.kept_lines.is_empty() && self.shutdown.is_none())
             || (self.nats.waiting && self.shutdown.is_none())
         {
             return Some(Duration::ZERO);

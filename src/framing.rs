@@ -18,7 +18,7 @@ pub const NEWLINE: u8 = b'\n';
 pub struct LineFramer {
     /// Bytes received after the last `\n`; neither its length nor its capacity ever passes
     /// the `max_line` it was fed with.
-    partial: VecDeque<u8>,
+    unfinished: VecDeque<u8>,
 }
 
 /// A line grew past `max_line`; nothing of it was emitted and the framer was emptied.
@@ -40,10 +40,10 @@ impl LineFramer {
         max_line: usize,
         out: &mut Vec<u8>,
     ) -> Result<usize, LineTooLong> {
-        // Cost: one pass over `chunk`; `partial` is only measured, never rescanned.
+        // Cost: one pass over `chunk`; `unfinished` is only measured, never rescanned.
         let mut lines = 0;
         let mut line_start = 0;
-        let mut carried = self.partial.len();
+        let mut carried = self.unfinished.len();
         while let Some(offset) = memchr(NEWLINE, &chunk[line_start..]) {
             if carried + offset > max_line {
                 return Err(self.reject(chunk, line_start, lines, out));
@@ -63,21 +63,22 @@ impl LineFramer {
     /// Keeps `rest` as (the end of) the unfinished line, growing the buffer by doubling as
     /// usual but never past `max_line`: the caller checked that the line fits.
     fn hold(&mut self, rest: &[u8], max_line: usize) {
-        let needed = self.partial.len() + rest.len();
-        if needed > self.partial.capacity() {
-            let target = needed.max((self.partial.capacity() * 2).min(max_line));
-            self.partial.reserve_exact(target - self.partial.len());
+        let needed = self.unfinished.len() + rest.len();
+        if needed > self.unfinished.capacity() {
+            let target = needed.max((self.unfinished.capacity() * 2).min(max_line));
+            self.unfinished
+                .reserve_exact(target - self.unfinished.len());
         }
-        self.partial.extend(rest);
+        self.unfinished.extend(rest);
     }
 
     /// Ends the stream: a non-empty unterminated line is appended to `out` with a `\n` added,
     /// so nothing a client sent is lost when it leaves. Returns how many lines were appended.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> usize {
-        if self.partial.is_empty() {
+        if self.unfinished.is_empty() {
             return 0;
         }
-        let (front, back) = self.partial.as_slices();
+        let (front, back) = self.unfinished.as_slices();
         out.extend_from_slice(front);
         out.extend_from_slice(back);
         out.push(NEWLINE);
@@ -87,15 +88,15 @@ impl LineFramer {
 
     /// Bytes held for the unfinished line.
     pub fn pending(&self) -> usize {
-        self.partial.len()
+        self.unfinished.len()
     }
 
-    /// Appends the held partial line and `complete` (which ends in `\n`, or is empty) to `out`.
+    /// Appends the held unfinished line and `complete` (which ends in `\n`, or is empty) to `out`.
     fn emit(&mut self, complete: &[u8], out: &mut Vec<u8>) {
         if complete.is_empty() {
             return;
         }
-        let (front, back) = self.partial.as_slices();
+        let (front, back) = self.unfinished.as_slices();
         out.extend_from_slice(front);
         out.extend_from_slice(back);
         out.extend_from_slice(complete);
@@ -115,10 +116,10 @@ impl LineFramer {
         LineTooLong { lines_before }
     }
 
-    /// Empties the partial line and gives its memory back: most connections spend most of
+    /// Empties the unfinished line and gives its memory back: most connections spend most of
     /// their life between lines, and an idle connection should cost nothing here.
     fn release(&mut self) {
-        self.partial = VecDeque::new();
+        self.unfinished = VecDeque::new();
     }
 }
 
@@ -204,7 +205,7 @@ mod tests {
     }
 
     #[test]
-    fn partial_lines_wait_for_their_newline() {
+    fn unfinished_lines_wait_for_their_newline() {
         assert_eq!(
             feed(&[b"he", b"llo", b"\nwor"], 10),
             (b"hello\n".to_vec(), 1, 3)
@@ -243,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn an_overlong_partial_line_is_rejected_as_soon_as_it_grows_past_the_limit() {
+    fn an_overlong_unfinished_line_is_rejected_as_soon_as_it_grows_past_the_limit() {
         let mut framer = LineFramer::default();
         let mut out = Vec::new();
         assert_eq!(framer.push(b"abc", 4, &mut out), Ok(0));
@@ -255,7 +256,7 @@ mod tests {
     }
 
     #[test]
-    fn the_partial_line_counts_towards_the_limit_of_the_line_it_starts() {
+    fn the_unfinished_line_counts_towards_the_limit_of_the_line_it_starts() {
         let mut framer = LineFramer::default();
         let mut out = Vec::new();
         assert_eq!(framer.push(b"abc", 4, &mut out), Ok(0));
@@ -272,7 +273,7 @@ mod tests {
             let mut out = Vec::new();
             for _ in 0..max_line {
                 framer.push(b"x", max_line, &mut out).expect("within limit");
-                assert!(framer.partial.capacity() <= max_line);
+                assert!(framer.unfinished.capacity() <= max_line);
             }
             assert_eq!(framer.pending(), max_line);
         }

@@ -2,7 +2,7 @@
 //! deadline), routed, and either answered here (a page, an error) and closed, or handed back
 //! to the loop as a WebSocket upgrade.
 //!
-//! This room knows nothing of the broadcast: it tells the loop which [`Route`] a request
+//! This module knows nothing of the broadcast: it tells the loop which [`Route`] a request
 //! asked for and the loop decides the answer (the metrics text, a 503 when full, or taking
 //! the socket as a WebSocket client). Every connection here has a deadline from its accept:
 //! one that has not finished its request (or, after the answer, its close) by then is

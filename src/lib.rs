@@ -4,7 +4,7 @@
 //!
 //! The crate is one single-threaded, edge-triggered mio event loop ([`EventLoop`]) over
 //! client connections ([`connection`]), with line framing ([`framing`]) and per-turn
-//! batching ([`batch`]) kept as pure, unit-tested logic. The loop *uses* rooms that know
+//! batching ([`batch`]) kept as pure, unit-tested logic. The loop *uses* parts that know
 //! as little as possible: how bytes travel ([`transport`], [`tls`]), how lines look on the
 //! wire ([`websocket`], [`framed_batch`]), the web listener's HTTP stage ([`http`]), who
 //! may connect ([`access`]), which web pages may open a WebSocket ([`origin`]), the NATS

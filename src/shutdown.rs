@@ -16,9 +16,9 @@ pub struct Shutdown {
     pub finales_deadline: Instant,
     /// Clients whose input must still be framed and handed out, in order.
     pub finales: VecDeque<Finale>,
-    /// Since when the next batch of finales has waited for a client to make room.
+    /// Since when the next batch of finales has waited for a client to make space.
     pub blocked_since: Option<Instant>,
-    /// Clients that had no room for a batch for the whole patience: not waited for again
+    /// Clients that had no space for a batch for the whole patience: not waited for again
     /// (`--max-queue` judges them).
     pub not_waited_for: HashSet<Token>,
     /// Set once the finales are done and every client was told to drain.

@@ -1,9 +1,9 @@
 //! How connections get in, as more `impl EventLoop`: accepting on both listeners, the
-//! address rules, the TLS handshake room, the web listener's requests and upgrades, the
+//! address rules, the TLS handshake stage, the web listener's requests and upgrades, the
 //! refusals (`ERR` lines, HTTP statuses), and a newcomer's history replay.
 //!
 //! The walk of one connection: accept → `--allow`/`--deny` → counted for its address →
-//! registered → (TLS) the handshake room → a line client at once, or (web) the HTTP room,
+//! registered → (TLS) the handshake stage → a line client at once, or (web) the HTTP stage,
 //! which answers or hands an upgrade back → a WebSocket client → the replay → live lines.
 
 use std::io::{self, IoSlice};
@@ -217,7 +217,7 @@ impl EventLoop {
         let read_now = transport.is_tls();
         // Lines framed earlier go out first: a line reaches exactly the clients connected
         // when it was framed.
-        self.distribute_everything_framed();
+        self.hand_out_everything_framed();
         self.connections
             .insert(token, ClientConnection::new(transport, peer, place));
         self.stats.connected(false);
@@ -370,7 +370,7 @@ impl EventLoop {
                 .refuse(token, &refusal, self.poll.registry());
             return;
         }
-        self.distribute_everything_framed();
+        self.hand_out_everything_framed();
         // Its place in its address's count, taken at the accept, goes on with it.
         let Some((transport, peer, place)) = self.web.requests.take_upgrade(token) else {
             return;

@@ -5,8 +5,8 @@
 //!    input are already in the kernel (`FIONREAD`); input that arrives later is not taken.
 //! 2. Finales: that input, and each client's unfinished line (ended with a `\n`, after
 //!    reading what the kernel already holds of its end), is framed and handed out one batch
-//!    at a time, each batch once every client has room for it in its `--max-queue`; a
-//!    client that has had no room for `SHUTDOWN_PATIENCE` is not waited for again (it gets
+//!    at a time, each batch once every client has space for it in its `--max-queue`; a
+//!    client that has had no space for `SHUTDOWN_PATIENCE` is not waited for again (it gets
 //!    the batches like everyone else, and is a slow consumer if it overflows). So a reader
 //!    that keeps up gets every line, and memory stays within the same bounds as in normal
 //!    running.
@@ -27,7 +27,7 @@ use crate::batch::Sender;
 use crate::connection::{ClientConnection, DisconnectReason, ReadEnd, ReadReport};
 use crate::shutdown::{Finale, Shutdown};
 
-/// How long the next batch of final lines waits for a client that has no room for it.
+/// How long the next batch of final lines waits for a client that has no space for it.
 pub(super) const SHUTDOWN_PATIENCE: Duration = Duration::from_millis(500);
 
 impl EventLoop {
@@ -89,7 +89,7 @@ impl EventLoop {
     }
 
     /// Moves a shutdown on, once per turn: hands out batches of final lines while every
-    /// client has room for them, then (finales done, or out of time) starts the drain.
+    /// client has space for them, then (finales done, or out of time) starts the drain.
     pub(super) fn continue_shutdown(&mut self, now: Instant) {
         let Some(shutdown) = &self.shutdown else {
             return;
@@ -116,18 +116,18 @@ impl EventLoop {
         self.shutdown
             .as_ref()
             .is_some_and(|s| !s.finales.is_empty())
-            || !self.broadcast.leftover_lines.is_empty()
+            || !self.broadcast.kept_lines.is_empty()
     }
 
-    /// When a batch of final lines waits for a client to make room: the end of its patience.
+    /// When a batch of final lines waits for a client to make space: the end of its patience.
     pub(super) fn finales_wake_at(&self) -> Option<Instant> {
         let shutdown = self.shutdown.as_ref().filter(|s| !s.draining)?;
         let blocked_since = shutdown.blocked_since?;
         Some((blocked_since + SHUTDOWN_PATIENCE).min(shutdown.finales_deadline))
     }
 
-    /// Whether every open client has room in its queue for one more batch (with the line
-    /// that may complete it). A client without room is waited for `SHUTDOWN_PATIENCE`, once:
+    /// Whether every open client has space in its queue for one more batch (with the line
+    /// that may complete it). A client without space is waited for `SHUTDOWN_PATIENCE`, once:
     /// after that it is not waited for again.
     fn may_hand_out_next_batch(&mut self, now: Instant) -> bool {
         let need = self.broadcast.batch.limit() + self.config.max_line + 1;
@@ -162,10 +162,10 @@ impl EventLoop {
     /// each client's input received before the signal, then the rest of its unfinished line
     /// if the kernel already has it, then what is still unfinished, with a `\n`.
     fn hand_out_finales(&mut self) {
-        self.take_leftover_lines();
+        self.take_kept_lines();
         while let Some(&finale) = self.shutdown.as_ref().and_then(|s| s.finales.front()) {
-            let room = self.broadcast.batch.room();
-            if room == 0 {
+            let space = self.broadcast.batch.free_space();
+            if space == 0 {
                 break;
             }
             let open = self
@@ -179,7 +179,7 @@ impl EventLoop {
                     finale.unread, finale.token.0
                 );
             }
-            let budget = finale.unread.min(room).min(READ_BUDGET);
+            let budget = finale.unread.min(space).min(READ_BUDGET);
             let report = match budget {
                 _ if !open => None,
                 0 => Some(ReadReport {
@@ -198,7 +198,7 @@ impl EventLoop {
                 // The read filled the batch: the line's end goes in the next one, so that
                 // the batch stays within its bound.
                 Some(ReadEnd::WouldBlock | ReadEnd::BudgetSpent)
-                    if self.broadcast.batch.room() == 0 =>
+                    if self.broadcast.batch.free_space() == 0 =>
                 {
                     false
                 }
@@ -232,7 +232,7 @@ impl EventLoop {
                 }
             }
         }
-        self.distribute();
+        self.hand_out();
     }
 
     /// Appends a client's unfinished line to the batch: first what the kernel already holds
@@ -248,7 +248,7 @@ impl EventLoop {
             .batch
             .bytes_for(connection.unfinished_line_len() + 1);
         let mut lines = connection.read_rest_of_line(&mut self.scratch, max_line, out);
-        lines += connection.finish_partial_line(out);
+        lines += connection.end_unfinished_line(out);
         self.broadcast
             .batch
             .record(Sender::Client(token.0), start, lines);
@@ -266,7 +266,7 @@ impl EventLoop {
         let mut clients = 0;
         let mut bytes: usize = self
             .broadcast
-            .leftover_lines
+            .kept_lines
             .drain(..)
             .map(|(_, l)| l.len())
             .sum();
@@ -291,7 +291,7 @@ impl EventLoop {
 
     /// Step 3: every client drains until `deadline`.
     fn begin_draining_everyone(&mut self, deadline: Instant) {
-        self.distribute();
+        self.hand_out();
         if let Some(shutdown) = &mut self.shutdown {
             shutdown.draining = true;
         }
