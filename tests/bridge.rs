@@ -255,24 +255,14 @@ fn three_instances_with_a_sender_each_get_every_line_once_and_the_bus_goes_quiet
     for server in &servers {
         server.signal(libc::SIGTERM);
         let stats = server.wait_for_log("nats: published=");
-        published += counter(&stats, "published=");
-        received += counter(&stats, "received=");
+        published += common::number_after(&stats, "published=");
+        received += common::number_after(&stats, "received=");
     }
     assert_eq!(
         received,
         2 * published,
         "published {published}, received {received}"
     );
-}
-
-/// The number after `name` in a stats line.
-fn counter(stats: &str, name: &str) -> u64 {
-    stats
-        .split(name)
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {stats}"))
 }
 
 /// Two distinct elements of `v`, mutably.
@@ -380,7 +370,7 @@ fn nats_killed_mid_stream_local_delivery_goes_on_far_side_has_no_dups_and_bridgi
     common::wait_until("the outage lines are counted offline", || {
         a.log_lines(" offline=")
             .last()
-            .is_some_and(|stats| counter(stats, " offline=") >= 2_000)
+            .is_some_and(|stats| common::number_after(stats, " offline=") >= 2_000)
     });
     let _nats = Nats::start_on(Some(port));
     a.wait_for_logs("nats: connected", 2);
@@ -421,7 +411,10 @@ fn nats_killed_mid_stream_local_delivery_goes_on_far_side_has_no_dups_and_bridgi
         }
     }
     let stats = a.stop_for_stats();
-    assert!(counter(&stats, " offline=") >= 2_000, "{stats}");
+    assert!(
+        common::number_after(&stats, " offline=") >= 2_000,
+        "{stats}"
+    );
 }
 
 #[test]
@@ -499,12 +492,16 @@ fn a_stalled_nats_never_delivers_lines_late_out_of_order_or_twice() {
     let (a_stats, b_stats) = (&a.stop_for_stats(), &b.stop_for_stats());
     let accounted: u64 = [" published=", " backlog=", " offline=", " too_large="]
         .iter()
-        .map(|name| counter(a_stats, name))
+        .map(|name| common::number_after(a_stats, name))
         .sum();
-    assert_eq!(accounted, counter(a_stats, " lines_in="), "{a_stats}");
-    assert!(counter(a_stats, " offline=") > 0, "{a_stats}");
+    assert_eq!(
+        accounted,
+        common::number_after(a_stats, " lines_in="),
+        "{a_stats}"
+    );
+    assert!(common::number_after(a_stats, " offline=") > 0, "{a_stats}");
     assert!(
-        counter(b_stats, " received=") <= counter(a_stats, " published="),
+        common::number_after(b_stats, " received=") <= common::number_after(a_stats, " published="),
         "{a_stats}\n{b_stats}"
     );
 }
@@ -728,9 +725,9 @@ fn without_a_key_numbers_decide_nothing_and_messages_arrive_whole_within_max_lin
     );
     b.signal(libc::SIGTERM);
     let stats = b.wait_for_log("nats: published=");
-    assert_eq!(counter(&stats, " stale="), 0, "{stats}");
-    assert_eq!(counter(&stats, " inbound="), 2, "{stats}");
-    assert_eq!(counter(&stats, " forged="), 1, "{stats}");
+    assert_eq!(common::number_after(&stats, " stale="), 0, "{stats}");
+    assert_eq!(common::number_after(&stats, " inbound="), 2, "{stats}");
+    assert_eq!(common::number_after(&stats, " forged="), 1, "{stats}");
 }
 
 /// A raw client that reads what instances publish on the subject.
@@ -834,7 +831,7 @@ fn forged_sequence_numbers_never_stop_delay_or_reorder_an_instances_lines() {
     );
     b.signal(libc::SIGTERM);
     let stats = b.wait_for_log("nats: published=");
-    assert_eq!(counter(&stats, " stale="), 0, "{stats}");
+    assert_eq!(common::number_after(&stats, " stale="), 0, "{stats}");
 }
 
 #[test]
@@ -882,8 +879,8 @@ fn with_a_shared_key_nothing_unsigned_or_altered_is_delivered() {
     at_b.expect(b"still signed\n");
     b.signal(libc::SIGTERM);
     let stats = b.wait_for_log("nats: published=");
-    assert_eq!(counter(&stats, " forged="), 3, "{stats}");
-    assert_eq!(counter(&stats, " stale="), 2, "{stats}");
+    assert_eq!(common::number_after(&stats, " forged="), 3, "{stats}");
+    assert_eq!(common::number_after(&stats, " stale="), 2, "{stats}");
     assert!(!b.log_lines("a replay, or clocks that differ").is_empty());
     // A key file that is too short is refused at start.
     std::fs::write(&key.path, "short\n").unwrap();
@@ -1107,7 +1104,7 @@ fn a_publisher_flooding_the_subject_stalls_no_local_client_and_memory_stays_boun
         "memory grew with the flood: {rss_before} KiB before, peak {peak} KiB"
     );
     let stats = b.final_log();
-    assert!(counter(&stats, " received=") > 0, "{stats}");
+    assert!(common::number_after(&stats, " received=") > 0, "{stats}");
 }
 
 #[test]
@@ -1147,7 +1144,7 @@ fn a_flood_while_the_loop_takes_nothing_from_nats_is_dropped_and_counted_not_hel
         peak < rss_before + 64 * 1024,
         "memory grew with the flood: {rss_before} KiB before, peak {peak} KiB"
     );
-    assert!(counter(&stats, " inbound=") > 0, "{stats}");
+    assert!(common::number_after(&stats, " inbound=") > 0, "{stats}");
 }
 
 #[test]
@@ -1360,7 +1357,7 @@ fn a_hand_out_split_into_many_nats_messages_crosses_whole_and_in_order() {
         server.signal(libc::SIGTERM);
     }
     let stats = b.wait_for_log("nats: published=");
-    assert_eq!(counter(&stats, " stale="), 0, "{stats}");
+    assert_eq!(common::number_after(&stats, " stale="), 0, "{stats}");
     let stats = a.wait_for_log("nats: published=");
-    assert_eq!(counter(&stats, " too_large="), 0, "{stats}");
+    assert_eq!(common::number_after(&stats, " too_large="), 0, "{stats}");
 }

@@ -229,12 +229,7 @@ fn at_the_shutdown_deadline_a_client_still_behind_is_reset_and_its_unsent_bytes_
     let started = Instant::now();
     server.signal(libc::SIGTERM);
     let log = server.wait_for_disconnect(stuck.local_addr());
-    let unsent: usize = log
-        .split("server shutdown timed out with ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("not a shutdown timeout: {log}"));
+    let unsent = common::number_after(&log, "server shutdown timed out with ") as usize;
     // Everything the client's kernel does not hold: queued in the server and in the
     // server's kernel (a window probe may move a byte or so; the server's own queue alone
     // would be short by the whole kernel send buffer, hundreds of KB).

@@ -443,12 +443,7 @@ fn a_client_that_keeps_sending_after_its_answer_is_cut_off() {
     let line = server.wait_for_log(&format!(
         "http: {me} closed after its answer (it sent too much)"
     ));
-    let thrown_away: usize = line
-        .split(", ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no byte count in {line:?}"));
+    let thrown_away = common::number_after(&line, ", ") as usize;
     assert!(
         (64 * 1024..=68 * 1024).contains(&thrown_away),
         "the server read {thrown_away} bytes after its answer (the client sent {sent})"

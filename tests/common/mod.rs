@@ -525,6 +525,16 @@ pub fn reads_per_turn(log: &str, token: &str) -> Vec<usize> {
         .collect()
 }
 
+/// The number that follows the first `needle` in `text` (up to the next space); fails the
+/// test if there is none.
+pub fn number_after(text: &str, needle: &str) -> u64 {
+    text.split(needle)
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {needle:?} in {text:?}"))
+}
+
 /// Waits until `condition` holds, polling it every few milliseconds; fails the test at the
 /// deadline, saying `what` it waited for.
 pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
