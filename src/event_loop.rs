@@ -44,8 +44,6 @@ const BRIDGE: Token = Token(3);
 /// The web listener (`--http`).
 const WEB_LISTENER: Token = Token(4);
 const FIRST_CLIENT: usize = 5;
-/// The live page served at `/`.
-const PAGE: &str = include_str!("page.html");
 /// Most messages from NATS taken per turn, so that a flooding instance cannot starve this
 /// one's clients, timers or signals; the rest wait in the bridge's bounded queue.
 const NATS_BYTES_PER_TURN: usize = READ_BUDGET;
@@ -182,7 +180,7 @@ struct WebFront {
     /// Web connections that have not become WebSocket clients (reading their request,
     /// being answered).
     requests: PendingRequests,
-    /// The page's Content-Security-Policy (see [`page_policy`]).
+    /// The page's Content-Security-Policy (see [`crate::page`]).
     page_policy: String,
     /// When WebSocket clients are next checked for silence (with `--http`).
     next_liveness_check: Option<Instant>,
@@ -276,7 +274,7 @@ impl EventLoop {
         Ok(EventLoop {
             web: WebFront {
                 requests: PendingRequests::default(),
-                page_policy: admission::page_policy(PAGE),
+                page_policy: crate::page::content_security_policy(),
                 next_liveness_check: config
                     .ws_ping
                     .filter(|_| web_listener.is_some())

@@ -30,6 +30,7 @@ pub mod http;
 pub mod log_limit;
 pub mod logger;
 pub mod origin;
+pub mod page;
 pub mod shutdown;
 pub mod signals;
 pub mod socket_queues;

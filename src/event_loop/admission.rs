@@ -15,7 +15,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{
-    ACCEPT_RETRY, AcceptPause, Admitting, EventLoop, HandOut, Listener, PAGE,
+    ACCEPT_RETRY, AcceptPause, Admitting, EventLoop, HandOut, Listener,
     is_per_connection_accept_error,
 };
 use crate::access::AddressPlace;
@@ -24,6 +24,7 @@ use crate::connection::{self, ClientConnection};
 use crate::http::{self, Request, Route};
 use crate::logger;
 use crate::origin;
+use crate::page;
 use crate::tls::HandshakeStep;
 use crate::transport::Transport;
 
@@ -299,11 +300,7 @@ impl EventLoop {
         };
         let response = match request.route {
             Route::Page => {
-                // The page shows its own lines itself unless the server echoes them.
-                let page = match self.config.echo {
-                    true => PAGE.replacen("data-echo=\"off\"", "data-echo=\"on\"", 1),
-                    false => PAGE.to_string(),
-                };
+                let page = page::page(self.config.echo);
                 let policy = [("Content-Security-Policy", self.web.page_policy.as_str())];
                 ok("text/html; charset=utf-8", &policy, page.as_bytes())
             }
@@ -460,22 +457,4 @@ impl EventLoop {
             announced,
         });
     }
-}
-
-/// The page's Content-Security-Policy: its own script (by its SHA-256, so no other script,
-/// inline handler or injected markup could run even if a line ever became markup: the page
-/// shows lines only as text, and this is the second fence), its own style, and a WebSocket
-/// back to where it came from; nothing else.
-pub(super) fn page_policy(page: &str) -> String {
-    use base64::Engine as _;
-    let script = page
-        .split_once("<script>")
-        .and_then(|(_, rest)| rest.split_once("</script>"))
-        .map_or("", |(script, _)| script);
-    let hash = ring::digest::digest(&ring::digest::SHA256, script.as_bytes());
-    let hash = base64::engine::general_purpose::STANDARD.encode(hash.as_ref());
-    format!(
-        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
-         connect-src 'self'; img-src data:"
-    )
 }
