@@ -22,9 +22,7 @@ fn a_joiner_gets_the_last_n_lines_in_order_then_the_live_ones() {
     sender.send(b"live\n");
     joiner.expect(b"live\n");
     witness.expect(b"live\n");
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
-    let stats = server.final_log();
+    let stats = server.stop_for_stats();
     // old-4 .. old-7 and live: 4 × 6 + 5 bytes.
     assert!(stats.contains(" history: lines=5 bytes=29"), "{stats}");
 }

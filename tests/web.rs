@@ -538,9 +538,7 @@ fn pages_of_other_sites_cannot_open_the_websocket_and_the_servers_own_can() {
         "{}",
         refused[0]
     );
-    server.signal(libc::SIGTERM);
-    server.wait_exit();
-    let stats = server.final_log();
+    let stats = server.stop_for_stats();
     assert!(stats.contains(" foreign_origin=5 "), "{stats}");
 }
 
