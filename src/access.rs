@@ -4,11 +4,10 @@
 //! Deny wins over allow; with any `--allow`, an address must match one. IPv4 addresses that
 //! arrive IPv4-mapped on an IPv6 socket (`::ffff:127.0.0.1`) are judged as IPv4.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// An address range: an address and how many leading bits must match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,24 +103,34 @@ impl AccessList {
 pub struct PerAddress {
     /// 0: no limit (and nothing counted).
     max: usize,
-    counts: Rc<RefCell<HashMap<IpAddr, usize>>>,
+    counts: Counts,
+}
+
+/// The shared counts. A mutex rather than a `RefCell` keeps the loop `Send` (it may run on
+/// a thread of its own); it is taken only at an accept and at a connection's end.
+type Counts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// The counts, even if a panic elsewhere poisoned the lock (they are plain numbers).
+fn lock(counts: &Counts) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+    counts.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl PerAddress {
     pub fn new(max: usize) -> PerAddress {
         PerAddress {
             max,
-            counts: Rc::default(),
+            counts: Counts::default(),
         }
     }
 
     /// A place for one more connection from `ip`, unless that would pass the limit.
+    #[must_use = "the place is given back as soon as it is dropped"]
     pub fn try_take(&self, ip: IpAddr) -> Option<AddressPlace> {
         if self.max == 0 {
             return Some(AddressPlace::uncounted(ip));
         }
         let ip = ip.to_canonical();
-        let mut counts = self.counts.borrow_mut();
+        let mut counts = lock(&self.counts);
         let count = counts.entry(ip).or_insert(0);
         if *count >= self.max {
             return None;
@@ -129,7 +138,7 @@ impl PerAddress {
         *count += 1;
         Some(AddressPlace {
             ip,
-            counts: Some(Rc::clone(&self.counts)),
+            counts: Some(Arc::clone(&self.counts)),
         })
     }
 
@@ -139,12 +148,14 @@ impl PerAddress {
 }
 
 /// One connection's place in its address's count (`--max-clients-per-ip`); given back when
-/// dropped.
+/// dropped. (Were the limit ever reloaded, places taken before would still be given back
+/// to the counts they came from: those of their `PerAddress`.)
 #[derive(Debug)]
+#[must_use = "the place is given back as soon as it is dropped"]
 pub struct AddressPlace {
     ip: IpAddr,
     /// `None` when nothing is counted (no limit).
-    counts: Option<Rc<RefCell<HashMap<IpAddr, usize>>>>,
+    counts: Option<Counts>,
 }
 
 impl AddressPlace {
@@ -159,7 +170,7 @@ impl Drop for AddressPlace {
         let Some(counts) = &self.counts else {
             return;
         };
-        let mut counts = counts.borrow_mut();
+        let mut counts = lock(counts);
         if let Some(count) = counts.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
@@ -230,16 +241,16 @@ mod tests {
         assert!(again.is_some());
         drop(other);
         assert!(
-            !limit.counts.borrow().contains_key(&ip("127.0.0.3")),
+            !lock(&limit.counts).contains_key(&ip("127.0.0.3")),
             "no entry left behind"
         );
         drop((second, again));
-        assert!(limit.counts.borrow().is_empty());
+        assert!(lock(&limit.counts).is_empty());
         let unlimited = PerAddress::new(0);
         let places: Vec<_> = (0..100)
             .map(|_| unlimited.try_take(ip("127.0.0.2")))
             .collect();
         assert!(places.iter().all(Option::is_some));
-        assert!(unlimited.counts.borrow().is_empty(), "nothing counted");
+        assert!(lock(&unlimited.counts).is_empty(), "nothing counted");
     }
 }

@@ -133,7 +133,8 @@ struct Broadcast {
 struct TlsStage {
     /// The TLS configuration new connections get (replaced on SIGHUP), with `--tls-cert`.
     config: Option<Arc<rustls::ServerConfig>>,
-    /// New connections in their TLS handshake, and the listener each came through.
+    /// New connections in their TLS handshake, each with the listener it came through and
+    /// its place in its address's count.
     handshakes: Handshakes<Admitting>,
     /// Handshake steps left in this turn, and handshakes waiting for the next turn's.
     budget: usize,
@@ -157,7 +158,8 @@ struct NatsLink {
 /// budget, a pause after running out of descriptors, and the rate limits of the lines
 /// that refusals and accept failures log.
 struct Admission {
-    /// Clients per address, for `--max-clients-per-ip`.
+    /// Connections per address in every stage (handshakes, requests, clients), for
+    /// `--max-clients-per-ip`.
     per_address: PerAddress,
     /// Set while accepting is paused after running out of descriptors.
     pause: Option<AcceptPause>,
@@ -166,11 +168,11 @@ struct Admission {
     /// Per listener: connections may be waiting (its event came this poll, or the accept
     /// budget ran out before it was empty: no new edge will come for those).
     more_to_accept: [bool; 2],
+    /// Accept failures (and resumptions): a line a second, then summed.
     failure_log: RateLimit,
     /// Connections denied or refused by address: 20 lines a second, then summed.
     access_log: RateLimit,
-    /// Refusals of a full server, accept failures, and warnings about misbehaving clients
-    /// (slow consumers, over-long lines) are logged at most once a second each, then summed.
+    /// Refusals of a full server: a line a second, then summed.
     refusal_log: RateLimit,
 }
 
@@ -227,6 +229,8 @@ pub struct EventLoop {
     shutdown: Option<Shutdown>,
     stats: Stats,
     next_stats_at: Option<Instant>,
+    /// Warnings about misbehaving clients (slow consumers, over-long lines, protocol
+    /// errors): a line a second, then summed.
     warning_log: RateLimit,
 }
 
@@ -919,8 +923,8 @@ impl EventLoop {
         }
     }
 
-    /// Handles SIGINT/SIGTERM: the first starts a graceful shutdown, any later one (even
-    /// delivered together with the first) ends it.
+    /// Handles signals: SIGHUP reloads TLS; the first SIGINT/SIGTERM starts a graceful
+    /// shutdown, any later one (even delivered together with the first) ends it.
     fn on_signals(&mut self) -> Option<Exit> {
         for signal in self.signals.take() {
             if signal == Signal::Reload {

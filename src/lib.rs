@@ -42,3 +42,13 @@ pub mod websocket;
 pub use config::Config;
 pub use error::ServerError;
 pub use event_loop::{EventLoop, Exit};
+
+#[cfg(test)]
+mod tests {
+    /// Rooms may one day run on threads of their own: the loop must stay movable.
+    #[test]
+    fn the_loop_can_move_to_a_thread_of_its_own() {
+        fn is_send<T: Send>() {}
+        is_send::<crate::EventLoop>();
+    }
+}

@@ -194,3 +194,99 @@ fn one_address_cannot_crowd_others_out_with_unfinished_requests_or_handshakes() 
     let client = common::tls::TlsClient::connect(tls.addr(), pki.client_config(None));
     assert!(client.is_ok(), "another address was crowded out");
 }
+
+/// With `--max-clients-per-ip 1`: the address's one place is free again (a line client
+/// from it is admitted, then leaves).
+fn place_is_free(server: &Server) {
+    let client = connect_from(server, 2);
+    let addr = client.local_addr();
+    drop(client);
+    server.wait_for_disconnect(addr);
+}
+
+/// A web request from 127.0.0.2 with `request`; reads the answer to its end and waits until
+/// the server has closed the connection; returns the answer.
+fn web_request_from(server: &Server, request: &[u8]) -> String {
+    let mut client = Client::connect_from(server.web_addr(), loopback(2));
+    client.send(request);
+    let answer = String::from_utf8_lossy(&client.read_to_eof()).into_owned();
+    let addr = client.local_addr();
+    drop(client);
+    server.wait_for_log(&format!("http: {addr} closed after its answer"));
+    answer
+}
+
+#[test]
+fn every_way_a_connection_ends_gives_its_address_place_back_and_a_websocket_keeps_it() {
+    let server = Server::start(&[
+        "--max-clients-per-ip",
+        "1",
+        "--max-line",
+        "1KiB",
+        "--http",
+        "127.0.0.1:0",
+        "-v",
+    ]);
+    // A line client sent away for an over-long line (it drains, then is closed).
+    let mut long = connect_from(&server, 2);
+    long.send(&[b'x'; 2000]);
+    assert_eq!(long.read_to_eof(), b"ERR line too long (max 1024 bytes)\n");
+    server.wait_for_disconnect(long.local_addr());
+    place_is_free(&server);
+    // A web request answered, and one refused (403: another site's page).
+    let answer = web_request_from(&server, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    place_is_free(&server);
+    let foreign = upgrade_request("t", "Origin: http://evil.example\r\n");
+    let answer = web_request_from(&server, foreign.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    place_is_free(&server);
+    // A WebSocket client holds its place while connected ...
+    let mut ws = common::websocket::WsClient::connect_from(server.web_addr(), loopback(2));
+    let ws_addr = ws.stream.local_addr().unwrap();
+    server.wait_for_log(&format!("websocket client {ws_addr} connected"));
+    assert_eq!(
+        refused_from(&server, 2, b""),
+        b"ERR too many connections from 127.0.0.2 (max 1)\n"
+    );
+    // ... and gives it back when it closes, or breaks the protocol.
+    ws.send_frame(common::websocket::CLOSE, true, &1000u16.to_be_bytes());
+    ws.expect_close(1000);
+    server.wait_for_disconnect(ws_addr);
+    place_is_free(&server);
+    let mut rude = common::websocket::WsClient::connect_from(server.web_addr(), loopback(2));
+    let rude_addr = rude.stream.local_addr().unwrap();
+    rude.send_frame_with(common::websocket::TEXT, true, b"unmasked", false);
+    rude.expect_close(1002);
+    server.wait_for_disconnect(rude_addr);
+    place_is_free(&server);
+}
+
+#[test]
+fn refusals_and_failed_handshakes_give_their_address_place_back() {
+    // Refused because the server is full: the place is back when the full server has room.
+    let server = Server::start(&["--max-clients", "1", "--max-clients-per-ip", "1"]);
+    let occupant = connect_from(&server, 3);
+    assert_eq!(
+        refused_from(&server, 2, b""),
+        b"ERR server full (max 1 clients)\n"
+    );
+    let occupant_addr = occupant.local_addr();
+    drop(occupant);
+    server.wait_for_disconnect(occupant_addr);
+    place_is_free(&server);
+    // A failed TLS handshake (plaintext on the TLS port).
+    let pki = common::tls::Pki::new("places");
+    let (tls, _) = common::tls::tls_server(&pki, &["--max-clients-per-ip", "1"]);
+    let mut plain = Client::connect_from(tls.addr(), loopback(2));
+    plain.send(b"hello in the clear\n");
+    let _ = plain.read_until_closed();
+    tls.wait_for_log(&format!(
+        "tls: handshake with {} failed",
+        plain.local_addr()
+    ));
+    drop(plain);
+    let stream = Client::connect_from(tls.addr(), loopback(2)).stream;
+    let client = common::tls::TlsClient::handshake(stream, pki.client_config(None));
+    assert!(client.is_ok(), "the failed handshake kept its place");
+}

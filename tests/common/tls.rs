@@ -153,7 +153,11 @@ impl TlsClient {
         TlsClient::handshake(socket.into(), config)
     }
 
-    fn handshake(tcp: TcpStream, config: Arc<rustls::ClientConfig>) -> std::io::Result<TlsClient> {
+    /// Runs the TLS handshake over an already connected `tcp`.
+    pub fn handshake(
+        tcp: TcpStream,
+        config: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<TlsClient> {
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(DEADLINE))?;
         let name = ServerName::try_from("localhost").unwrap();
