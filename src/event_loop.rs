@@ -168,7 +168,7 @@ struct Admission {
     /// Per listener: connections may be waiting (its event came this poll, or the accept
     /// budget ran out before it was empty: no new edge will come for those).
     more_to_accept: [bool; 2],
-    /// Accept failures (and resumptions): a line a second, then summed.
+    /// Accept failures: a line a second, then summed.
     failure_log: RateLimit,
     /// Connections denied or refused by address: 20 lines a second, then summed.
     access_log: RateLimit,

@@ -290,3 +290,30 @@ fn refusals_and_failed_handshakes_give_their_address_place_back() {
     let client = common::tls::TlsClient::handshake(stream, pki.client_config(None));
     assert!(client.is_ok(), "the failed handshake kept its place");
 }
+
+#[test]
+fn a_client_lingering_to_read_its_err_line_still_holds_its_address_place() {
+    // --max-clients no longer counts it, but its socket is still open: the per-address
+    // limit, which bounds sockets per host, does until it is closed.
+    let server = Server::start(&["--max-clients-per-ip", "1", "--max-line", "1KiB"]);
+    let mut lingering = connect_from(&server, 2);
+    lingering.set_receive_buffer(4096);
+    let mut reader = connect_from(&server, 3);
+    let mut sender = connect_from(&server, 4);
+    // Its window shut behind MiBs: its ERR line cannot leave, so it lingers (up to 2 s).
+    let lines = common::numbered_lines(&"s".repeat(100), (8 << 20) / 110);
+    sender.send(&lines);
+    reader.expect(&lines);
+    lingering.send(&[b'x'; 2000]);
+    server.wait_for_log("sent a line longer than 1024 bytes; disconnecting it");
+    assert_eq!(
+        refused_from(&server, 2, b""),
+        b"ERR too many connections from 127.0.0.2 (max 1)\n"
+    );
+    assert!(
+        server
+            .log_lines(&format!("client {} disconnected", lingering.local_addr()))
+            .is_empty(),
+        "it left before the newcomer came: nothing was tested"
+    );
+}
