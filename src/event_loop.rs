@@ -125,7 +125,7 @@ struct Broadcast {
     /// Unfinished lines (with a `\n` added) of clients closed other than by their own
     /// hang-up, waiting for room in the batch: moved here so a burst of closes cannot grow
     /// the batch past its bound.
-    kept_lines: VecDeque<(Token, Vec<u8>)>,
+    kept_lines: VecDeque<(Sender, Vec<u8>)>,
 }
 
 /// The TLS stage: the configuration new connections get (replaced on SIGHUP), the
@@ -901,24 +901,23 @@ impl EventLoop {
             connection.read_rest_of_line(&mut self.scratch, self.config.max_line, &mut line);
             connection.end_unfinished_line(&mut line);
             if !line.is_empty() {
-                self.broadcast.kept_lines.push_back((token, line));
+                let sender = Sender::Client(token.0);
+                self.broadcast.kept_lines.push_back((sender, line));
             }
         }
     }
 
-    /// Moves kept unfinished lines into the batch while it has room.
+    /// Moves kept unfinished lines into the batch while it has space.
     fn take_kept_lines(&mut self) {
         while self.broadcast.batch.free_space() > 0
-            && let Some((token, line)) = self.broadcast.kept_lines.pop_front()
+            && let Some((sender, line)) = self.broadcast.kept_lines.pop_front()
         {
             let start = self.broadcast.batch.len();
             self.broadcast
                 .batch
                 .bytes_for(line.len())
                 .extend_from_slice(&line);
-            self.broadcast
-                .batch
-                .record(Sender::Client(token.0), start, 1);
+            self.broadcast.batch.record(sender, start, 1);
             self.stats.lines_in += 1;
         }
     }
