@@ -29,6 +29,7 @@ pub mod hold_timer;
 pub mod http;
 pub mod log_limit;
 pub mod logger;
+pub mod metrics;
 pub mod origin;
 pub mod page;
 pub mod shutdown;

@@ -1,9 +1,8 @@
 //! Counters an operator watches, and their two faces: the stats log line and the
 //! Prometheus text of `/metrics`.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
-use crate::bridge::BridgeCounters;
 use crate::connection::DisconnectReason;
 use crate::http::HttpCounters;
 
@@ -135,143 +134,6 @@ impl Stats {
         let (lines, bytes) = self.history?;
         Some(format!("history: lines={lines} bytes={bytes}"))
     }
-
-    /// Every counter in Prometheus's text exposition format (version 0.0.4).
-    pub fn prometheus(&self, http: HttpCounters, bridge: Option<&BridgeCounters>) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP broadcast_server_{name} {help}");
-            let _ = writeln!(out, "# TYPE broadcast_server_{name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "broadcast_server_{name}{labels} {value}");
-            }
-        };
-        metric(
-            "clients",
-            "gauge",
-            "Clients connected now, by transport.",
-            &[
-                ("{transport=\"tcp\"}", self.active - self.websocket_active),
-                ("{transport=\"websocket\"}", self.websocket_active),
-            ],
-        );
-        metric(
-            "clients_peak",
-            "gauge",
-            "Most clients connected at once.",
-            &[("", self.peak)],
-        );
-        let counters: [(&str, &str, u64); 5] = [
-            (
-                "connections_accepted_total",
-                "Clients accepted.",
-                self.accepted,
-            ),
-            (
-                "lines_received_total",
-                "Complete lines received from clients.",
-                self.lines_in,
-            ),
-            (
-                "deliveries_total",
-                "Line copies handed to recipients.",
-                self.deliveries,
-            ),
-            (
-                "bytes_received_total",
-                "Bytes received and framed into lines.",
-                self.bytes_in,
-            ),
-            (
-                "bytes_sent_total",
-                "Bytes the kernel took for clients.",
-                self.bytes_out,
-            ),
-        ];
-        for (name, help, value) in counters {
-            metric(name, "counter", help, &[("", value)]);
-        }
-        metric(
-            "disconnects_total",
-            "counter",
-            "Clients disconnected, by reason.",
-            &[
-                ("{reason=\"client_closed\"}", self.closed_by_client),
-                ("{reason=\"error\"}", self.errors),
-                ("{reason=\"peer_vanished\"}", self.peers_vanished),
-                ("{reason=\"slow_consumer\"}", self.slow_consumers),
-                ("{reason=\"line_too_long\"}", self.lines_too_long),
-                ("{reason=\"http_request\"}", self.http_requests),
-                ("{reason=\"shutdown\"}", self.closed_at_shutdown),
-                ("{reason=\"protocol_error\"}", self.protocol_errors),
-                ("{reason=\"ping_timeout\"}", self.ping_timeouts),
-            ],
-        );
-        metric(
-            "refused_total",
-            "counter",
-            "Connections refused: the server was full, the address is not allowed, it has \
-             --max-clients-per-ip already, or a WebSocket upgrade came from another site's page.",
-            &[
-                ("{reason=\"server_full\"}", self.refused_server_full),
-                ("{reason=\"denied\"}", self.denied),
-                ("{reason=\"per_address\"}", self.refused_per_address),
-                ("{reason=\"origin\"}", self.refused_origin),
-            ],
-        );
-        metric(
-            "http_requests_total",
-            "counter",
-            "Web requests other than WebSocket upgrades, by outcome.",
-            &[
-                ("{outcome=\"answered\"}", http.answered),
-                ("{outcome=\"refused\"}", http.refused),
-                ("{outcome=\"timed_out\"}", http.timed_out),
-            ],
-        );
-        if let Some((lines, bytes)) = self.history {
-            metric(
-                "history_lines",
-                "gauge",
-                "Lines kept for newcomers (--history).",
-                &[("", lines)],
-            );
-            metric(
-                "history_bytes",
-                "gauge",
-                "Bytes of the lines kept for newcomers.",
-                &[("", bytes)],
-            );
-        }
-        if let Some(bridge) = bridge {
-            let [published, received, dropped @ ..] = bridge.each();
-            metric(
-                "nats_lines_total",
-                "counter",
-                "Lines published to and received from NATS.",
-                &[
-                    ("{direction=\"published\"}", published.1),
-                    ("{direction=\"received\"}", received.1),
-                ],
-            );
-            let labels: Vec<String> = dropped
-                .iter()
-                .map(|(why, _)| format!("{{reason=\"{why}\"}}"))
-                .collect();
-            let samples: Vec<(&str, u64)> = labels
-                .iter()
-                .map(String::as_str)
-                .zip(dropped.iter().map(|d| d.1))
-                .collect();
-            metric(
-                "nats_dropped_total",
-                "counter",
-                "Lines not bridged, by reason.",
-                &samples,
-            );
-        }
-        out
-    }
 }
 
 #[cfg(test)]
@@ -293,11 +155,5 @@ mod tests {
                 .to_string()
                 .starts_with("stats: accepted=3 active=1 peak=2 ")
         );
-        let text = stats.prometheus(HttpCounters::default(), None);
-        assert!(text.contains("broadcast_server_clients{transport=\"websocket\"} 1\n"));
-        assert!(text.contains("broadcast_server_clients{transport=\"tcp\"} 0\n"));
-        assert!(text.contains("# TYPE broadcast_server_deliveries_total counter\n"));
-        assert!(text.contains("broadcast_server_disconnects_total{reason=\"slow_consumer\"} 1\n"));
-        assert!(!text.contains("nats"));
     }
 }

@@ -306,7 +306,7 @@ impl EventLoop {
             }
             Route::Metrics => {
                 let nats = self.nats.bridge.as_ref().map(Bridge::counters);
-                let text = self.stats.prometheus(self.web.requests.counters(), nats);
+                let text = crate::metrics::render(&self.stats, self.web.requests.counters(), nats);
                 ok(
                     "text/plain; version=0.0.4; charset=utf-8",
                     &[],
