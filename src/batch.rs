@@ -100,6 +100,14 @@ impl Batch {
         &self.bytes
     }
 
+    /// Appends `bytes` (`lines` complete lines) from `sender`: [`Batch::bytes_for`] and
+    /// [`Batch::record`] in one, for lines that are already whole elsewhere.
+    pub fn append(&mut self, sender: Sender, bytes: &[u8], lines: usize) {
+        let start = self.bytes.len();
+        self.bytes_for(bytes.len()).extend_from_slice(bytes);
+        self.record(sender, start, lines);
+    }
+
     /// Notes that `sender` appended everything after `start` (`lines` lines). Consecutive
     /// appends by one sender merge into one run.
     pub fn record(&mut self, sender: Sender, start: usize, lines: usize) {
@@ -265,10 +273,8 @@ mod tests {
     use super::*;
 
     fn append(batch: &mut Batch, sender: usize, bytes: &[u8]) {
-        let start = batch.len();
-        batch.bytes_for(bytes.len()).extend_from_slice(bytes);
         let lines = bytes.iter().filter(|&&b| b == b'\n').count();
-        batch.record(Sender::Client(sender), start, lines);
+        batch.append(Sender::Client(sender), bytes, lines);
     }
 
     fn batch() -> Batch {

@@ -73,6 +73,14 @@ struct Admitting {
     place: AddressPlace,
 }
 
+/// `tokens` carried to this turn, each once, in token order (a connection may have been
+/// carried twice: by its budget and by an event).
+fn distinct(mut tokens: Vec<Token>) -> Vec<Token> {
+    tokens.sort_unstable();
+    tokens.dedup();
+    tokens
+}
+
 /// Accepting paused after running out of descriptors.
 struct AcceptPause {
     /// When to try again (sooner if a client leaves).
@@ -526,10 +534,8 @@ impl EventLoop {
 
     /// Gives clients whose budget ran out in an earlier turn their read for this turn, if
     /// an event did not already (then it queued itself again if it needs to).
-    fn serve_unfinished_readers(&mut self, mut readers: Vec<Token>) {
-        readers.sort_unstable();
-        readers.dedup();
-        for token in readers {
+    fn serve_unfinished_readers(&mut self, readers: Vec<Token>) {
+        for token in distinct(readers) {
             self.on_readable(token);
         }
     }
@@ -828,12 +834,7 @@ impl EventLoop {
                 if self.broadcast.batch.free_space() < line.len() {
                     self.hand_out();
                 }
-                let start = self.broadcast.batch.len();
-                self.broadcast
-                    .batch
-                    .bytes_for(line.len())
-                    .extend_from_slice(line);
-                self.broadcast.batch.record(Sender::Remote, start, 1);
+                self.broadcast.batch.append(Sender::Remote, line, 1);
                 if let Some(bridge) = &self.nats.bridge {
                     bridge.count_received(1);
                 }
@@ -912,12 +913,7 @@ impl EventLoop {
         while self.broadcast.batch.free_space() > 0
             && let Some((sender, line)) = self.broadcast.kept_lines.pop_front()
         {
-            let start = self.broadcast.batch.len();
-            self.broadcast
-                .batch
-                .bytes_for(line.len())
-                .extend_from_slice(&line);
-            self.broadcast.batch.record(sender, start, 1);
+            self.broadcast.batch.append(sender, &line, 1);
             self.stats.lines_in += 1;
         }
     }
@@ -966,14 +962,7 @@ impl EventLoop {
     /// Runs whatever is due: the accept retry, the drain checks and deadlines, the stats
     /// line, the summaries of rate-limited messages.
     fn run_timers(&mut self, now: Instant) {
-        if self
-            .admission
-            .pause
-            .as_ref()
-            .is_some_and(|pause| pause.retry_at <= now)
-        {
-            self.retry_accepting(now);
-        }
+        self.retry_accepting_if_due(now);
         self.web.requests.expire(now, self.poll.registry());
         self.tls.handshakes.expire(now, self.poll.registry());
         self.web.requests.log_summary(now);

@@ -101,10 +101,8 @@ mod tests {
             (1, b"a2\n"),
             (3, b"c1\n"),
         ] {
-            let start = batch.len();
-            batch.bytes_for(bytes.len()).extend_from_slice(bytes);
             let lines = bytes.iter().filter(|&&b| b == b'\n').count();
-            batch.record(Sender::Client(sender), start, lines);
+            batch.append(Sender::Client(sender), bytes, lines);
         }
         let mut framed = FramedBatch::default();
         framed.build(&batch);

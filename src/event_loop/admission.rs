@@ -48,7 +48,7 @@ impl EventLoop {
             match listener.accept() {
                 Ok((stream, peer)) => self.on_accepted(stream, peer, which),
                 // An empty backlog here says nothing of the other listener's: a pause ends
-                // only in a retry that tried both (`retry_accepting`).
+                // only in a retry that tried both (`retry_accepting_if_due`).
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_per_connection_accept_error(&e) => {
                     debug!("accept: {e} (the connection failed before we took it)");
@@ -76,8 +76,7 @@ impl EventLoop {
         };
         if self.tls.config.is_some() && self.tls.handshakes.len() >= self.config.max_clients {
             // Handshakes are bounded like clients; this one is closed unanswered.
-            self.stats.refused_server_full += 1;
-            if self.admission.refusal_log.admit(Instant::now()) {
+            if self.count_refused_server_full() {
                 info!(
                     "refused {peer}: {} TLS handshakes in progress already",
                     self.tls.handshakes.len()
@@ -153,20 +152,14 @@ impl EventLoop {
 
     /// Moves on the web requests whose reading stopped at its budget last turn.
     pub(super) fn serve_unfinished_web_requests(&mut self) {
-        let mut tokens = self.web.requests.take_unfinished();
-        tokens.sort_unstable();
-        tokens.dedup();
-        for token in tokens {
+        for token in super::distinct(self.web.requests.take_unfinished()) {
             self.on_web_event(token);
         }
     }
 
     /// Moves on the handshakes the last turn's budget left waiting.
     pub(super) fn serve_deferred_handshakes(&mut self) {
-        let mut tokens = std::mem::take(&mut self.tls.deferred);
-        tokens.sort_unstable();
-        tokens.dedup();
-        for token in tokens {
+        for token in super::distinct(std::mem::take(&mut self.tls.deferred)) {
             self.on_handshake_event(token);
         }
     }
@@ -207,8 +200,7 @@ impl EventLoop {
     ) {
         let max_clients = self.config.max_clients;
         if self.connections.len() - self.leaving >= max_clients {
-            self.stats.refused_server_full += 1;
-            if self.admission.refusal_log.admit(Instant::now()) {
+            if self.count_refused_server_full() {
                 info!("refused {peer}: server full ({max_clients} clients)");
             }
             let message = format!("ERR server full (max {max_clients} clients)\n");
@@ -243,6 +235,13 @@ impl EventLoop {
         let _ = transport.shutdown_write();
     }
 
+    /// Counts a connection refused because the server is full; true if it may be logged
+    /// (a line a second, then a summary).
+    fn count_refused_server_full(&mut self) -> bool {
+        self.stats.refused_server_full += 1;
+        self.admission.refusal_log.admit(Instant::now())
+    }
+
     /// A place for one more connection from `peer`'s address, or why not (logged, counted).
     pub(super) fn take_address_place(&mut self, peer: SocketAddr) -> Result<AddressPlace, String> {
         if let Some(place) = self.admission.per_address.try_take(peer.ip()) {
@@ -270,8 +269,7 @@ impl EventLoop {
         token: Token,
     ) {
         if self.web.requests.len() >= self.config.max_clients {
-            self.stats.refused_server_full += 1;
-            if self.admission.refusal_log.admit(Instant::now()) {
+            if self.count_refused_server_full() {
                 info!(
                     "refused {peer}: {} web requests in progress already",
                     self.config.max_clients
@@ -411,23 +409,19 @@ impl EventLoop {
         }
     }
 
-    /// Retries both listeners after running out of descriptors; the pause ends if neither
+    /// Retries both listeners when a pause's retry is due; the pause ends if neither
     /// failed again (edge-triggered, a listener would not say again that connections wait
     /// in its backlog, so both are tried before it ends).
-    pub(super) fn retry_accepting(&mut self, now: Instant) {
+    pub(super) fn retry_accepting_if_due(&mut self, now: Instant) {
+        let due = |pause: &AcceptPause| pause.retry_at <= now;
+        if !self.admission.pause.as_ref().is_some_and(due) {
+            return;
+        }
         self.accept_all(Listener::Lines);
         self.accept_all(Listener::Web);
         // A failure in this retry moved the next one past `now`.
-        if self
-            .admission
-            .pause
-            .as_ref()
-            .is_some_and(|pause| pause.retry_at <= now)
-            && self
-                .admission
-                .pause
-                .take()
-                .is_some_and(|pause| pause.announced)
+        if let Some(pause) = self.admission.pause.take_if(|pause| due(pause))
+            && pause.announced
         {
             info!("accepting again ({} clients)", self.connections.len());
         }
