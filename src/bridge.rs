@@ -312,6 +312,8 @@ struct Link {
     next_server: usize,
     /// The connected server's max payload.
     max_payload: usize,
+    /// Where a message's envelope and PUB line are written before they are queued.
+    scratch: Vec<u8>,
     logs: LinkLogs,
     /// Whether NATS was ever reached, and whether we already said it could not be.
     ever_connected: bool,
@@ -336,6 +338,7 @@ impl Link {
             sequence: 0,
             next_server: 0,
             max_payload: protocol::DEFAULT_MAX_PAYLOAD,
+            scratch: Vec::new(),
             logs: LinkLogs {
                 state: RateLimit::with_burst(4),
                 too_large: RateLimit::default(),
@@ -654,10 +657,16 @@ impl Link {
                 continue;
             }
             self.sequence += 1;
+            // The envelope, then the PUB line (it needs the envelope's length), into one
+            // reused buffer: no allocation per message.
+            let scratch = &mut self.scratch;
+            scratch.clear();
             let key = self.settings.key.as_ref();
-            let head = envelope::seal(self.origin, self.sequence, now_ms, key, &chunk);
-            let pub_line = protocol::publish_line(&self.settings.subject, head.len() + chunk.len());
-            out.push(&[&pub_line, &head, &chunk, b"\r\n"], n);
+            envelope::seal_into(scratch, self.origin, self.sequence, now_ms, key, &chunk);
+            let head = scratch.len();
+            protocol::publish_line_into(scratch, &self.settings.subject, head + chunk.len());
+            let (envelope, pub_line) = scratch.split_at(head);
+            out.push(&[pub_line, envelope, &chunk, b"\r\n"], n);
         }
     }
 

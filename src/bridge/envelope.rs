@@ -32,8 +32,10 @@ use ring::hmac;
 const MAGIC: &[u8] = b"~bcast1 ";
 /// The tag's place in a message without a key.
 const NO_TAG: &[u8] = b"-";
+/// Bytes of an HMAC-SHA256 tag (written as twice as many hex digits).
+const TAG_LEN: usize = 32;
 /// Longest envelope line: magic, tag, origin, two u64s, separators and the line end.
-pub const MAX_ENVELOPE: usize = 8 + 64 + 1 + 16 + 1 + 20 + 1 + 20 + 1;
+pub const MAX_ENVELOPE: usize = 8 + 2 * TAG_LEN + 1 + 16 + 1 + 20 + 1 + 20 + 1;
 /// With a key: how far the first message heard from an origin may be from our clock (a
 /// replay of older recordings is refused; clocks must agree this well).
 pub const FRESH: std::time::Duration = std::time::Duration::from_secs(300);
@@ -77,8 +79,41 @@ impl std::fmt::Debug for MessageKey {
     }
 }
 
-/// The envelope line of message `sequence` from `origin`, sent at `sent_ms` (ms since
-/// 1970), carrying `lines`.
+/// Appends to `out` the envelope line of message `sequence` from `origin`, sent at
+/// `sent_ms` (ms since 1970), carrying `lines`. Nothing is allocated once `out` has grown:
+/// the tag's place is reserved, then filled in from the signed part written after it.
+pub fn seal_into(
+    out: &mut Vec<u8>,
+    origin: u64,
+    sequence: u64,
+    sent_ms: u64,
+    key: Option<&MessageKey>,
+    lines: &[u8],
+) {
+    use std::io::Write as _;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(MAGIC);
+    let tag_at = out.len();
+    match key {
+        Some(_) => out.resize(tag_at + 2 * TAG_LEN, b'0'),
+        None => out.extend_from_slice(NO_TAG),
+    }
+    let signed_at = out.len();
+    // Writing into a Vec cannot fail.
+    let _ = writeln!(out, " {origin:016x} {sequence} {sent_ms}");
+    if let Some(key) = key {
+        let mut context = hmac::Context::with_key(&key.key);
+        context.update(&out[signed_at..]);
+        context.update(lines);
+        let tag = context.sign();
+        for (hex, byte) in out[tag_at..signed_at].chunks_exact_mut(2).zip(tag.as_ref()) {
+            hex.copy_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
+        }
+    }
+}
+
+/// The envelope line alone (see [`seal_into`]), e.g. for a test that publishes as an
+/// instance would.
 pub fn seal(
     origin: u64,
     sequence: u64,
@@ -86,21 +121,8 @@ pub fn seal(
     key: Option<&MessageKey>,
     lines: &[u8],
 ) -> Vec<u8> {
-    let signed_head = format!(" {origin:016x} {sequence} {sent_ms}\n");
-    let mut head = MAGIC.to_vec();
-    match key {
-        Some(key) => {
-            let mut context = hmac::Context::with_key(&key.key);
-            context.update(signed_head.as_bytes());
-            context.update(lines);
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            for byte in context.sign().as_ref() {
-                head.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
-            }
-        }
-        None => head.extend_from_slice(NO_TAG),
-    }
-    head.extend_from_slice(signed_head.as_bytes());
+    let mut head = Vec::new();
+    seal_into(&mut head, origin, sequence, sent_ms, key, lines);
     head
 }
 

@@ -223,8 +223,10 @@ pub fn connect_and_subscribe(connect: &Connect<'_>, subject: &str) -> Vec<u8> {
 }
 
 /// `PUB subject <len>`: the line before a payload of `len` bytes (then `\r\n`).
-pub fn publish_line(subject: &str, len: usize) -> Vec<u8> {
-    format!("PUB {subject} {len}\r\n").into_bytes()
+pub fn publish_line_into(out: &mut Vec<u8>, subject: &str, len: usize) {
+    use std::io::Write as _;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "PUB {subject} {len}\r\n");
 }
 
 pub const PING: &[u8] = b"PING\r\n";
