@@ -170,8 +170,9 @@ pub enum ConfigError {
     HistoryOverQueue { history_bytes: usize, room: usize },
     /// The TLS flags do not go together.
     BadTls { why: &'static str },
-    /// An `--allow` or `--deny` value is not an address range.
-    BadRange { flag: &'static str, why: String },
+    /// A flag's value cannot be used: an `--allow`/`--deny` value that is not an address
+    /// range, an `--allow-origin` that is not an origin.
+    BadValue { flag: &'static str, why: String },
     /// `--max-queue` cannot hold a full line with its newline and more.
     QueueNotLargerThanLine { max_queue: usize, max_line: usize },
 }
@@ -186,7 +187,7 @@ impl fmt::Display for ConfigError {
             ),
             ConfigError::Zero { flag } => write!(f, "{flag} must be at least 1"),
             ConfigError::BadNats { why } => write!(f, "invalid --nats: {why}"),
-            ConfigError::BadRange { flag, why } => write!(f, "invalid {flag}: {why}"),
+            ConfigError::BadValue { flag, why } => write!(f, "invalid {flag}: {why}"),
             ConfigError::BadTls { why } => write!(f, "{why}"),
             ConfigError::HistoryOverQueue {
                 history_bytes,
@@ -245,7 +246,7 @@ impl Config {
         let ranges = |flag: &'static str, texts: &[String]| {
             texts
                 .iter()
-                .map(|text| Cidr::parse(text).map_err(|why| ConfigError::BadRange { flag, why }))
+                .map(|text| Cidr::parse(text).map_err(|why| ConfigError::BadValue { flag, why }))
                 .collect::<Result<Vec<Cidr>, ConfigError>>()
         };
         let access = AccessList {
@@ -296,7 +297,7 @@ impl Config {
             });
         }
         let origins =
-            OriginPolicy::parse(&settings.allow_origin).map_err(|why| ConfigError::BadRange {
+            OriginPolicy::parse(&settings.allow_origin).map_err(|why| ConfigError::BadValue {
                 flag: "--allow-origin",
                 why,
             })?;
