@@ -659,13 +659,14 @@ impl Link {
             self.sequence += 1;
             // The envelope, then the PUB line (it needs the envelope's length), into one
             // reused buffer: no allocation per message.
-            let scratch = &mut self.scratch;
-            scratch.clear();
+            self.scratch.clear();
             let key = self.settings.key.as_ref();
-            envelope::seal_into(scratch, self.origin, self.sequence, now_ms, key, &chunk);
-            let head = scratch.len();
-            protocol::publish_line_into(scratch, &self.settings.subject, head + chunk.len());
-            let (envelope, pub_line) = scratch.split_at(head);
+            let (origin, sequence) = (self.origin, self.sequence);
+            envelope::seal_into(&mut self.scratch, origin, sequence, now_ms, key, &chunk);
+            let head = self.scratch.len();
+            let len = head + chunk.len();
+            protocol::publish_line_into(&mut self.scratch, &self.settings.subject, len);
+            let (envelope, pub_line) = self.scratch.split_at(head);
             out.push(&[pub_line, envelope, &chunk, b"\r\n"], n);
         }
     }

@@ -33,7 +33,7 @@ const MAGIC: &[u8] = b"~bcast1 ";
 /// The tag's place in a message without a key.
 const NO_TAG: &[u8] = b"-";
 /// Bytes of an HMAC-SHA256 tag (written as twice as many hex digits).
-const TAG_LEN: usize = 32;
+const TAG_LEN: usize = ring::digest::SHA256_OUTPUT_LEN;
 /// Longest envelope line: magic, tag, origin, two u64s, separators and the line end.
 pub const MAX_ENVELOPE: usize = 8 + 2 * TAG_LEN + 1 + 16 + 1 + 20 + 1 + 20 + 1;
 /// With a key: how far the first message heard from an origin may be from our clock (a

@@ -413,14 +413,18 @@ impl EventLoop {
     /// failed again (edge-triggered, a listener would not say again that connections wait
     /// in its backlog, so both are tried before it ends).
     pub(super) fn retry_accepting_if_due(&mut self, now: Instant) {
-        let due = |pause: &AcceptPause| pause.retry_at <= now;
-        if !self.admission.pause.as_ref().is_some_and(due) {
+        if self
+            .admission
+            .pause
+            .as_ref()
+            .is_none_or(|pause| pause.retry_at > now)
+        {
             return;
         }
         self.accept_all(Listener::Lines);
         self.accept_all(Listener::Web);
         // A failure in this retry moved the next one past `now`.
-        if let Some(pause) = self.admission.pause.take_if(|pause| due(pause))
+        if let Some(pause) = self.admission.pause.take_if(|pause| pause.retry_at <= now)
             && pause.announced
         {
             info!("accepting again ({} clients)", self.connections.len());
