@@ -21,7 +21,7 @@ pub enum ServerError {
     /// The poller itself failed.
     Poll(io::Error),
     /// The TLS files could not be used.
-    Tls(crate::tls::TlsError),
+    Tls(crate::transport::tls::TlsError),
     /// The SIGINT/SIGTERM handlers could not be installed.
     Signals(io::Error),
 }

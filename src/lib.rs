@@ -13,36 +13,21 @@
 //! every log line passes ([`logger`]: escaped, bounded, rate-limited).
 //! `main.rs` only turns flags into a [`Config`] and reports errors.
 
-pub mod access;
-pub mod batch;
+pub mod admission;
 pub mod bridge;
+pub mod broadcast;
 pub mod config;
-pub mod connection;
-pub mod deadlines;
+pub mod conn;
 pub mod error;
-pub mod event_loop;
-pub mod fd_limit;
-pub mod framed_batch;
-pub mod framing;
-pub mod history;
-pub mod hold_timer;
-pub mod http;
-pub mod log_limit;
-pub mod logger;
-pub mod metrics;
-pub mod origin;
-pub mod page;
-pub mod shutdown;
-pub mod signals;
-pub mod socket_queues;
-pub mod stats;
-pub mod tls;
+pub mod observe;
+pub mod reactor;
 pub mod transport;
-pub mod websocket;
+pub mod web;
+pub mod wire;
 
 pub use config::Config;
 pub use error::ServerError;
-pub use event_loop::{EventLoop, Exit};
+pub use reactor::{EventLoop, Exit};
 
 #[cfg(test)]
 mod tests {

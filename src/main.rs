@@ -7,9 +7,10 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 use log::{LevelFilter, warn};
 
+use broadcast_server::admission::fd_limit;
 use broadcast_server::config::{self, Config, Settings};
-use broadcast_server::logger::GuardedLogger;
-use broadcast_server::{EventLoop, Exit, ServerError, fd_limit};
+use broadcast_server::observe::logger::GuardedLogger;
+use broadcast_server::{EventLoop, Exit, ServerError};
 
 /// Forward every line a TCP client sends to every other connected client.
 ///

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use broadcast_server::socket_queues::{unacknowledged_output, unread_input};
+use broadcast_server::conn::socket_queues::{unacknowledged_output, unread_input};
 use common::{Client, DEADLINE, Server, wait_until};
 
 /// Has each of `senders` send one unfinished line of `len` bytes (distinct contents), and

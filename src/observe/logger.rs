@@ -11,7 +11,7 @@
 //!   `\u{..}`, so one record is one line, shown as it is;
 //! - records from other crates (rustls, tokio, ...) pass at most [`FOREIGN_BURST`] a
 //!   second per crate; the rest are counted and summed up in one line the next time that
-//!   crate logs. Our own storms are limited where they arise ([`crate::log_limit`]).
+//!   crate logs. Our own storms are limited where they arise ([`crate::observe::log_limit`]).
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use log::{Log, Metadata, Record};
 
-use crate::log_limit::RateLimit;
+use crate::observe::log_limit::RateLimit;
 
 /// Longest message written (bytes, before escaping); past it the message is cut.
 pub const MAX_MESSAGE: usize = 800;

@@ -22,8 +22,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-use crate::deadlines::Deadlines;
-use crate::log_limit::RateLimit;
+use crate::observe::log_limit::RateLimit;
+use crate::reactor::deadlines::Deadlines;
 use crate::transport::{HandshakeProgress, Transport};
 
 /// How long a new connection has to complete its TLS handshake.

@@ -7,11 +7,11 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::access::{AccessList, Cidr};
+use crate::admission::access::{AccessList, Cidr};
 use crate::bridge::envelope::MessageKey;
 use crate::bridge::{self, BridgeSettings};
-use crate::origin::OriginPolicy;
-use crate::tls::TlsSettings;
+use crate::transport::tls::TlsSettings;
+use crate::web::origin::OriginPolicy;
 
 /// The NATS subject used when `--nats-subject` is not given.
 pub const DEFAULT_NATS_SUBJECT: &str = "broadcast-server.lines";

@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use crate::bridge::BridgeCounters;
-use crate::http::HttpCounters;
-use crate::stats::Stats;
+use crate::observe::stats::Stats;
+use crate::wire::http::HttpCounters;
 
 /// Every counter in Prometheus's text exposition format (version 0.0.4).
 pub fn render(stats: &Stats, http: HttpCounters, bridge: Option<&BridgeCounters>) -> String {
@@ -147,7 +147,7 @@ pub fn render(stats: &Stats, http: HttpCounters, bridge: Option<&BridgeCounters>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connection::DisconnectReason;
+    use crate::conn::connection::DisconnectReason;
 
     #[test]
     fn counters_are_rendered_with_their_types_and_labels() {

@@ -18,15 +18,15 @@ use super::{
     ACCEPT_RETRY, AcceptPause, Admitting, EventLoop, HandOut, Listener,
     is_per_connection_accept_error,
 };
-use crate::access::AddressPlace;
+use crate::admission::access::AddressPlace;
 use crate::bridge::Bridge;
-use crate::connection::{self, ClientConnection};
-use crate::http::{self, Request, Route};
-use crate::logger;
-use crate::origin;
-use crate::page;
-use crate::tls::HandshakeStep;
+use crate::conn::connection::{self, ClientConnection};
+use crate::observe::logger;
 use crate::transport::Transport;
+use crate::transport::tls::HandshakeStep;
+use crate::web::origin;
+use crate::web::page;
+use crate::wire::http::{self, Request, Route};
 
 impl EventLoop {
     /// Accepts waiting connections on `which`, within what is left of this turn's budget.
@@ -304,7 +304,8 @@ impl EventLoop {
             }
             Route::Metrics => {
                 let nats = self.nats.bridge.as_ref().map(Bridge::counters);
-                let text = crate::metrics::render(&self.stats, self.web.requests.counters(), nats);
+                let text =
+                    crate::web::metrics::render(&self.stats, self.web.requests.counters(), nats);
                 ok(
                     "text/plain; version=0.0.4; charset=utf-8",
                     &[],
@@ -396,7 +397,7 @@ impl EventLoop {
         };
         if connection.is_websocket() {
             let mut frames = Vec::with_capacity(history.len() + 10 * history.lines());
-            history.for_each_line(|line| crate::websocket::encode_line(line, &mut frames));
+            history.for_each_line(|line| crate::wire::websocket::encode_line(line, &mut frames));
             let mut slices = [IoSlice::new(&frames)];
             hand_out.deliver(token, connection, &mut slices, history.lines());
         } else {

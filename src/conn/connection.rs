@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use crate::access::AddressPlace;
+use crate::admission::access::AddressPlace;
 use crate::transport::Transport;
 use socket2::{SockRef, TcpKeepalive};
 
-use crate::framing::{self, LineFramer};
-use crate::socket_queues;
-use crate::websocket::{self, CloseCode, Stop};
+use crate::conn::socket_queues;
+use crate::wire::framing::{self, LineFramer};
+use crate::wire::websocket::{self, CloseCode, Stop};
 
 /// Most iovecs one `writev` takes (Linux's `IOV_MAX`).
 const IOV_MAX: usize = 1024;

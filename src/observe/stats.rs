@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use crate::connection::DisconnectReason;
-use crate::http::HttpCounters;
+use crate::conn::connection::DisconnectReason;
+use crate::wire::http::HttpCounters;
 
 /// What the server has done since it started.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

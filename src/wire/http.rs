@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use log::{debug, info, trace};
 use mio::{Interest, Registry, Token};
 
-use crate::access::AddressPlace;
-use crate::deadlines::Deadlines;
-use crate::log_limit::RateLimit;
-use crate::logger;
+use crate::admission::access::AddressPlace;
+use crate::observe::log_limit::RateLimit;
+use crate::observe::logger;
+use crate::reactor::deadlines::Deadlines;
 use crate::transport::Transport;
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
@@ -257,7 +257,7 @@ pub fn upgrade_response(key: &str) -> Vec<u8> {
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {}\r\n\r\n",
-        crate::websocket::accept_key(key)
+        crate::wire::websocket::accept_key(key)
     )
     .into_bytes()
 }

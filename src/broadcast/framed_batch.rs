@@ -13,8 +13,8 @@
 
 use std::ops::Range;
 
-use crate::batch::{Batch, SenderShare};
-use crate::websocket;
+use crate::broadcast::batch::{Batch, SenderShare};
+use crate::wire::websocket;
 
 /// The frames of one batch, and where each of its runs starts among them.
 #[derive(Debug, Default)]
@@ -89,7 +89,7 @@ impl FramedBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::Sender;
+    use crate::broadcast::batch::Sender;
     use std::time::Duration;
 
     #[test]

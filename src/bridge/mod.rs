@@ -42,8 +42,8 @@ use inbox::{InboxReceiver, InboxSender};
 use outgoing::Outgoing;
 use protocol::ServerOp;
 
-use crate::log_limit::RateLimit;
-use crate::logger;
+use crate::observe::log_limit::RateLimit;
+use crate::observe::logger;
 
 /// Batches waiting to be published; past this the loop drops batches for NATS.
 const OUTBOX_CAPACITY: usize = 64;

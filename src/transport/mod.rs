@@ -9,6 +9,8 @@
 //! queue, where `--max-queue` judges it. Every TLS record produced (handshake replies, alerts,
 //! key updates) is flushed at once: no readiness event would come for it otherwise.
 
+pub mod tls;
+
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 

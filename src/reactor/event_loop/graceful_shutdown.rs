@@ -23,9 +23,9 @@ use log::{debug, info, warn};
 use mio::Token;
 
 use super::{EventLoop, READ_BUDGET};
-use crate::batch::Sender;
-use crate::connection::{ClientConnection, DisconnectReason, ReadEnd, ReadReport};
-use crate::shutdown::{Finale, Shutdown};
+use crate::broadcast::batch::Sender;
+use crate::conn::connection::{ClientConnection, DisconnectReason, ReadEnd, ReadReport};
+use crate::reactor::shutdown::{Finale, Shutdown};
 
 /// How long the next batch of final lines waits for a client that has no space for it.
 pub(super) const SHUTDOWN_PATIENCE: Duration = Duration::from_millis(500);

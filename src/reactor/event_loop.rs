@@ -17,24 +17,26 @@ use mio::event::Event;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token};
 
-use crate::access::{AddressPlace, PerAddress};
-use crate::batch::{Batch, Sender};
+use crate::admission::access::{AddressPlace, PerAddress};
 use crate::bridge::{Bridge, BridgeCounters};
+use crate::broadcast::batch::{Batch, Sender};
+use crate::broadcast::framed_batch::FramedBatch;
+use crate::broadcast::history::History;
 use crate::config::Config;
-use crate::connection::{ClientConnection, DisconnectReason, Liveness, Phase, ReadEnd, ReadReport};
+use crate::conn::connection::{
+    ClientConnection, DisconnectReason, Liveness, Phase, ReadEnd, ReadReport,
+};
 use crate::error::ServerError;
-use crate::framed_batch::FramedBatch;
-use crate::history::History;
-use crate::hold_timer::HoldTimer;
-use crate::http::PendingRequests;
-use crate::log_limit::RateLimit;
-use crate::shutdown::Shutdown;
-use crate::signals::{Signal, Signals};
+use crate::observe::log_limit::RateLimit;
+use crate::reactor::hold_timer::HoldTimer;
+use crate::reactor::shutdown::Shutdown;
+use crate::reactor::signals::{Signal, Signals};
+use crate::wire::http::PendingRequests;
 
-mod admission;
+mod accept;
 mod graceful_shutdown;
-use crate::stats::Stats;
-use crate::tls::Handshakes;
+use crate::observe::stats::Stats;
+use crate::transport::tls::Handshakes;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -190,7 +192,7 @@ struct WebFront {
     /// Web connections that have not become WebSocket clients (reading their request,
     /// being answered).
     requests: PendingRequests,
-    /// The page's Content-Security-Policy (see [`crate::page`]).
+    /// The page's Content-Security-Policy (see [`crate::web::page`]).
     page_policy: String,
     /// When WebSocket clients are next checked for silence (with `--http`).
     next_liveness_check: Option<Instant>,
@@ -250,7 +252,7 @@ impl EventLoop {
         let tls = config
             .tls
             .as_ref()
-            .map(crate::tls::load)
+            .map(crate::transport::tls::load)
             .transpose()
             .map_err(ServerError::Tls)?;
         let mut listener = bind_any("--addr", &config.addrs)?;
@@ -286,7 +288,7 @@ impl EventLoop {
         Ok(EventLoop {
             web: WebFront {
                 requests: PendingRequests::default(),
-                page_policy: crate::page::content_security_policy(),
+                page_policy: crate::web::page::content_security_policy(),
                 next_liveness_check: config
                     .ws_ping
                     .filter(|_| web_listener.is_some())
@@ -946,7 +948,7 @@ impl EventLoop {
             info!("received SIGHUP: nothing to reload (no --tls-cert)");
             return;
         };
-        match crate::tls::load(settings) {
+        match crate::transport::tls::load(settings) {
             Ok(config) => {
                 self.tls.config = Some(config);
                 info!(

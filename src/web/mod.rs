@@ -1,0 +1,5 @@
+//! The `--http` front door: the page and its policy, the metrics, the Origin check.
+
+pub mod metrics;
+pub mod origin;
+pub mod page;
