@@ -6,101 +6,24 @@
 //! as a [`DisconnectReason`], never as a panic.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use crate::admission::access::AddressPlace;
-use crate::transport::Transport;
-use socket2::{SockRef, TcpKeepalive};
+use socket2::SockRef;
 
+use crate::admission::access::AddressPlace;
+use crate::broadcast::Form;
+use crate::conn::reason::{DisconnectReason, failure};
 use crate::conn::socket_queues;
-use crate::wire::framing::{self, LineFramer};
-use crate::wire::websocket::{self, CloseCode, Stop};
+use crate::conn::wire::{Liveness, Wire};
+use crate::transport::Transport;
+use crate::wire::websocket;
 
 /// Most iovecs one `writev` takes (Linux's `IOV_MAX`).
 const IOV_MAX: usize = 1024;
-/// Unanswered keepalive probes before a client's host counts as gone.
-const KEEPALIVE_PROBES: u32 = 4;
-
-/// Why a connection ended; logged once and counted in the stats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DisconnectReason {
-    /// The client closed (or half-closed) its side.
-    ClientClosed,
-    /// A read or write failed (reset by peer, broken pipe, ...).
-    Error(io::ErrorKind),
-    /// The client's host stopped answering: keepalive probes (`--tcp-keepalive`) or the
-    /// kernel's retransmissions went unacknowledged until it gave up.
-    PeerVanished,
-    /// More than `--max-queue` bytes were waiting for the client.
-    SlowConsumer { queued: usize },
-    /// The client sent a line longer than `--max-line`.
-    LineTooLong,
-    /// The client's first line was an HTTP request line: a web page's request (a no-cors
-    /// `fetch` or a form) sent to the line port, whose lines must not be broadcast.
-    HttpRequest,
-    /// The server shut down; the client got everything that was queued for it.
-    Shutdown,
-    /// The server shut down, and the drain deadline passed before the client took its output.
-    ShutdownTimeout { unsent: usize },
-    /// A WebSocket client sent a Close frame (with this status code, if any).
-    WebSocketClosed { code: Option<u16> },
-    /// A WebSocket client broke the protocol; it is closed with `code`.
-    WebSocketViolation { code: u16, why: &'static str },
-    /// A WebSocket client did not answer a ping.
-    PingTimeout,
-}
-
-impl DisconnectReason {
-    /// Whether the client is dropped with output it will never take: then the close is a
-    /// reset, so the kernel frees that output at once instead of holding it for minutes
-    /// (with zero-window probes) for a peer that is not reading.
-    pub fn abandons_output(self) -> bool {
-        matches!(
-            self,
-            DisconnectReason::SlowConsumer { .. } | DisconnectReason::ShutdownTimeout { .. }
-        )
-    }
-}
-
-impl fmt::Display for DisconnectReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DisconnectReason::ClientClosed => write!(f, "client closed"),
-            DisconnectReason::Error(kind) => write!(f, "error: {kind}"),
-            DisconnectReason::PeerVanished => {
-                write!(
-                    f,
-                    "peer vanished (no answer to keepalive or retransmissions)"
-                )
-            }
-            DisconnectReason::SlowConsumer { queued } => {
-                write!(f, "slow consumer: {queued} bytes queued")
-            }
-            DisconnectReason::LineTooLong => write!(f, "line too long"),
-            DisconnectReason::HttpRequest => write!(f, "sent an HTTP request to the line port"),
-            DisconnectReason::Shutdown => write!(f, "server shutdown"),
-            DisconnectReason::ShutdownTimeout { unsent } => {
-                write!(f, "server shutdown timed out with {unsent} bytes unsent")
-            }
-            DisconnectReason::WebSocketClosed { code: Some(code) } => {
-                write!(f, "client closed (WebSocket close {code})")
-            }
-            DisconnectReason::WebSocketClosed { code: None } => {
-                write!(f, "client closed (WebSocket close)")
-            }
-            DisconnectReason::WebSocketViolation { code, why } => {
-                write!(f, "WebSocket protocol error {code}: {why}")
-            }
-            DisconnectReason::PingTimeout => write!(f, "no answer to WebSocket pings"),
-        }
-    }
-}
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,46 +75,6 @@ pub struct Sent {
     pub failure: Option<DisconnectReason>,
 }
 
-/// Maps a socket error to why the client is dropped.
-fn failure(error: &io::Error) -> DisconnectReason {
-    match error.kind() {
-        // ETIMEDOUT on a connected socket: keepalive probes or retransmissions went
-        // unanswered.
-        io::ErrorKind::TimedOut => DisconnectReason::PeerVanished,
-        kind => DisconnectReason::Error(kind),
-    }
-}
-
-/// How lines look on a client's wire.
-#[derive(Debug)]
-enum Wire {
-    /// Plain TCP: newline-terminated lines both ways.
-    Lines(LineFramer),
-    /// WebSocket: messages in, one frame per line out (boxed: plain clients stay small).
-    WebSocket(Box<WebSocketState>),
-}
-
-/// A WebSocket client's decoder and liveness.
-#[derive(Debug)]
-struct WebSocketState {
-    decoder: websocket::Decoder,
-    /// When the client last sent anything (any frame, a pong included).
-    last_heard: Instant,
-    /// Whether it was pinged since then.
-    pinged: bool,
-}
-
-/// What a WebSocket client's silence calls for (see [`ClientConnection::check_liveness`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Liveness {
-    /// Heard from recently enough, or already pinged and still within its time to answer.
-    Fine,
-    /// Silent for a ping interval: a ping was queued.
-    Pinged,
-    /// Pinged, and silent for another interval: drop it.
-    Gone,
-}
-
 /// A connected client: its socket, its unfinished input and its pending output.
 #[derive(Debug)]
 pub struct ClientConnection {
@@ -200,6 +83,7 @@ pub struct ClientConnection {
     /// Its place in its address's count (`--max-clients-per-ip`): held, never read, and
     /// given back when the connection is dropped.
     _place: AddressPlace,
+    /// How lines look on its wire: decoding, farewells, liveness.
     wire: Wire,
     /// Output the kernel would not take yet, oldest first. Empty (and unallocated) unless the
     /// client's socket buffer is full.
@@ -211,9 +95,6 @@ pub struct ClientConnection {
     read_turn: u64,
     /// The last hand-out that served this client as a sender (its own lines left out).
     served_as_sender: u64,
-    /// Whether its first line was checked for an HTTP request line (see
-    /// [`DisconnectReason::HttpRequest`]); WebSocket clients need no check.
-    first_line_checked: bool,
 }
 
 impl ClientConnection {
@@ -223,7 +104,7 @@ impl ClientConnection {
         ClientConnection {
             peer,
             _place: place,
-            wire: Wire::Lines(LineFramer::default()),
+            wire: Wire::lines(),
             write_buf: VecDeque::new(),
             // A TLS handshake hands its socket over registered READABLE | WRITABLE: say so,
             // so that the first `update_interest` sets the registration right.
@@ -235,7 +116,6 @@ impl ClientConnection {
             phase: Phase::Open,
             read_turn: 0,
             served_as_sender: 0,
-            first_line_checked: false,
             transport,
         }
     }
@@ -250,11 +130,7 @@ impl ClientConnection {
         handshake: &[u8],
     ) -> ClientConnection {
         let mut connection = ClientConnection::new(transport, peer, place);
-        connection.wire = Wire::WebSocket(Box::new(WebSocketState {
-            decoder: websocket::Decoder::default(),
-            last_heard: Instant::now(),
-            pinged: false,
-        }));
+        connection.wire = Wire::websocket();
         connection.queue(handshake, handshake.len());
         connection
     }
@@ -263,74 +139,37 @@ impl ClientConnection {
         self.peer
     }
 
-    /// Whether this client speaks WebSocket (it receives the batch as frames).
-    pub fn is_websocket(&self) -> bool {
-        matches!(self.wire, Wire::WebSocket(_))
+    /// The form of the batch this client takes (its wire's choice).
+    pub fn form(&self) -> Form {
+        self.wire.form()
     }
 
     /// For an open WebSocket client silent for `interval`: pings it (once), or, if it was
-    /// pinged and stayed silent for another `interval`, says it is gone. Plain clients are
-    /// always `Fine` (TCP keepalive watches them).
+    /// pinged and stayed silent for another `interval`, says it is gone (see
+    /// [`Wire::check_liveness`]). A client still receiving what it is owed counts as heard.
     pub fn check_liveness(&mut self, now: Instant, interval: Duration) -> Liveness {
-        let Wire::WebSocket(state) = &mut self.wire else {
-            return Liveness::Fine;
-        };
-        if !self.write_buf.is_empty() {
-            // Still receiving what it is owed (a ping would wait behind it): --max-queue,
-            // not silence, judges a client that is behind.
-            state.last_heard = now;
-            state.pinged = false;
+        let behind = !self.write_buf.is_empty();
+        if !behind && !self.is_open() {
             return Liveness::Fine;
         }
-        let silent = now.saturating_duration_since(state.last_heard);
-        if self.phase != Phase::Open || silent < interval {
-            return Liveness::Fine;
+        let liveness = self.wire.check_liveness(now, interval, behind);
+        if liveness == Liveness::Ping {
+            let ping = websocket::ping_frame();
+            let limit = self.write_buf.len() + ping.len();
+            self.queue(&ping, limit);
         }
-        if state.pinged {
-            return if silent >= interval * 2 {
-                Liveness::Gone
-            } else {
-                Liveness::Fine
-            };
-        }
-        state.pinged = true;
-        let ping = websocket::ping_frame();
-        let limit = self.write_buf.len() + ping.len();
-        self.queue(&ping, limit);
-        Liveness::Pinged
+        liveness
     }
 
-    /// What the client is told as it is sent away for `reason`, on its own wire: an `ERR`
-    /// line or a WebSocket Close frame (nothing when there is nothing to say).
+    /// What the client is told as it is sent away for `reason`, on its own wire.
     pub fn farewell(&self, reason: DisconnectReason, max_line: usize) -> Vec<u8> {
-        match (&self.wire, reason) {
-            (Wire::Lines(_), DisconnectReason::LineTooLong) => {
-                format!("ERR line too long (max {max_line} bytes)\n").into_bytes()
-            }
-            (Wire::Lines(_), DisconnectReason::HttpRequest) => {
-                b"ERR this port speaks lines, not HTTP (browsers use the --http listener)\n"
-                    .to_vec()
-            }
-            (Wire::Lines(_), _) => Vec::new(),
-            (Wire::WebSocket(_), reason) => {
-                let (code, why) = match reason {
-                    DisconnectReason::LineTooLong => (
-                        CloseCode::MessageTooBig.code(),
-                        format!("message too long (max {max_line} bytes)"),
-                    ),
-                    DisconnectReason::WebSocketClosed { code } => {
-                        (code.unwrap_or(CloseCode::Normal.code()), String::new())
-                    }
-                    DisconnectReason::WebSocketViolation { code, why } => (code, why.to_string()),
-                    DisconnectReason::Shutdown => (
-                        CloseCode::GoingAway.code(),
-                        "server shutting down".to_string(),
-                    ),
-                    _ => return Vec::new(),
-                };
-                websocket::close_frame(code, &why)
-            }
-        }
+        self.wire.farewell(reason, max_line)
+    }
+
+    /// Whether the client has frames queued: being sent away, it is reset, since where the
+    /// frame being sent ends is not known and no farewell frame could follow it.
+    pub fn is_behind_in_frames(&self) -> bool {
+        self.wire.queues_frames() && !self.write_buf.is_empty()
     }
 
     pub fn phase(&self) -> Phase {
@@ -451,48 +290,22 @@ impl ClientConnection {
     }
 
     /// Turns one chunk of input into lines on the client's wire; returns how many, and why
-    /// the client must stop if it must. A WebSocket client's pongs are queued here.
+    /// the client must stop if it must. Replies the input calls for (a WebSocket client's
+    /// pongs) are queued, within `--max-queue` plus themselves: the caller judges the queue
+    /// right after the read (a client that pings without reading is a slow consumer).
     fn decode(
         &mut self,
         chunk: &[u8],
         max_line: usize,
         lines_out: &mut Vec<u8>,
     ) -> (usize, Option<DisconnectReason>) {
-        match &mut self.wire {
-            Wire::Lines(framer) => {
-                let start = lines_out.len();
-                let (lines, stop) = match framer.push(chunk, max_line, lines_out) {
-                    Ok(lines) => (lines, None),
-                    Err(too_long) => (too_long.lines_before, Some(DisconnectReason::LineTooLong)),
-                };
-                if self.refuse_http_first_line(lines_out, start, false) {
-                    return (0, Some(DisconnectReason::HttpRequest));
-                }
-                (lines, stop)
-            }
-            Wire::WebSocket(state) => {
-                state.last_heard = Instant::now();
-                state.pinged = false;
-                let mut pongs = Vec::new();
-                let decoded = state.decoder.push(chunk, max_line, lines_out, &mut pongs);
-                if !pongs.is_empty() {
-                    // Within --max-queue plus this read's pongs: the caller judges the
-                    // queue right after the read (a client that pings without reading is
-                    // a slow consumer like any other).
-                    let limit = self.write_buf.len() + pongs.len();
-                    self.queue(&pongs, limit);
-                }
-                let stop = decoded.stop.map(|stop| match stop {
-                    Stop::Closed(code) => DisconnectReason::WebSocketClosed { code },
-                    Stop::Fail(CloseCode::MessageTooBig, _) => DisconnectReason::LineTooLong,
-                    Stop::Fail(code, why) => DisconnectReason::WebSocketViolation {
-                        code: code.code(),
-                        why,
-                    },
-                });
-                (decoded.lines, stop)
-            }
+        let mut replies = Vec::new();
+        let decoded = self.wire.decode(chunk, max_line, lines_out, &mut replies);
+        if !replies.is_empty() {
+            let limit = self.write_buf.len() + replies.len();
+            self.queue(&replies, limit);
         }
+        decoded
     }
 
     /// Reads what the kernel holds now, up to the end of the unfinished line (its `\n` and
@@ -506,13 +319,14 @@ impl ClientConnection {
         lines_out: &mut Vec<u8>,
     ) -> usize {
         // A WebSocket message is delivered whole or not at all: an unfinished one is not.
-        let Wire::Lines(framer) = &mut self.wire else {
+        let open = self.is_open();
+        let Some(wire) = self.wire.as_lines() else {
             return 0;
         };
-        while framer.pending() > 0 && self.phase == Phase::Open {
+        while wire.pending() > 0 && open {
             // One byte more than the line may still hold: its newline, or the proof that it
             // is too long. In all, at most --max-line + 1 bytes are read.
-            let want = (max_line + 1 - framer.pending()).min(scratch.len());
+            let want = (max_line + 1 - wire.pending()).min(scratch.len());
             let n = match self.transport.read(&mut scratch[..want]) {
                 Ok(0) => return 0, // the client closed: the line ends here
                 Ok(n) => n,
@@ -522,15 +336,12 @@ impl ClientConnection {
             let end = memchr::memchr(b'\n', &scratch[..n]).map_or(n, |newline| newline + 1);
             // Grow exactly: this runs once per closing client, and the caller's buffer has
             // a size bound to keep.
-            lines_out.reserve_exact(framer.pending() + end);
-            let start = lines_out.len();
-            match framer.push(&scratch[..end], max_line, lines_out) {
-                Ok(0) => {}
-                Ok(lines) => {
-                    let refused = self.refuse_http_first_line(lines_out, start, false);
-                    return if refused { 0 } else { lines };
-                }
-                Err(_) => return 0, // past --max-line: never broadcast, like any such line
+            lines_out.reserve_exact(wire.pending() + end);
+            match wire.push(&scratch[..end], max_line, lines_out) {
+                (0, None) => {}
+                (lines, None) => return lines,
+                // Past --max-line, or an HTTP request: never broadcast, like any such line.
+                (_, Some(_)) => return 0,
             }
         }
         0
@@ -732,52 +543,13 @@ impl ClientConnection {
 
     /// Bytes of the unfinished line held for the client.
     pub fn unfinished_line_len(&self) -> usize {
-        match &self.wire {
-            Wire::Lines(framer) => framer.pending(),
-            Wire::WebSocket(state) => state.decoder.pending(),
-        }
+        self.wire.unfinished_line_len()
     }
 
     /// Takes the unfinished line out (with a `\n`) into `lines_out`; used at shutdown so that
     /// nothing a client sent is lost. Returns how many lines it added.
     pub fn end_unfinished_line(&mut self, lines_out: &mut Vec<u8>) -> usize {
-        let start = lines_out.len();
-        let lines = match &mut self.wire {
-            Wire::Lines(framer) => framer.finish(lines_out),
-            // A WebSocket message is atomic: one the client never finished is not delivered.
-            Wire::WebSocket(_) => 0,
-        };
-        if self.refuse_http_first_line(lines_out, start, true) {
-            return 0;
-        }
-        lines
-    }
-
-    /// Screens a line client's first line (complete, or `unfinished` at its end), appended
-    /// to `lines_out` from `start`: a web page's HTTP request (a no-cors POST to the line
-    /// port) is taken out again, so none of it reaches anyone. True if it was.
-    fn refuse_http_first_line(
-        &mut self,
-        lines_out: &mut Vec<u8>,
-        start: usize,
-        unfinished: bool,
-    ) -> bool {
-        if self.first_line_checked || lines_out.len() == start {
-            return false;
-        }
-        self.first_line_checked = true;
-        let first = lines_out[start..]
-            .split(|&b| b == b'\n')
-            .next()
-            .unwrap_or_default();
-        let http = match unfinished {
-            false => framing::is_http_request_line(first),
-            true => framing::starts_like_http_request(first),
-        };
-        if http {
-            lines_out.truncate(start);
-        }
-        http
+        self.wire.end_unfinished_line(lines_out)
     }
 
     /// While draining with nothing left queued: shuts our side down once, then reports
@@ -814,7 +586,7 @@ impl ClientConnection {
     /// A WebSocket client's queue is kept (bounded by `--max-queue`): it holds frames, and
     /// where the one being sent ends is not known here.
     pub fn discard_queued_lines(&mut self) {
-        if self.is_websocket() {
+        if self.wire.queues_frames() {
             return;
         }
         let (front, back) = self.write_buf.as_slices();
@@ -828,141 +600,5 @@ impl ClientConnection {
     }
 }
 
-/// Sets a new client's socket options: no Nagle (lines are batched already; Nagle would only
-/// add latency), and keepalive after `keepalive` of silence (`None`: off).
-pub fn configure_socket(stream: &TcpStream, keepalive: Option<Duration>) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    match keepalive {
-        Some(idle) => enable_keepalive(stream, idle),
-        None => Ok(()),
-    }
-}
-
-/// Turns on TCP keepalive: probes after `idle` of silence, then every `idle / 4` (at least
-/// 1 s), [`KEEPALIVE_PROBES`] of them.
-///
-/// Not `TCP_USER_TIMEOUT` as well: since Linux 5.11 it also aborts a live client that keeps
-/// its window shut (one that is not reading), which would drop a slow reader by time instead
-/// of by `--max-queue`. A vanished host with output in flight is caught anyway: it stops
-/// acknowledging, so its queue fills and it is a slow consumer, or, with little traffic,
-/// the kernel's retransmissions give up on it (`tcp_retries2`, about 15 minutes).
-fn enable_keepalive(stream: &TcpStream, idle: Duration) -> io::Result<()> {
-    let interval = (idle / 4).max(Duration::from_secs(1));
-    SockRef::from(stream).set_tcp_keepalive(
-        &TcpKeepalive::new()
-            .with_time(idle)
-            .with_interval(interval)
-            .with_retries(KEEPALIVE_PROBES),
-    )
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-
-    /// A connected pair on loopback: our side as a client connection, and the peer.
-    fn pair() -> (ClientConnection, std::net::TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (ours, addr) = listener.accept().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let poll = mio::Poll::new().unwrap();
-        let mut ours = TcpStream::from_std(ours);
-        poll.registry()
-            .register(&mut ours, Token(9), Interest::READABLE)
-            .unwrap();
-        let place = AddressPlace::uncounted(addr.ip());
-        (
-            ClientConnection::new(Transport::Plain(ours), addr, place),
-            peer,
-        )
-    }
-
-    #[test]
-    fn more_slices_than_iov_max_go_out_whole_and_in_order() {
-        let (mut connection, mut peer) = pair();
-        let bytes: Vec<u8> = (0..3 * IOV_MAX + 7).map(|i| (i % 251) as u8).collect();
-        let mut slices: Vec<IoSlice<'_>> = bytes.chunks(1).map(IoSlice::new).collect();
-        let sent = connection.send(&mut slices, 1 << 20);
-        assert_eq!(sent.failure, None);
-        assert_eq!(sent.written + connection.queued(), bytes.len());
-        connection.flush().expect("flush");
-        let mut got = vec![0; bytes.len()];
-        peer.read_exact(&mut got).unwrap();
-        assert_eq!(got, bytes);
-    }
-
-    #[test]
-    fn a_send_that_would_pass_max_queue_queues_nothing_and_says_slow_consumer() {
-        let (mut connection, _peer) = pair();
-        let chunk = vec![b'q'; 1 << 20];
-        let mut total_queued = 0;
-        // Fill the kernel's buffers until output has to wait here.
-        for _ in 0..64 {
-            let sent = connection.send(&mut [IoSlice::new(&chunk)], 8 << 20);
-            assert_eq!(sent.failure, None);
-            total_queued = connection.queued();
-            if total_queued > 0 {
-                break;
-            }
-        }
-        assert!(total_queued > 0, "the kernel took 64 MiB without a reader");
-        let sent = connection.send(&mut [IoSlice::new(&chunk)], total_queued + 10);
-        assert!(matches!(
-            sent.failure,
-            Some(DisconnectReason::SlowConsumer { .. })
-        ));
-        assert_eq!(connection.queued(), total_queued, "nothing was queued");
-    }
-
-    #[test]
-    fn the_rest_of_a_line_is_read_across_reads_and_no_further() {
-        use std::io::Write as _;
-        let (mut connection, mut peer) = pair();
-        let mut scratch = vec![0; 64 * 1024];
-        let mut out = Vec::new();
-        peer.write_all(b"start-").unwrap();
-        // Wait (bounded) until the bytes are readable, then frame them as an unfinished line.
-        for _ in 0..1000 {
-            if connection.unread_input() > 0 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let report = connection.read_until_would_block(&mut scratch, 1 << 20, &mut out);
-        assert_eq!((report.lines, connection.unfinished_line_len()), (0, 6));
-        // The rest is longer than one read (but fits the receive window), and more input
-        // follows it.
-        let rest = vec![b'r'; 90_000];
-        peer.write_all(&rest).unwrap();
-        peer.write_all(b"\nnext line\n").unwrap();
-        for _ in 0..1000 {
-            if connection.unread_input() >= rest.len() + 11 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert_eq!(
-            connection.read_rest_of_line(&mut scratch, 1 << 20, &mut out),
-            1
-        );
-        assert_eq!(out.len(), 6 + rest.len() + 1);
-        assert!(out.starts_with(b"start-r") && out.ends_with(b"r\n"));
-        assert_eq!(connection.unfinished_line_len(), 0);
-        assert_eq!(
-            connection.read_rest_of_line(&mut scratch, 1 << 20, &mut out),
-            0
-        );
-    }
-
-    #[test]
-    fn discarding_queued_lines_keeps_the_line_being_sent() {
-        let (mut connection, _peer) = pair();
-        connection
-            .write_buf
-            .extend(b"rest of a line\nnext\nand more\n");
-        connection.discard_queued_lines();
-        assert_eq!(connection.write_buf.make_contiguous(), b"rest of a line\n");
-    }
-}
+mod tests;

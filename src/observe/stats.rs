@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-use crate::conn::connection::DisconnectReason;
+use crate::broadcast::Form;
+use crate::conn::reason::DisconnectReason;
 use crate::wire::http::HttpCounters;
 
 /// What the server has done since it started.
@@ -49,14 +50,16 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn connected(&mut self, websocket: bool) {
+    pub fn connected(&mut self, form: Form) {
+        let websocket = form == Form::Frames;
         self.accepted += 1;
         self.active += 1;
         self.websocket_active += u64::from(websocket);
         self.peak = self.peak.max(self.active);
     }
 
-    pub fn disconnected(&mut self, reason: DisconnectReason, websocket: bool) {
+    pub fn disconnected(&mut self, reason: DisconnectReason, form: Form) {
+        let websocket = form == Form::Frames;
         self.active -= 1;
         self.websocket_active -= u64::from(websocket);
         let counter = match reason {
@@ -143,11 +146,11 @@ mod tests {
     #[test]
     fn peak_and_reasons_are_tracked() {
         let mut stats = Stats::default();
-        stats.connected(false);
-        stats.connected(true);
-        stats.disconnected(DisconnectReason::SlowConsumer { queued: 9 }, false);
-        stats.connected(false);
-        stats.disconnected(DisconnectReason::ClientClosed, false);
+        stats.connected(Form::Lines);
+        stats.connected(Form::Frames);
+        stats.disconnected(DisconnectReason::SlowConsumer { queued: 9 }, Form::Lines);
+        stats.connected(Form::Lines);
+        stats.disconnected(DisconnectReason::ClientClosed, Form::Lines);
         assert_eq!((stats.accepted, stats.active, stats.peak), (3, 1, 2));
         assert_eq!((stats.slow_consumers, stats.closed_by_client), (1, 1));
         assert!(

@@ -23,9 +23,9 @@ use crate::broadcast::batch::{Batch, Sender};
 use crate::broadcast::framed_batch::FramedBatch;
 use crate::broadcast::history::History;
 use crate::config::Config;
-use crate::conn::connection::{
-    ClientConnection, DisconnectReason, Liveness, Phase, ReadEnd, ReadReport,
-};
+use crate::conn::connection::{ClientConnection, Phase, ReadEnd, ReadReport};
+use crate::conn::reason::DisconnectReason;
+use crate::conn::wire::Liveness;
 use crate::error::ServerError;
 use crate::observe::log_limit::RateLimit;
 use crate::reactor::hold_timer::HoldTimer;
@@ -584,7 +584,7 @@ impl EventLoop {
         let behind = self
             .connections
             .get(&token)
-            .is_some_and(|c| c.is_websocket() && c.queued() > 0);
+            .is_some_and(ClientConnection::is_behind_in_frames);
         if behind {
             self.close(token, reason);
         }
@@ -714,24 +714,16 @@ impl EventLoop {
                 };
                 connection.mark_served_as_sender(id);
                 slices.clear();
-                if connection.is_websocket() {
-                    slices.extend(self.broadcast.framed.parts_for(&share).map(IoSlice::new));
-                } else {
-                    slices.extend(share.parts().map(IoSlice::new));
-                }
+                let framed = &self.broadcast.framed;
+                connection.form().share(&share, framed, &mut slices);
                 hand_out.deliver(token, connection, &mut slices, share.lines_for_sender());
             }
         }
-        let (whole, lines) = (self.broadcast.batch.whole(), self.broadcast.batch.lines());
-        let framed = self.broadcast.framed.whole();
+        let (batch, framed) = (&self.broadcast.batch, &self.broadcast.framed);
         for (&token, connection) in self.connections.iter_mut() {
             if !connection.was_served_as_sender(id) {
-                let bytes = if connection.is_websocket() {
-                    framed
-                } else {
-                    whole
-                };
-                hand_out.deliver(token, connection, &mut [IoSlice::new(bytes)], lines);
+                let bytes = connection.form().whole(batch, framed);
+                hand_out.deliver(token, connection, &mut [IoSlice::new(bytes)], batch.lines());
             }
         }
         trace!(
@@ -883,7 +875,7 @@ impl EventLoop {
         {
             debug!("token {}: SO_LINGER: {e}", token.0);
         }
-        self.stats.disconnected(reason, connection.is_websocket());
+        self.stats.disconnected(reason, connection.form());
         info!(
             "client {} disconnected (token {}): {reason}",
             connection.peer(),
@@ -1026,7 +1018,7 @@ impl EventLoop {
         for (&token, connection) in self.connections.iter_mut() {
             match connection.check_liveness(now, interval) {
                 Liveness::Fine => {}
-                Liveness::Pinged => pinged.push(token),
+                Liveness::Ping => pinged.push(token),
                 Liveness::Gone => self.doomed.push((token, DisconnectReason::PingTimeout)),
             }
         }

@@ -20,7 +20,9 @@ use super::{
 };
 use crate::admission::access::AddressPlace;
 use crate::bridge::Bridge;
-use crate::conn::connection::{self, ClientConnection};
+use crate::broadcast::Form;
+use crate::conn::connection::ClientConnection;
+use crate::conn::socket::configure_socket;
 use crate::observe::logger;
 use crate::transport::Transport;
 use crate::transport::tls::HandshakeStep;
@@ -84,7 +86,7 @@ impl EventLoop {
             }
             return;
         }
-        if let Err(e) = connection::configure_socket(&stream, self.config.tcp_keepalive) {
+        if let Err(e) = configure_socket(&stream, self.config.tcp_keepalive) {
             debug!("{peer}: cannot set socket options: {e}");
         }
         let token = Token(self.next_token);
@@ -213,7 +215,7 @@ impl EventLoop {
         self.hand_out_everything_framed();
         self.connections
             .insert(token, ClientConnection::new(transport, peer, place));
-        self.stats.connected(false);
+        self.stats.connected(Form::Lines);
         info!("client {peer} connected (token {})", token.0);
         self.replay_history(token);
         if read_now {
@@ -374,7 +376,7 @@ impl EventLoop {
         let handshake = http::upgrade_response(key);
         let connection = ClientConnection::new_websocket(transport, peer, place, &handshake);
         self.connections.insert(token, connection);
-        self.stats.connected(true);
+        self.stats.connected(Form::Frames);
         info!("websocket client {peer} connected (token {})", token.0);
         self.replay_history(token);
         self.on_writable(token);
@@ -395,16 +397,9 @@ impl EventLoop {
             stats: &mut self.stats,
             doomed: &mut self.doomed,
         };
-        if connection.is_websocket() {
-            let mut frames = Vec::with_capacity(history.len() + 10 * history.lines());
-            history.for_each_line(|line| crate::wire::websocket::encode_line(line, &mut frames));
-            let mut slices = [IoSlice::new(&frames)];
-            hand_out.deliver(token, connection, &mut slices, history.lines());
-        } else {
-            let (front, back) = history.as_slices();
-            let mut slices = [IoSlice::new(front), IoSlice::new(back)];
-            hand_out.deliver(token, connection, &mut slices, history.lines());
-        }
+        let mut frames = Vec::new();
+        let mut slices = connection.form().history(history, &mut frames);
+        hand_out.deliver(token, connection, &mut slices, history.lines());
         for (token, reason) in std::mem::take(&mut self.doomed) {
             self.close(token, reason);
         }

@@ -24,7 +24,8 @@ use mio::Token;
 
 use super::{EventLoop, READ_BUDGET};
 use crate::broadcast::batch::Sender;
-use crate::conn::connection::{ClientConnection, DisconnectReason, ReadEnd, ReadReport};
+use crate::conn::connection::{ClientConnection, ReadEnd, ReadReport};
+use crate::conn::reason::DisconnectReason;
 use crate::reactor::shutdown::{Finale, Shutdown};
 
 /// How long the next batch of final lines waits for a client that has no space for it.
