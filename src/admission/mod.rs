@@ -2,3 +2,120 @@
 
 pub mod access;
 pub mod fd_limit;
+
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+use crate::observe::log_limit::RateLimit;
+use access::PerAddress;
+
+/// Most connections taken per turn, so that a connection storm cannot stall the clients
+/// already connected; the rest wait in the backlog for the next turn.
+pub const ACCEPT_BUDGET: usize = 64;
+
+/// How long to wait before accepting again after running out of descriptors (the listener
+/// will not signal again for connections already queued).
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Denials and per-address refusals logged one by one each second; more are summed up.
+const ACCESS_LINES_LOGGED: u64 = 20;
+
+/// Admission's state: per-address places (`--max-clients-per-ip`), this turn's accept
+/// budget, a pause after running out of descriptors, and the rate limits of the lines
+/// that refusals and accept failures log.
+pub struct Admission {
+    /// Connections per address in every stage (handshakes, requests, clients), for
+    /// `--max-clients-per-ip`.
+    pub per_address: PerAddress,
+    /// Set while accepting is paused after running out of descriptors.
+    pub pause: Option<AcceptPause>,
+    /// Accepts left in this turn (both listeners share it).
+    pub budget: usize,
+    /// Per listener: connections may be waiting (its event came this poll, or the accept
+    /// budget ran out before it was empty: no new edge will come for those).
+    pub more_to_accept: [bool; 2],
+    /// Accept failures: a line a second, then summed.
+    pub failure_log: RateLimit,
+    /// Connections denied or refused by address: 20 lines a second, then summed.
+    pub access_log: RateLimit,
+    /// Refusals of a full server: a line a second, then summed.
+    pub refusal_log: RateLimit,
+}
+
+/// Accepting paused after running out of descriptors.
+pub struct AcceptPause {
+    /// When to try again (sooner if a client leaves).
+    pub retry_at: Instant,
+    /// Whether the pause was logged: then so is its end, however soon, so that every
+    /// "cannot accept" line an operator sees is followed by "accepting again".
+    pub announced: bool,
+}
+
+impl Admission {
+    /// Admission for `--max-clients-per-ip` (0: no limit).
+    pub fn new(max_clients_per_ip: usize) -> Admission {
+        Admission {
+            per_address: PerAddress::new(max_clients_per_ip),
+            pause: None,
+            budget: ACCEPT_BUDGET,
+            more_to_accept: [false; 2],
+            failure_log: RateLimit::default(),
+            access_log: RateLimit::with_burst(ACCESS_LINES_LOGGED),
+            refusal_log: RateLimit::default(),
+        }
+    }
+
+    /// A new turn: a fresh accept budget.
+    pub fn start_turn(&mut self) {
+        self.budget = ACCEPT_BUDGET;
+    }
+
+    /// A descriptor just came free (a client left): a paused accept tries again now.
+    pub fn descriptor_freed(&mut self) {
+        if let Some(pause) = &mut self.pause {
+            pause.retry_at = Instant::now();
+        }
+    }
+
+    /// When admission next needs the loop: the accept retry, or a summary of its logs.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.pause.as_ref().map(|pause| pause.retry_at),
+            self.refusal_log.summary_due_at(),
+            self.access_log.summary_due_at(),
+            self.failure_log.summary_due_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Logs the summaries of refusals, denials and accept failures that are due (a server
+    /// full at `max_clients`).
+    pub fn log_summaries(&mut self, now: Instant, max_clients: usize) {
+        if let Some(count) = self.refusal_log.take_summary(now) {
+            info!(
+                "refused {count} more connections in the last second: server full \
+                 ({max_clients} clients)"
+            );
+        }
+        if let Some(count) = self.access_log.take_summary(now) {
+            info!("denied or refused {count} more connections by their address in the last second");
+        }
+        if let Some(count) = self.failure_log.take_summary(now) {
+            match &mut self.pause {
+                Some(pause) => {
+                    // Said now, so its end will be said too.
+                    pause.announced = true;
+                    warn!(
+                        "accepting failed {count} more times in the last second; still \
+                         paused, retrying every {} ms",
+                        ACCEPT_RETRY.as_millis()
+                    );
+                }
+                None => warn!("accepting failed {count} more times in the last second"),
+            }
+        }
+    }
+}

@@ -5,7 +5,6 @@ use std::fmt;
 
 use crate::broadcast::Form;
 use crate::conn::reason::DisconnectReason;
-use crate::wire::http::HttpCounters;
 
 /// What the server has done since it started.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -108,21 +107,6 @@ impl fmt::Display for Stats {
 }
 
 impl Stats {
-    /// The web listener's part of the stats line (only with `--http`).
-    pub fn web_summary(&self, http: HttpCounters) -> String {
-        format!(
-            "web: websocket={} protocol_error={} ping_timeout={} foreign_origin={} requests: \
-             answered={} refused={} timed_out={}",
-            self.websocket_active,
-            self.protocol_errors,
-            self.ping_timeouts,
-            self.refused_origin,
-            http.answered,
-            http.refused,
-            http.timed_out
-        )
-    }
-
     /// The access rules' part of the stats line (only with `--allow`, `--deny` or
     /// `--max-clients-per-ip`).
     pub fn access_summary(&self) -> String {

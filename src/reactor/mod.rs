@@ -8,3 +8,4 @@ pub mod shutdown;
 pub mod signals;
 
 pub use event_loop::{EventLoop, Exit};
+pub mod listeners;

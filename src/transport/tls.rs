@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::info;
+use log::{error, info};
 use mio::net::TcpStream;
 use mio::{Registry, Token};
 use rustls::ServerConfig;
@@ -315,5 +315,69 @@ impl<K> Handshakes<K> {
             info!("tls: handshake with {} failed: {why}", handshake.peer);
         }
         let _ = registry.deregister(handshake.transport.tcp_mut());
+    }
+}
+
+/// The TLS stage: the configuration new connections get (replaced on SIGHUP), the
+/// handshakes under way (each carrying `K`: where it goes afterwards), and how many steps
+/// this turn may still take.
+pub struct TlsStage<K> {
+    /// The TLS configuration new connections get, with `--tls-cert`.
+    pub config: Option<Arc<ServerConfig>>,
+    pub handshakes: Handshakes<K>,
+    /// Handshake steps left in this turn.
+    pub budget: usize,
+    /// Handshakes that wait for the next turn's budget.
+    pub deferred: Vec<Token>,
+}
+
+/// Most TLS handshake steps per turn: each may cost a signature (tens of microseconds with
+/// an ECDSA key, milliseconds with RSA), so a flood of ClientHellos is spread over turns.
+const HANDSHAKE_BUDGET: usize = 8;
+
+impl<K> TlsStage<K> {
+    /// The stage for `config` (`None`: no `--tls-cert`, every connection is plain).
+    pub fn new(config: Option<Arc<ServerConfig>>) -> TlsStage<K> {
+        TlsStage {
+            config,
+            handshakes: Handshakes::default(),
+            budget: HANDSHAKE_BUDGET,
+            deferred: Vec::new(),
+        }
+    }
+
+    /// A new turn: a fresh step budget.
+    pub fn start_turn(&mut self) {
+        self.budget = HANDSHAKE_BUDGET;
+    }
+
+    /// When the stage next needs the loop: the nearest handshake deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.handshakes.next_deadline()
+    }
+
+    /// Ends the handshakes whose deadline passed.
+    pub fn on_tick(&mut self, now: Instant, registry: &Registry) {
+        self.handshakes.expire(now, registry);
+    }
+
+    /// Re-reads the certificate, key and client CA (SIGHUP): new connections get them,
+    /// existing ones keep theirs. A failure keeps the configuration in force.
+    pub fn reload(&mut self, settings: Option<&TlsSettings>) {
+        let Some(settings) = settings else {
+            info!("received SIGHUP: nothing to reload (no --tls-cert)");
+            return;
+        };
+        match load(settings) {
+            Ok(config) => {
+                self.config = Some(config);
+                info!(
+                    "tls: reloaded {} and {} (new connections use them)",
+                    settings.cert.display(),
+                    settings.key.display()
+                );
+            }
+            Err(e) => error!("tls: reload failed, keeping the configuration in force: {e}"),
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::bridge::BridgeCounters;
 use crate::observe::stats::Stats;
-use crate::wire::http::HttpCounters;
+use crate::web::requests::HttpCounters;
 
 /// Every counter in Prometheus's text exposition format (version 0.0.4).
 pub fn render(stats: &Stats, http: HttpCounters, bridge: Option<&BridgeCounters>) -> String {

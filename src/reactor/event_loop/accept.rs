@@ -14,16 +14,15 @@ use log::{debug, info, trace, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{
-    ACCEPT_RETRY, AcceptPause, Admitting, EventLoop, HandOut, Listener,
-    is_per_connection_accept_error,
-};
+use super::{Admitting, EventLoop, HandOut};
 use crate::admission::access::AddressPlace;
+use crate::admission::{ACCEPT_RETRY, AcceptPause};
 use crate::bridge::Bridge;
 use crate::broadcast::Form;
 use crate::conn::connection::ClientConnection;
 use crate::conn::socket::configure_socket;
 use crate::observe::logger;
+use crate::reactor::listeners::{Listener, is_per_connection_accept_error};
 use crate::transport::Transport;
 use crate::transport::tls::HandshakeStep;
 use crate::web::origin;
@@ -36,8 +35,8 @@ impl EventLoop {
         self.admission.more_to_accept[which as usize] = false;
         loop {
             let listener = match which {
-                Listener::Lines => self.listener.as_ref(),
-                Listener::Web => self.web_listener.as_ref(),
+                Listener::Lines => self.listeners.lines.as_ref(),
+                Listener::Web => self.listeners.web.as_ref(),
             };
             let Some(listener) = listener else {
                 return;
@@ -184,7 +183,7 @@ impl EventLoop {
     /// Notes a connection from an address `--allow` / `--deny` refuse: it was closed at once
     /// (dropped with the accepted socket), before anything it sent was read.
     pub(super) fn deny(&mut self, peer: SocketAddr) {
-        self.stats.denied += 1;
+        self.observe.stats.denied += 1;
         if self.admission.access_log.admit(Instant::now()) {
             info!("denied {peer}: its address is not allowed (--allow/--deny)");
         }
@@ -201,7 +200,7 @@ impl EventLoop {
         token: Token,
     ) {
         let max_clients = self.config.max_clients;
-        if self.connections.len() - self.leaving >= max_clients {
+        if self.connections.len() - self.leaving.len() >= max_clients {
             if self.count_refused_server_full() {
                 info!("refused {peer}: server full ({max_clients} clients)");
             }
@@ -215,7 +214,7 @@ impl EventLoop {
         self.hand_out_everything_framed();
         self.connections
             .insert(token, ClientConnection::new(transport, peer, place));
-        self.stats.connected(Form::Lines);
+        self.observe.stats.connected(Form::Lines);
         info!("client {peer} connected (token {})", token.0);
         self.replay_history(token);
         if read_now {
@@ -240,7 +239,7 @@ impl EventLoop {
     /// Counts a connection refused because the server is full; true if it may be logged
     /// (a line a second, then a summary).
     fn count_refused_server_full(&mut self) -> bool {
-        self.stats.refused_server_full += 1;
+        self.observe.stats.refused_server_full += 1;
         self.admission.refusal_log.admit(Instant::now())
     }
 
@@ -249,7 +248,7 @@ impl EventLoop {
         if let Some(place) = self.admission.per_address.try_take(peer.ip()) {
             return Ok(place);
         }
-        self.stats.refused_per_address += 1;
+        self.observe.stats.refused_per_address += 1;
         let why = format!(
             "too many connections from {} (max {})",
             peer.ip(),
@@ -306,8 +305,11 @@ impl EventLoop {
             }
             Route::Metrics => {
                 let nats = self.nats.bridge.as_ref().map(Bridge::counters);
-                let text =
-                    crate::web::metrics::render(&self.stats, self.web.requests.counters(), nats);
+                let text = crate::web::metrics::render(
+                    &self.observe.stats,
+                    self.web.requests.counters(),
+                    nats,
+                );
                 ok(
                     "text/plain; version=0.0.4; charset=utf-8",
                     &[],
@@ -336,7 +338,7 @@ impl EventLoop {
     /// Refuses an upgrade from another site's page (cross-site WebSocket hijacking): a 403
     /// with a fixed body, logged (rate-limited) with the origin escaped, and counted.
     fn refuse_foreign_origin(&mut self, token: Token, origin: &str, verdict: origin::Verdict) {
-        self.stats.refused_origin += 1;
+        self.observe.stats.refused_origin += 1;
         let mut refusal = http::refusal(
             http::FORBIDDEN,
             "this page's origin may not open /ws (see --allow-origin)",
@@ -359,8 +361,8 @@ impl EventLoop {
     /// client.
     pub(super) fn upgrade_to_websocket(&mut self, token: Token, key: &str) {
         let max_clients = self.config.max_clients;
-        if self.connections.len() - self.leaving >= max_clients {
-            self.stats.refused_server_full += 1;
+        if self.connections.len() - self.leaving.len() >= max_clients {
+            self.observe.stats.refused_server_full += 1;
             let reason = format!("server full (max {max_clients} clients)");
             let refusal = http::refusal(http::SERVICE_UNAVAILABLE, reason);
             self.web
@@ -376,7 +378,7 @@ impl EventLoop {
         let handshake = http::upgrade_response(key);
         let connection = ClientConnection::new_websocket(transport, peer, place, &handshake);
         self.connections.insert(token, connection);
-        self.stats.connected(Form::Frames);
+        self.observe.stats.connected(Form::Frames);
         info!("websocket client {peer} connected (token {})", token.0);
         self.replay_history(token);
         self.on_writable(token);
@@ -394,13 +396,13 @@ impl EventLoop {
         let mut hand_out = HandOut {
             registry: self.poll.registry(),
             max_queue: self.config.max_queue,
-            stats: &mut self.stats,
-            doomed: &mut self.doomed,
+            stats: &mut self.observe.stats,
+            doomed: &mut self.turn.doomed,
         };
         let mut frames = Vec::new();
         let mut slices = connection.form().history(history, &mut frames);
         hand_out.deliver(token, connection, &mut slices, history.lines());
-        for (token, reason) in std::mem::take(&mut self.doomed) {
+        for (token, reason) in std::mem::take(&mut self.turn.doomed) {
             self.close(token, reason);
         }
     }

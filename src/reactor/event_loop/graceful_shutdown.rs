@@ -36,7 +36,7 @@ impl EventLoop {
     pub(super) fn begin_shutdown(&mut self, signal: &str) {
         let now = Instant::now();
         let timeout = self.config.shutdown_timeout;
-        for mut listener in [self.listener.take(), self.web_listener.take()]
+        for mut listener in [self.listeners.lines.take(), self.listeners.web.take()]
             .into_iter()
             .flatten()
         {
@@ -51,7 +51,8 @@ impl EventLoop {
         // From now on open clients are read only through their finales; leaving clients
         // still need their reads (to discard input and notice a close).
         let connections = &self.connections;
-        self.unfinished_readers
+        self.turn
+            .unfinished_readers
             .retain(|token| connections.get(token).is_some_and(|c| !c.is_open()));
         let mut finales: Vec<Finale> = self
             .connections
@@ -248,13 +249,13 @@ impl EventLoop {
             .broadcast
             .batch
             .bytes_for(connection.unfinished_line_len() + 1);
-        let mut lines = connection.read_rest_of_line(&mut self.scratch, max_line, out);
+        let mut lines = connection.read_rest_of_line(&mut self.turn.scratch, max_line, out);
         lines += connection.end_unfinished_line(out);
         self.broadcast
             .batch
             .record(Sender::Client(token.0), start, lines);
-        self.stats.bytes_in += (self.broadcast.batch.len() - start) as u64;
-        self.stats.lines_in += lines as u64;
+        self.observe.stats.bytes_in += (self.broadcast.batch.len() - start) as u64;
+        self.observe.stats.lines_in += lines as u64;
     }
 
     /// Finales ran out of time: says what is lost, if anything.
@@ -303,7 +304,7 @@ impl EventLoop {
             // Input that came after the signal is read (next turn) and discarded, so that
             // the close is a FIN: unread input would make it a reset, which can destroy
             // output in flight.
-            self.unfinished_readers.push(token);
+            self.turn.unfinished_readers.push(token);
         }
     }
 }

@@ -1,0 +1,89 @@
+//! Time, as more `impl EventLoop`: each component reports its next deadline and runs its
+//! own tick; the loop only takes the nearest for the poll's timeout.
+
+use std::time::{Duration, Instant};
+
+use log::info;
+
+use super::EventLoop;
+use super::clients::DRAIN_TICK;
+use crate::bridge::{Bridge, BridgeCounters};
+
+impl EventLoop {
+    /// Runs whatever is due: each component's tick (accept retry and admission's log
+    /// summaries, handshake and request deadlines), the liveness check, the drain sweep,
+    /// the stats line.
+    pub(super) fn run_timers(&mut self, now: Instant) {
+        self.retry_accepting_if_due(now);
+        self.admission.log_summaries(now, self.config.max_clients);
+        self.web.on_tick(now, self.poll.registry());
+        self.tls.on_tick(now, self.poll.registry());
+        if let Some(every) = self.config.ws_ping
+            && self.web.liveness_check_due(now, every)
+        {
+            self.check_websocket_liveness(now, every);
+        }
+        if !self.leaving.is_empty() {
+            self.sweep_leaving(now);
+        }
+        if self.observe.stats_line_due(now, self.config.stats_interval) {
+            let nats = self.nats.bridge.as_ref().map(Bridge::counters);
+            info!("{}", self.stats_line(nats));
+        }
+        self.observe.log_summaries(now);
+    }
+
+    /// How long the next poll may sleep: not at all while work was carried to the next
+    /// turn (readers, handshakes or requests over their budget, connections beyond the
+    /// accept budget, kept lines or NATS messages waiting for the batch), else until the
+    /// nearest deadline any component reports. A held batch is not one of them: the hold
+    /// timer wakes the poll for it.
+    pub(super) fn next_timeout(&self) -> Option<Duration> {
+        let stopping = self.shutdown.is_some();
+        if !self.turn.unfinished_readers.is_empty()
+            || !self.tls.deferred.is_empty()
+            || self.web.requests.has_unfinished()
+            || self.admission.more_to_accept.contains(&true)
+            || (!self.broadcast.kept_lines.is_empty() && !stopping)
+            || (self.nats.waiting && !stopping)
+        {
+            return Some(Duration::ZERO);
+        }
+        let drain_tick = (!self.leaving.is_empty()).then(|| Instant::now() + DRAIN_TICK);
+        [
+            self.admission.next_deadline(),
+            self.web.next_deadline(),
+            self.tls.next_deadline(),
+            self.observe.next_deadline(),
+            self.finales_wake_at(),
+            drain_tick,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// The stats line, with the web listener's and the bridge's parts when they are on.
+    pub(super) fn stats_line(&self, nats: Option<&BridgeCounters>) -> String {
+        let stats = &self.observe.stats;
+        let mut line = stats.to_string();
+        if self.config.http.is_some() {
+            line.push(' ');
+            line.push_str(&self.web.summary(stats));
+        }
+        if let Some(history) = stats.history_summary() {
+            line.push(' ');
+            line.push_str(&history);
+        }
+        if !self.config.access.is_empty() || self.config.max_clients_per_ip > 0 {
+            line.push(' ');
+            line.push_str(&stats.access_summary());
+        }
+        if let Some(counters) = nats {
+            line.push(' ');
+            line.push_str(&counters.summary());
+        }
+        line
+    }
+}
