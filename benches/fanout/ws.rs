@@ -1,5 +1,7 @@
-//! The WebSocket client side the generator needs (RFC 6455), by hand: the upgrade, and a
-//! decoder that turns the server's frames back into the lines they carry.
+//! The WebSocket client side the generator needs (RFC 6455): the upgrade, and a streaming
+//! reader that turns the server's frames back into the lines they carry. Frame headers are
+//! parsed and frames written by tungstenite's codec; what is here is only the streaming
+//! (payloads passed on as they arrive, without a copy per frame).
 //!
 //! broadcast-server sends each line as one final, unmasked frame whose payload is the line
 //! without its `\n`: Text (0x81) when it is valid UTF-8, Binary (0x82) otherwise. Every
@@ -9,9 +11,12 @@
 //! across reads leaves an unfinished line, carried like a TCP reader's: a line counts in
 //! the read that completes its frame, at that read's arrival time.
 
-use std::io::{Read, Write};
+use std::io::{Cursor, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 /// The key the client sends. The server's accept key is not checked: the bench measures
 /// delivery, and the server's own tests check the handshake.
@@ -25,11 +30,10 @@ const MAX_CONTROL_PAYLOAD: u64 = 125;
 /// The mask of the client's pongs (a client must mask every frame; any key will do).
 const MASK: [u8; 4] = [0x5a, 0x17, 0xc3, 0x8e];
 
-/// The first byte of a final frame with this opcode.
-const TEXT: u8 = 0x81;
-const CLOSE: u8 = 0x88;
-const PING: u8 = 0x89;
-const PONG: u8 = 0x8a;
+const TEXT: OpCode = OpCode::Data(Data::Text);
+const CLOSE: OpCode = OpCode::Control(Control::Close);
+const PING: OpCode = OpCode::Control(Control::Ping);
+const PONG: OpCode = OpCode::Control(Control::Pong);
 
 /// Asks the web listener at `addr` for an upgrade on `stream` and reads the response head,
 /// one byte at a time so that no frame after it is read here; fails unless it is `101`.
@@ -201,64 +205,58 @@ enum Header {
     Malformed(Frame),
 }
 
-/// Parses a server frame header at the start of `bytes`: `None` if incomplete, else the
-/// header and its length.
+/// Parses a server frame header at the start of `bytes` (tungstenite's parser): `None` if
+/// incomplete, else the header and its length.
 fn parse_header(bytes: &[u8]) -> Option<(Header, usize)> {
-    let [first, second, ..] = *bytes else {
-        return None;
-    };
-    let masked = second & 0x80 != 0;
-    let (remaining, at) = match second & 0x7f {
-        126 => (
-            u64::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?])),
-            4,
-        ),
-        127 => {
-            let be: [u8; 8] = bytes.get(2..10)?.try_into().ok()?;
-            (u64::from_be_bytes(be), 10)
+    let mut cursor = Cursor::new(bytes);
+    let parsed = FrameHeader::parse(&mut cursor);
+    let header_len = cursor.position() as usize;
+    let (header, remaining) = match parsed {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return None,
+        // A reserved opcode: no correct server sends one; its payload's length is unknown,
+        // so its bytes count as further malformed frames.
+        Err(_) => {
+            let skip = Frame {
+                payload: Payload::Skip,
+                remaining: 0,
+            };
+            return Some((Header::Malformed(skip), header_len));
         }
-        short => (u64::from(short), 2),
     };
-    let header_len = at + if masked { 4 } else { 0 };
-    if bytes.len() < header_len {
-        return None;
-    }
     let frame = |payload| Frame { payload, remaining };
     let control = remaining <= MAX_CONTROL_PAYLOAD;
-    let header = match first {
-        _ if masked => Header::Malformed(frame(Payload::Skip)),
-        TEXT => Header::Frame(frame(Payload::Line)),
-        PING if control => Header::Frame(frame(Payload::Ping)),
-        PONG if control => Header::Frame(frame(Payload::Skip)),
-        CLOSE if control => Header::Close,
+    let header = match (header.is_final, header.opcode) {
+        _ if header.mask.is_some() => Header::Malformed(frame(Payload::Skip)),
+        (true, OpCode::Data(Data::Text)) => Header::Frame(frame(Payload::Line)),
+        (true, OpCode::Control(Control::Ping)) if control => Header::Frame(frame(Payload::Ping)),
+        (true, OpCode::Control(Control::Pong)) if control => Header::Frame(frame(Payload::Skip)),
+        (true, OpCode::Control(Control::Close)) if control => Header::Close,
         _ => Header::Malformed(frame(Payload::Skip)),
     };
     Some((header, header_len))
 }
 
-/// Appends a masked pong carrying `payload` (at most 125 bytes).
-fn pong(payload: &[u8], out: &mut Vec<u8>) {
-    out.push(PONG);
-    out.push(0x80 | payload.len() as u8);
-    out.extend_from_slice(&MASK);
-    out.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
+/// Appends one final frame (tungstenite's encoder) with `opcode`, masked with `mask`.
+fn frame_into(opcode: OpCode, mask: Option<[u8; 4]>, payload: &[u8], out: &mut Vec<u8>) {
+    let header = FrameHeader {
+        opcode,
+        mask,
+        ..FrameHeader::default()
+    };
+    tungstenite::protocol::frame::Frame::from_payload(header, payload.to_vec().into())
+        .format(out)
+        .expect("formatting into a Vec cannot fail");
 }
 
-/// Appends a server frame (final, unmasked) with `first` as its first byte.
-fn server_frame(first: u8, payload: &[u8], out: &mut Vec<u8>) {
-    out.push(first);
-    match payload.len() {
-        len @ 0..=125 => out.push(len as u8),
-        len @ 126..=0xffff => {
-            out.push(126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(payload);
+/// Appends a masked pong carrying `payload` (at most 125 bytes).
+fn pong(payload: &[u8], out: &mut Vec<u8>) {
+    frame_into(OpCode::Control(Control::Pong), Some(MASK), payload, out);
+}
+
+/// Appends a server frame (final, unmasked) with `opcode`.
+fn server_frame(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
+    frame_into(opcode, None, payload, out);
 }
 
 /// Decodes a hand-made run of server frames cut into reads of every size from 1 byte to
@@ -283,8 +281,8 @@ pub fn self_check() -> Result<(), String> {
     want.push(b'\n');
     server_frame(TEXT, b"", &mut stream);
     want.push(b'\n');
-    server_frame(0x82, b"binary", &mut stream);
-    stream.extend_from_slice(&[TEXT, 0x80 | 4, 1, 2, 3, 4, b'm', b'a', b's', b'k']);
+    server_frame(OpCode::Data(Data::Binary), b"binary", &mut stream);
+    frame_into(TEXT, Some([1, 2, 3, 4]), b"mask", &mut stream);
     server_frame(PONG, b"", &mut stream);
     server_frame(TEXT, b"last", &mut stream);
     want.extend_from_slice(b"last\n");

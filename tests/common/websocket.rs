@@ -1,9 +1,14 @@
-//! A minimal hand-written WebSocket client (RFC 6455), so tests can send exactly the frames
-//! they mean, including broken ones, and read exactly the frames the server sends.
+//! A WebSocket client for tests that sends exactly the frames it means, broken ones
+//! included, and reads exactly the frames the server sends: frames are written and parsed
+//! by tungstenite's frame codec (`Frame::format`, `FrameHeader::parse`); only the choice of
+//! what to send (an unmasked frame, a reserved opcode, a fragmented ping) is the test's.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
+
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::OpCode;
 
 use super::DEADLINE;
 
@@ -23,29 +28,20 @@ pub fn upgrade_request(host: &str, extra: &str) -> String {
     )
 }
 
-/// One client frame, masked as a client must (`masked: false` breaks the protocol).
+/// One client frame, masked as a client must (`masked: false` breaks the protocol), with
+/// any opcode (reserved ones too) and any payload length (over-long control frames too).
 pub fn client_frame(opcode: u8, fin: bool, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
-    let mask_bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n @ 0..=125 => frame.push(mask_bit | n as u8),
-        n @ 126..=0xFFFF => {
-            frame.push(mask_bit | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(mask_bit | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if masked {
-        let mask = [0x12, 0x34, 0x56, 0x78];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    } else {
-        frame.extend_from_slice(payload);
-    }
-    frame
+    let header = FrameHeader {
+        is_final: fin,
+        opcode: OpCode::from(opcode),
+        mask: masked.then_some([0x12, 0x34, 0x56, 0x78]),
+        ..FrameHeader::default()
+    };
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    tungstenite::protocol::frame::Frame::from_payload(header, payload.to_vec().into())
+        .format(&mut out)
+        .expect("formatting into a Vec cannot fail");
+    out
 }
 
 /// The key the client sends; the server must answer with its RFC 6455 digest.
@@ -215,30 +211,20 @@ impl WsClient {
     }
 }
 
-/// Parses one server frame (never masked) at the start of `bytes`.
+/// Parses one server frame (never masked) at the start of `bytes`: the frame and the bytes
+/// it took, or `None` while it is incomplete.
 fn parse_server_frame(bytes: &[u8]) -> Option<(Frame, usize)> {
-    let [first, second, ..] = *bytes else {
-        return None;
-    };
-    assert_eq!(second & 0x80, 0, "the server masked a frame");
-    let (len, at) = match second & 0x7F {
-        126 => (
-            u16::from_be_bytes(bytes.get(2..4)?.try_into().unwrap()) as usize,
-            4,
-        ),
-        127 => (
-            u64::from_be_bytes(bytes.get(2..10)?.try_into().unwrap()) as usize,
-            10,
-        ),
-        n => (n as usize, 2),
-    };
-    let payload = bytes.get(at..at + len)?.to_vec();
+    let mut cursor = std::io::Cursor::new(bytes);
+    let (header, len) = FrameHeader::parse(&mut cursor).expect("a well-formed frame header")?;
+    assert_eq!(header.mask, None, "the server masked a frame");
+    let at = cursor.position() as usize;
+    let payload = bytes.get(at..at + len as usize)?.to_vec();
     Some((
         Frame {
-            fin: first & 0x80 != 0,
-            opcode: first & 0x0F,
+            fin: header.is_final,
+            opcode: u8::from(header.opcode),
             payload,
         },
-        at + len,
+        at + len as usize,
     ))
 }
