@@ -12,6 +12,14 @@
 //! Prints the tables and writes them to fanout-bench.json in the target dir.
 
 mod bridge;
+/// Throw-away certificates, shared with the tests (dev-only; some of it only they use).
+#[path = "../../tests/common/certs.rs"]
+#[allow(dead_code)]
+mod certs;
+/// WebSocket frames and the upgrade request, shared with the tests (dev-only).
+#[path = "../../tests/common/frames.rs"]
+#[allow(dead_code)]
+mod frames;
 mod line;
 mod load;
 mod net;

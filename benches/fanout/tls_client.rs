@@ -18,17 +18,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
+use crate::certs::Authority;
 use crate::target::{Scratch, TlsFiles};
 
 /// The name the server certificate is issued for, and the one the clients ask for.
-const SERVER_NAME: &str = "localhost";
+const SERVER_NAME: &str = crate::certs::NAMES[0];
 /// How long a handshake may take before the connection counts as refused.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -51,33 +48,18 @@ impl Pki {
     /// Generates the authority and the server certificate (ECDSA P-256, rcgen's default)
     /// into a fresh scratch directory named after `scenario`.
     pub fn new(scenario: &str) -> Result<Pki, String> {
-        let fail = |what: &str, e: rcgen::Error| format!("cannot generate {what}: {e}");
-        let mut params = CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| fail("the CA's parameters", e))?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "fanout bench throw-away CA");
-        let ca_key = KeyPair::generate().map_err(|e| fail("the CA's key", e))?;
-        let ca = CertifiedIssuer::self_signed(params, ca_key).map_err(|e| fail("the CA", e))?;
-        let names = vec![SERVER_NAME.to_string(), "127.0.0.1".to_string()];
-        let mut params =
-            CertificateParams::new(names).map_err(|e| fail("the server's parameters", e))?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().map_err(|e| fail("the server's key", e))?;
-        let cert = params
-            .signed_by(&key, &ca)
-            .map_err(|e| fail("the server certificate", e))?;
+        let ca = Authority::new("fanout bench")?;
+        let server = ca.issue(false)?;
         let scratch = Scratch::new(scenario)?;
         let files = TlsFiles {
             cert: scratch.0.join("server.pem"),
             key: scratch.0.join("server.key"),
         };
-        write_file(&files.cert, &cert.pem())?;
-        write_file(&files.key, &key.serialize_pem())?;
+        write_file(&files.cert, &server.cert_pem)?;
+        write_file(&files.key, &server.key_pem)?;
         let mut roots = RootCertStore::empty();
         roots
-            .add(ca.der().clone())
+            .add(ca.der())
             .map_err(|e| format!("rustls refuses the CA: {e}"))?;
         let client = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -87,8 +69,8 @@ impl Pki {
         Ok(Pki {
             files,
             client: Arc::new(client),
-            cert: cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            cert: server.cert_der,
+            key: PrivatePkcs8KeyDer::from(server.key_der),
             _scratch: scratch,
         })
     }

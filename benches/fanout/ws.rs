@@ -18,9 +18,8 @@ use std::time::Duration;
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-/// The key the client sends. The server's accept key is not checked: the bench measures
-/// delivery, and the server's own tests check the handshake.
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+use crate::frames;
+
 /// Longest response head read before giving up on the upgrade.
 const MAX_HEAD: usize = 8 * 1024;
 /// Longest server frame header: 2 + 8 (length) + 4 (a mask, which a server must not send).
@@ -38,10 +37,7 @@ const PONG: OpCode = OpCode::Control(Control::Pong);
 /// Asks the web listener at `addr` for an upgrade on `stream` and reads the response head,
 /// one byte at a time so that no frame after it is read here; fails unless it is `101`.
 pub fn handshake(stream: &mut TcpStream, addr: SocketAddr) -> Result<(), String> {
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
+    let request = frames::upgrade_request(&addr.to_string(), "");
     let fail = |e: std::io::Error| format!("WebSocket upgrade failed: {e}");
     stream
         .set_read_timeout(Some(Duration::from_secs(3)))
@@ -237,16 +233,9 @@ fn parse_header(bytes: &[u8]) -> Option<(Header, usize)> {
     Some((header, header_len))
 }
 
-/// Appends one final frame (tungstenite's encoder) with `opcode`, masked with `mask`.
+/// Appends one final frame with `opcode`, masked with `mask`.
 fn frame_into(opcode: OpCode, mask: Option<[u8; 4]>, payload: &[u8], out: &mut Vec<u8>) {
-    let header = FrameHeader {
-        opcode,
-        mask,
-        ..FrameHeader::default()
-    };
-    tungstenite::protocol::frame::Frame::from_payload(header, payload.to_vec().into())
-        .format(out)
-        .expect("formatting into a Vec cannot fail");
+    frames::frame_into(u8::from(opcode), true, mask, payload, out);
 }
 
 /// Appends a masked pong carrying `payload` (at most 125 bytes).

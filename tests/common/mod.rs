@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod certs;
+pub mod frames;
 pub mod tls;
 pub mod websocket;
 

@@ -6,18 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use super::DEADLINE;
+use super::certs::Authority;
 
 /// A certificate authority with its own scratch directory for the PEM files it issues.
 pub struct Pki {
     pub dir: PathBuf,
-    ca: CertifiedIssuer<'static, KeyPair>,
+    ca: Authority,
 }
 
 impl Pki {
@@ -28,12 +26,7 @@ impl Pki {
             Instant::now()
         ));
         std::fs::create_dir_all(&dir).expect("create the certificate directory");
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let ca = Authority::new(name).expect("a throw-away CA");
         let pki = Pki { dir, ca };
         std::fs::write(pki.ca_path(), pki.ca.pem()).unwrap();
         pki
@@ -47,21 +40,13 @@ impl Pki {
     /// Issues a certificate for `localhost` / 127.0.0.1 (server) or a client, written as
     /// `STEM.pem` and `STEM.key`; returns their paths.
     pub fn issue(&self, stem: &str, client: bool) -> (PathBuf, PathBuf) {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let issued = self.ca.issue(client).expect("a throw-away certificate");
         let (cert_path, key_path) = (
             self.dir.join(format!("{stem}.pem")),
             self.dir.join(format!("{stem}.key")),
         );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::write(&cert_path, issued.cert_pem).unwrap();
+        std::fs::write(&key_path, issued.key_pem).unwrap();
         (cert_path, key_path)
     }
 
@@ -72,7 +57,7 @@ impl Pki {
         identity: Option<&(PathBuf, PathBuf)>,
     ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der().clone()).unwrap();
+        roots.add(self.ca.der()).unwrap();
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

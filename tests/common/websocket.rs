@@ -8,9 +8,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
 use tungstenite::protocol::frame::FrameHeader;
-use tungstenite::protocol::frame::coding::OpCode;
 
 use super::DEADLINE;
+pub use super::frames::upgrade_request;
+use super::frames::{self, ACCEPT};
 
 pub const TEXT: u8 = 0x1;
 pub const BINARY: u8 = 0x2;
@@ -19,34 +20,14 @@ pub const CLOSE: u8 = 0x8;
 pub const PING: u8 = 0x9;
 pub const PONG: u8 = 0xA;
 
-/// A WebSocket upgrade request for `/ws` with this `Host`, and `extra` headers (each ending
-/// in `\r\n`) before the upgrade's own.
-pub fn upgrade_request(host: &str, extra: &str) -> String {
-    format!(
-        "GET /ws HTTP/1.1\r\nHost: {host}\r\n{extra}Upgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-}
-
 /// One client frame, masked as a client must (`masked: false` breaks the protocol), with
 /// any opcode (reserved ones too) and any payload length (over-long control frames too).
 pub fn client_frame(opcode: u8, fin: bool, payload: &[u8], masked: bool) -> Vec<u8> {
-    let header = FrameHeader {
-        is_final: fin,
-        opcode: OpCode::from(opcode),
-        mask: masked.then_some([0x12, 0x34, 0x56, 0x78]),
-        ..FrameHeader::default()
-    };
     let mut out = Vec::with_capacity(payload.len() + 14);
-    tungstenite::protocol::frame::Frame::from_payload(header, payload.to_vec().into())
-        .format(&mut out)
-        .expect("formatting into a Vec cannot fail");
+    let mask = masked.then_some([0x12, 0x34, 0x56, 0x78]);
+    frames::frame_into(opcode, fin, mask, payload, &mut out);
     out
 }
-
-/// The key the client sends; the server must answer with its RFC 6455 digest.
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
 /// One frame as the server sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
