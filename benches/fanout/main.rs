@@ -11,7 +11,6 @@
 //! to plaintext, and `ncat --ssl --broker`).
 //! Prints the tables and writes them to fanout-bench.json in the target dir.
 
-mod bridge;
 /// Throw-away certificates, shared with the tests (dev-only; some of it only they use).
 #[path = "../../tests/common/certs.rs"]
 #[allow(dead_code)]
@@ -27,9 +26,7 @@ mod receive;
 mod report;
 mod scenarios;
 mod target;
-mod tls;
 mod tls_client;
-mod websocket;
 mod ws;
 
 use std::process::ExitCode;
@@ -152,7 +149,7 @@ fn main() -> ExitCode {
     }
     report::print_table(&rows);
     report::print_same_rate(&rows);
-    tls::print_comparison(&rows);
+    scenarios::tls::print_comparison(&rows);
     report::write_json(&rows, mode(&options));
     let failures = failures(&rows, options.quick);
     if failures.is_empty() {

@@ -1,4 +1,14 @@
-//! The scenarios: what clients connect, what they offer, and which figures they report.
+//! The scenarios: what clients connect, what they offer, and which figures they report;
+//! one file each, and here what they share (setup, measuring, the rate search, verdicts).
+
+mod all_talk;
+pub mod bridge;
+mod chat;
+mod fanout;
+mod idle;
+mod slow_consumer;
+pub mod tls;
+mod websocket;
 
 use std::time::Duration;
 
@@ -88,14 +98,14 @@ impl Scenario {
             }]
         };
         match self {
-            Scenario::Fanout => fanout(kind, options),
-            Scenario::Chat => row(chat(kind, options)),
-            Scenario::Idle => row(idle(kind, options)),
-            Scenario::SlowConsumer => row(slow_consumer(kind, options)),
-            Scenario::AllTalk => row(all_talk(kind, options)),
-            Scenario::Bridge => crate::bridge::bridge(kind, options),
-            Scenario::Websocket => crate::websocket::websocket(kind, options),
-            Scenario::Tls => crate::tls::tls(kind, options),
+            Scenario::Fanout => fanout::fanout(kind, options),
+            Scenario::Chat => row(chat::chat(kind, options)),
+            Scenario::Idle => row(idle::idle(kind, options)),
+            Scenario::SlowConsumer => row(slow_consumer::slow_consumer(kind, options)),
+            Scenario::AllTalk => row(all_talk::all_talk(kind, options)),
+            Scenario::Bridge => bridge::bridge(kind, options),
+            Scenario::Websocket => websocket::websocket(kind, options),
+            Scenario::Tls => tls::tls(kind, options),
         }
     }
 }
@@ -226,71 +236,6 @@ pub fn fanout_trial(kind: Kind, rate: f64, options: &Options) -> Result<Outcome,
     };
     let outcome = measure(&mut swarm, &target, load)?;
     Ok(outcome)
-}
-
-/// 1 sender → 100 receivers, 64-byte lines. `--rates`: those rates only. `--quick`: one short
-/// run at 5,000 lines/s. Otherwise the rate search, then the default same-rate rates.
-fn fanout(kind: Kind, options: &Options) -> Vec<Row> {
-    let mut rows = Vec::new();
-    if options.rates.is_empty() && options.quick {
-        let (result, note) = match fanout_trial(kind, 5_000.0, options) {
-            Ok(o) => (Ok(delivery_metrics(&o)), limit_note(&o)),
-            Err(why) => (Err(why), String::new()),
-        };
-        rows.push(Row {
-            scenario: "fanout".into(),
-            server: kind.name(),
-            note,
-            result,
-        });
-        return rows;
-    }
-    if options.rates.is_empty() {
-        rows.push(rate_search("fanout", kind, options, |rate| {
-            let outcome = fanout_trial(kind, rate, options)?;
-            Ok(Trial {
-                outcome,
-                detail: String::new(),
-            })
-        }));
-    }
-    let rates = if options.rates.is_empty() {
-        DEFAULT_RATES.to_vec()
-    } else {
-        options.rates.clone()
-    };
-    for rate in rates {
-        rows.push(same_rate_row(kind, f64::from(rate), options));
-    }
-    rows
-}
-
-fn same_rate_row(kind: Kind, rate: f64, options: &Options) -> Row {
-    let mut note = String::new();
-    let result = fanout_trial(kind, rate, options).map(|o| {
-        // The verdict, then anything that limited the run besides the server (flagged even
-        // when the run passed: a saturated generator may have capped what it shows).
-        let verdict = match judge(&o, options.p99_bar_ms) {
-            Verdict::Sustained | Verdict::GeneratorLimit(_) => String::new(),
-            Verdict::LatencyOnly => format!("p99 over {} ms", options.p99_bar_ms),
-            Verdict::ServerLimit(why) => format!("server: {why}"),
-        };
-        let parts = [verdict, limit_note(&o)];
-        note = parts
-            .into_iter()
-            .filter(|part| !part.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        let mut metrics = vec![("lines_per_s", rate)];
-        metrics.extend(delivery_metrics(&o));
-        metrics
-    });
-    Row {
-        scenario: SAME_RATE.into(),
-        server: kind.name(),
-        result,
-        note,
-    }
 }
 
 /// Warms `swarm` up, then measures one run at `rate` against `server`; the trial's detail
@@ -436,89 +381,4 @@ fn search_note(stop: &Option<(f64, Verdict)>, latency_only: &[f64], bar: f64) ->
         ));
     }
     note
-}
-
-/// 1,000 clients, 10 of them sending 100 lines/s in total, 128-byte lines.
-fn chat(kind: Kind, options: &Options) -> Result<(Metrics, String), String> {
-    let clients = [(Role::Sender, 10), (Role::Reader, 990)];
-    let (target, mut swarm) = setup(kind, options, &[], 128, &clients)?;
-    let load = Load {
-        rate: 100.0,
-        duration: secs(options, 10.0, 1.0),
-        drain: Duration::from_secs(2),
-    };
-    let outcome = measure(&mut swarm, &target, load)?;
-    Ok((delivery_metrics(&outcome), limit_note(&outcome)))
-}
-
-/// 10,000 idle receivers beside 1 sender and 10 receivers at 1,000 lines/s: memory per
-/// connection, and latency when every line goes to 10,010 clients.
-fn idle(kind: Kind, options: &Options) -> Result<(Metrics, String), String> {
-    let idle_clients = if options.quick { 1_000 } else { 10_000 };
-    let clients = [(Role::Sender, 1), (Role::Reader, 10)];
-    let (target, mut swarm) = setup(kind, options, &["--max-clients", "20000"], 64, &clients)?;
-    let rss_before = target.rss_bytes();
-    swarm.connect(target.addr, Role::Reader, idle_clients)?;
-    swarm.warm_up()?;
-    let rss_after = target.rss_bytes();
-    let load = Load {
-        rate: 1_000.0,
-        duration: secs(options, 5.0, 1.0),
-        drain: Duration::from_secs(2),
-    };
-    let outcome = measure(&mut swarm, &target, load)?;
-    let mut metrics = vec![
-        ("clients", swarm.len() as f64),
-        ("rss_before_kib", rss_before as f64 / 1024.0),
-        ("rss_after_connect_kib", rss_after as f64 / 1024.0),
-        (
-            "bytes_per_idle_connection",
-            rss_after.saturating_sub(rss_before) as f64 / idle_clients as f64,
-        ),
-        ("rss_after_traffic_kib", outcome.rss_end as f64 / 1024.0),
-    ];
-    metrics.extend(delivery_metrics(&outcome));
-    Ok((metrics, limit_note(&outcome)))
-}
-
-/// 1 sender at 2,000 lines/s of 1 KiB, 10 receivers, 1 client that never reads.
-fn slow_consumer(kind: Kind, options: &Options) -> Result<(Metrics, String), String> {
-    let clients = [(Role::Sender, 1), (Role::Reader, 10), (Role::Stuck, 1)];
-    let (target, mut swarm) = setup(kind, options, &[], 1024, &clients)?;
-    let load = Load {
-        rate: 2_000.0,
-        duration: secs(options, 20.0, 2.0),
-        drain: Duration::from_secs(1),
-    };
-    // Not rerun when the machine was busy: the stuck client may be gone by then.
-    let outcome = swarm.run(&target, load);
-    print_trial(&outcome);
-    let mut metrics = delivery_metrics(&outcome);
-    metrics.extend([
-        (
-            "slow_client_dropped_after_s",
-            outcome
-                .stuck_dropped_after
-                .first()
-                .map_or(f64::NAN, Duration::as_secs_f64),
-        ),
-        ("rss_start_kib", outcome.rss_start as f64 / 1024.0),
-        ("rss_max_kib", outcome.rss_max as f64 / 1024.0),
-    ]);
-    Ok((metrics, limit_note(&outcome)))
-}
-
-/// 1,000 clients, each sending 1 line/s (1,000 lines/s in all, one every millisecond from
-/// the next client in turn) and receiving every other client's: ~1 M deliveries/s, with many
-/// senders in every server turn. It measures the per-recipient write path.
-fn all_talk(kind: Kind, options: &Options) -> Result<(Metrics, String), String> {
-    let clients = [(Role::Sender, 1_000)];
-    let (target, mut swarm) = setup(kind, options, &[], 64, &clients)?;
-    let load = Load {
-        rate: 1_000.0,
-        duration: secs(options, 10.0, 2.0),
-        drain: Duration::from_secs(3),
-    };
-    let outcome = measure(&mut swarm, &target, load)?;
-    Ok((delivery_metrics(&outcome), limit_note(&outcome)))
 }
