@@ -4,8 +4,10 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::TcpListener;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use common::{Client, Server, numbered_lines};
 
@@ -323,57 +325,6 @@ fn localhost_names_resolve() {
 }
 
 #[test]
-fn a_port_in_use_is_one_clear_error_line_and_a_failure_exit() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
-    let (code, _, stderr) = Server::run_to_exit(&["--addr", &addr]);
-    assert_eq!(code, 1);
-    let expected_start =
-        format!("error: cannot listen on {addr}: Address already in use (os error 98)");
-    assert!(stderr.starts_with(&expected_start), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(!stderr.contains("panick"), "{stderr}");
-}
-
-#[test]
-fn a_bad_addr_is_one_clear_error_line_and_a_failure_exit() {
-    for bad in ["nonsense", "127.0.0.1", "127.0.0.1:70000"] {
-        let (code, _, stderr) = Server::run_to_exit(&["--addr", bad]);
-        assert_eq!(code, 1, "{bad}: {stderr}");
-        assert!(
-            stderr.starts_with(&format!("error: invalid --addr '{bad}': ")),
-            "{stderr}"
-        );
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    }
-}
-
-#[test]
-fn help_and_version_work() {
-    let (code, stdout, _) = Server::run_to_exit(&["--help"]);
-    assert_eq!(code, 0);
-    for flag in [
-        "--addr",
-        "--echo",
-        "--max-line",
-        "--max-queue",
-        "--max-clients",
-        "--shutdown-timeout",
-        "--stats-interval",
-        "--verbose",
-        "--quiet",
-    ] {
-        assert!(stdout.contains(flag), "--help lacks {flag}");
-    }
-    let (code, stdout, _) = Server::run_to_exit(&["--version"]);
-    assert_eq!(code, 0);
-    assert_eq!(
-        stdout,
-        format!("broadcast-server {}\n", env!("CARGO_PKG_VERSION"))
-    );
-}
-
-#[test]
 fn coalescing_delays_nothing_out_of_order_and_loses_nothing() {
     let server = Server::start(&["--coalesce-us", "20000"]);
     let mut receivers = server.connect_many(3);
@@ -403,4 +354,102 @@ fn an_unterminated_line_already_read_is_delivered_even_when_its_sender_resets() 
     server.wait_for_log(&format!("token {token}: read 9 bytes, 0 lines"));
     sender.reset();
     receiver.expect(b"cut short\n");
+}
+
+#[test]
+fn an_http_request_sent_to_the_line_port_is_refused_and_none_of_it_is_broadcast() {
+    let mut server = Server::start(&[]);
+    let mut member = server.connect();
+    let mut page = server.connect();
+    page.send(
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\n\
+          Content-Type: text/plain\r\n\r\nINJECTED\n",
+    );
+    assert_eq!(
+        page.read_to_eof(),
+        b"ERR this port speaks lines, not HTTP (browsers use the --http listener)\n"
+    );
+    // With a small --max-line the request's body can carry a line too long: still nothing
+    // of it is broadcast (the first line decides, before the long one is judged).
+    let mut short = Server::start(&["--max-line", "1000"]);
+    let mut watcher = short.connect();
+    let mut page = short.connect();
+    let body = "A".repeat(1_100);
+    page.send(format!("POST / HTTP/1.1\r\nHost: x\r\n\r\nINJECTED\n{body}\n").as_bytes());
+    assert!(
+        page.read_to_eof()
+            .starts_with(b"ERR this port speaks lines, not HTTP")
+    );
+    // An unfinished request line left at a disconnect is not delivered either.
+    let unfinished = short.connect();
+    let mut raw = unfinished.stream.try_clone().unwrap();
+    raw.write_all(b"POST /INJECTED-unfinished HTTP/1.1")
+        .unwrap();
+    let local = unfinished.local_addr();
+    drop((raw, unfinished));
+    short.wait_for_disconnect(local);
+    let mut talker = short.connect();
+    talker.send(b"marker\n");
+    watcher.expect(b"marker\n");
+    let stats = short.stop_for_stats();
+    assert!(stats.contains(" http_request=1 "), "{stats}");
+    // A line that only starts like a request is chat.
+    let mut talker = server.connect();
+    talker.send(b"GET me a coffee\n");
+    member.expect(b"GET me a coffee\n");
+    let stats = server.stop_for_stats();
+    assert!(stats.contains(" http_request=1 "), "{stats}");
+}
+
+#[test]
+fn a_held_batch_is_held_and_skips_a_client_accepted_before_the_timer_fires() {
+    // A hold of up to 1 s: a line right after another is held while batches keep coming.
+    let server = Server::start(&["--coalesce-us", "1000000"]);
+    let mut receiver = server.connect();
+    let mut sender = server.connect();
+    sender.send(b"lone\n");
+    receiver.expect(b"lone\n"); // after a quiet spell: at once
+    let sent = Instant::now();
+    sender.send(b"held\n");
+    receiver.expect(b"held\n");
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200),
+        "the line was not held: it arrived after {waited:?}"
+    );
+    // Held again; a client accepted meanwhile must not receive it (it was framed before).
+    sender.send(b"held again\n");
+    let mut newcomer = server.connect();
+    receiver.expect(b"held again\n");
+    sender.send(b"after\n");
+    newcomer.expect(b"after\n");
+    receiver.expect(b"after\n");
+}
+
+#[test]
+fn the_stats_line_counts_a_scripted_session_exactly() {
+    let mut server = Server::start(&["--max-clients", "3", "--stats-interval", "0.05"]);
+    server.wait_for_log("stats: accepted=0 active=0 peak=0 ");
+    let mut a = server.connect();
+    let mut b = server.connect();
+    let mut c = server.connect();
+    a.send(b"hello\nworld\n");
+    b.expect(b"hello\nworld\n");
+    c.expect(b"hello\nworld\n");
+    b.send(b"hi\n");
+    a.expect(b"hi\n");
+    c.expect(b"hi\n");
+    let mut refused = Client::connect_raw(server.addr());
+    assert_eq!(refused.read_to_eof(), b"ERR server full (max 3 clients)\n");
+    let c_addr = c.local_addr();
+    drop(c);
+    server.wait_for_disconnect(c_addr);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    let log = server.final_log();
+    let last = log.lines().last().unwrap_or_default();
+    let expected = "stats: accepted=3 active=0 peak=3 lines_in=3 deliveries=6 bytes_in=15 \
+                    bytes_out=30 disconnects: client_closed=1 error=0 peer_vanished=0 slow_consumer=0 \
+                    line_too_long=0 http_request=0 server_full=1 shutdown=2";
+    assert!(last.ends_with(expected), "{last}");
 }

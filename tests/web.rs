@@ -1,5 +1,6 @@
 //! The web listener (`--http`) through the binary: WebSocket clients in the broadcast,
-//! the protocol's limits, HTTP hygiene, metrics and the page.
+//! the protocol's limits, HTTP hygiene (a request path full of terminal controls reaches
+//! neither the log nor the answer raw), metrics and the page.
 
 mod common;
 
@@ -784,4 +785,36 @@ fn a_websocket_client_with_output_queued_is_not_pinged_while_an_idle_silent_one_
     }
     let next = busy.read_frame().expect("a frame");
     assert_eq!((next.opcode, next.payload), (TEXT, b"marker".to_vec()));
+}
+
+#[test]
+fn a_request_path_full_of_terminal_controls_reaches_neither_the_log_nor_the_answer_raw() {
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let path = "/x\u{9b}31mRED\u{85}FAKE\u{2028}INFO";
+    let response = server.http(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+    assert!(
+        response.starts_with("HTTP/1.1 404 Not Found\r\n"),
+        "{response}"
+    );
+    assert!(
+        !response.contains("RED"),
+        "the answer echoes the path: {response}"
+    );
+    let line = server.wait_for_log("http: refused");
+    for raw in ['\u{9b}', '\u{85}', '\u{2028}', '\u{1b}'] {
+        assert!(
+            !server.log_text().contains(raw),
+            "{raw:?} reached the log: {line}"
+        );
+    }
+    assert!(
+        line.contains("/x\\u{9b}31mRED\\u{85}FAKE\\u{2028}INFO"),
+        "the path is quoted escaped: {line}"
+    );
+    let response = server.http(&format!("DELETE {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+    assert!(response.starts_with("HTTP/1.1 405 "), "{response}");
+    assert!(
+        !response.contains("RED"),
+        "the answer echoes the path: {response}"
+    );
 }

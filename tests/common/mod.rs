@@ -571,3 +571,16 @@ pub fn report_skip(test: &str, why: &str) {
     );
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
+
+/// A client that never reads, with about `bytes` of lines sent to it; returns it, and the
+/// exact byte count, once a reader that keeps up has them all.
+pub fn stuck_client_behind(server: &Server, bytes: usize) -> (Client, usize) {
+    let stuck = server.connect();
+    stuck.set_receive_buffer(4096);
+    let mut fast = server.connect();
+    let mut sender = server.connect();
+    let lines = numbered_lines(&"s".repeat(100), bytes / 110);
+    sender.send(&lines);
+    fast.expect(&lines);
+    (stuck, lines.len())
+}

@@ -1,16 +1,330 @@
-//! Limits, slow consumers, fairness, descriptor exhaustion, graceful shutdown and stats,
-//! through the real binary over real TCP.
+//! The limits, through the binary: line length (`--max-line`), slow consumers
+//! (`--max-queue`), `--max-clients`, fairness of reads and accepts between clients, running
+//! out of descriptors, log storms, and keepalive for hosts that vanish.
 
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Client, DEADLINE, Server, numbered_lines};
+use broadcast_server::conn::socket_queues::unacknowledged_output;
+use common::websocket::upgrade_request;
+use common::{Client, DEADLINE, Server, numbered_lines, stuck_client_behind, wait_until};
+
+/// /proc/net/tcp's code for CLOSE_WAIT: the FIN arrived, the socket is still open.
+const CLOSE_WAIT: u8 = 0x08;
+
+/// The state of the IPv4 socket from `local_port` to `remote_port`, from /proc/net/tcp.
+fn tcp_state(local_port: u16, remote_port: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, state) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+        (port(local) == Some(local_port) && port(remote) == Some(remote_port))
+            .then(|| u8::from_str_radix(state, 16).ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn a_client_that_left_in_the_same_poll_as_a_newcomer_arrived_no_longer_counts() {
+    let mut server = Server::start(&["--http", "127.0.0.1:0", "--max-clients", "3"]);
+    let web = server.web_addr();
+    let leaving = server.connect();
+    let _b = server.connect();
+    let _c = server.connect();
+    server.stop_and_wait();
+    // The newcomer's connection is ready on the web listener first, then the leaver's close
+    // arrives: one poll reports both, the listener first.
+    let mut newcomer = TcpStream::connect(web).unwrap();
+    newcomer
+        .write_all(upgrade_request("t", "").as_bytes())
+        .unwrap();
+    let leaver = leaving.local_addr();
+    drop(leaving);
+    // Both are in the server's kernel before it runs again (a loaded machine may process
+    // loopback packets late): its side of the leaver is in CLOSE_WAIT.
+    common::wait_until("the FIN arrived", || {
+        tcp_state(server.addr().port(), leaver.port()) == Some(CLOSE_WAIT)
+    });
+    server.signal(libc::SIGCONT);
+    let mut answer = [0; 12];
+    newcomer.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    std::io::Read::read_exact(&mut newcomer, &mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 101", "{}", server.log_text());
+    server.wait_for_log("websocket client");
+    let log = server.log_text();
+    let left = log.find(&format!("client {leaver} disconnected")).unwrap();
+    let joined = log.find("websocket client").unwrap();
+    assert!(left < joined, "{log}");
+    server.signal(libc::SIGTERM);
+    server.wait_exit();
+}
+
+#[test]
+fn a_client_that_half_closes_with_output_queued_is_let_go_at_once_with_a_reset() {
+    // Its FIN says it sends no more; it also reads nothing: holding its queue (MiBs) until
+    // some deadline would only keep memory for no one.
+    let server = Server::start(&["--max-queue", "64MiB", "-vv"]);
+    // More than the kernel's buffers hold: most of it waits in the server's queue.
+    let (mut stuck, total) = stuck_client_behind(&server, 16 << 20);
+    let token = server.token_of(&stuck);
+    stuck.half_close();
+    let line = server.wait_for_disconnect(stuck.local_addr());
+    assert!(line.ends_with("client closed"), "{line}");
+    // At once: in the turn that read its end of stream, not at some later deadline.
+    assert!(common::in_one_turn(
+        &server.log_text(),
+        &format!("token {token}: read 0 bytes"),
+        &format!("client {} disconnected", stuck.local_addr()),
+    ));
+    // What it had not taken is dropped with a reset, not ended with a FIN that would look
+    // like the clean end of its stream.
+    let (got, closed) = stuck.read_until_closed();
+    assert_eq!(
+        closed,
+        common::Closed::Reset,
+        "after {} of {total} bytes",
+        got.len()
+    );
+    assert!(got.len() < total);
+}
+
+#[test]
+fn a_client_lingering_to_read_its_err_line_no_longer_counts_against_max_clients() {
+    let server = Server::start(&["--max-clients", "3", "--max-line", "1KiB"]);
+    // Its window shut behind MiBs: the ERR line it is sent away with cannot leave, so it
+    // lingers (up to 2 s) while the newcomer arrives.
+    let (mut lingering, _) = stuck_client_behind(&server, 8 << 20);
+    server.wait_for_logs("disconnected", 2); // the helper's reader and sender
+    let _full = [server.connect(), server.connect()];
+    lingering.send(&[b'x'; 2000]);
+    server.wait_for_log("sent a line longer than 1024 bytes; disconnecting it");
+    let _newcomer = server.connect(); // times out on "ERR server full"
+    assert!(
+        server
+            .log_lines(&format!("client {} disconnected", lingering.local_addr()))
+            .is_empty(),
+        "it left before the newcomer came: nothing was tested"
+    );
+}
+
+#[test]
+fn a_client_is_read_at_most_one_budget_per_turn() {
+    let mut server = Server::start(&["-vv", "--coalesce-us", "0", "--max-line", "1MiB"]);
+    let mut receiver = server.connect();
+    let mut sender = server.connect();
+    let token = server.token_of(&sender);
+    let line = [vec![b'r'; 100_000], vec![b'\n']].concat();
+    server.stop_and_wait();
+    sender.send(&line);
+    wait_until("the stopped server's kernel holds the line", || {
+        unacknowledged_output(&sender.stream) == 0
+    });
+    server.signal(libc::SIGCONT);
+    receiver.expect(&line);
+    server.signal(libc::SIGTERM);
+    server.wait_exit();
+    let log = server.final_log();
+    let per_turn = common::reads_per_turn(&log, &token);
+    assert_eq!(
+        per_turn.iter().sum::<usize>(),
+        line.len(),
+        "every byte was read and logged"
+    );
+    assert!(
+        per_turn.iter().all(|&read| read <= 64 * 1024),
+        "{per_turn:?}"
+    );
+    // The whole line waited in the kernel: one turn read exactly the budget, and the very
+    // next turn read the rest (the client was carried over, with no new event).
+    let full = per_turn
+        .iter()
+        .position(|&read| read == 64 * 1024)
+        .expect("a turn read the whole budget");
+    assert_eq!(per_turn[full + 1], line.len() - 64 * 1024, "{per_turn:?}");
+}
+
+#[test]
+fn at_most_64_connections_are_accepted_per_turn() {
+    let mut server = Server::start(&["-vv"]);
+    server.signal(libc::SIGSTOP);
+    let clients: Vec<Client> = (0..200)
+        .map(|_| Client::connect_raw(server.addr()))
+        .collect();
+    server.signal(libc::SIGCONT);
+    for client in &clients {
+        server.wait_for_log(&format!("client {} connected", client.local_addr()));
+    }
+    server.signal(libc::SIGTERM);
+    server.wait_exit();
+    let log = server.final_log();
+    let per_turn: Vec<usize> = common::turns(&log)
+        .iter()
+        .map(|turn| {
+            turn.iter()
+                .filter(|l| l.contains(" connected (token "))
+                .count()
+        })
+        .collect();
+    assert_eq!(per_turn.iter().sum::<usize>(), 200);
+    assert!(per_turn.iter().all(|&n| n <= 64), "{per_turn:?}");
+}
+
+#[test]
+fn a_connection_storm_against_a_full_server_logs_one_line_a_second() {
+    let server = Server::start(&["--max-clients", "1"]);
+    let _only = server.connect();
+    for _ in 0..300 {
+        let mut refused = Client::connect_raw(server.addr());
+        assert_eq!(refused.read_to_eof(), b"ERR server full (max 1 clients)\n");
+    }
+    // Every refusal is counted: one line for the first of each second, then a summary.
+    let counted = || -> usize {
+        server
+            .log_lines("refused ")
+            .iter()
+            .map(|l| {
+                l.split("refused ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(1)
+            })
+            .sum()
+    };
+    wait_until("every refusal is counted in a log line", || {
+        counted() == 300
+    });
+    let lines = server.log_lines("refused ");
+    assert!(
+        lines.len() <= 10,
+        "{} refusal lines: {lines:#?}",
+        lines.len()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("more connections in the last second")),
+        "{lines:#?}"
+    );
+}
+
+/// A nftables table that drops packets sent from one local port; removed on drop.
+struct DropFromPort {
+    table: String,
+}
+
+impl DropFromPort {
+    /// `None` (with the reason) when nft is missing or not permitted here.
+    fn install(port: u16) -> Result<DropFromPort, String> {
+        let table = format!("broadcast_server_test_{}_{port}", std::process::id());
+        let nft = |args: &str| {
+            Command::new("nft")
+                .args(args.split_whitespace())
+                .output()
+                .map_err(|e| format!("nft: {e}"))
+                .and_then(|out| {
+                    if out.status.success() {
+                        Ok(())
+                    } else {
+                        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+                    }
+                })
+        };
+        nft(&format!("add table inet {table}"))?;
+        let guard = DropFromPort { table };
+        nft(&format!(
+            "add chain inet {} input {{ type filter hook input priority -10 ; }}",
+            guard.table
+        ))?;
+        nft(&format!(
+            "add rule inet {} input tcp sport {port} drop",
+            guard.table
+        ))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for DropFromPort {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .output();
+    }
+}
+
+/// Has a new client send an `unfinished` line, firewalls its port and waits until keepalive
+/// drops it: about 5 s with
+/// `--tcp-keepalive 1` (1 s idle, then 4 probes 1 s apart). `None` when nft cannot run here
+/// (reported as a skip).
+fn vanish_and_wait_for_keepalive(server: &Server, unfinished: &[u8]) -> Option<()> {
+    let mut vanished = server.connect();
+    vanished.send(unfinished);
+    let firewall = match DropFromPort::install(vanished.local_addr().port()) {
+        Ok(firewall) => firewall,
+        Err(why) => {
+            common::report_skip(
+                "keepalive tests",
+                &format!("needs nft (apt-get install nftables) as root: {why}"),
+            );
+            return None;
+        }
+    };
+    let log = server.wait_for_disconnect(vanished.local_addr());
+    assert!(
+        log.ends_with("peer vanished (no answer to keepalive or retransmissions)"),
+        "{log}"
+    );
+    drop(firewall);
+    Some(())
+}
+
+#[test]
+fn keepalive_drops_a_client_whose_host_vanished_but_never_one_that_is_only_not_reading() {
+    let mut server = Server::start(&["--tcp-keepalive", "1", "--stats-interval", "0.2"]);
+    // A client with output pending and its window shut answers every probe: only
+    // --max-queue may judge it (TCP_USER_TIMEOUT would abort it after the keepalive time).
+    let (mut stuck, total) = stuck_client_behind(&server, 1 << 20);
+    let mut other = server.connect();
+    // Two vanished hosts dropped one after the other are the clock: over 10 s of probing
+    // has passed since the stuck client's window shut, past the kernel's zero-window
+    // probes at about 6 s where a user timeout of the keepalive time would abort it.
+    for unfinished in [&b"gone mid-li"[..], b"and mid-wo"] {
+        if vanish_and_wait_for_keepalive(&server, unfinished).is_none() {
+            return;
+        }
+        // What it had sent of its line is delivered, ended.
+        other.expect(&[unfinished, b"\n"].concat());
+    }
+    server.wait_for_log("peer_vanished=2 ");
+    assert!(
+        server
+            .log_lines(&format!("client {} disconnected", stuck.local_addr()))
+            .is_empty(),
+        "{}",
+        server.log_text()
+    );
+    // Still connected, and its output starts where it should (reading all of it through a
+    // 4 KiB window would take a while; the slow-consumer tests cover that).
+    let first = common::numbered_lines(&"s".repeat(100), 1);
+    assert_eq!(stuck.read_exact(first.len()), first);
+    assert!(total > first.len());
+    // The others notice nothing.
+    let mut sender = server.connect();
+    sender.send(b"still here\n");
+    other.expect(b"still here\n");
+    drop(stuck);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
 
 /// Writes `total` bytes of `z` (no newline) in 64 KiB pieces until done or the server hangs
 /// up; returns how many the kernel took.
@@ -402,140 +716,6 @@ fn descriptors_freed_without_any_client_leaving_are_found_by_the_retry_timer() {
     last.expect(b"you made it\n");
 }
 
-/// A stop signal with output pending to a slow reader: it gets every line, the server
-/// exits 0 and logs its final stats.
-fn graceful_shutdown_on(signal: libc::c_int, name: &str) {
-    let mut server = Server::start(&["--shutdown-timeout", "20"]);
-    let mut slow = server.connect();
-    slow.set_receive_buffer(128 * 1024);
-    let mut fast = server.connect();
-    let mut sender = server.connect();
-    let mut lines = numbered_lines(&"g".repeat(100), 60_000); // 6 MB
-    sender.send(&lines);
-    sender.send(b"unfinished");
-    fast.expect(&lines);
-    server.signal(signal);
-    let log = server.wait_for_log(&format!("received {name}: shutting down, flushing "));
-    let queued: usize = log
-        .split("flushing ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .expect("the shutdown line says how many bytes are queued");
-    assert!(
-        queued > 0,
-        "nothing was pending, so nothing was tested: {log}"
-    );
-
-    // Reading slowly on purpose, so that the drain takes many writable events.
-    let got = slow.read_to_eof_pacing(Duration::from_micros(200));
-    lines.extend_from_slice(b"unfinished\n");
-    assert_eq!(got.len(), lines.len());
-    assert!(got == lines, "the slow reader's bytes differ");
-    assert_eq!(server.wait_exit().code(), Some(0));
-    let stats = server
-        .final_log()
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
-    assert!(stats.contains("active=0"), "{stats}");
-    assert!(stats.contains("shutdown=3"), "{stats}");
-}
-
-#[test]
-fn sigterm_flushes_pending_output_then_exits_zero() {
-    graceful_shutdown_on(libc::SIGTERM, "SIGTERM");
-}
-
-#[test]
-fn sigint_flushes_pending_output_then_exits_zero() {
-    graceful_shutdown_on(libc::SIGINT, "SIGINT");
-}
-
-#[test]
-fn a_second_signal_exits_at_once() {
-    let mut server = Server::start(&["--shutdown-timeout", "600"]);
-    let stuck = server.connect();
-    stuck.set_receive_buffer(4096);
-    let mut fast = server.connect();
-    let mut sender = server.connect();
-    let lines = numbered_lines(&"h".repeat(100), 20_000);
-    sender.send(&lines);
-    fast.expect(&lines); // so output is surely queued for `stuck`
-    server.signal(libc::SIGTERM);
-    server.wait_for_log("received SIGTERM: shutting down");
-    server.signal(libc::SIGINT);
-    assert_eq!(server.wait_exit().code(), Some(1));
-    server.wait_for_log("received SIGINT again: exiting now");
-    drop(stuck);
-}
-
-#[test]
-fn the_stats_line_counts_a_scripted_session_exactly() {
-    let mut server = Server::start(&["--max-clients", "3", "--stats-interval", "0.05"]);
-    server.wait_for_log("stats: accepted=0 active=0 peak=0 ");
-    let mut a = server.connect();
-    let mut b = server.connect();
-    let mut c = server.connect();
-    a.send(b"hello\nworld\n");
-    b.expect(b"hello\nworld\n");
-    c.expect(b"hello\nworld\n");
-    b.send(b"hi\n");
-    a.expect(b"hi\n");
-    c.expect(b"hi\n");
-    let mut refused = Client::connect_raw(server.addr());
-    assert_eq!(refused.read_to_eof(), b"ERR server full (max 3 clients)\n");
-    let c_addr = c.local_addr();
-    drop(c);
-    server.wait_for_disconnect(c_addr);
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
-    let log = server.final_log();
-    let last = log.lines().last().unwrap_or_default();
-    let expected = "stats: accepted=3 active=0 peak=3 lines_in=3 deliveries=6 bytes_in=15 \
-                    bytes_out=30 disconnects: client_closed=1 error=0 peer_vanished=0 slow_consumer=0 \
-                    line_too_long=0 http_request=0 server_full=1 shutdown=2";
-    assert!(last.ends_with(expected), "{last}");
-}
-
-#[test]
-fn nonsense_limits_are_refused_at_start_with_a_clear_message() {
-    let cases: [(&[&str], i32, &str); 5] = [
-        (
-            &["--max-line", "0"],
-            1,
-            "error: --max-line must be at least 1\n",
-        ),
-        (
-            &["--max-clients", "0"],
-            1,
-            "error: --max-clients must be at least 1\n",
-        ),
-        (
-            &["--max-line", "1MiB", "--max-queue", "64KiB"],
-            1,
-            "error: --max-queue (65536 bytes) must be larger than a full line of --max-line \
-             (1048576 bytes) with its newline: raise --max-queue or lower --max-line\n",
-        ),
-        (
-            &["--max-queue", "lots"],
-            2,
-            "error: invalid value 'lots' for '--max-queue <BYTES>'",
-        ),
-        (
-            &["--shutdown-timeout=-1"],
-            2,
-            "error: invalid value '-1' for '--shutdown-timeout",
-        ),
-    ];
-    for (args, code, start) in cases {
-        let (exit, _, stderr) = Server::run_to_exit(args);
-        assert_eq!(exit, code, "{args:?}: {stderr}");
-        assert!(stderr.starts_with(start), "{args:?}: {stderr}");
-    }
-}
-
 #[test]
 fn a_burst_of_connections_beyond_one_turns_accept_budget_is_all_accepted() {
     // With the server stopped, 300 handshakes complete into the backlog; on SIGCONT the
@@ -555,20 +735,6 @@ fn a_burst_of_connections_beyond_one_turns_accept_budget_is_all_accepted() {
     for client in &mut clients {
         client.expect(b"all of you\n");
     }
-}
-
-#[test]
-fn sighup_without_tls_only_says_there_is_nothing_to_reload() {
-    // A log rotation's `kill -HUP` must never stop the server.
-    let mut server = Server::start(&[]);
-    let mut a = server.connect();
-    let mut b = server.connect();
-    server.signal(libc::SIGHUP);
-    server.wait_for_log("received SIGHUP: nothing to reload (no --tls-cert)");
-    a.send(b"still serving\n");
-    b.expect(b"still serving\n");
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
 }
 
 /// A shared object that, preloaded into the server, makes its `fail_at`-th accepted
