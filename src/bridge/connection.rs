@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use super::protocol::{
     self, Connect, DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_CEILING, ServerInfo, ServerOp,
 };
+use crate::wire::host_port::{self, HostPortError};
 
 /// How long connecting, and the introduction, may take before the next server is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -64,28 +65,12 @@ impl ServerUrl {
             }
             None => (None, rest),
         };
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| bad("an unclosed ["))?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (hostport, None),
-            }
-        };
-        let port = match port {
-            Some(port) => port
-                .parse::<u16>()
-                .map_err(|_| bad("the port is not a number"))?,
-            None => DEFAULT_PORT,
-        };
-        let host_ok = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
-        if !host_ok || port == 0 {
-            return Err(bad("no usable host and port"));
-        }
+        let parsed = host_port::parse(hostport).map_err(|e| match e {
+            HostPortError::UnclosedBracket => bad("an unclosed ["),
+            HostPortError::PortNotANumber => bad("the port is not a number"),
+            HostPortError::PortZero | HostPortError::BadHost => bad("no usable host and port"),
+        })?;
+        let (host, port) = (parsed.host, parsed.port.unwrap_or(DEFAULT_PORT));
         let server = ServerUrl {
             tls,
             host: host.to_string(),

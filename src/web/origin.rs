@@ -19,6 +19,8 @@
 
 use std::fmt;
 
+use crate::wire::host_port;
+
 /// `scheme://host:port`, lowercased, with the scheme's default port filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
@@ -85,27 +87,12 @@ fn default_port(scheme: &str) -> u16 {
 
 /// `host[:port]` or `[v6][:port]`: the host lowercased, the port if given.
 fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
-    let (host, port) = if let Some(v6) = text.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        (format!("[{host}]"), after.strip_prefix(':'))
-    } else {
-        match text.rsplit_once(':') {
-            Some((host, port)) => (host.to_string(), Some(port)),
-            None => (text.to_string(), None),
-        }
+    let parsed = host_port::parse(text).ok()?;
+    let host = match parsed.bracketed {
+        true => format!("[{}]", parsed.host),
+        false => parsed.host.to_string(),
     };
-    let host_ok = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
-    if !host_ok {
-        return None;
-    }
-    let port = match port {
-        Some(port) => Some(port.parse::<u16>().ok().filter(|&p| p != 0)?),
-        None => None,
-    };
-    Some((host.to_ascii_lowercase(), port))
+    Some((host.to_ascii_lowercase(), parsed.port))
 }
 
 /// The origins allowed besides the server's own (`--allow-origin`), or all of them.
