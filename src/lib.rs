@@ -2,16 +2,40 @@
 //! connected client, over TCP or WebSocket, in the clear or through TLS, on one machine or
 //! several joined through NATS.
 //!
-//! The crate is one single-threaded, edge-triggered mio event loop ([`EventLoop`]) over
-//! client connections ([`connection`]), with line framing ([`framing`]) and per-turn
-//! batching ([`batch`]) kept as pure, unit-tested logic. The loop *uses* parts that know
-//! as little as possible: how bytes travel ([`transport`], [`tls`]), how lines look on the
-//! wire ([`websocket`], [`framed_batch`]), the web listener's HTTP stage ([`http`]), who
-//! may connect ([`access`]), which web pages may open a WebSocket ([`origin`]), the NATS
-//! bridge ([`bridge`]), the replay for newcomers ([`history`]), the counters ([`stats`]),
-//! signals as poll events ([`signals`]), the graceful stop ([`shutdown`]), and the one door
-//! every log line passes ([`logger`]: escaped, bounded, rate-limited).
-//! `main.rs` only turns flags into a [`Config`] and reports errors.
+//! # The map
+//!
+//! One single-threaded, edge-triggered mio loop ([`reactor`]) owns the `Poll` and one map of
+//! connections, each in its stage: a TLS handshake ([`transport`]), an HTTP request on the
+//! web listener ([`web`]), or a member of the broadcast ([`conn`]). Components own their
+//! state and deadlines: who gets in ([`admission`]), the fan-out ([`broadcast`], pure), the
+//! NATS bridge ([`bridge`]), the counters and the one logger ([`observe`]). The codecs are
+//! pure and know no socket ([`wire`]). `main.rs` only turns flags into a [`Config`] and
+//! reports errors. docs/design.md has the picture and the walk of one line.
+//!
+//! # Glossary (one word per concept)
+//!
+//! - **line**: bytes up to and including `\n`; the unit of the broadcast.
+//! - **unfinished line**: what a client sent after its last `\n`; delivered with a `\n`
+//!   added when the client goes, never lost, never cut.
+//! - **batch**: the lines framed in one turn (or a held stretch of turns), by sender.
+//! - **hand-out**: giving one batch to every member: one `writev` each.
+//! - **form**: how a member takes the batch: the lines, or WebSocket frames.
+//! - **wire**: how lines look on one member's connection (lines or WebSocket): decoding,
+//!   farewells, liveness.
+//! - **transport**: how bytes travel on a socket: plain or TLS.
+//! - **stage**: where a connection is: handshake, request, member.
+//! - **member**: a connection that takes part in the broadcast; **open**, or **leaving**
+//!   (being sent away: it gets what it is owed and a farewell, then it is closed).
+//! - **farewell**: what a member is told as it is sent away: an `ERR` line or a Close frame.
+//! - **slow consumer**: a member with more than `--max-queue` bytes waiting: reset.
+//! - **turn**: one pass of the loop: poll, events, carried work, hand-out, timers.
+//! - **carried**: work a budget cut short, taken up in the next turn.
+//! - **address place**: a connection's place in its address's count
+//!   (`--max-clients-per-ip`), given back when it is dropped.
+//! - **finale**: at shutdown, a member's input already received, delivered before the drain.
+//! - **kept line**: an unfinished line of a client closed meanwhile, waiting for the batch.
+//! - **instance**: one server process; instances joined through NATS are one broadcast.
+//! - **history**: the last lines handed out, replayed to a newcomer (`--history`).
 
 pub mod admission;
 pub mod bridge;

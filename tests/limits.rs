@@ -116,6 +116,28 @@ fn a_client_lingering_to_read_its_err_line_no_longer_counts_against_max_clients(
     );
 }
 
+/// A client sent away stops counting when it is sent away, and once it is gone it is not
+/// counted again, in either direction: its place is neither kept nor given twice.
+#[test]
+fn a_client_sent_away_and_gone_leaves_exactly_one_free_place() {
+    let server = Server::start(&["--max-clients", "2", "--max-line", "16"]);
+    for _ in 0..2 {
+        let mut rejected = server.connect();
+        rejected.send(&[b'x'; 40]);
+        assert_eq!(
+            rejected.read_to_eof(),
+            b"ERR line too long (max 16 bytes)\n"
+        );
+        server.wait_for_disconnect(rejected.local_addr());
+    }
+    let mut first = server.connect();
+    let mut second = server.connect();
+    let mut refused = Client::connect_raw(server.addr());
+    assert_eq!(refused.read_to_eof(), b"ERR server full (max 2 clients)\n");
+    first.send(b"still two\n");
+    second.expect(b"still two\n");
+}
+
 #[test]
 fn a_client_is_read_at_most_one_budget_per_turn() {
     let mut server = Server::start(&["-vv", "--coalesce-us", "0", "--max-line", "1MiB"]);

@@ -691,3 +691,40 @@ fn at_most_eight_handshake_steps_are_taken_a_turn_and_the_rest_follow() {
     );
     drop(clients);
 }
+
+/// A web request's 10 s run from the connect, the TLS handshake included: a client that
+/// takes 6 s over its handshake has 4 s left for its request, not 10 more.
+#[test]
+fn a_web_request_over_tls_has_ten_seconds_from_the_connect_handshake_included() {
+    let pki = Pki::new("web-deadline");
+    let (server, _) = tls_server(&pki, &["--http", "127.0.0.1:0"]);
+    let web = server.web_addr();
+    let config = pki.client_config(None);
+    let partial_request = |tcp: TcpStream, config| {
+        let mut client = TlsClient::handshake(tcp, config).expect("handshake");
+        client.send(b"GET / HTTP/1.1\r\nHost: loc");
+        let mut buf = [0; 64];
+        // A FIN, or the reset-like end rustls reports without close_notify: closed either way.
+        while matches!(client.stream.read(&mut buf), Ok(n) if n > 0) {}
+        Instant::now()
+    };
+    let quick_tcp = TcpStream::connect(web).unwrap();
+    let slow_tcp = TcpStream::connect(web).unwrap();
+    let quick = {
+        let config = Arc::clone(&config);
+        thread::spawn(move || partial_request(quick_tcp, config))
+    };
+    let slow = thread::spawn(move || {
+        thread::sleep(Duration::from_secs(6)); // the slow client's own pace
+        partial_request(slow_tcp, config)
+    });
+    let (quick, slow) = (quick.join().unwrap(), slow.join().unwrap());
+    // Both connected together, so both deadlines fall together (10 s from the connects);
+    // a request clock started after the handshake would close the slow one 6 s later.
+    assert!(
+        slow.saturating_duration_since(quick) < Duration::from_secs(3),
+        "the slow client was closed {:?} after the quick one",
+        slow.saturating_duration_since(quick)
+    );
+    server.wait_for_logs("no complete request within 10 s", 2);
+}

@@ -1,6 +1,7 @@
 //! Who gets in: `--allow`/`--deny` rules, the per-address places, the descriptor limit.
 
 pub mod access;
+pub mod deadlines;
 pub mod fd_limit;
 
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use log::{info, warn};
 
 use crate::observe::log_limit::RateLimit;
 use access::PerAddress;
+use deadlines::Deadlines;
 
 /// Most connections taken per turn, so that a connection storm cannot stall the clients
 /// already connected; the rest wait in the backlog for the next turn.
@@ -41,6 +43,9 @@ pub struct Admission {
     pub access_log: RateLimit,
     /// Refusals of a full server: a line a second, then summed.
     pub refusal_log: RateLimit,
+    /// Connections that are not members yet (in their TLS handshake, or a web exchange):
+    /// each must be done within the admission timeout of its accept.
+    pub deadlines: Deadlines,
 }
 
 /// Accepting paused after running out of descriptors.
@@ -53,8 +58,9 @@ pub struct AcceptPause {
 }
 
 impl Admission {
-    /// Admission for `--max-clients-per-ip` (0: no limit).
-    pub fn new(max_clients_per_ip: usize) -> Admission {
+    /// Admission for `--max-clients-per-ip` (0: no limit); a connection that is not a
+    /// member must be done within `timeout` of its accept.
+    pub fn new(max_clients_per_ip: usize, timeout: Duration) -> Admission {
         Admission {
             per_address: PerAddress::new(max_clients_per_ip),
             pause: None,
@@ -63,6 +69,7 @@ impl Admission {
             failure_log: RateLimit::default(),
             access_log: RateLimit::with_burst(ACCESS_LINES_LOGGED),
             refusal_log: RateLimit::default(),
+            deadlines: Deadlines::new(timeout),
         }
     }
 
@@ -78,9 +85,11 @@ impl Admission {
         }
     }
 
-    /// When admission next needs the loop: the accept retry, or a summary of its logs.
+    /// When admission next needs the loop: a connection's deadline, the accept retry, or a
+    /// summary of its logs.
     pub fn next_deadline(&self) -> Option<Instant> {
         [
+            self.deadlines.next(),
             self.pause.as_ref().map(|pause| pause.retry_at),
             self.refusal_log.summary_due_at(),
             self.access_log.summary_due_at(),

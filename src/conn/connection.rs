@@ -39,7 +39,7 @@ pub enum Phase {
     },
 }
 
-/// How a call to [`ClientConnection::read_until_would_block`] ended.
+/// How a call to [`Member::read_until_would_block`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadEnd {
     /// The kernel has no more data: wait for the next readable event.
@@ -66,7 +66,7 @@ pub struct ReadReport {
     pub wants_flush: bool,
 }
 
-/// What [`ClientConnection::send`] did.
+/// What [`Member::send`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sent {
     /// Bytes the kernel took, even when the client then failed.
@@ -77,7 +77,7 @@ pub struct Sent {
 
 /// A connected client: its socket, its unfinished input and its pending output.
 #[derive(Debug)]
-pub struct ClientConnection {
+pub struct Member {
     transport: Transport,
     peer: SocketAddr,
     /// Its place in its address's count (`--max-clients-per-ip`): held, never read, and
@@ -97,11 +97,11 @@ pub struct ClientConnection {
     served_as_sender: u64,
 }
 
-impl ClientConnection {
+impl Member {
     /// Wraps an accepted transport, registered for reading under `token` (and through its
     /// TLS handshake, if any).
-    pub fn new(transport: Transport, peer: SocketAddr, place: AddressPlace) -> ClientConnection {
-        ClientConnection {
+    pub fn new(transport: Transport, peer: SocketAddr, place: AddressPlace) -> Member {
+        Member {
             peer,
             _place: place,
             wire: Wire::lines(),
@@ -121,15 +121,15 @@ impl ClientConnection {
     }
 
     /// Wraps a transport whose WebSocket upgrade was accepted (registered as for
-    /// [`ClientConnection::new`]), and queues the `101` answer `handshake` (the caller
+    /// [`Member::new`]), and queues the `101` answer `handshake` (the caller
     /// flushes it).
     pub fn new_websocket(
         transport: Transport,
         peer: SocketAddr,
         place: AddressPlace,
         handshake: &[u8],
-    ) -> ClientConnection {
-        let mut connection = ClientConnection::new(transport, peer, place);
+    ) -> Member {
+        let mut connection = Member::new(transport, peer, place);
         connection.wire = Wire::websocket();
         connection.queue(handshake, handshake.len());
         connection

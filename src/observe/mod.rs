@@ -55,8 +55,9 @@ impl Observer {
     pub fn log_summaries(&mut self, now: Instant) {
         if let Some(count) = self.warning_log.take_summary(now) {
             warn!(
-                "{count} more clients were disconnected as slow consumers or for over-long \
-                 lines in the last second (each has its own disconnect line)"
+                "{count} more clients were disconnected as slow consumers, for over-long \
+                 lines, WebSocket protocol errors or HTTP on the line port in the last \
+                 second (each has its own disconnect line)"
             );
         }
     }

@@ -6,7 +6,7 @@
 //! the timers (accept retry, drain deadlines, stats). Sockets are edge-triggered: a handler
 //! that stops before `WouldBlock` must remember to come back, because no new event will come.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -15,22 +15,22 @@ use log::{info, trace, warn};
 use mio::{Events, Poll, Token};
 
 use crate::admission::Admission;
-use crate::admission::access::AddressPlace;
 use crate::bridge::Bridge;
 use crate::broadcast::batch::Batch;
 use crate::broadcast::framed_batch::FramedBatch;
 use crate::broadcast::history::History;
 use crate::config::Config;
-use crate::conn::connection::ClientConnection;
 use crate::conn::reason::DisconnectReason;
 use crate::error::ServerError;
 use crate::observe::Observer;
+use crate::reactor::connections::{Connections, Stage};
 use crate::reactor::hold_timer::HoldTimer;
 use crate::reactor::listeners::{Listener, Listeners};
 use crate::reactor::shutdown::Shutdown;
 use crate::reactor::signals::{Signal, Signals};
-use crate::transport::tls::TlsStage;
+use crate::transport::tls::{HANDSHAKE_TIMEOUT, TlsStage};
 use crate::web::front::WebFront;
+use crate::web::requests::REQUEST_TIMEOUT;
 
 mod accept;
 mod clients;
@@ -50,6 +50,11 @@ const BRIDGE: Token = Token(3);
 /// The web listener (`--http`).
 const WEB_LISTENER: Token = Token(4);
 const FIRST_CLIENT: usize = 5;
+
+/// A connection must become a member within this of its accept: its TLS handshake and,
+/// on the web listener, its whole exchange share one deadline from the connect.
+const ADMISSION_TIMEOUT: Duration = HANDSHAKE_TIMEOUT;
+const _: () = assert!(HANDSHAKE_TIMEOUT.as_nanos() == REQUEST_TIMEOUT.as_nanos());
 
 /// Most bytes taken from one client per turn, so that a firehose cannot starve the others.
 pub const READ_BUDGET: usize = 64 * 1024;
@@ -71,14 +76,6 @@ pub enum Exit {
     Forced,
 }
 
-/// Where a connection in its TLS handshake goes afterwards, and its place in its address's
-/// count (given back if the handshake fails).
-#[derive(Debug)]
-struct Admitting {
-    which: Listener,
-    place: AddressPlace,
-}
-
 /// The reactor's own state for one turn: its number, the read buffer every client shares,
 /// readers carried to the next turn, and clients to close once a pass over the map is done.
 struct Turn {
@@ -87,8 +84,10 @@ struct Turn {
     /// The read buffer shared by all clients; what is not a complete line moves to the
     /// client's own framer.
     scratch: Box<[u8]>,
-    /// Clients whose read budget ran out with input possibly still waiting.
-    unfinished_readers: Vec<Token>,
+    /// Connections carried to the next turn: a read, a handshake step or a request's
+    /// reading stopped at its budget with input possibly still waiting (no new edge will
+    /// come for it).
+    carried: Vec<Token>,
     /// Clients to close once the current pass over the map is done.
     doomed: Vec<(Token, DisconnectReason)>,
 }
@@ -101,14 +100,15 @@ pub struct EventLoop {
     listeners: Listeners,
     signals: Signals,
     config: Config,
-    connections: HashMap<Token, ClientConnection>,
+    /// Every connection, in whichever stage (handshake, request, member): one entry each.
+    connections: Connections,
     /// Tokens only grow, so a stale event can never reach a newer client.
     next_token: usize,
     turn: Turn,
     /// Who gets in, how fast: per-address places, the accept budget and pause, their logs.
     admission: Admission,
     /// TLS: the configuration new connections get, and the handshakes under way.
-    tls: TlsStage<Admitting>,
+    tls: TlsStage,
     /// The web listener's front door (`--http`): requests in their HTTP stage, the page's
     /// policy, the pings' schedule.
     web: WebFront,
@@ -154,7 +154,7 @@ impl EventLoop {
         }
         Ok(EventLoop {
             web: WebFront::new(config.ws_ping.filter(|_| listeners.web.is_some())),
-            admission: Admission::new(config.max_clients_per_ip),
+            admission: Admission::new(config.max_clients_per_ip, ADMISSION_TIMEOUT),
             nats: NatsLink {
                 bridge,
                 waiting: false,
@@ -177,12 +177,12 @@ impl EventLoop {
             signals,
             observe: Observer::new(config.stats_interval),
             config,
-            connections: HashMap::new(),
+            connections: Connections::default(),
             next_token: FIRST_CLIENT,
             turn: Turn {
                 number: 0,
                 scratch: vec![0; READ_BUDGET].into_boxed_slice(),
-                unfinished_readers: Vec::new(),
+                carried: Vec::new(),
                 doomed: Vec::new(),
             },
             leaving: HashSet::new(),
@@ -213,13 +213,15 @@ impl EventLoop {
                 self.turn.number,
                 events.iter().count()
             );
-            let carried_readers = std::mem::take(&mut self.turn.unfinished_readers);
-            self.serve_deferred_handshakes();
-            self.serve_unfinished_web_requests();
+            // Handshakes and requests carried from the last turn go first, so that older
+            // ones are not starved by new arrivals; readers after this poll's events (an
+            // event may have read them already).
+            let carried = distinct(std::mem::take(&mut self.turn.carried));
+            self.serve_carried(&carried, |stage| stage != Stage::Member);
             if let Some(exit) = self.handle_events(&events) {
                 break exit;
             }
-            self.serve_unfinished_readers(carried_readers);
+            self.serve_carried(&carried, |stage| stage == Stage::Member);
             if self.nats.waiting {
                 self.take_lines_from_nats();
             }
@@ -286,7 +288,7 @@ impl EventLoop {
             if self.shutdown.is_some() {
                 warn!(
                     "received {name} again: exiting now, dropping output for {} clients",
-                    self.connections.len()
+                    self.connections.count(Stage::Member)
                 );
                 return Some(Exit::Forced);
             }

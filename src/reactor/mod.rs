@@ -1,7 +1,7 @@
 //! The reactor: the `Poll`, the turn, timers and signals. It knows no protocol: it hands
 //! readiness to the connection it names and asks components for their deadlines.
 
-pub mod deadlines;
+pub mod connections;
 pub mod event_loop;
 pub mod hold_timer;
 pub mod shutdown;

@@ -6,7 +6,6 @@
 //! cipher suites). This room knows nothing of lines or the broadcast: a connection leaves it
 //! as a [`Transport`] whose handshake is complete, for the loop to admit.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -23,7 +22,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 use crate::observe::log_limit::RateLimit;
-use crate::reactor::deadlines::Deadlines;
 use crate::transport::{HandshakeProgress, Transport};
 
 /// How long a new connection has to complete its TLS handshake.
@@ -134,215 +132,156 @@ fn pem_error(error: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
-/// A handshake under way, and where the connection goes once it is done.
+/// A connection in its TLS handshake, and `K`: where it goes once the handshake is done.
+/// It is one entry of the loop's connection map; [`Handshakes`] keeps what all of them
+/// share (their deadlines, the failure log).
 #[derive(Debug)]
-struct Handshake<K> {
+pub struct Handshake<K> {
     transport: Transport,
     peer: SocketAddr,
     kind: K,
 }
 
-/// A connection whose handshake just completed, registered under its token.
-#[derive(Debug)]
-pub struct Handshaken<K> {
-    pub transport: Transport,
-    pub peer: SocketAddr,
-    /// What the caller said when it started the handshake (e.g. which listener, and the
-    /// connection's place in its address's count: dropped with a failed handshake).
-    pub kind: K,
-}
-
 /// What one step of a handshake came to.
 #[derive(Debug)]
-pub enum HandshakeStep<K> {
-    /// Complete: the connection, registered under its token.
-    Complete(Handshaken<K>),
+pub enum HandshakeStep {
+    /// Complete: the connection is registered READABLE | WRITABLE under its token (its new
+    /// owner's first interest update sets it right).
+    Complete,
     /// Waiting for the client (or the socket): its next event moves it on.
     Waiting,
     /// The step's work bound was reached with input unread: no event will say so, so the
     /// caller moves it on again in a later turn.
     Unfinished,
-    /// Failed (and closed) or not a handshake of ours.
-    Gone,
+    /// Failed, for this reason: the caller drops it (and logs it through
+    /// [`Handshakes::log_failure`]).
+    Failed(String),
 }
 
-/// Connections in their TLS handshake. `K` tells the loop where each goes afterwards.
+impl<K> Handshake<K> {
+    /// Starts the handshake of a new connection (already registered READABLE); the caller
+    /// then takes its first [`step`](Self::step).
+    pub fn start(
+        tcp: TcpStream,
+        config: &Arc<ServerConfig>,
+        peer: SocketAddr,
+        kind: K,
+    ) -> io::Result<Handshake<K>> {
+        let tls = rustls::ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
+        Ok(Handshake {
+            transport: Transport::tls(tcp, tls),
+            peer,
+            kind,
+        })
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Moves the handshake on by one step (bounded work).
+    pub fn step(&mut self, token: Token, registry: &Registry) -> HandshakeStep {
+        match self.transport.complete_handshake() {
+            Ok(HandshakeProgress::Waiting) => {
+                match self.transport.update_handshake_interest(registry, token) {
+                    Ok(()) => HandshakeStep::Waiting,
+                    Err(e) => HandshakeStep::Failed(e.to_string()),
+                }
+            }
+            Ok(HandshakeProgress::Unfinished) => HandshakeStep::Unfinished,
+            Ok(HandshakeProgress::Complete) => {
+                // Leave a known registration behind (the new owner's first interest update
+                // then sets it right): the last handshake step may have left READABLE only
+                // while records still wait, and an edge would be lost.
+                let both = mio::Interest::READABLE | mio::Interest::WRITABLE;
+                match registry.reregister(self.transport.tcp_mut(), token, both) {
+                    Ok(()) => HandshakeStep::Complete,
+                    Err(e) => HandshakeStep::Failed(format!("lost after its handshake: {e}")),
+                }
+            }
+            Err(e) => HandshakeStep::Failed(match e.kind() {
+                io::ErrorKind::UnexpectedEof => "closed before the handshake ended".into(),
+                _ => e.to_string(),
+            }),
+        }
+    }
+
+    /// The connection once its handshake is complete: its transport (registered under its
+    /// token), its peer, and where it goes.
+    pub fn into_parts(self) -> (Transport, SocketAddr, K) {
+        (self.transport, self.peer, self.kind)
+    }
+
+    /// Removes the socket from the poller (it closes when the handshake is dropped).
+    pub fn deregister(&mut self, registry: &Registry) {
+        let _ = registry.deregister(self.transport.tcp_mut());
+    }
+}
+
+/// What the handshakes under way share: the log of their failures, at most
+/// `FAILURES_LOGGED` a second. (Their deadline is the admission's: `HANDSHAKE_TIMEOUT`
+/// from the accept.)
 #[derive(Debug)]
-pub struct Handshakes<K> {
-    pending: HashMap<Token, Handshake<K>>,
-    deadlines: Deadlines,
+pub struct Handshakes {
     failure_log: RateLimit,
 }
 
-impl<K> Default for Handshakes<K> {
+impl Default for Handshakes {
     fn default() -> Self {
         Handshakes {
-            pending: HashMap::new(),
-            deadlines: Deadlines::new(HANDSHAKE_TIMEOUT),
             failure_log: RateLimit::with_burst(FAILURES_LOGGED),
         }
     }
 }
 
-impl<K> Handshakes<K> {
-    pub fn len(&self) -> usize {
-        self.pending.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
-    }
-
-    pub fn contains(&self, token: Token) -> bool {
-        self.pending.contains_key(&token)
-    }
-
-    /// Starts the handshake of a new connection (already registered READABLE under
-    /// `token`); the caller then calls [`Handshakes::on_ready`] for it.
-    pub fn start(
-        &mut self,
-        tcp: TcpStream,
-        config: &Arc<ServerConfig>,
-        peer: SocketAddr,
-        token: Token,
-        kind: K,
-    ) -> io::Result<()> {
-        let tls = rustls::ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
-        let transport = Transport::tls(tcp, tls);
-        self.pending.insert(
-            token,
-            Handshake {
-                transport,
-                peer,
-                kind,
-            },
-        );
-        let pending = &self.pending;
-        self.deadlines
-            .start(token, Instant::now(), pending.len(), |t| {
-                pending.contains_key(&t)
-            });
-        Ok(())
-    }
-
-    /// Moves a handshake on by one step (bounded work); the connection once it is
-    /// complete. A failure is logged (with the peer and reason, rate-limited) and the
-    /// connection closed.
-    pub fn on_ready(&mut self, token: Token, registry: &Registry) -> HandshakeStep<K> {
-        let Some(handshake) = self.pending.get_mut(&token) else {
-            return HandshakeStep::Gone;
-        };
-        match handshake.transport.complete_handshake() {
-            Ok(HandshakeProgress::Waiting) => {
-                if let Err(e) = handshake
-                    .transport
-                    .update_handshake_interest(registry, token)
-                {
-                    self.fail(token, &e.to_string(), registry);
-                    return HandshakeStep::Gone;
-                }
-                HandshakeStep::Waiting
-            }
-            Ok(HandshakeProgress::Unfinished) => HandshakeStep::Unfinished,
-            Ok(HandshakeProgress::Complete) => {
-                let Some(mut done) = self.pending.remove(&token) else {
-                    return HandshakeStep::Gone;
-                };
-                // Leave a known registration behind (the new owner's first interest update
-                // then sets it right): the last handshake step may have left READABLE only
-                // while records still wait, and an edge would be lost.
-                let both = mio::Interest::READABLE | mio::Interest::WRITABLE;
-                if let Err(e) = registry.reregister(done.transport.tcp_mut(), token, both) {
-                    info!("tls: {} lost after its handshake: {e}", done.peer);
-                    return HandshakeStep::Gone;
-                }
-                HandshakeStep::Complete(Handshaken {
-                    transport: done.transport,
-                    peer: done.peer,
-                    kind: done.kind,
-                })
-            }
-            Err(e) => {
-                let why = match e.kind() {
-                    io::ErrorKind::UnexpectedEof => "closed before the handshake ended".into(),
-                    _ => e.to_string(),
-                };
-                self.fail(token, &why, registry);
-                HandshakeStep::Gone
-            }
+impl Handshakes {
+    /// Logs (rate-limited) a handshake with `peer` that failed for `why`.
+    pub fn log_failure(&mut self, peer: SocketAddr, why: &str) {
+        if self.failure_log.admit(Instant::now()) {
+            info!("tls: handshake with {peer} failed: {why}");
         }
     }
 
-    /// Closes handshakes that ran out of time.
-    pub fn expire(&mut self, now: Instant, registry: &Registry) {
-        loop {
-            let pending = &self.pending;
-            let Some(token) = self
-                .deadlines
-                .next_expired(now, |t| pending.contains_key(&t))
-            else {
-                break;
-            };
-            let why = format!("no TLS handshake within {} s", HANDSHAKE_TIMEOUT.as_secs());
-            self.fail(token, &why, registry);
-        }
+    /// Logs (rate-limited) a handshake with `peer` that ran out of time.
+    pub fn log_timeout(&mut self, peer: SocketAddr) {
+        let why = format!("no TLS handshake within {} s", HANDSHAKE_TIMEOUT.as_secs());
+        self.log_failure(peer, &why);
+    }
+
+    /// Logs the summary of failures when it is due.
+    pub fn log_summary(&mut self, now: Instant) {
         if let Some(more) = self.failure_log.take_summary(now) {
             info!("tls: {more} more handshakes failed in the last second");
         }
     }
 
-    /// The next deadline, or when the rate-limited log owes a summary.
+    /// When the rate-limited log owes a summary.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.deadlines.next(), self.failure_log.summary_due_at()]
-            .into_iter()
-            .flatten()
-            .min()
-    }
-
-    /// Closes every handshake (at shutdown).
-    pub fn close_all(&mut self, registry: &Registry) {
-        for (_, mut handshake) in self.pending.drain() {
-            let _ = registry.deregister(handshake.transport.tcp_mut());
-        }
-        self.deadlines.clear();
-    }
-
-    fn fail(&mut self, token: Token, why: &str, registry: &Registry) {
-        let Some(mut handshake) = self.pending.remove(&token) else {
-            return;
-        };
-        if self.failure_log.admit(Instant::now()) {
-            info!("tls: handshake with {} failed: {why}", handshake.peer);
-        }
-        let _ = registry.deregister(handshake.transport.tcp_mut());
+        self.failure_log.summary_due_at()
     }
 }
 
-/// The TLS stage: the configuration new connections get (replaced on SIGHUP), the
-/// handshakes under way (each carrying `K`: where it goes afterwards), and how many steps
-/// this turn may still take.
-pub struct TlsStage<K> {
+/// The TLS stage: the configuration new connections get (replaced on SIGHUP), what the
+/// handshakes under way share, and how many steps this turn may still take.
+pub struct TlsStage {
     /// The TLS configuration new connections get, with `--tls-cert`.
     pub config: Option<Arc<ServerConfig>>,
-    pub handshakes: Handshakes<K>,
+    pub handshakes: Handshakes,
     /// Handshake steps left in this turn.
     pub budget: usize,
-    /// Handshakes that wait for the next turn's budget.
-    pub deferred: Vec<Token>,
 }
 
 /// Most TLS handshake steps per turn: each may cost a signature (tens of microseconds with
 /// an ECDSA key, milliseconds with RSA), so a flood of ClientHellos is spread over turns.
 const HANDSHAKE_BUDGET: usize = 8;
 
-impl<K> TlsStage<K> {
+impl TlsStage {
     /// The stage for `config` (`None`: no `--tls-cert`, every connection is plain).
-    pub fn new(config: Option<Arc<ServerConfig>>) -> TlsStage<K> {
+    pub fn new(config: Option<Arc<ServerConfig>>) -> TlsStage {
         TlsStage {
             config,
             handshakes: Handshakes::default(),
             budget: HANDSHAKE_BUDGET,
-            deferred: Vec::new(),
         }
     }
 
@@ -351,14 +290,16 @@ impl<K> TlsStage<K> {
         self.budget = HANDSHAKE_BUDGET;
     }
 
-    /// When the stage next needs the loop: the nearest handshake deadline.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.handshakes.next_deadline()
+    /// Takes one step from this turn's budget; false when it is spent.
+    pub fn take_step(&mut self) -> bool {
+        let granted = self.budget > 0;
+        self.budget = self.budget.saturating_sub(1);
+        granted
     }
 
-    /// Ends the handshakes whose deadline passed.
-    pub fn on_tick(&mut self, now: Instant, registry: &Registry) {
-        self.handshakes.expire(now, registry);
+    /// When the stage next needs the loop: the nearest handshake deadline, or a summary.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.handshakes.next_deadline()
     }
 
     /// Re-reads the certificate, key and client CA (SIGHUP): new connections get them,

@@ -3,17 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use mio::Registry;
-
 use crate::observe::stats::Stats;
 use crate::web::page;
-use crate::web::requests::PendingRequests;
+use crate::web::requests::WebRequests;
 
 /// The web listener's state between turns (see the module header).
 pub struct WebFront {
-    /// Web connections that have not become WebSocket clients (reading their request,
-    /// being answered).
-    pub requests: PendingRequests,
+    /// What the web connections that have not become WebSocket clients share (their
+    /// deadlines, counters, refusal log); each is an entry of the loop's map.
+    pub requests: WebRequests,
     /// The page's Content-Security-Policy (see [`crate::web::page`]).
     pub page_policy: String,
     /// When WebSocket clients are next checked for silence (with `--ws-ping`).
@@ -24,7 +22,7 @@ impl WebFront {
     /// The front door; WebSocket clients are checked every half `ws_ping` (`None`: never).
     pub fn new(ws_ping: Option<Duration>) -> WebFront {
         WebFront {
-            requests: PendingRequests::default(),
+            requests: WebRequests::default(),
             page_policy: page::content_security_policy(),
             next_liveness_check: ws_ping.map(|every| Instant::now() + every / 2),
         }
@@ -39,9 +37,8 @@ impl WebFront {
             .min()
     }
 
-    /// Ends requests whose deadline passed and logs the summary of refusals that is due.
-    pub fn on_tick(&mut self, now: Instant, registry: &Registry) {
-        self.requests.expire(now, registry);
+    /// Logs the summary of refusals that is due.
+    pub fn log_summaries(&mut self, now: Instant) {
         self.requests.log_summary(now);
     }
 

@@ -2,14 +2,13 @@
 //! a deadline), routed (see [`crate::wire::http`]), and either answered here (a page, an
 //! error) and closed, or handed back to the loop as a WebSocket upgrade.
 //!
-//! This stage knows nothing of the broadcast: it tells the loop which [`Route`] a request
+//! This stage knows nothing of the broadcast: it tells the loop which [`Route`](crate::wire::http::Route) a request
 //! asked for and the loop decides the answer (the metrics text, a 503 when full, or taking
 //! the socket as a WebSocket client). Every connection here has a deadline from its accept:
 //! one that has not finished its request (or, after the answer, its close) by then is
 //! closed, so slow or silent clients cost a socket and at most `MAX_HEAD` bytes each, for at
 //! most `REQUEST_TIMEOUT`, and never stall anyone: all I/O is non-blocking, on the loop.
 
-use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -19,13 +18,13 @@ use mio::{Interest, Registry, Token};
 
 use crate::admission::access::AddressPlace;
 use crate::observe::log_limit::RateLimit;
-use crate::reactor::deadlines::Deadlines;
 use crate::transport::Transport;
 use crate::wire::http::{
     HEAD_TOO_LARGE, MAX_HEAD, Refusal, Request, parse_request, refusal, refusal_response,
 };
 
-/// How long a connection may take to send its request (and, once answered, to close).
+/// How long a web connection may take, from its accept (its TLS handshake included), to
+/// send its request and, once answered, to close.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes read (and thrown away) from a connection after its answer before it is closed.
 const MAX_DISCARDED: usize = 64 * 1024;
@@ -46,7 +45,7 @@ pub struct HttpCounters {
     pub timed_out: u64,
 }
 
-/// Where a connection is.
+/// Where an exchange is.
 #[derive(Debug)]
 enum Stage {
     /// Reading the request head.
@@ -58,12 +57,14 @@ enum Stage {
     Closing,
 }
 
-/// One web connection that has not become a WebSocket client.
+/// One web connection that has not become a WebSocket client: its request being read,
+/// answered, or its close awaited. It is one entry of the loop's connection map;
+/// [`WebRequests`] keeps what all of them share.
 #[derive(Debug)]
-struct Pending {
+pub struct Exchange {
     transport: Transport,
     peer: SocketAddr,
-    /// Its place in its address's count, given back when it is closed here.
+    /// Its place in its address's count, given back when it is dropped.
     place: AddressPlace,
     head: Vec<u8>,
     stage: Stage,
@@ -71,197 +72,47 @@ struct Pending {
     discarded: usize,
 }
 
-/// Web connections being read, answered or closed.
+/// What an exchange came to after an event or an answer.
 #[derive(Debug)]
-pub struct PendingRequests {
-    requests: HashMap<Token, Pending>,
-    /// Every connection here must be done within `REQUEST_TIMEOUT` of its accept.
-    deadlines: Deadlines,
+pub enum Progress {
+    /// A complete, routed request: the loop answers it, refuses it, or upgrades it.
+    Request(Request),
+    /// Waiting for the client or the socket: its next event moves it on.
+    Waiting,
+    /// Its reading stopped at its budget with input unread: no event will say so, so the
+    /// loop moves it on in its next turn.
+    Unfinished,
+    /// Over (answered and closed, or the client went): the loop drops it.
+    Done,
+}
+
+/// What the web listener's exchanges share: the counters, and the rate limit of refusal
+/// lines. (Their deadline is the admission's: `REQUEST_TIMEOUT` from the accept, the TLS
+/// handshake included.)
+#[derive(Debug)]
+pub struct WebRequests {
     counters: HttpCounters,
     /// Refusals and timeouts are logged at most `REFUSALS_LOGGED` a second, then summed up.
     refusal_log: RateLimit,
-    /// Connections whose head reading spent its budget with input unread: no event will
-    /// say so, so the loop moves them on in its next turn.
-    unfinished: Vec<Token>,
 }
 
-impl Default for PendingRequests {
+impl Default for WebRequests {
     fn default() -> Self {
-        PendingRequests {
-            requests: HashMap::new(),
-            deadlines: Deadlines::new(REQUEST_TIMEOUT),
+        WebRequests {
             counters: HttpCounters::default(),
             refusal_log: RateLimit::with_burst(REFUSALS_LOGGED),
-            unfinished: Vec::new(),
         }
     }
 }
 
-impl PendingRequests {
-    /// Connections here now (they count against `--max-clients`).
-    pub fn len(&self) -> usize {
-        self.requests.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.requests.is_empty()
-    }
-
-    pub fn contains(&self, token: Token) -> bool {
-        self.requests.contains_key(&token)
-    }
-
+impl WebRequests {
     pub fn counters(&self) -> HttpCounters {
         self.counters
     }
 
-    /// The address of a connection here.
-    pub fn peer(&self, token: Token) -> Option<SocketAddr> {
-        self.requests.get(&token).map(|pending| pending.peer)
-    }
-
-    /// Takes a newly accepted connection, already registered (READABLE) under `token` and
-    /// through its TLS handshake if any. The caller then calls [`Self::on_ready`] at once:
-    /// TLS may hold the request's first bytes already.
-    pub fn admit(
-        &mut self,
-        transport: Transport,
-        peer: SocketAddr,
-        place: AddressPlace,
-        token: Token,
-    ) {
-        let pending = Pending {
-            transport,
-            peer,
-            place,
-            head: Vec::new(),
-            stage: Stage::Reading,
-            discarded: 0,
-        };
-        self.requests.insert(token, pending);
-        let requests = &self.requests;
-        self.deadlines
-            .start(token, Instant::now(), requests.len(), |t| {
-                requests.contains_key(&t)
-            });
-    }
-
-    /// Readiness for a connection here. Returns the request when one is complete and
-    /// routed: the loop must then [`answer`](Self::answer) it, [`refuse`](Self::refuse) it
-    /// or [`take_upgrade`](Self::take_upgrade) it. Refusals are answered here.
-    pub fn on_ready(&mut self, token: Token, registry: &Registry) -> Option<Request> {
-        let pending = self.requests.get_mut(&token)?;
-        match pending.stage {
-            Stage::Reading => {
-                let head = read_head(pending);
-                trace!(
-                    "token {}: request head {} bytes so far",
-                    token.0,
-                    pending.head.len()
-                );
-                match head {
-                    Head::Complete(request) => return Some(request),
-                    Head::Incomplete => {}
-                    Head::Unfinished => self.unfinished.push(token),
-                    Head::Refused(refused) => self.refuse(token, &refused, registry),
-                    Head::Gone => self.close(token, registry),
-                }
-                None
-            }
-            Stage::Answering { .. } => {
-                self.write_answer(token, registry);
-                None
-            }
-            Stage::Closing => {
-                self.discard_until_closed(token, registry);
-                None
-            }
-        }
-    }
-
-    /// Connections whose reading stopped at its budget last turn (see `unfinished`).
-    pub fn take_unfinished(&mut self) -> Vec<Token> {
-        std::mem::take(&mut self.unfinished)
-    }
-
-    pub fn has_unfinished(&self) -> bool {
-        !self.unfinished.is_empty()
-    }
-
-    /// Answers a routed request with `response` and closes the connection after it.
-    pub fn answer(&mut self, token: Token, response: Vec<u8>, registry: &Registry) {
-        if let Some(pending) = self.requests.get_mut(&token) {
-            self.counters.answered += 1;
-            debug!("http: answered {} (token {})", pending.peer, token.0);
-            pending.stage = Stage::Answering {
-                response,
-                written: 0,
-            };
-            self.write_answer(token, registry);
-        }
-    }
-
-    /// Refuses a request with its status and reason, logged (rate-limited).
-    pub fn refuse(&mut self, token: Token, refused: &Refusal, registry: &Registry) {
-        let Some(pending) = self.requests.get_mut(&token) else {
-            return;
-        };
-        self.counters.refused += 1;
-        if self.refusal_log.admit(Instant::now()) {
-            let detail = refused.detail.as_deref().unwrap_or("");
-            info!(
-                "http: refused {}: {} {}: {} {detail}",
-                pending.peer, refused.status.0, refused.status.1, refused.reason
-            );
-        }
-        pending.stage = Stage::Answering {
-            response: refusal_response(refused),
-            written: 0,
-        };
-        self.write_answer(token, registry);
-    }
-
-    /// Hands an upgraded connection to the loop: its transport (still registered under
-    /// `token`), peer and address place.
-    pub fn take_upgrade(&mut self, token: Token) -> Option<(Transport, SocketAddr, AddressPlace)> {
-        let pending = self.requests.remove(&token)?;
-        Some((pending.transport, pending.peer, pending.place))
-    }
-
-    /// Closes connections whose deadline passed; a client that had not finished its request
-    /// is logged (rate-limited).
-    pub fn expire(&mut self, now: Instant, registry: &Registry) {
-        loop {
-            let requests = &self.requests;
-            let Some(token) = self
-                .deadlines
-                .next_expired(now, |t| requests.contains_key(&t))
-            else {
-                break;
-            };
-            let Some(pending) = self.requests.get(&token) else {
-                continue;
-            };
-            if matches!(pending.stage, Stage::Reading) {
-                self.counters.timed_out += 1;
-                if self.refusal_log.admit(now) {
-                    info!(
-                        "http: closed {}: no complete request within {} s",
-                        pending.peer,
-                        REQUEST_TIMEOUT.as_secs()
-                    );
-                }
-            }
-            self.close(token, registry);
-        }
-    }
-
-    /// The next deadline, or when the rate-limited log owes a summary.
+    /// When the rate-limited log owes a summary.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.deadlines.next(), self.refusal_log.summary_due_at()]
-            .into_iter()
-            .flatten()
-            .min()
+        self.refusal_log.summary_due_at()
     }
 
     /// Logs the summary of rate-limited refusals when it is due.
@@ -270,29 +121,135 @@ impl PendingRequests {
             info!("http: refused or timed out {more} more requests in the last second");
         }
     }
+}
 
-    /// Closes every connection (at shutdown).
-    pub fn close_all(&mut self, registry: &Registry) {
-        let tokens: Vec<Token> = self.requests.keys().copied().collect();
-        for token in tokens {
-            self.close(token, registry);
+impl Exchange {
+    /// A newly accepted connection, already registered (READABLE) and through its TLS
+    /// handshake if any. The caller then calls [`Self::on_ready`] at once: TLS may hold the
+    /// request's first bytes already.
+    pub fn new(transport: Transport, peer: SocketAddr, place: AddressPlace) -> Exchange {
+        Exchange {
+            transport,
+            peer,
+            place,
+            head: Vec::new(),
+            stage: Stage::Reading,
+            discarded: 0,
         }
-        self.deadlines.clear();
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Readiness for this connection. A complete request comes back as
+    /// [`Progress::Request`]: the loop must then [`answer`](Self::answer) it,
+    /// [`refuse`](Self::refuse) it or take it with [`into_upgrade`](Self::into_upgrade).
+    /// Refusals of malformed requests are answered here.
+    pub fn on_ready(
+        &mut self,
+        shared: &mut WebRequests,
+        token: Token,
+        registry: &Registry,
+    ) -> Progress {
+        match self.stage {
+            Stage::Reading => {
+                let head = read_head(self);
+                trace!(
+                    "token {}: request head {} bytes so far",
+                    token.0,
+                    self.head.len()
+                );
+                match head {
+                    Head::Complete(request) => Progress::Request(request),
+                    Head::Incomplete => Progress::Waiting,
+                    Head::Unfinished => Progress::Unfinished,
+                    Head::Refused(refused) => self.refuse(shared, &refused, token, registry),
+                    Head::Gone => Progress::Done,
+                }
+            }
+            Stage::Answering { .. } => self.write_answer(token, registry),
+            Stage::Closing => self.discard_until_closed(),
+        }
+    }
+
+    /// Answers a routed request with `response`; the connection closes after it.
+    pub fn answer(
+        &mut self,
+        shared: &mut WebRequests,
+        response: Vec<u8>,
+        token: Token,
+        registry: &Registry,
+    ) -> Progress {
+        shared.counters.answered += 1;
+        debug!("http: answered {} (token {})", self.peer, token.0);
+        self.stage = Stage::Answering {
+            response,
+            written: 0,
+        };
+        self.write_answer(token, registry)
+    }
+
+    /// Refuses a request with its status and reason, logged (rate-limited).
+    pub fn refuse(
+        &mut self,
+        shared: &mut WebRequests,
+        refused: &Refusal,
+        token: Token,
+        registry: &Registry,
+    ) -> Progress {
+        shared.counters.refused += 1;
+        if shared.refusal_log.admit(Instant::now()) {
+            let detail = refused.detail.as_deref().unwrap_or("");
+            info!(
+                "http: refused {}: {} {}: {} {detail}",
+                self.peer, refused.status.0, refused.status.1, refused.reason
+            );
+        }
+        self.stage = Stage::Answering {
+            response: refusal_response(refused),
+            written: 0,
+        };
+        self.write_answer(token, registry)
+    }
+
+    /// Notes that this exchange's deadline passed (the caller drops it): a client that had
+    /// not finished its request is counted and logged (rate-limited).
+    pub fn time_out(&self, shared: &mut WebRequests, now: Instant) {
+        if matches!(self.stage, Stage::Reading) {
+            shared.counters.timed_out += 1;
+            if shared.refusal_log.admit(now) {
+                info!(
+                    "http: closed {}: no complete request within {} s",
+                    self.peer,
+                    REQUEST_TIMEOUT.as_secs()
+                );
+            }
+        }
+    }
+
+    /// The upgraded connection for the loop: its transport (still registered under its
+    /// token), peer and address place.
+    pub fn into_upgrade(self) -> (Transport, SocketAddr, AddressPlace) {
+        (self.transport, self.peer, self.place)
+    }
+
+    /// Removes the socket from the poller (it closes when the exchange is dropped).
+    pub fn deregister(&mut self, registry: &Registry) {
+        let _ = registry.deregister(self.transport.tcp_mut());
     }
 
     /// Writes what is left of the answer (through TLS: until its last record is sent);
     /// once all is out, shuts down our side and waits for the client's close.
-    fn write_answer(&mut self, token: Token, registry: &Registry) {
-        let Some(pending) = self.requests.get_mut(&token) else {
-            return;
-        };
-        let Stage::Answering { response, written } = &mut pending.stage else {
-            return;
+    fn write_answer(&mut self, token: Token, registry: &Registry) -> Progress {
+        let Stage::Answering { response, written } = &mut self.stage else {
+            return Progress::Waiting;
         };
         // All out, then (through TLS) close_notify out too, before the FIN.
-        let done = write_out(&mut pending.transport, response, written).and_then(|out| {
+        let transport = &mut self.transport;
+        let done = write_out(transport, response, written).and_then(|out| {
             if out {
-                pending.transport.shutdown_write()
+                transport.shutdown_write()
             } else {
                 Ok(false)
             }
@@ -301,36 +258,30 @@ impl PendingRequests {
             Ok(true) => {}
             Ok(false) => {
                 let interest = Interest::READABLE | Interest::WRITABLE;
-                let tcp = pending.transport.tcp_mut();
-                if registry.reregister(tcp, token, interest).is_err() {
-                    self.close(token, registry);
-                }
-                return;
+                let tcp = self.transport.tcp_mut();
+                return match registry.reregister(tcp, token, interest) {
+                    Ok(()) => Progress::Waiting,
+                    Err(_) => Progress::Done,
+                };
             }
-            Err(_) => return self.close(token, registry),
+            Err(_) => return Progress::Done,
         }
-        pending.stage = Stage::Closing;
-        self.discard_until_closed(token, registry);
+        self.stage = Stage::Closing;
+        self.discard_until_closed()
     }
 
-    /// After the answer: reads and throws away what the client still sends, and closes the
-    /// connection once the client has closed or sent too much.
-    fn discard_until_closed(&mut self, token: Token, registry: &Registry) {
-        let Some(pending) = self.requests.get_mut(&token) else {
-            return;
-        };
-        if let Some(why) = read_to_end(pending) {
-            debug!(
-                "http: {} closed after its answer ({why}), {} bytes after it thrown away",
-                pending.peer, pending.discarded
-            );
-            self.close(token, registry);
-        }
-    }
-
-    fn close(&mut self, token: Token, registry: &Registry) {
-        if let Some(mut pending) = self.requests.remove(&token) {
-            let _ = registry.deregister(pending.transport.tcp_mut());
+    /// After the answer: reads and throws away what the client still sends; done once the
+    /// client has closed or sent too much.
+    fn discard_until_closed(&mut self) -> Progress {
+        match read_to_end(self) {
+            Some(why) => {
+                debug!(
+                    "http: {} closed after its answer ({why}), {} bytes after it thrown away",
+                    self.peer, self.discarded
+                );
+                Progress::Done
+            }
+            None => Progress::Waiting,
         }
     }
 }
@@ -363,7 +314,7 @@ enum Head {
 }
 
 /// Reads what has arrived of the request head, within `HEAD_READ_BUDGET`, and parses it.
-fn read_head(pending: &mut Pending) -> Head {
+fn read_head(pending: &mut Exchange) -> Head {
     let mut buf = [0; 4096];
     let mut spent = 0;
     loop {
@@ -403,7 +354,7 @@ fn read_head(pending: &mut Pending) -> Head {
 /// Reads and discards until the client closes, sends too much, or fails (`Some(why)`), or
 /// nothing more is there yet (`None`). A client that keeps sending after its answer is
 /// closed after `MAX_DISCARDED` bytes, so it cannot keep the loop busy.
-fn read_to_end(pending: &mut Pending) -> Option<&'static str> {
+fn read_to_end(pending: &mut Exchange) -> Option<&'static str> {
     let mut buf = [0; 4096];
     loop {
         if pending.discarded >= MAX_DISCARDED {

@@ -5,7 +5,7 @@ use mio::net::TcpStream;
 use std::io::Read;
 
 /// A connected pair on loopback: our side as a client connection, and the peer.
-fn pair() -> (ClientConnection, std::net::TcpStream) {
+fn pair() -> (Member, std::net::TcpStream) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (ours, addr) = listener.accept().unwrap();
@@ -16,10 +16,7 @@ fn pair() -> (ClientConnection, std::net::TcpStream) {
         .register(&mut ours, Token(9), Interest::READABLE)
         .unwrap();
     let place = AddressPlace::uncounted(addr.ip());
-    (
-        ClientConnection::new(Transport::Plain(ours), addr, place),
-        peer,
-    )
+    (Member::new(Transport::Plain(ours), addr, place), peer)
 }
 
 #[test]

@@ -14,19 +14,21 @@ use log::{debug, info, trace, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{Admitting, EventLoop, HandOut};
+use super::{EventLoop, HandOut};
 use crate::admission::access::AddressPlace;
 use crate::admission::{ACCEPT_RETRY, AcceptPause};
 use crate::bridge::Bridge;
 use crate::broadcast::Form;
-use crate::conn::connection::ClientConnection;
+use crate::conn::connection::Member;
 use crate::conn::socket::configure_socket;
 use crate::observe::logger;
+use crate::reactor::connections::{Admitting, ClientConnection, Stage};
 use crate::reactor::listeners::{Listener, is_per_connection_accept_error};
 use crate::transport::Transport;
-use crate::transport::tls::HandshakeStep;
+use crate::transport::tls::{Handshake, HandshakeStep};
 use crate::web::origin;
 use crate::web::page;
+use crate::web::requests::{Exchange, Progress};
 use crate::wire::http::{self, Request, Route};
 
 impl EventLoop {
@@ -75,13 +77,11 @@ impl EventLoop {
             Ok(place) => place,
             Err(why) => return self.refuse_over_limit(stream, which, &why),
         };
-        if self.tls.config.is_some() && self.tls.handshakes.len() >= self.config.max_clients {
+        let handshakes = self.connections.count(Stage::Handshake);
+        if self.tls.config.is_some() && handshakes >= self.config.max_clients {
             // Handshakes are bounded like clients; this one is closed unanswered.
             if self.count_refused_server_full() {
-                info!(
-                    "refused {peer}: {} TLS handshakes in progress already",
-                    self.tls.handshakes.len()
-                );
+                info!("refused {peer}: {handshakes} TLS handshakes in progress already");
             }
             return;
         }
@@ -101,18 +101,32 @@ impl EventLoop {
         match &self.tls.config {
             Some(config) => {
                 let admitting = Admitting { which, place };
-                if let Err(e) = self
-                    .tls
-                    .handshakes
-                    .start(stream, config, peer, token, admitting)
-                {
-                    warn!("{peer}: cannot start TLS, dropping it: {e}");
-                    return;
-                }
+                let handshake = match Handshake::start(stream, config, peer, admitting) {
+                    Ok(handshake) => handshake,
+                    Err(e) => return warn!("{peer}: cannot start TLS, dropping it: {e}"),
+                };
+                self.connections
+                    .insert(token, ClientConnection::Handshake(handshake));
+                self.start_admission_deadline(token);
                 self.on_handshake_event(token);
             }
-            None => self.admit(Transport::Plain(stream), peer, place, token, which),
+            None => {
+                if which == Listener::Web {
+                    self.start_admission_deadline(token);
+                }
+                self.admit(Transport::Plain(stream), peer, place, token, which)
+            }
         }
+    }
+
+    /// Starts the clock of a connection that must become a member (or finish its web
+    /// exchange) within the admission timeout of its accept, whatever stages it passes.
+    fn start_admission_deadline(&mut self, token: Token) {
+        let connections = &self.connections;
+        let live = connections.admitting();
+        self.admission
+            .deadlines
+            .start(token, Instant::now(), live, |t| connections.is_admitting(t));
     }
 
     /// Tells a connection over `--max-clients-per-ip` why, in the clear (`ERR` line, or a
@@ -134,35 +148,42 @@ impl EventLoop {
     /// most `transport::HANDSHAKE_STEP_COST`): a flood of ClientHellos waits its turn
     /// instead of stalling everyone; the rest go on in the next turn.
     pub(super) fn on_handshake_event(&mut self, token: Token) {
-        if self.tls.budget == 0 {
-            self.tls.deferred.push(token);
+        if !self.tls.take_step() {
+            self.turn.carried.push(token);
             return;
         }
-        self.tls.budget -= 1;
+        let Some(handshake) = self.connections.handshake_mut(token) else {
+            return;
+        };
         trace!("token {}: handshake step", token.0);
-        match self.tls.handshakes.on_ready(token, self.poll.registry()) {
-            HandshakeStep::Complete(done) => {
-                let Admitting { which, place } = done.kind;
-                self.admit(done.transport, done.peer, place, token, which)
+        match handshake.step(token, self.poll.registry()) {
+            HandshakeStep::Complete => {
+                let Some(ClientConnection::Handshake(done)) = self.connections.remove(token) else {
+                    return;
+                };
+                let (transport, peer, Admitting { which, place }) = done.into_parts();
+                self.admit(transport, peer, place, token, which)
             }
             // Its step's work bound was reached: input waits that no event will announce.
-            HandshakeStep::Unfinished => self.tls.deferred.push(token),
-            HandshakeStep::Waiting | HandshakeStep::Gone => {}
+            HandshakeStep::Unfinished => self.turn.carried.push(token),
+            HandshakeStep::Waiting => {}
+            HandshakeStep::Failed(why) => self.drop_handshake(token, Some(&why)),
         }
     }
 
-    /// Moves on the web requests whose reading stopped at its budget last turn.
-    pub(super) fn serve_unfinished_web_requests(&mut self) {
-        for token in super::distinct(self.web.requests.take_unfinished()) {
-            self.on_web_event(token);
+    /// Drops a handshake that failed (`why`, logged rate-limited) or ran out of time
+    /// (`None`).
+    pub(super) fn drop_handshake(&mut self, token: Token, why: Option<&str>) {
+        let Some(ClientConnection::Handshake(mut handshake)) =
+            self.connections.remove_in(token, Stage::Handshake)
+        else {
+            return;
+        };
+        match why {
+            Some(why) => self.tls.handshakes.log_failure(handshake.peer(), why),
+            None => self.tls.handshakes.log_timeout(handshake.peer()),
         }
-    }
-
-    /// Moves on the handshakes the last turn's budget left waiting.
-    pub(super) fn serve_deferred_handshakes(&mut self) {
-        for token in super::distinct(std::mem::take(&mut self.tls.deferred)) {
-            self.on_handshake_event(token);
-        }
+        handshake.deregister(self.poll.registry());
     }
 
     /// Admits a connection (registered under `token`) as a line client or a web request.
@@ -200,7 +221,7 @@ impl EventLoop {
         token: Token,
     ) {
         let max_clients = self.config.max_clients;
-        if self.connections.len() - self.leaving.len() >= max_clients {
+        if self.open_members() >= max_clients {
             if self.count_refused_server_full() {
                 info!("refused {peer}: server full ({max_clients} clients)");
             }
@@ -212,14 +233,21 @@ impl EventLoop {
         // Lines framed earlier go out first: a line reaches exactly the clients connected
         // when it was framed.
         self.hand_out_everything_framed();
+        let member = Member::new(transport, peer, place);
         self.connections
-            .insert(token, ClientConnection::new(transport, peer, place));
+            .insert(token, ClientConnection::Member(member));
         self.observe.stats.connected(Form::Lines);
         info!("client {peer} connected (token {})", token.0);
         self.replay_history(token);
         if read_now {
             self.on_readable(token);
         }
+    }
+
+    /// Members that are not leaving: what `--max-clients` counts.
+    fn open_members(&self) -> usize {
+        let members = self.connections.count(Stage::Member);
+        members.saturating_sub(self.leaving.len())
     }
 
     /// Tells a connection that is not admitted why, then closes it. It is new, so its send
@@ -269,7 +297,7 @@ impl EventLoop {
         place: AddressPlace,
         token: Token,
     ) {
-        if self.web.requests.len() >= self.config.max_clients {
+        if self.connections.count(Stage::Request) >= self.config.max_clients {
             if self.count_refused_server_full() {
                 info!(
                     "refused {peer}: {} web requests in progress already",
@@ -279,16 +307,66 @@ impl EventLoop {
             let refusal = http::refusal(http::SERVICE_UNAVAILABLE, "too many requests in progress");
             return self.refuse_with(transport, &http::refusal_response(&refusal));
         }
-        self.web.requests.admit(transport, peer, place, token);
+        // Its deadline runs from its accept (started then), its TLS handshake included.
+        let exchange = Exchange::new(transport, peer, place);
+        self.connections
+            .insert(token, ClientConnection::Request(exchange));
         // Through TLS the request may be here already, with no readiness event to say so.
         self.on_web_event(token);
     }
 
     /// Readiness for a web connection still in its HTTP stage; answers a complete request.
     pub(super) fn on_web_event(&mut self, token: Token) {
-        if let Some(request) = self.web.requests.on_ready(token, self.poll.registry()) {
-            self.answer_web(token, request);
+        let Some(exchange) = self.connections.exchange_mut(token) else {
+            return;
+        };
+        let progress = exchange.on_ready(&mut self.web.requests, token, self.poll.registry());
+        self.after_exchange(token, progress);
+    }
+
+    /// Acts on what a web exchange came to: answers a complete request, carries one whose
+    /// reading stopped at its budget to the next turn, drops one that is over.
+    fn after_exchange(&mut self, token: Token, progress: Progress) {
+        match progress {
+            Progress::Request(request) => self.answer_web(token, request),
+            Progress::Waiting => {}
+            Progress::Unfinished => self.turn.carried.push(token),
+            Progress::Done => self.drop_exchange(token, None),
         }
+    }
+
+    /// Drops a web exchange that is over, or whose deadline passed (`timed_out`, counted
+    /// and logged by the exchange).
+    pub(super) fn drop_exchange(&mut self, token: Token, timed_out: Option<Instant>) {
+        let Some(ClientConnection::Request(mut exchange)) =
+            self.connections.remove_in(token, Stage::Request)
+        else {
+            return;
+        };
+        if let Some(now) = timed_out {
+            exchange.time_out(&mut self.web.requests, now);
+        }
+        exchange.deregister(self.poll.registry());
+    }
+
+    /// Answers the exchange under `token` with `response`.
+    fn answer_exchange(&mut self, token: Token, response: Vec<u8>) {
+        let Some(exchange) = self.connections.exchange_mut(token) else {
+            return;
+        };
+        let registry = self.poll.registry();
+        let progress = exchange.answer(&mut self.web.requests, response, token, registry);
+        self.after_exchange(token, progress);
+    }
+
+    /// Refuses the exchange under `token` with `refusal`.
+    fn refuse_exchange(&mut self, token: Token, refusal: &http::Refusal) {
+        let Some(exchange) = self.connections.exchange_mut(token) else {
+            return;
+        };
+        let registry = self.poll.registry();
+        let progress = exchange.refuse(&mut self.web.requests, refusal, token, registry);
+        self.after_exchange(token, progress);
     }
 
     /// Answers a routed web request: a page, the metrics, the health check, or a WebSocket
@@ -330,9 +408,7 @@ impl EventLoop {
                 return self.upgrade_to_websocket(token, &key);
             }
         };
-        self.web
-            .requests
-            .answer(token, response, self.poll.registry());
+        self.answer_exchange(token, response);
     }
 
     /// Refuses an upgrade from another site's page (cross-site WebSocket hijacking): a 403
@@ -351,9 +427,7 @@ impl EventLoop {
             ),
             _ => format!("Origin {quoted}"),
         });
-        self.web
-            .requests
-            .refuse(token, &refusal, self.poll.registry());
+        self.refuse_exchange(token, &refusal);
     }
 
     /// Makes a web connection a WebSocket member of the broadcast, or refuses it (503) when
@@ -361,23 +435,24 @@ impl EventLoop {
     /// client.
     pub(super) fn upgrade_to_websocket(&mut self, token: Token, key: &str) {
         let max_clients = self.config.max_clients;
-        if self.connections.len() - self.leaving.len() >= max_clients {
+        if self.open_members() >= max_clients {
             self.observe.stats.refused_server_full += 1;
             let reason = format!("server full (max {max_clients} clients)");
             let refusal = http::refusal(http::SERVICE_UNAVAILABLE, reason);
-            self.web
-                .requests
-                .refuse(token, &refusal, self.poll.registry());
-            return;
+            return self.refuse_exchange(token, &refusal);
         }
         self.hand_out_everything_framed();
         // Its place in its address's count, taken at the accept, goes on with it.
-        let Some((transport, peer, place)) = self.web.requests.take_upgrade(token) else {
+        let Some(ClientConnection::Request(exchange)) =
+            self.connections.remove_in(token, Stage::Request)
+        else {
             return;
         };
+        let (transport, peer, place) = exchange.into_upgrade();
         let handshake = http::upgrade_response(key);
-        let connection = ClientConnection::new_websocket(transport, peer, place, &handshake);
-        self.connections.insert(token, connection);
+        let member = Member::new_websocket(transport, peer, place, &handshake);
+        self.connections
+            .insert(token, ClientConnection::Member(member));
         self.observe.stats.connected(Form::Frames);
         info!("websocket client {peer} connected (token {})", token.0);
         self.replay_history(token);
@@ -390,7 +465,7 @@ impl EventLoop {
         let Some(history) = self.broadcast.history.as_ref().filter(|h| !h.is_empty()) else {
             return;
         };
-        let Some(connection) = self.connections.get_mut(&token) else {
+        let Some(connection) = self.connections.member_mut(token) else {
             return;
         };
         let mut hand_out = HandOut {
@@ -425,7 +500,10 @@ impl EventLoop {
         if let Some(pause) = self.admission.pause.take_if(|pause| pause.retry_at <= now)
             && pause.announced
         {
-            info!("accepting again ({} clients)", self.connections.len());
+            info!(
+                "accepting again ({} clients)",
+                self.connections.count(Stage::Member)
+            );
         }
     }
 
@@ -444,7 +522,7 @@ impl EventLoop {
         if announced {
             warn!(
                 "cannot accept new clients: {error} ({} clients connected); retrying every {} ms",
-                self.connections.len(),
+                self.connections.count(Stage::Member),
                 ACCEPT_RETRY.as_millis()
             );
         }

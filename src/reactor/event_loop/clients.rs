@@ -8,11 +8,12 @@ use log::{debug, info, trace, warn};
 use mio::Token;
 use mio::event::Event;
 
-use super::{EventLoop, READ_BUDGET, distinct};
+use super::{EventLoop, READ_BUDGET};
 use crate::broadcast::batch::Sender;
-use crate::conn::connection::{ClientConnection, Phase, ReadEnd, ReadReport};
+use crate::conn::connection::{Member, Phase, ReadEnd, ReadReport};
 use crate::conn::reason::DisconnectReason;
 use crate::conn::wire::Liveness;
+use crate::reactor::connections::Stage;
 
 /// How long a client that broke the line limit has to read its `ERR` line.
 const REJECT_LINGER: Duration = Duration::from_secs(2);
@@ -21,18 +22,15 @@ const REJECT_LINGER: Duration = Duration::from_secs(2);
 pub(super) const DRAIN_TICK: Duration = Duration::from_millis(10);
 
 impl EventLoop {
-    /// Readiness for a client. The token may belong to a client closed earlier in this same
-    /// batch of events: that is normal, and the event is ignored.
+    /// Readiness for a connection, dispatched by its stage. The token may belong to a
+    /// connection closed earlier in this same batch of events: that is normal, and the event
+    /// is ignored.
     pub(super) fn on_client_event(&mut self, token: Token, event: &Event) {
-        if !self.connections.contains_key(&token) {
-            if self.web.requests.contains(token) {
-                return self.on_web_event(token);
-            }
-            if self.tls.handshakes.contains(token) {
-                return self.on_handshake_event(token);
-            }
-            trace!("event for closed token {} ignored", token.0);
-            return;
+        match self.connections.stage_of(token) {
+            Some(Stage::Handshake) => return self.on_handshake_event(token),
+            Some(Stage::Request) => return self.on_web_event(token),
+            Some(Stage::Member) => {}
+            None => return trace!("event for closed token {} ignored", token.0),
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.on_readable(token);
@@ -46,7 +44,7 @@ impl EventLoop {
     /// client's input is read only to be discarded; after a stop signal an open client's
     /// input is taken only through the shutdown's finales.
     pub(super) fn on_readable(&mut self, token: Token) {
-        let Some(connection) = self.connections.get_mut(&token) else {
+        let Some(connection) = self.connections.member_mut(token) else {
             return;
         };
         let open = connection.is_open();
@@ -73,7 +71,7 @@ impl EventLoop {
         }
         match report.end {
             ReadEnd::WouldBlock => {}
-            ReadEnd::BudgetSpent => self.turn.unfinished_readers.push(token),
+            ReadEnd::BudgetSpent => self.turn.carried.push(token),
             ReadEnd::Closed(
                 reason @ (DisconnectReason::LineTooLong | DisconnectReason::HttpRequest),
             ) => self.reject_line(token, reason),
@@ -93,7 +91,7 @@ impl EventLoop {
     /// batch. The caller made sure the batch has room for `budget` more bytes.
     pub(super) fn read_into_batch(&mut self, token: Token, budget: usize) -> Option<ReadReport> {
         let max_line = self.config.max_line;
-        let connection = self.connections.get_mut(&token)?;
+        let connection = self.connections.member_mut(token)?;
         let start = self.broadcast.batch.len();
         let incoming = if connection.is_open() {
             budget + connection.unfinished_line_len()
@@ -117,11 +115,18 @@ impl EventLoop {
         Some(report)
     }
 
-    /// Gives clients whose budget ran out in an earlier turn their read for this turn, if
-    /// an event did not already (then it queued itself again if it needs to).
-    pub(super) fn serve_unfinished_readers(&mut self, readers: Vec<Token>) {
-        for token in distinct(readers) {
-            self.on_readable(token);
+    /// Moves on the connections carried from the last turn (a read, a handshake step or
+    /// a request's reading stopped at its budget with input waiting: no event will say
+    /// so), those of the stages `now` picks, each once, by its stage.
+    pub(super) fn serve_carried(&mut self, carried: &[Token], now: impl Fn(Stage) -> bool) {
+        for &token in carried {
+            match self.connections.stage_of(token) {
+                Some(stage) if !now(stage) => {}
+                Some(Stage::Handshake) => self.on_handshake_event(token),
+                Some(Stage::Request) => self.on_web_event(token),
+                Some(Stage::Member) => self.on_readable(token),
+                None => {}
+            }
         }
     }
 
@@ -129,7 +134,7 @@ impl EventLoop {
     /// records (key updates, session tickets). A client that pings without reading is a
     /// slow consumer like any other.
     pub(super) fn flush_after_read(&mut self, token: Token) {
-        let Some(connection) = self.connections.get(&token) else {
+        let Some(connection) = self.connections.member(token) else {
             return;
         };
         let queued = connection.queued();
@@ -144,7 +149,7 @@ impl EventLoop {
     /// frame after what is queued for it, then the connection is closed.
     pub(super) fn send_away(&mut self, token: Token, reason: DisconnectReason) {
         if let DisconnectReason::WebSocketViolation { .. } = reason
-            && let Some(connection) = self.connections.get(&token)
+            && let Some(connection) = self.connections.member(token)
             && self.observe.warning_log.admit(Instant::now())
         {
             warn!(
@@ -166,8 +171,8 @@ impl EventLoop {
     pub(super) fn reset_if_behind(&mut self, token: Token, reason: DisconnectReason) -> bool {
         let behind = self
             .connections
-            .get(&token)
-            .is_some_and(ClientConnection::is_behind_in_frames);
+            .member(token)
+            .is_some_and(Member::is_behind_in_frames);
         if behind {
             self.close(token, reason);
         }
@@ -179,7 +184,7 @@ impl EventLoop {
     /// WebSocket Close 1009), then it drains; the line is never broadcast.
     pub(super) fn reject_line(&mut self, token: Token, reason: DisconnectReason) {
         let max_line = self.config.max_line;
-        let Some(connection) = self.connections.get_mut(&token) else {
+        let Some(connection) = self.connections.member_mut(token) else {
             return;
         };
         if self.observe.warning_log.admit(Instant::now()) {
@@ -214,7 +219,7 @@ impl EventLoop {
         reason: DisconnectReason,
         deadline: Instant,
     ) {
-        let Some(connection) = self.connections.get_mut(&token) else {
+        let Some(connection) = self.connections.member_mut(token) else {
             return;
         };
         if !connection.is_open() {
@@ -229,7 +234,7 @@ impl EventLoop {
 
     /// Flushes a client's queue; closes it when it fails or, if leaving, when it is done.
     pub(super) fn on_writable(&mut self, token: Token) {
-        let Some(connection) = self.connections.get_mut(&token) else {
+        let Some(connection) = self.connections.member_mut(token) else {
             return;
         };
         match connection.flush() {
@@ -248,7 +253,7 @@ impl EventLoop {
 
     /// Removes a client for good; the one place a disconnect is logged and counted.
     pub(super) fn close(&mut self, token: Token, reason: DisconnectReason) {
-        let Some(mut connection) = self.connections.remove(&token) else {
+        let Some(mut connection) = self.connections.remove_member(token) else {
             return;
         };
         // A client that was being sent away is counted for why it was sent away, however
@@ -295,7 +300,7 @@ impl EventLoop {
     pub(super) fn sweep_leaving(&mut self, now: Instant) {
         let leaving: Vec<Token> = self.leaving.iter().copied().collect();
         for token in leaving {
-            let Some(connection) = self.connections.get_mut(&token) else {
+            let Some(connection) = self.connections.member_mut(token) else {
                 continue;
             };
             let Phase::Draining {
@@ -325,7 +330,7 @@ impl EventLoop {
             return;
         }
         let mut pinged = Vec::new();
-        for (&token, connection) in self.connections.iter_mut() {
+        for (token, connection) in self.connections.members_mut() {
             match connection.check_liveness(now, interval) {
                 Liveness::Fine => {}
                 Liveness::Ping => pinged.push(token),

@@ -24,8 +24,9 @@ use mio::Token;
 
 use super::{EventLoop, READ_BUDGET};
 use crate::broadcast::batch::Sender;
-use crate::conn::connection::{ClientConnection, ReadEnd, ReadReport};
+use crate::conn::connection::{Member, ReadEnd, ReadReport};
 use crate::conn::reason::DisconnectReason;
+use crate::reactor::connections::{ClientConnection, Stage};
 use crate::reactor::shutdown::{Finale, Shutdown};
 
 /// How long the next batch of final lines waits for a client that has no space for it.
@@ -44,21 +45,20 @@ impl EventLoop {
                 debug!("deregister listener: {e}");
             }
         }
-        self.web.requests.close_all(self.poll.registry());
-        self.tls.handshakes.close_all(self.poll.registry());
+        self.close_handshakes_and_requests();
         self.admission.pause = None;
         self.admission.more_to_accept = [false; 2];
         // From now on open clients are read only through their finales; leaving clients
         // still need their reads (to discard input and notice a close).
         let connections = &self.connections;
         self.turn
-            .unfinished_readers
-            .retain(|token| connections.get(token).is_some_and(|c| !c.is_open()));
+            .carried
+            .retain(|&token| connections.member(token).is_some_and(|c| !c.is_open()));
         let mut finales: Vec<Finale> = self
             .connections
-            .iter_mut()
+            .members_mut()
             .filter(|(_, connection)| connection.is_open())
-            .map(|(&token, connection)| Finale {
+            .map(|(token, connection)| Finale {
                 token,
                 unread: connection.unread_input(),
             })
@@ -67,16 +67,16 @@ impl EventLoop {
         let unread: usize = finales.iter().map(|finale| finale.unread).sum();
         let unfinished: usize = self
             .connections
-            .values()
-            .filter(|connection| connection.is_open())
-            .map(ClientConnection::unfinished_line_len)
+            .members()
+            .filter(|(_, connection)| connection.is_open())
+            .map(|(_, connection)| connection.unfinished_line_len())
             .sum();
-        let queued: usize = self.connections.values().map(|c| c.queued()).sum();
+        let queued: usize = self.connections.members().map(|(_, c)| c.queued()).sum();
         info!(
             "received {signal}: shutting down, flushing {queued} bytes to {} clients and \
              delivering {} bytes already received ({unfinished} in unfinished lines), for up \
              to {:.1} s",
-            self.connections.len(),
+            self.connections.count(Stage::Member),
             unread + unfinished + self.broadcast.batch.len(),
             timeout.as_secs_f64()
         );
@@ -139,13 +139,13 @@ impl EventLoop {
         };
         let blocking: Vec<Token> = self
             .connections
-            .iter()
+            .members()
             .filter(|(token, c)| {
                 c.is_open()
                     && c.queued().saturating_add(need) > max_queue
                     && !shutdown.not_waited_for.contains(token)
             })
-            .map(|(&token, _)| token)
+            .map(|(token, _)| token)
             .collect();
         if blocking.is_empty() {
             shutdown.blocked_since = None;
@@ -172,8 +172,8 @@ impl EventLoop {
             }
             let open = self
                 .connections
-                .get(&finale.token)
-                .is_some_and(ClientConnection::is_open);
+                .member(finale.token)
+                .is_some_and(Member::is_open);
             if !open && finale.unread > 0 {
                 warn!(
                     "{} bytes of input from token {} were not delivered: the client was \
@@ -241,7 +241,7 @@ impl EventLoop {
     /// of its end, then, if it is still unfinished, with a `\n`.
     fn finish_unfinished_line(&mut self, token: Token) {
         let max_line = self.config.max_line;
-        let Some(connection) = self.connections.get_mut(&token) else {
+        let Some(connection) = self.connections.member_mut(token) else {
             return;
         };
         let start = self.broadcast.batch.len();
@@ -276,8 +276,8 @@ impl EventLoop {
             let held = finale.unread
                 + self
                     .connections
-                    .get(&finale.token)
-                    .map_or(0, ClientConnection::unfinished_line_len);
+                    .member(finale.token)
+                    .map_or(0, Member::unfinished_line_len);
             if held > 0 {
                 clients += 1;
                 bytes += held;
@@ -291,20 +291,38 @@ impl EventLoop {
         }
     }
 
+    /// Closes every connection still in its TLS handshake or HTTP request: they are not
+    /// members, and nothing is owed to them.
+    fn close_handshakes_and_requests(&mut self) {
+        for stage in [Stage::Handshake, Stage::Request] {
+            for token in self.connections.tokens_in(stage) {
+                match self.connections.remove(token) {
+                    Some(ClientConnection::Handshake(mut handshake)) => {
+                        handshake.deregister(self.poll.registry())
+                    }
+                    Some(ClientConnection::Request(mut exchange)) => {
+                        exchange.deregister(self.poll.registry())
+                    }
+                    Some(ClientConnection::Member(_)) | None => {}
+                }
+            }
+        }
+        self.admission.deadlines.clear();
+    }
+
     /// Step 3: every client drains until `deadline`.
     fn begin_draining_everyone(&mut self, deadline: Instant) {
         self.hand_out();
         if let Some(shutdown) = &mut self.shutdown {
             shutdown.draining = true;
         }
-        let tokens: Vec<Token> = self.connections.keys().copied().collect();
-        for token in tokens {
+        for token in self.connections.tokens_in(Stage::Member) {
             self.begin_drain(token, DisconnectReason::Shutdown, deadline);
             self.on_writable(token);
             // Input that came after the signal is read (next turn) and discarded, so that
             // the close is a FIN: unread input would make it a reset, which can destroy
             // output in flight.
-            self.turn.unfinished_readers.push(token);
+            self.turn.carried.push(token);
         }
     }
 }

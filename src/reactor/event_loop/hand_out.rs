@@ -13,7 +13,7 @@ use super::EventLoop;
 use crate::broadcast::batch::{Batch, Sender};
 use crate::broadcast::framed_batch::FramedBatch;
 use crate::broadcast::history::History;
-use crate::conn::connection::ClientConnection;
+use crate::conn::connection::Member;
 use crate::conn::reason::DisconnectReason;
 use crate::observe::stats::Stats;
 use crate::reactor::hold_timer::HoldTimer;
@@ -53,7 +53,7 @@ impl HandOut<'_> {
     pub(super) fn deliver(
         &mut self,
         token: Token,
-        connection: &mut ClientConnection,
+        connection: &mut Member,
         slices: &mut [IoSlice<'_>],
         lines: usize,
     ) {
@@ -136,7 +136,7 @@ impl EventLoop {
                     continue; // lines from NATS: their sender is not here
                 };
                 let token = Token(client);
-                let Some(connection) = self.connections.get_mut(&token) else {
+                let Some(connection) = self.connections.member_mut(token) else {
                     continue;
                 };
                 connection.mark_served_as_sender(id);
@@ -147,7 +147,7 @@ impl EventLoop {
             }
         }
         let (batch, framed) = (&self.broadcast.batch, &self.broadcast.framed);
-        for (&token, connection) in self.connections.iter_mut() {
+        for (token, connection) in self.connections.members_mut() {
             if !connection.was_served_as_sender(id) {
                 let bytes = connection.form().whole(batch, framed);
                 hand_out.deliver(token, connection, &mut [IoSlice::new(bytes)], batch.lines());
@@ -166,7 +166,7 @@ impl EventLoop {
         self.broadcast.framed.clear();
         for (token, reason) in std::mem::take(&mut self.turn.doomed) {
             if let DisconnectReason::SlowConsumer { queued } = reason
-                && let Some(connection) = self.connections.get(&token)
+                && let Some(connection) = self.connections.member(token)
                 && self.observe.warning_log.admit(Instant::now())
             {
                 warn!(
@@ -184,7 +184,7 @@ impl EventLoop {
     /// Keeps the unfinished line of a client being closed, to be delivered with a `\n` like
     /// any line it sent: nothing the server read is lost, however the client goes.
     /// What the kernel already holds of the line's end is read first.
-    pub(super) fn keep_unfinished_line(&mut self, token: Token, connection: &mut ClientConnection) {
+    pub(super) fn keep_unfinished_line(&mut self, token: Token, connection: &mut Member) {
         if connection.unfinished_line_len() > 0 {
             let mut line = Vec::new();
             connection.read_rest_of_line(&mut self.turn.scratch, self.config.max_line, &mut line);

@@ -8,6 +8,7 @@ use log::info;
 use super::EventLoop;
 use super::clients::DRAIN_TICK;
 use crate::bridge::{Bridge, BridgeCounters};
+use crate::reactor::connections::Stage;
 
 impl EventLoop {
     /// Runs whatever is due: each component's tick (accept retry and admission's log
@@ -16,8 +17,9 @@ impl EventLoop {
     pub(super) fn run_timers(&mut self, now: Instant) {
         self.retry_accepting_if_due(now);
         self.admission.log_summaries(now, self.config.max_clients);
-        self.web.on_tick(now, self.poll.registry());
-        self.tls.on_tick(now, self.poll.registry());
+        self.expire_admissions(now);
+        self.web.log_summaries(now);
+        self.tls.handshakes.log_summary(now);
         if let Some(every) = self.config.ws_ping
             && self.web.liveness_check_due(now, every)
         {
@@ -40,9 +42,7 @@ impl EventLoop {
     /// timer wakes the poll for it.
     pub(super) fn next_timeout(&self) -> Option<Duration> {
         let stopping = self.shutdown.is_some();
-        if !self.turn.unfinished_readers.is_empty()
-            || !self.tls.deferred.is_empty()
-            || self.web.requests.has_unfinished()
+        if !self.turn.carried.is_empty()
             || self.admission.more_to_accept.contains(&true)
             || (!self.broadcast.kept_lines.is_empty() && !stopping)
             || (self.nats.waiting && !stopping)
@@ -62,6 +62,26 @@ impl EventLoop {
         .flatten()
         .min()
         .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Drops the connections that did not become members (or finish their web exchange)
+    /// within the admission timeout of their accept.
+    fn expire_admissions(&mut self, now: Instant) {
+        loop {
+            let connections = &self.connections;
+            let expired = self
+                .admission
+                .deadlines
+                .next_expired(now, |t| connections.is_admitting(t));
+            let Some(token) = expired else {
+                return;
+            };
+            match self.connections.stage_of(token) {
+                Some(Stage::Handshake) => self.drop_handshake(token, None),
+                Some(Stage::Request) => self.drop_exchange(token, Some(now)),
+                Some(Stage::Member) | None => {}
+            }
+        }
     }
 
     /// The stats line, with the web listener's and the bridge's parts when they are on.

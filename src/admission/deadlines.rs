@@ -1,5 +1,5 @@
-//! Connections that must finish something by a deadline (a request, a TLS handshake), in
-//! the order they started: every deadline is start + the same timeout, so the front of the
+//! Connections that must finish something by a deadline (become a member through their TLS
+//! handshake, or finish their web exchange), in the order they started: every deadline is start + the same timeout, so the front of the
 //! queue always expires first. Entries of connections that finished early stay until the
 //! front reaches them (skipped then), and are swept when they outnumber the live ones.
 
