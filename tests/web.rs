@@ -373,6 +373,18 @@ fn a_silent_websocket_client_is_pinged_then_dropped_counted_and_one_that_answers
     );
 }
 
+/// On a server with nothing else to do, a silent request is closed at its deadline all the
+/// same: the deadline itself wakes the loop (nothing else would).
+#[test]
+fn a_silent_request_on_an_idle_server_is_closed_at_its_deadline() {
+    // No pings either: their schedule would wake the loop every 15 s.
+    let server = web_server(&["--ws-ping-interval", "0"]);
+    let mut silent = Client::connect_raw(server.web_addr());
+    silent.send(b"GET / HTTP/1.1\r\nHost: qu");
+    assert_eq!(silent.read_to_eof(), b"", "closed unanswered");
+    server.wait_for_log("no complete request within 10 s");
+}
+
 #[test]
 fn slow_requests_are_closed_ten_seconds_after_they_connect_and_stall_no_one_meanwhile() {
     let server = web_server(&[]);

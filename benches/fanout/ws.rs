@@ -202,28 +202,24 @@ enum Header {
 }
 
 /// Parses a server frame header at the start of `bytes` (tungstenite's parser): `None` if
-/// incomplete, else the header and its length.
+/// incomplete, else the header and its length. Its first byte is judged as sent (RSV bits
+/// and reserved opcodes make a frame malformed); the length is read from a copy whose first
+/// byte names a valid opcode, since tungstenite stops at a reserved one and its payload
+/// must still be skipped whole.
 fn parse_header(bytes: &[u8]) -> Option<(Header, usize)> {
-    let mut cursor = Cursor::new(bytes);
-    let parsed = FrameHeader::parse(&mut cursor);
+    let (&first, _) = bytes.split_first()?;
+    let mut head = [0u8; MAX_HEADER];
+    let len = bytes.len().min(MAX_HEADER);
+    head[..len].copy_from_slice(&bytes[..len]);
+    head[0] = first & 0x80 | 0x02; // FIN as sent, Binary: parses whatever the opcode was
+    let mut cursor = Cursor::new(&head[..len]);
+    let (header, remaining) = FrameHeader::parse(&mut cursor).ok()??;
     let header_len = cursor.position() as usize;
-    let (header, remaining) = match parsed {
-        Ok(Some(parsed)) => parsed,
-        Ok(None) => return None,
-        // A reserved opcode: no correct server sends one; its payload's length is unknown,
-        // so its bytes count as further malformed frames.
-        Err(_) => {
-            let skip = Frame {
-                payload: Payload::Skip,
-                remaining: 0,
-            };
-            return Some((Header::Malformed(skip), header_len));
-        }
-    };
     let frame = |payload| Frame { payload, remaining };
     let control = remaining <= MAX_CONTROL_PAYLOAD;
-    let header = match (header.is_final, header.opcode) {
-        _ if header.mask.is_some() => Header::Malformed(frame(Payload::Skip)),
+    let reserved_bits = first & 0x70 != 0;
+    let header = match (first & 0x80 != 0, OpCode::from(first & 0x0f)) {
+        _ if header.mask.is_some() || reserved_bits => Header::Malformed(frame(Payload::Skip)),
         (true, OpCode::Data(Data::Text)) => Header::Frame(frame(Payload::Line)),
         (true, OpCode::Control(Control::Ping)) if control => Header::Frame(frame(Payload::Ping)),
         (true, OpCode::Control(Control::Pong)) if control => Header::Frame(frame(Payload::Skip)),
@@ -257,8 +253,9 @@ pub fn self_check() -> Result<(), String> {
     let mut stream = Vec::new();
     let mut want = Vec::new();
     // Two lines with 2-byte headers, a ping (the server's are empty; this one is not), a
-    // line with a 4-byte header, an empty line, a Binary frame and a masked Text frame (both
-    // malformed: skipped), a pong (skipped), a last line, a Close, and bytes after it.
+    // line with a 4-byte header, an empty line, five malformed frames (Binary, masked Text,
+    // two reserved opcodes, an RSV bit: skipped), a pong (skipped), a last line, a Close,
+    // and bytes after it.
     for payload in [&short[..], b"second"] {
         server_frame(TEXT, payload, &mut stream);
         want.extend_from_slice(payload);
@@ -272,6 +269,13 @@ pub fn self_check() -> Result<(), String> {
     want.push(b'\n');
     server_frame(OpCode::Data(Data::Binary), b"binary", &mut stream);
     frame_into(TEXT, Some([1, 2, 3, 4]), b"mask", &mut stream);
+    // A reserved data opcode and a reserved control opcode, each with a payload that looks
+    // like a frame (skipped whole, not decoded), and a Text frame with an RSV bit set.
+    frames::frame_into(0x3, true, None, &[0x81, 0x02, b'h', b'i'], &mut stream);
+    frames::frame_into(0xb, true, None, &[0x81, 0x00, 0x00], &mut stream);
+    let rsv = stream.len();
+    server_frame(TEXT, b"rsv", &mut stream);
+    stream[rsv] |= 0x40;
     server_frame(PONG, b"", &mut stream);
     server_frame(TEXT, b"last", &mut stream);
     want.extend_from_slice(b"last\n");
@@ -292,7 +296,7 @@ pub fn self_check() -> Result<(), String> {
             }
         }
         let expected = Decoded {
-            malformed: 2,
+            malformed: 5,
             closed: true,
         };
         if lines != want || pongs != want_pong || found != expected {

@@ -25,12 +25,16 @@ pub enum HostPortError {
 }
 
 /// Parses `text` as `HOST[:PORT]` (`[V6]:PORT` for IPv6). Host characters: ASCII letters,
-/// digits, `-`, `.`, `_` and `:`.
+/// digits, `-`, `.`, `_`, and `:` inside brackets; nothing but `:PORT` after a `]`.
 pub fn parse(text: &str) -> Result<HostPort<'_>, HostPortError> {
     let (host, bracketed, port) = match text.strip_prefix('[') {
         Some(v6) => {
             let (host, after) = v6.split_once(']').ok_or(HostPortError::UnclosedBracket)?;
-            (host, true, after.strip_prefix(':'))
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or(HostPortError::BadHost)?),
+            };
+            (host, true, port)
         }
         None => match text.rsplit_once(':') {
             Some((host, port)) => (host, false, Some(port)),
@@ -45,10 +49,11 @@ pub fn parse(text: &str) -> Result<HostPort<'_>, HostPortError> {
         },
         None => None,
     };
+    // A colon only inside brackets (an IPv6 address): `::1` unbracketed is no host.
     let host_ok = !host.is_empty()
         && host
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b) || (bracketed && b == b':'));
     if !host_ok {
         return Err(HostPortError::BadHost);
     }
@@ -86,5 +91,13 @@ mod tests {
         assert_eq!(parse(":80"), Err(HostPortError::BadHost));
         assert_eq!(parse("a b:80"), Err(HostPortError::BadHost));
         assert_eq!(parse("[a/b]:80"), Err(HostPortError::BadHost));
+        // Nothing but :PORT after the brackets; colons only inside them; no empty brackets.
+        assert_eq!(parse("[::1]x:80"), Err(HostPortError::BadHost));
+        assert_eq!(parse("[::1]80"), Err(HostPortError::BadHost));
+        assert_eq!(parse("::1"), Err(HostPortError::BadHost));
+        assert_eq!(parse("[]:80"), Err(HostPortError::BadHost));
+        assert_eq!(parse("[]"), Err(HostPortError::BadHost));
+        assert_eq!(parse("[[::1]:80"), Err(HostPortError::BadHost));
+        assert_eq!(parse("a]:80"), Err(HostPortError::BadHost));
     }
 }
