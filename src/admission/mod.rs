@@ -4,12 +4,14 @@ pub mod access;
 pub mod deadlines;
 pub mod fd_limit;
 
+use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use crate::observe::log_limit::RateLimit;
-use access::PerAddress;
+use access::{AddressPlace, PerAddress};
 use deadlines::Deadlines;
 
 /// Most connections taken per turn, so that a connection storm cannot stall the clients
@@ -125,6 +127,73 @@ impl Admission {
                 }
                 None => warn!("accepting failed {count} more times in the last second"),
             }
+        }
+    }
+
+    /// A place for one more connection from `peer`'s address, or why not (logged,
+    /// rate-limited; the caller counts the refusal).
+    pub fn take_place(&mut self, peer: SocketAddr) -> Result<AddressPlace, String> {
+        if let Some(place) = self.per_address.try_take(peer.ip()) {
+            return Ok(place);
+        }
+        let why = format!(
+            "too many connections from {} (max {})",
+            peer.ip(),
+            self.per_address.max()
+        );
+        if self.access_log.admit(Instant::now()) {
+            info!("refused {peer}: {why}");
+        }
+        Err(why)
+    }
+
+    /// Logs (rate-limited) a connection `--allow`/`--deny` closed at once.
+    pub fn log_denied(&mut self, peer: SocketAddr) {
+        if self.access_log.admit(Instant::now()) {
+            info!("denied {peer}: its address is not allowed (--allow/--deny)");
+        }
+    }
+
+    /// Pauses accepting after `error` (out of descriptors or kernel memory: the connection
+    /// stays in the backlog, and retrying at once would spin): a retry after
+    /// `ACCEPT_RETRY`, or sooner if a client leaves. `members` is logged with the first
+    /// failure (one pause and its end logged a second at most, if it flaps).
+    pub fn pause(&mut self, error: &io::Error, members: usize) {
+        let now = Instant::now();
+        let retry_at = now + ACCEPT_RETRY;
+        if let Some(pause) = &mut self.pause {
+            debug!("accept still failing: {error}");
+            pause.retry_at = retry_at;
+            return;
+        }
+        let announced = self.failure_log.admit(now);
+        if announced {
+            warn!(
+                "cannot accept new clients: {error} ({members} clients connected); retrying \
+                 every {} ms",
+                ACCEPT_RETRY.as_millis()
+            );
+        }
+        self.pause = Some(AcceptPause {
+            retry_at,
+            announced,
+        });
+    }
+
+    /// Whether a pause's retry is due at `now`.
+    pub fn retry_due(&self, now: Instant) -> bool {
+        self.pause
+            .as_ref()
+            .is_some_and(|pause| pause.retry_at <= now)
+    }
+
+    /// After a retry at `now`: the pause ends unless the retry failed again (which moved its
+    /// next retry past `now`); its end is logged if its start was (`members` connected).
+    pub fn end_pause_if_retried(&mut self, now: Instant, members: usize) {
+        if let Some(pause) = self.pause.take_if(|pause| pause.retry_at <= now)
+            && pause.announced
+        {
+            info!("accepting again ({members} clients)");
         }
     }
 }

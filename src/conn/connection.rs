@@ -323,10 +323,10 @@ impl Member {
         let Some(wire) = self.wire.as_lines() else {
             return 0;
         };
-        while wire.pending() > 0 && open {
+        while wire.unfinished_len() > 0 && open {
             // One byte more than the line may still hold: its newline, or the proof that it
             // is too long. In all, at most --max-line + 1 bytes are read.
-            let want = (max_line + 1 - wire.pending()).min(scratch.len());
+            let want = (max_line + 1 - wire.unfinished_len()).min(scratch.len());
             let n = match self.transport.read(&mut scratch[..want]) {
                 Ok(0) => return 0, // the client closed: the line ends here
                 Ok(n) => n,
@@ -336,7 +336,7 @@ impl Member {
             let end = memchr::memchr(b'\n', &scratch[..n]).map_or(n, |newline| newline + 1);
             // Grow exactly: this runs once per closing client, and the caller's buffer has
             // a size bound to keep.
-            lines_out.reserve_exact(wire.pending() + end);
+            lines_out.reserve_exact(wire.unfinished_len() + end);
             match wire.push(&scratch[..end], max_line, lines_out) {
                 (0, None) => {}
                 (lines, None) => return lines,

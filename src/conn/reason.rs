@@ -3,6 +3,8 @@
 use std::fmt;
 use std::io;
 
+use crate::observe::stats::Ending;
+
 /// Why a connection ended; logged once and counted in the stats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisconnectReason {
@@ -33,6 +35,25 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
+    /// Which counter this ending goes to.
+    pub fn ending(self) -> Ending {
+        match self {
+            DisconnectReason::ClientClosed | DisconnectReason::WebSocketClosed { .. } => {
+                Ending::ByClient
+            }
+            DisconnectReason::Error(_) => Ending::Error,
+            DisconnectReason::PeerVanished => Ending::PeerVanished,
+            DisconnectReason::SlowConsumer { .. } => Ending::SlowConsumer,
+            DisconnectReason::LineTooLong => Ending::LineTooLong,
+            DisconnectReason::HttpRequest => Ending::HttpRequest,
+            DisconnectReason::Shutdown | DisconnectReason::ShutdownTimeout { .. } => {
+                Ending::Shutdown
+            }
+            DisconnectReason::WebSocketViolation { .. } => Ending::ProtocolError,
+            DisconnectReason::PingTimeout => Ending::PingTimeout,
+        }
+    }
+
     /// Whether the client is dropped with output it will never take: then the close is a
     /// reset, so the kernel frees that output at once instead of holding it for minutes
     /// (with zero-window probes) for a peer that is not reading.

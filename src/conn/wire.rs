@@ -106,8 +106,8 @@ impl Wire {
     /// Bytes of the unfinished line (or message) held for the client.
     pub fn unfinished_line_len(&self) -> usize {
         match self {
-            Wire::Lines(wire) => wire.framer.pending(),
-            Wire::WebSocket(state) => state.decoder.pending(),
+            Wire::Lines(wire) => wire.framer.unfinished_len(),
+            Wire::WebSocket(state) => state.decoder.unfinished_len(),
         }
     }
 
@@ -219,8 +219,8 @@ impl LineWire {
     }
 
     /// Bytes of the unfinished line.
-    pub fn pending(&self) -> usize {
-        self.framer.pending()
+    pub fn unfinished_len(&self) -> usize {
+        self.framer.unfinished_len()
     }
 
     /// Ends the unfinished line with a `\n` into `lines_out`; returns how many lines.

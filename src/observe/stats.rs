@@ -3,9 +3,6 @@
 
 use std::fmt;
 
-use crate::broadcast::Form;
-use crate::conn::reason::DisconnectReason;
-
 /// What the server has done since it started.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stats {
@@ -48,33 +45,51 @@ pub struct Stats {
     pub history: Option<(u64, u64)>,
 }
 
+/// How a member ended, as the counters tell endings apart (the connection layer says which
+/// of its reasons is which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It closed (or sent a WebSocket Close).
+    ByClient,
+    /// A read or write failed.
+    Error,
+    /// Its host stopped answering.
+    PeerVanished,
+    SlowConsumer,
+    LineTooLong,
+    /// Its first line was an HTTP request.
+    HttpRequest,
+    /// A WebSocket client broke the protocol.
+    ProtocolError,
+    /// A WebSocket client did not answer a ping.
+    PingTimeout,
+    /// The server shut down.
+    Shutdown,
+}
+
 impl Stats {
-    pub fn connected(&mut self, form: Form) {
-        let websocket = form == Form::Frames;
+    /// Counts a new member (`websocket`: a WebSocket client, in the transport gauge too).
+    pub fn connected(&mut self, websocket: bool) {
         self.accepted += 1;
         self.active += 1;
         self.websocket_active += u64::from(websocket);
         self.peak = self.peak.max(self.active);
     }
 
-    pub fn disconnected(&mut self, reason: DisconnectReason, form: Form) {
-        let websocket = form == Form::Frames;
+    /// Counts a member that ended so.
+    pub fn disconnected(&mut self, ending: Ending, websocket: bool) {
         self.active -= 1;
         self.websocket_active -= u64::from(websocket);
-        let counter = match reason {
-            DisconnectReason::ClientClosed | DisconnectReason::WebSocketClosed { .. } => {
-                &mut self.closed_by_client
-            }
-            DisconnectReason::WebSocketViolation { .. } => &mut self.protocol_errors,
-            DisconnectReason::PingTimeout => &mut self.ping_timeouts,
-            DisconnectReason::Error(_) => &mut self.errors,
-            DisconnectReason::PeerVanished => &mut self.peers_vanished,
-            DisconnectReason::SlowConsumer { .. } => &mut self.slow_consumers,
-            DisconnectReason::LineTooLong => &mut self.lines_too_long,
-            DisconnectReason::HttpRequest => &mut self.http_requests,
-            DisconnectReason::Shutdown | DisconnectReason::ShutdownTimeout { .. } => {
-                &mut self.closed_at_shutdown
-            }
+        let counter = match ending {
+            Ending::ByClient => &mut self.closed_by_client,
+            Ending::ProtocolError => &mut self.protocol_errors,
+            Ending::PingTimeout => &mut self.ping_timeouts,
+            Ending::Error => &mut self.errors,
+            Ending::PeerVanished => &mut self.peers_vanished,
+            Ending::SlowConsumer => &mut self.slow_consumers,
+            Ending::LineTooLong => &mut self.lines_too_long,
+            Ending::HttpRequest => &mut self.http_requests,
+            Ending::Shutdown => &mut self.closed_at_shutdown,
         };
         *counter += 1;
     }
@@ -130,11 +145,11 @@ mod tests {
     #[test]
     fn peak_and_reasons_are_tracked() {
         let mut stats = Stats::default();
-        stats.connected(Form::Lines);
-        stats.connected(Form::Frames);
-        stats.disconnected(DisconnectReason::SlowConsumer { queued: 9 }, Form::Lines);
-        stats.connected(Form::Lines);
-        stats.disconnected(DisconnectReason::ClientClosed, Form::Lines);
+        stats.connected(false);
+        stats.connected(true);
+        stats.disconnected(Ending::SlowConsumer, false);
+        stats.connected(false);
+        stats.disconnected(Ending::ByClient, false);
         assert_eq!((stats.accepted, stats.active, stats.peak), (3, 1, 2));
         assert_eq!((stats.slow_consumers, stats.closed_by_client), (1, 1));
         assert!(

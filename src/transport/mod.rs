@@ -63,7 +63,7 @@ pub enum HandshakeProgress {
     Waiting,
     /// The step spent [`HANDSHAKE_STEP_COST`] with input still unread: no event will come
     /// for that input, so the caller must move it on again (in a later turn).
-    Unfinished,
+    BudgetSpent,
 }
 
 impl Transport {
@@ -215,7 +215,7 @@ impl TlsStream {
                 return Ok(HandshakeProgress::Waiting); // our records wait for room: WRITABLE
             }
             if self.cost >= HANDSHAKE_STEP_COST {
-                return Ok(HandshakeProgress::Unfinished);
+                return Ok(HandshakeProgress::BudgetSpent);
             }
             match self.read_records() {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),

@@ -152,7 +152,7 @@ pub enum HandshakeStep {
     Waiting,
     /// The step's work bound was reached with input unread: no event will say so, so the
     /// caller moves it on again in a later turn.
-    Unfinished,
+    BudgetSpent,
     /// Failed, for this reason: the caller drops it (and logs it through
     /// [`Handshakes::log_failure`]).
     Failed(String),
@@ -188,7 +188,7 @@ impl<K> Handshake<K> {
                     Err(e) => HandshakeStep::Failed(e.to_string()),
                 }
             }
-            Ok(HandshakeProgress::Unfinished) => HandshakeStep::Unfinished,
+            Ok(HandshakeProgress::BudgetSpent) => HandshakeStep::BudgetSpent,
             Ok(HandshakeProgress::Complete) => {
                 // Leave a known registration behind (the new owner's first interest update
                 // then sets it right): the last handshake step may have left READABLE only

@@ -1,11 +1,40 @@
-//! The front door of the web listener (`--http`): connections in their HTTP stage, the
-//! page's Content-Security-Policy, and when WebSocket clients are next checked for life.
+//! The front door of the web listener (`--http`): what its exchanges share, the routes
+//! (which answer a request gets: the page and its Content-Security-Policy, the metrics,
+//! the health check, or an upgrade unless another site's page asks), and when WebSocket
+//! clients are next checked for life. The loop carries out what it decides.
 
 use std::time::{Duration, Instant};
 
+use crate::bridge::BridgeCounters;
+use crate::observe::logger;
 use crate::observe::stats::Stats;
-use crate::web::page;
+use crate::web::origin::{OriginPolicy, Verdict};
 use crate::web::requests::WebRequests;
+use crate::web::{metrics, page};
+use crate::wire::http::{self, Refusal, Request, Route};
+
+/// What the front door decided for a routed request; the loop carries it out.
+#[derive(Debug)]
+pub enum Decision {
+    /// Answer with these bytes (a page, the metrics, the health check), then close.
+    Answer(Vec<u8>),
+    /// Refuse an upgrade from another site's page with this `403`.
+    Foreign(Refusal),
+    /// Make the connection a WebSocket member (if the server has room), with this key.
+    Upgrade { key: String },
+}
+
+/// What a decision needs to know of the rest of the server.
+pub struct Context<'a> {
+    /// `--echo`: the page says whether a sender sees its own lines.
+    pub echo: bool,
+    pub stats: &'a Stats,
+    /// The NATS bridge's counters, with `--nats`.
+    pub nats: Option<&'a BridgeCounters>,
+    pub origins: &'a OriginPolicy,
+    /// Whether the listener speaks TLS (an `https` page's origin).
+    pub tls: bool,
+}
 
 /// The web listener's state between turns (see the module header).
 pub struct WebFront {
@@ -69,4 +98,56 @@ impl WebFront {
             http.timed_out
         )
     }
+
+    /// Decides the answer to a routed request: the page (with its policy), the metrics,
+    /// the health check, or a WebSocket upgrade unless the page's origin is another
+    /// site's (cross-site WebSocket hijacking).
+    pub fn decide(&self, request: Request, context: &Context<'_>) -> Decision {
+        let ok = |content_type: &str, extra: &[(&str, &str)], body: &[u8]| {
+            http::response(http::OK, content_type, extra, body, request.head_only)
+        };
+        let response = match request.route {
+            Route::Page => {
+                let page = page::page(context.echo);
+                let policy = [("Content-Security-Policy", self.page_policy.as_str())];
+                ok("text/html; charset=utf-8", &policy, page.as_bytes())
+            }
+            Route::Metrics => {
+                let text = metrics::render(context.stats, self.requests.counters(), context.nats);
+                let content_type = "text/plain; version=0.0.4; charset=utf-8";
+                ok(content_type, &[], text.as_bytes())
+            }
+            Route::Health => ok("text/plain; charset=utf-8", &[], b"ok\n"),
+            Route::WebSocket { key, origin, host } => {
+                let verdict =
+                    context
+                        .origins
+                        .judge(origin.as_deref(), host.as_deref(), context.tls);
+                if verdict != Verdict::Admitted {
+                    let origin = origin.as_deref().unwrap_or("");
+                    return Decision::Foreign(foreign_origin(origin, verdict));
+                }
+                return Decision::Upgrade { key };
+            }
+        };
+        Decision::Answer(response)
+    }
+}
+
+/// The `403` for an upgrade from another site's page: a fixed body; the origin, escaped,
+/// only in the log line (with a hint when its Host could be rebound).
+fn foreign_origin(origin: &str, verdict: Verdict) -> Refusal {
+    let mut refusal = http::refusal(
+        http::FORBIDDEN,
+        "this page's origin may not open /ws (see --allow-origin)",
+    );
+    let quoted = logger::quote(origin, 120);
+    refusal.detail = Some(match verdict {
+        Verdict::Rebindable => format!(
+            "Origin {quoted} (its Host is a DNS name over plain HTTP, which could be \
+             rebound; if it is this server's name: --allow-origin {quoted})"
+        ),
+        _ => format!("Origin {quoted}"),
+    });
+    refusal
 }

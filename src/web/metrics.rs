@@ -147,15 +147,14 @@ pub fn render(stats: &Stats, http: HttpCounters, bridge: Option<&BridgeCounters>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broadcast::Form;
-    use crate::conn::reason::DisconnectReason;
+    use crate::observe::stats::Ending;
 
     #[test]
     fn counters_are_rendered_with_their_types_and_labels() {
         let mut stats = Stats::default();
-        stats.connected(Form::Lines);
-        stats.connected(Form::Frames);
-        stats.disconnected(DisconnectReason::SlowConsumer { queued: 9 }, Form::Lines);
+        stats.connected(false);
+        stats.connected(true);
+        stats.disconnected(Ending::SlowConsumer, false);
         let text = render(&stats, HttpCounters::default(), None);
         assert!(text.contains("broadcast_server_clients{transport=\"websocket\"} 1\n"));
         assert!(text.contains("broadcast_server_clients{transport=\"tcp\"} 0\n"));

@@ -81,7 +81,7 @@ pub enum Progress {
     Waiting,
     /// Its reading stopped at its budget with input unread: no event will say so, so the
     /// loop moves it on in its next turn.
-    Unfinished,
+    BudgetSpent,
     /// Over (answered and closed, or the client went): the loop drops it.
     Done,
 }
@@ -163,7 +163,7 @@ impl Exchange {
                 match head {
                     Head::Complete(request) => Progress::Request(request),
                     Head::Incomplete => Progress::Waiting,
-                    Head::Unfinished => Progress::Unfinished,
+                    Head::BudgetSpent => Progress::BudgetSpent,
                     Head::Refused(refused) => self.refuse(shared, &refused, token, registry),
                     Head::Gone => Progress::Done,
                 }
@@ -307,7 +307,7 @@ enum Head {
     /// More of it is to come; its next event says when.
     Incomplete,
     /// The read budget was spent with input unread: no event will say so.
-    Unfinished,
+    BudgetSpent,
     Refused(Refusal),
     /// The client closed or failed: close quietly.
     Gone,
@@ -319,7 +319,7 @@ fn read_head(pending: &mut Exchange) -> Head {
     let mut spent = 0;
     loop {
         if spent >= HEAD_READ_BUDGET {
-            return Head::Unfinished;
+            return Head::BudgetSpent;
         }
         // At most one byte past the limit: enough to know the head is too large.
         let want = (MAX_HEAD + 1 - pending.head.len()).min(buf.len());

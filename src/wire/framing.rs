@@ -87,7 +87,7 @@ impl LineFramer {
     }
 
     /// Bytes held for the unfinished line.
-    pub fn pending(&self) -> usize {
+    pub fn unfinished_len(&self) -> usize {
         self.unfinished.len()
     }
 
@@ -196,7 +196,7 @@ mod tests {
                 .push(chunk, max_line, &mut out)
                 .expect("within limit");
         }
-        (out, lines, framer.pending())
+        (out, lines, framer.unfinished_len())
     }
 
     #[test]
@@ -240,7 +240,7 @@ mod tests {
         let result = framer.push(b"ok\ntoo long\nlater\n", 4, &mut out);
         assert_eq!(result, Err(LineTooLong { lines_before: 1 }));
         assert_eq!(out, b"ok\n");
-        assert_eq!(framer.pending(), 0);
+        assert_eq!(framer.unfinished_len(), 0);
     }
 
     #[test]
@@ -275,7 +275,7 @@ mod tests {
                 framer.push(b"x", max_line, &mut out).expect("within limit");
                 assert!(framer.unfinished.capacity() <= max_line);
             }
-            assert_eq!(framer.pending(), max_line);
+            assert_eq!(framer.unfinished_len(), max_line);
         }
     }
 

@@ -122,7 +122,7 @@ pub struct Decoder {
 
 impl Decoder {
     /// Bytes of an unfinished message held here.
-    pub fn pending(&self) -> usize {
+    pub fn unfinished_len(&self) -> usize {
         self.message.len()
     }
 

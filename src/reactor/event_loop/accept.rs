@@ -16,20 +16,16 @@ use mio::{Interest, Token};
 
 use super::{EventLoop, HandOut};
 use crate::admission::access::AddressPlace;
-use crate::admission::{ACCEPT_RETRY, AcceptPause};
 use crate::bridge::Bridge;
-use crate::broadcast::Form;
 use crate::conn::connection::Member;
 use crate::conn::socket::configure_socket;
-use crate::observe::logger;
 use crate::reactor::connections::{Admitting, ClientConnection, Stage};
 use crate::reactor::listeners::{Listener, is_per_connection_accept_error};
 use crate::transport::Transport;
 use crate::transport::tls::{Handshake, HandshakeStep};
-use crate::web::origin;
-use crate::web::page;
+use crate::web::front::{Context, Decision};
 use crate::web::requests::{Exchange, Progress};
-use crate::wire::http::{self, Request, Route};
+use crate::wire::http::{self, Request};
 
 impl EventLoop {
     /// Accepts waiting connections on `which`, within what is left of this turn's budget.
@@ -57,7 +53,8 @@ impl EventLoop {
                     debug!("accept: {e} (the connection failed before we took it)");
                 }
                 Err(e) => {
-                    self.pause_accepting(&e);
+                    self.admission
+                        .pause(&e, self.connections.count(Stage::Member));
                     return;
                 }
             }
@@ -73,9 +70,12 @@ impl EventLoop {
         // Every connection from an address counts against --max-clients-per-ip from its
         // accept (handshakes and web requests too), so one host cannot crowd others out.
         // Its place goes with it through every stage, and back when it is dropped.
-        let place = match self.take_address_place(peer) {
+        let place = match self.admission.take_place(peer) {
             Ok(place) => place,
-            Err(why) => return self.refuse_over_limit(stream, which, &why),
+            Err(why) => {
+                self.observe.stats.refused_per_address += 1;
+                return self.refuse_over_limit(stream, which, &why);
+            }
         };
         let handshakes = self.connections.count(Stage::Handshake);
         if self.tls.config.is_some() && handshakes >= self.config.max_clients {
@@ -165,7 +165,7 @@ impl EventLoop {
                 self.admit(transport, peer, place, token, which)
             }
             // Its step's work bound was reached: input waits that no event will announce.
-            HandshakeStep::Unfinished => self.turn.carried.push(token),
+            HandshakeStep::BudgetSpent => self.turn.carried.push(token),
             HandshakeStep::Waiting => {}
             HandshakeStep::Failed(why) => self.drop_handshake(token, Some(&why)),
         }
@@ -205,9 +205,7 @@ impl EventLoop {
     /// (dropped with the accepted socket), before anything it sent was read.
     pub(super) fn deny(&mut self, peer: SocketAddr) {
         self.observe.stats.denied += 1;
-        if self.admission.access_log.admit(Instant::now()) {
-            info!("denied {peer}: its address is not allowed (--allow/--deny)");
-        }
+        self.admission.log_denied(peer);
     }
 
     /// Makes a connection a line client, or refuses it with an `ERR` line when the server is
@@ -236,7 +234,7 @@ impl EventLoop {
         let member = Member::new(transport, peer, place);
         self.connections
             .insert(token, ClientConnection::Member(member));
-        self.observe.stats.connected(Form::Lines);
+        self.observe.stats.connected(false);
         info!("client {peer} connected (token {})", token.0);
         self.replay_history(token);
         if read_now {
@@ -269,23 +267,6 @@ impl EventLoop {
     fn count_refused_server_full(&mut self) -> bool {
         self.observe.stats.refused_server_full += 1;
         self.admission.refusal_log.admit(Instant::now())
-    }
-
-    /// A place for one more connection from `peer`'s address, or why not (logged, counted).
-    pub(super) fn take_address_place(&mut self, peer: SocketAddr) -> Result<AddressPlace, String> {
-        if let Some(place) = self.admission.per_address.try_take(peer.ip()) {
-            return Ok(place);
-        }
-        self.observe.stats.refused_per_address += 1;
-        let why = format!(
-            "too many connections from {} (max {})",
-            peer.ip(),
-            self.admission.per_address.max()
-        );
-        if self.admission.access_log.admit(Instant::now()) {
-            info!("refused {peer}: {why}");
-        }
-        Err(why)
     }
 
     /// Takes a web connection: its request is read as it arrives. Requests in progress are
@@ -330,7 +311,7 @@ impl EventLoop {
         match progress {
             Progress::Request(request) => self.answer_web(token, request),
             Progress::Waiting => {}
-            Progress::Unfinished => self.turn.carried.push(token),
+            Progress::BudgetSpent => self.turn.carried.push(token),
             Progress::Done => self.drop_exchange(token, None),
         }
     }
@@ -369,65 +350,24 @@ impl EventLoop {
         self.after_exchange(token, progress);
     }
 
-    /// Answers a routed web request: a page, the metrics, the health check, or a WebSocket
-    /// upgrade (refused with 503 when the server is full).
+    /// Carries out what the front door decided for a routed request: an answer, a refusal
+    /// of another site's page (counted), or a WebSocket upgrade.
     pub(super) fn answer_web(&mut self, token: Token, request: Request) {
-        let ok = |content_type: &str, extra: &[(&str, &str)], body: &[u8]| {
-            http::response(http::OK, content_type, extra, body, request.head_only)
+        let context = Context {
+            echo: self.config.echo,
+            stats: &self.observe.stats,
+            nats: self.nats.bridge.as_ref().map(Bridge::counters),
+            origins: &self.config.origins,
+            tls: self.tls.config.is_some(),
         };
-        let response = match request.route {
-            Route::Page => {
-                let page = page::page(self.config.echo);
-                let policy = [("Content-Security-Policy", self.web.page_policy.as_str())];
-                ok("text/html; charset=utf-8", &policy, page.as_bytes())
+        match self.web.decide(request, &context) {
+            Decision::Answer(response) => self.answer_exchange(token, response),
+            Decision::Foreign(refusal) => {
+                self.observe.stats.refused_origin += 1;
+                self.refuse_exchange(token, &refusal);
             }
-            Route::Metrics => {
-                let nats = self.nats.bridge.as_ref().map(Bridge::counters);
-                let text = crate::web::metrics::render(
-                    &self.observe.stats,
-                    self.web.requests.counters(),
-                    nats,
-                );
-                ok(
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    &[],
-                    text.as_bytes(),
-                )
-            }
-            Route::Health => ok("text/plain; charset=utf-8", &[], b"ok\n"),
-            Route::WebSocket { key, origin, host } => {
-                let tls = self.tls.config.is_some();
-                let verdict = self
-                    .config
-                    .origins
-                    .judge(origin.as_deref(), host.as_deref(), tls);
-                if verdict != origin::Verdict::Admitted {
-                    let origin = origin.as_deref().unwrap_or("");
-                    return self.refuse_foreign_origin(token, origin, verdict);
-                }
-                return self.upgrade_to_websocket(token, &key);
-            }
-        };
-        self.answer_exchange(token, response);
-    }
-
-    /// Refuses an upgrade from another site's page (cross-site WebSocket hijacking): a 403
-    /// with a fixed body, logged (rate-limited) with the origin escaped, and counted.
-    fn refuse_foreign_origin(&mut self, token: Token, origin: &str, verdict: origin::Verdict) {
-        self.observe.stats.refused_origin += 1;
-        let mut refusal = http::refusal(
-            http::FORBIDDEN,
-            "this page's origin may not open /ws (see --allow-origin)",
-        );
-        let quoted = logger::quote(origin, 120);
-        refusal.detail = Some(match verdict {
-            origin::Verdict::Rebindable => format!(
-                "Origin {quoted} (its Host is a DNS name over plain HTTP, which could be \
-                 rebound; if it is this server's name: --allow-origin {quoted})"
-            ),
-            _ => format!("Origin {quoted}"),
-        });
-        self.refuse_exchange(token, &refusal);
+            Decision::Upgrade { key } => self.upgrade_to_websocket(token, &key),
+        }
     }
 
     /// Makes a web connection a WebSocket member of the broadcast, or refuses it (503) when
@@ -453,7 +393,7 @@ impl EventLoop {
         let member = Member::new_websocket(transport, peer, place, &handshake);
         self.connections
             .insert(token, ClientConnection::Member(member));
-        self.observe.stats.connected(Form::Frames);
+        self.observe.stats.connected(true);
         info!("websocket client {peer} connected (token {})", token.0);
         self.replay_history(token);
         self.on_writable(token);
@@ -486,49 +426,12 @@ impl EventLoop {
     /// failed again (edge-triggered, a listener would not say again that connections wait
     /// in its backlog, so both are tried before it ends).
     pub(super) fn retry_accepting_if_due(&mut self, now: Instant) {
-        if self
-            .admission
-            .pause
-            .as_ref()
-            .is_none_or(|pause| pause.retry_at > now)
-        {
+        if !self.admission.retry_due(now) {
             return;
         }
         self.accept_all(Listener::Lines);
         self.accept_all(Listener::Web);
-        // A failure in this retry moved the next one past `now`.
-        if let Some(pause) = self.admission.pause.take_if(|pause| pause.retry_at <= now)
-            && pause.announced
-        {
-            info!(
-                "accepting again ({} clients)",
-                self.connections.count(Stage::Member)
-            );
-        }
-    }
-
-    /// Running out of descriptors (or kernel memory) leaves the connection in the backlog;
-    /// retrying at once would spin, so wait a little, or until a client leaves.
-    pub(super) fn pause_accepting(&mut self, error: &io::Error) {
-        let now = Instant::now();
-        let retry_at = now + ACCEPT_RETRY;
-        if let Some(pause) = &mut self.admission.pause {
-            debug!("accept still failing: {error}");
-            pause.retry_at = retry_at;
-            return;
-        }
-        // Flapping (paused and resumed many times a second) logs one pair a second.
-        let announced = self.admission.failure_log.admit(now);
-        if announced {
-            warn!(
-                "cannot accept new clients: {error} ({} clients connected); retrying every {} ms",
-                self.connections.count(Stage::Member),
-                ACCEPT_RETRY.as_millis()
-            );
-        }
-        self.admission.pause = Some(AcceptPause {
-            retry_at,
-            announced,
-        });
+        let members = self.connections.count(Stage::Member);
+        self.admission.end_pause_if_retried(now, members);
     }
 }

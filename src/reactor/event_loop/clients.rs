@@ -9,6 +9,7 @@ use mio::Token;
 use mio::event::Event;
 
 use super::{EventLoop, READ_BUDGET};
+use crate::broadcast::Form;
 use crate::broadcast::batch::Sender;
 use crate::conn::connection::{Member, Phase, ReadEnd, ReadReport};
 use crate::conn::reason::DisconnectReason;
@@ -287,7 +288,8 @@ impl EventLoop {
         {
             debug!("token {}: SO_LINGER: {e}", token.0);
         }
-        self.observe.stats.disconnected(reason, connection.form());
+        let websocket = connection.form() == Form::Frames;
+        self.observe.stats.disconnected(reason.ending(), websocket);
         info!(
             "client {} disconnected (token {}): {reason}",
             connection.peer(),

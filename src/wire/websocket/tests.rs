@@ -211,6 +211,6 @@ proptest! {
         prop_assert_eq!(&lines, &expected);
         prop_assert_eq!(count, expected.iter().filter(|&&b| b == b'\n').count());
         prop_assert_eq!(pongs.len(), 3 * messages.len());
-        prop_assert_eq!(decoder.pending(), 0);
+        prop_assert_eq!(decoder.unfinished_len(), 0);
     }
 }
