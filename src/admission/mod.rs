@@ -36,9 +36,6 @@ pub struct Admission {
     pub pause: Option<AcceptPause>,
     /// Accepts left in this turn (both listeners share it).
     pub budget: usize,
-    /// Per listener: connections may be waiting (its event came this poll, or the accept
-    /// budget ran out before it was empty: no new edge will come for those).
-    pub more_to_accept: [bool; 2],
     /// Accept failures: a line a second, then summed.
     pub failure_log: RateLimit,
     /// Connections denied or refused by address: 20 lines a second, then summed.
@@ -67,7 +64,6 @@ impl Admission {
             per_address: PerAddress::new(max_clients_per_ip),
             pause: None,
             budget: ACCEPT_BUDGET,
-            more_to_accept: [false; 2],
             failure_log: RateLimit::default(),
             access_log: RateLimit::with_burst(ACCESS_LINES_LOGGED),
             refusal_log: RateLimit::default(),

@@ -5,12 +5,46 @@ pub mod batch;
 pub mod framed_batch;
 pub mod history;
 
+use std::collections::VecDeque;
 use std::io::IoSlice;
 
 use crate::wire::websocket;
-use batch::{Batch, SenderShare};
+use batch::{Batch, Sender, SenderShare};
 use framed_batch::FramedBatch;
 use history::History;
+
+/// One broadcast: the lines framed since the last hand-out, their WebSocket framing, the
+/// lines kept for newcomers, and the unfinished lines of clients closed meanwhile. Pure
+/// state, no sockets and no timer: the loop has one; rooms will make many.
+#[derive(Debug)]
+pub struct Broadcast {
+    /// Lines framed since the last hand-out.
+    pub batch: Batch,
+    /// The batch as WebSocket frames, built at a hand-out only when WebSocket clients
+    /// receive it.
+    pub framed: FramedBatch,
+    /// The last lines handed out, for newcomers (`--history`).
+    pub history: Option<History>,
+    /// Numbers the hand-outs of the batch.
+    pub hand_outs: u64,
+    /// Unfinished lines (with a `\n` added) of clients closed other than by their own
+    /// hang-up, waiting for space in the batch: kept here so that a burst of closes cannot
+    /// grow the batch past its bound.
+    pub kept_lines: VecDeque<(Sender, Vec<u8>)>,
+}
+
+impl Broadcast {
+    /// A broadcast whose batch holds `batch` (see [`Batch::new`]), with a history if given.
+    pub fn new(batch: Batch, history: Option<History>) -> Broadcast {
+        Broadcast {
+            batch,
+            framed: FramedBatch::default(),
+            history,
+            hand_outs: 0,
+            kept_lines: VecDeque::new(),
+        }
+    }
+}
 
 /// The form a recipient takes the lines in, chosen by its wire: the lines as they came, or
 /// one WebSocket frame per line. Each form of a batch is made once per hand-out and shared

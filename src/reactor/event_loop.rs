@@ -6,7 +6,7 @@
 //! the timers (accept retry, drain deadlines, stats). Sockets are edge-triggered: a handler
 //! that stops before `WouldBlock` must remember to come back, because no new event will come.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -16,8 +16,8 @@ use mio::{Events, Poll, Token};
 
 use crate::admission::Admission;
 use crate::bridge::Bridge;
+use crate::broadcast::Broadcast;
 use crate::broadcast::batch::Batch;
-use crate::broadcast::framed_batch::FramedBatch;
 use crate::broadcast::history::History;
 use crate::config::Config;
 use crate::conn::reason::DisconnectReason;
@@ -39,7 +39,7 @@ mod hand_out;
 mod nats;
 mod timers;
 
-use hand_out::{Broadcast, HandOut};
+use hand_out::HandOut;
 use nats::{NATS_FINAL_FLUSH, NatsLink};
 
 const LISTENER: Token = Token(0);
@@ -90,6 +90,8 @@ struct Turn {
     carried: Vec<Token>,
     /// Clients to close once the current pass over the map is done.
     doomed: Vec<(Token, DisconnectReason)>,
+    /// Wakes the poll when a batch held for coalescing is due.
+    hold_timer: HoldTimer,
 }
 
 /// The server: the poll and its clients, and the components that share a turn. Each
@@ -162,16 +164,12 @@ impl EventLoop {
                 outgoing_lines: 0,
             },
             tls: TlsStage::new(tls),
-            broadcast: Broadcast {
-                history: config
+            broadcast: Broadcast::new(
+                Batch::new(config.batch_limit(), config.max_line, config.coalesce),
+                config
                     .history
                     .map(|(lines, bytes)| History::new(lines, bytes)),
-                framed: FramedBatch::default(),
-                hold_timer,
-                batch: Batch::new(config.batch_limit(), config.max_line, config.coalesce),
-                hand_outs: 0,
-                kept_lines: VecDeque::new(),
-            },
+            ),
             listeners,
             poll,
             signals,
@@ -184,6 +182,7 @@ impl EventLoop {
                 scratch: vec![0; READ_BUDGET].into_boxed_slice(),
                 carried: Vec::new(),
                 doomed: Vec::new(),
+                hold_timer,
             },
             leaving: HashSet::new(),
             shutdown: None,
@@ -227,7 +226,7 @@ impl EventLoop {
             }
             for (listener, more) in [Listener::Lines, Listener::Web]
                 .into_iter()
-                .zip(self.admission.more_to_accept)
+                .zip(self.listeners.more_to_accept)
             {
                 if more {
                     self.accept_all(listener);
@@ -261,9 +260,9 @@ impl EventLoop {
     fn handle_events(&mut self, events: &Events) -> Option<Exit> {
         for event in events.iter() {
             match event.token() {
-                LISTENER => self.admission.more_to_accept[Listener::Lines as usize] = true,
-                WEB_LISTENER => self.admission.more_to_accept[Listener::Web as usize] = true,
-                HOLD_TIMER => self.broadcast.hold_timer.acknowledge(),
+                LISTENER => self.listeners.more_to_accept[Listener::Lines as usize] = true,
+                WEB_LISTENER => self.listeners.more_to_accept[Listener::Web as usize] = true,
+                HOLD_TIMER => self.turn.hold_timer.acknowledge(),
                 BRIDGE => self.nats.waiting = true,
                 SIGNALS => {
                     if let Some(exit) = self.on_signals() {

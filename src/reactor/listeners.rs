@@ -29,6 +29,9 @@ pub struct Listeners {
     pub web: Option<TcpListener>,
     /// The line listener's address as bound (useful with port 0).
     pub local_addr: SocketAddr,
+    /// Per listener: connections may be waiting (its event came this poll, or the accept
+    /// budget ran out before it was empty: no new edge will come for those).
+    pub more_to_accept: [bool; 2],
 }
 
 impl Listeners {
@@ -58,6 +61,7 @@ impl Listeners {
             lines: Some(lines),
             web,
             local_addr,
+            more_to_accept: [false; 2],
         })
     }
 

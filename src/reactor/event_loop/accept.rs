@@ -30,7 +30,7 @@ use crate::wire::http::{self, Request};
 impl EventLoop {
     /// Accepts waiting connections on `which`, within what is left of this turn's budget.
     pub(super) fn accept_all(&mut self, which: Listener) {
-        self.admission.more_to_accept[which as usize] = false;
+        self.listeners.more_to_accept[which as usize] = false;
         loop {
             let listener = match which {
                 Listener::Lines => self.listeners.lines.as_ref(),
@@ -40,7 +40,7 @@ impl EventLoop {
                 return;
             };
             if self.admission.budget == 0 {
-                self.admission.more_to_accept[which as usize] = true;
+                self.listeners.more_to_accept[which as usize] = true;
                 return;
             }
             self.admission.budget -= 1;

@@ -47,7 +47,7 @@ impl EventLoop {
         }
         self.close_handshakes_and_requests();
         self.admission.pause = None;
-        self.admission.more_to_accept = [false; 2];
+        self.listeners.more_to_accept = [false; 2];
         // From now on open clients are read only through their finales; leaving clients
         // still need their reads (to discard input and notice a close).
         let connections = &self.connections;

@@ -2,7 +2,6 @@
 //! (one `writev` each, straight from the shared batch or its framing), when it is due or
 //! held for coalescing; lines of clients closed meanwhile are kept and follow it.
 
-use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::time::Instant;
 
@@ -10,34 +9,10 @@ use log::{trace, warn};
 use mio::{Registry, Token};
 
 use super::EventLoop;
-use crate::broadcast::batch::{Batch, Sender};
-use crate::broadcast::framed_batch::FramedBatch;
-use crate::broadcast::history::History;
+use crate::broadcast::batch::Sender;
 use crate::conn::connection::Member;
 use crate::conn::reason::DisconnectReason;
 use crate::observe::stats::Stats;
-use crate::reactor::hold_timer::HoldTimer;
-
-/// One broadcast: the lines framed since the last hand-out, their WebSocket framing, the
-/// lines kept for newcomers, the timer of a held batch, and the unfinished lines of clients
-/// closed meanwhile. The loop has one; rooms will make many.
-pub(super) struct Broadcast {
-    /// The batch as WebSocket frames, built at a hand-out only when WebSocket clients
-    /// receive it.
-    pub(super) framed: FramedBatch,
-    /// The last lines handed out, for newcomers (`--history`).
-    pub(super) history: Option<History>,
-    /// Fires when a batch held for coalescing is due.
-    pub(super) hold_timer: HoldTimer,
-    /// Lines framed since the last hand-out.
-    pub(super) batch: Batch,
-    /// Numbers the hand-outs of the batch.
-    pub(super) hand_outs: u64,
-    /// Unfinished lines (with a `\n` added) of clients closed other than by their own
-    /// hang-up, waiting for room in the batch: moved here so a burst of closes cannot grow
-    /// the batch past its bound.
-    pub(super) kept_lines: VecDeque<(Sender, Vec<u8>)>,
-}
 
 /// One hand-out of the batch in progress: what delivering to one client needs besides it.
 pub(super) struct HandOut<'a> {
@@ -98,8 +73,8 @@ impl EventLoop {
         };
         if due <= now {
             self.hand_out();
-        } else if !self.broadcast.hold_timer.is_armed()
-            && let Err(e) = self.broadcast.hold_timer.arm(due - now)
+        } else if !self.turn.hold_timer.is_armed()
+            && let Err(e) = self.turn.hold_timer.arm(due - now)
         {
             warn!("cannot arm the coalescing timer ({e}); sending at once");
             self.hand_out();

@@ -43,7 +43,7 @@ impl EventLoop {
     pub(super) fn next_timeout(&self) -> Option<Duration> {
         let stopping = self.shutdown.is_some();
         if !self.turn.carried.is_empty()
-            || self.admission.more_to_accept.contains(&true)
+            || self.listeners.more_to_accept.contains(&true)
             || (!self.broadcast.kept_lines.is_empty() && !stopping)
             || (self.nats.waiting && !stopping)
         {
