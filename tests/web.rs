@@ -385,6 +385,27 @@ fn a_silent_request_on_an_idle_server_is_closed_at_its_deadline() {
     server.wait_for_log("no complete request within 10 s");
 }
 
+/// The deadlines of finished requests are swept when they pile up (past 2 × waiting + 1024
+/// entries); the connection whose accept runs the sweep keeps its own deadline (it once
+/// lost it, not yet counted as waiting, and stayed open for good).
+#[test]
+fn a_request_accepted_as_finished_deadlines_are_swept_still_has_its_deadline() {
+    let server = web_server(&["-v", "--ws-ping-interval", "0"]);
+    // One silent request waits at the front of the queue; 1025 finished ones pile up
+    // behind it, each gone (by the server's own log) before the next comes, so that the
+    // next accept is the one that sweeps.
+    let mut first = Client::connect_raw(server.web_addr());
+    first.send(b"GET / HTTP/1.1\r\n");
+    for done in 1..=1025 {
+        assert_eq!(server.get("/healthz"), (200, "ok\n".to_string()));
+        server.wait_for_logs("closed after its answer", done);
+    }
+    let mut silent = Client::connect_raw(server.web_addr());
+    assert_eq!(silent.read_to_eof(), b"", "closed unanswered at its deadline");
+    assert_eq!(first.read_to_eof(), b"");
+    server.wait_for_logs("no complete request within 10 s", 2);
+}
+
 #[test]
 fn slow_requests_are_closed_ten_seconds_after_they_connect_and_stall_no_one_meanwhile() {
     let server = web_server(&[]);

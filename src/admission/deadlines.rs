@@ -24,7 +24,8 @@ impl Deadlines {
     }
 
     /// Starts `token`'s clock at `now`; `live` says which tokens are still waiting (for the
-    /// occasional sweep of finished ones, so the queue stays proportional to them).
+    /// occasional sweep of finished ones, so the queue stays proportional to them). The
+    /// sweep never drops `token` itself: its connection may not be where `live` looks yet.
     pub fn start(
         &mut self,
         token: Token,
@@ -34,7 +35,8 @@ impl Deadlines {
     ) {
         self.queue.push_back((now + self.timeout, token));
         if self.queue.len() > 2 * live_count + 1024 {
-            self.queue.retain(|&(_, token)| live(token));
+            self.queue
+                .retain(|&(_, waiting)| waiting == token || live(waiting));
         }
     }
 
@@ -87,6 +89,22 @@ mod tests {
         assert_eq!(deadlines.next_expired(late, live), Some(Token(1)));
         assert_eq!(deadlines.next_expired(late, live), Some(Token(2)));
         assert_eq!(deadlines.next_expired(late, live), None);
+    }
+
+    #[test]
+    fn the_token_being_started_survives_the_sweep_it_causes() {
+        let mut deadlines = Deadlines::new(Duration::from_secs(10));
+        let now = Instant::now();
+        for i in 0..1025 {
+            deadlines.start(Token(i), now, 0, |_| false);
+        }
+        // Its connection is not "live" yet (say, not yet in the loop's map).
+        deadlines.start(Token(5000), now, 0, |_| false);
+        let later = now + Duration::from_secs(11);
+        assert_eq!(
+            deadlines.next_expired(later, |t| t == Token(5000)),
+            Some(Token(5000))
+        );
     }
 
     #[test]

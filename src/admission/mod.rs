@@ -104,7 +104,8 @@ impl Admission {
         if let Some(count) = self.refusal_log.take_summary(now) {
             info!(
                 "refused {count} more connections in the last second: server full \
-                 ({max_clients} clients)"
+                 (--max-clients {max_clients}: clients, TLS handshakes or web requests in \
+                 progress)"
             );
         }
         if let Some(count) = self.access_log.take_summary(now) {
