@@ -95,11 +95,13 @@ mod tests {
     fn the_token_being_started_survives_the_sweep_it_causes() {
         let mut deadlines = Deadlines::new(Duration::from_secs(10));
         let now = Instant::now();
-        for i in 0..1025 {
+        for i in 0..1024 {
             deadlines.start(Token(i), now, 0, |_| false);
         }
-        // Its connection is not "live" yet (say, not yet in the loop's map).
+        assert_eq!(deadlines.queue.len(), 1024, "no sweep yet");
+        // This start sweeps; its connection is not "live" yet (not yet in the loop's map).
         deadlines.start(Token(5000), now, 0, |_| false);
+        assert_eq!(deadlines.queue.len(), 1, "the finished ones are swept");
         let later = now + Duration::from_secs(11);
         assert_eq!(
             deadlines.next_expired(later, |t| t == Token(5000)),
