@@ -708,6 +708,7 @@ fn a_web_request_over_tls_has_ten_seconds_from_the_connect_handshake_included() 
         while matches!(client.stream.read(&mut buf), Ok(n) if n > 0) {}
         Instant::now()
     };
+    let connected = Instant::now();
     let quick_tcp = TcpStream::connect(web).unwrap();
     let slow_tcp = TcpStream::connect(web).unwrap();
     let quick = {
@@ -719,6 +720,11 @@ fn a_web_request_over_tls_has_ten_seconds_from_the_connect_handshake_included() 
         partial_request(slow_tcp, config)
     });
     let (quick, slow) = (quick.join().unwrap(), slow.join().unwrap());
+    // Not before the deadline (a lower bound only: load can make it later, never earlier).
+    assert!(
+        quick.duration_since(connected) >= Duration::from_secs(9),
+        "closed too early"
+    );
     // Both connected together, so both deadlines fall together (10 s from the connects);
     // a request clock started after the handshake would close the slow one 6 s later.
     assert!(

@@ -379,9 +379,16 @@ fn a_silent_websocket_client_is_pinged_then_dropped_counted_and_one_that_answers
 fn a_silent_request_on_an_idle_server_is_closed_at_its_deadline() {
     // No pings either: their schedule would wake the loop every 15 s.
     let server = web_server(&["--ws-ping-interval", "0"]);
+    let connected = Instant::now();
     let mut silent = Client::connect_raw(server.web_addr());
     silent.send(b"GET / HTTP/1.1\r\nHost: qu");
     assert_eq!(silent.read_to_eof(), b"", "closed unanswered");
+    // A lower bound only (load can make it later, never earlier); without its deadline
+    // waking the loop it would never be closed, and the read above would fail.
+    assert!(
+        connected.elapsed() >= Duration::from_secs(9),
+        "closed too early"
+    );
     server.wait_for_log("no complete request within 10 s");
 }
 
@@ -401,7 +408,11 @@ fn a_request_accepted_as_finished_deadlines_are_swept_still_has_its_deadline() {
         server.wait_for_logs("closed after its answer", done);
     }
     let mut silent = Client::connect_raw(server.web_addr());
-    assert_eq!(silent.read_to_eof(), b"", "closed unanswered at its deadline");
+    assert_eq!(
+        silent.read_to_eof(),
+        b"",
+        "closed unanswered at its deadline"
+    );
     assert_eq!(first.read_to_eof(), b"");
     server.wait_for_logs("no complete request within 10 s", 2);
 }

@@ -213,7 +213,19 @@ fn parse_header(bytes: &[u8]) -> Option<(Header, usize)> {
     head[..len].copy_from_slice(&bytes[..len]);
     head[0] = first & 0x80 | 0x02; // FIN as sent, Binary: parses whatever the opcode was
     let mut cursor = Cursor::new(&head[..len]);
-    let (header, remaining) = FrameHeader::parse(&mut cursor).ok()??;
+    let (header, remaining) = match FrameHeader::parse(&mut cursor) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return None,
+        // No error is left for tungstenite to find in the copy; should one come, the two
+        // bytes count as a malformed frame rather than jam the reader.
+        Err(_) => {
+            let skip = Frame {
+                payload: Payload::Skip,
+                remaining: 0,
+            };
+            return Some((Header::Malformed(skip), 2.min(bytes.len())));
+        }
+    };
     let header_len = cursor.position() as usize;
     let frame = |payload| Frame { payload, remaining };
     let control = remaining <= MAX_CONTROL_PAYLOAD;

@@ -134,7 +134,7 @@ fn pem_error(error: &rustls::pki_types::pem::Error) -> String {
 
 /// A connection in its TLS handshake, and `K`: where it goes once the handshake is done.
 /// It is one entry of the loop's connection map; [`Handshakes`] keeps what all of them
-/// share (their deadlines, the failure log).
+/// share (the failure log); its deadline is the admission's.
 #[derive(Debug)]
 pub struct Handshake<K> {
     transport: Transport,

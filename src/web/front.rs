@@ -38,12 +38,12 @@ pub struct Context<'a> {
 
 /// The web listener's state between turns (see the module header).
 pub struct WebFront {
-    /// What the web connections that have not become WebSocket clients share (their
-    /// deadlines, counters, refusal log); each is an entry of the loop's map.
+    /// What the web connections that have not become WebSocket clients share (counters,
+    /// refusal log); each is an entry of the loop's map, its deadline the admission's.
     pub requests: WebRequests,
     /// The page's Content-Security-Policy (see [`crate::web::page`]).
     pub page_policy: String,
-    /// When WebSocket clients are next checked for silence (with `--ws-ping`).
+    /// When WebSocket clients are next checked for silence (with `--ws-ping-interval`).
     pub next_liveness_check: Option<Instant>,
 }
 

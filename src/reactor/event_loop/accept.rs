@@ -245,6 +245,7 @@ impl EventLoop {
     /// Members that are not leaving: what `--max-clients` counts.
     fn open_members(&self) -> usize {
         let members = self.connections.count(Stage::Member);
+        debug_assert!(self.leaving.len() <= members, "leaving members out of step");
         members.saturating_sub(self.leaving.len())
     }
 
