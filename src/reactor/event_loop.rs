@@ -1,10 +1,12 @@
-//! The event loop: one thread, one `Poll`, every client.
+//! The event loop: one thread, one `Poll`, one map of connections.
 //!
-//! One turn of the loop: wait for readiness, accept new clients, read every readable client
-//! until the kernel has no more (or its fair share is used up), collect the complete lines in
-//! a [`Batch`], then hand the batch to every client once (one `writev` each), and finally run
-//! the timers (accept retry, drain deadlines, stats). Sockets are edge-triggered: a handler
-//! that stops before `WouldBlock` must remember to come back, because no new event will come.
+//! One turn of the loop: wait for readiness; move on the work the last turn's budgets cut
+//! short; dispatch each event to the connection under its token, by its stage (TLS
+//! handshake, web request, member); accept new connections (after the departures of the
+//! same poll); collect the members' complete lines in the broadcast's [`Batch`], hand the
+//! batch to every member once (one `writev` each), and finally run what the components'
+//! deadlines call for. Sockets are edge-triggered: a handler that stops before `WouldBlock`
+//! must remember to come back (it is carried), because no new event will come.
 
 use std::collections::HashSet;
 use std::io;
