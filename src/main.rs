@@ -113,12 +113,12 @@ struct Args {
     )]
     ws_ping_interval: Duration,
 
-    /// Accept clients only from this address range (repeatable; CIDR like 10.0.0.0/8 or
+    /// Accept clients only from this address range (repeatable, or several separated by commas; CIDR like 10.0.0.0/8 or
     /// 2001:db8::/32, or a bare address); others are closed at once
     #[arg(long, value_name = "CIDR")]
     allow: Vec<String>,
 
-    /// Close clients from this address range at once (repeatable; wins over --allow)
+    /// Close clients from this address range at once (repeatable, or several separated by commas; wins over --allow)
     #[arg(long, value_name = "CIDR")]
     deny: Vec<String>,
 
@@ -248,8 +248,16 @@ fn init_logging(verbose: u8, quiet: u8) {
         1 => LevelFilter::Debug,
         _ => LevelFilter::Trace,
     };
+    // rustls warns about what clients send (an IP address as SNI, say): noise an operator
+    // cannot act on; the handshakes' own failures are logged by us. Its lines show from -v.
+    let rustls = if verbose > 0 {
+        level
+    } else {
+        level.min(LevelFilter::Error)
+    };
     let logger = env_logger::Builder::new()
         .filter_level(level)
+        .filter_module("rustls", rustls)
         .parse_default_env()
         .build();
     let max_level = logger.filter();

@@ -5,7 +5,7 @@ mod common;
 
 use std::net::TcpListener;
 
-use common::Server;
+use common::{Client, Server};
 
 /// Runs the binary with `args`, which it must refuse; returns (exit code, stderr).
 fn run_refused(args: &[&str]) -> (i32, String) {
@@ -158,4 +158,61 @@ fn help_and_version_work() {
         stdout,
         format!("broadcast-server {}\n", env!("CARGO_PKG_VERSION"))
     );
+}
+
+/// Address mistakes a newcomer makes are named for what they are, with what to write.
+#[test]
+fn address_mistakes_say_what_is_wrong_and_what_to_write() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let same = format!("127.0.0.1:{port}");
+    let expected_tail = " (expected HOST:PORT, e.g. 127.0.0.1:8080, localhost:0 or [::1]:8080)\n";
+    let cases: [(Vec<&str>, String); 3] = [
+        (
+            vec!["--addr", "8080"],
+            "error: invalid --addr '8080': a port without a host: write 127.0.0.1:8080 for \
+             this machine only, or 0.0.0.0:8080 for every interface"
+                .to_string(),
+        ),
+        (
+            vec!["--addr", ":8080"],
+            "error: invalid --addr ':8080': missing the host before ':8080': write \
+             127.0.0.1:8080 for this machine only, or 0.0.0.0:8080 for every interface"
+                .to_string(),
+        ),
+        (
+            vec!["--addr", &same, "--http", &same],
+            format!(
+                "error: invalid --http '{same}': --addr listens on port {port} already; give \
+                 the web listener a port of its own"
+            ),
+        ),
+    ];
+    for (args, message) in cases {
+        let (code, _, stderr) = Server::run_to_exit(&args);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert_eq!(stderr, format!("{message}{expected_tail}"), "{args:?}");
+    }
+}
+
+/// `--allow` and `--deny` repeat, and each value may hold several ranges separated by
+/// commas (as `--nats` takes several URLs).
+#[test]
+fn allow_and_deny_take_comma_separated_ranges() {
+    let server = Server::start(&[
+        "--allow",
+        "10.0.0.0/8,127.0.0.0/8",
+        "--deny",
+        "192.0.2.0/24,127.0.0.3",
+    ]);
+    let mut allowed = server.connect();
+    let mut also = server.connect();
+    allowed.send(b"in\n");
+    also.expect(b"in\n");
+    let mut denied = Client::connect_from(server.addr(), "127.0.0.3".parse().unwrap());
+    assert_eq!(denied.read_to_eof(), b"");
+    server.wait_for_log("denied 127.0.0.3:");
+    let (code, _, stderr) = Server::run_to_exit(&["--allow", "10.0.0.0/8,10.0.0.0/33"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.starts_with("error: invalid --allow: "), "{stderr}");
 }

@@ -215,3 +215,22 @@ fn websocket_joiners_get_the_replay_as_messages() {
     sender.send(b"live\n");
     ws.expect_text("live");
 }
+
+/// With `--history` on, its gauges are there from the start (0 lines, 0 bytes), in the
+/// stats line and the metrics, not only after the first line.
+#[test]
+fn history_gauges_show_zero_from_the_start() {
+    let mut server = Server::start(&["--history", "5", "--http", "127.0.0.1:0"]);
+    let (status, metrics) = server.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("\nbroadcast_server_history_lines 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nbroadcast_server_history_bytes 0\n"),
+        "{metrics}"
+    );
+    let stats = server.stop_for_stats();
+    assert!(stats.contains(" history: lines=0 bytes=0"), "{stats}");
+}

@@ -238,15 +238,34 @@ impl Config {
             .as_deref()
             .map(|addr| resolve_addr("--http", addr))
             .transpose()?;
+        if let Some(http) = &http
+            && let Some(shared) = http
+                .iter()
+                .find(|web| addrs.iter().any(|a| same_port(a, web)))
+        {
+            return Err(ConfigError::BadAddr {
+                flag: "--http",
+                addr: shared.to_string(),
+                why: format!(
+                    "--addr listens on port {} already; give the web listener a port of its \
+                     own",
+                    shared.port()
+                ),
+            });
+        }
         let nats = settings
             .nats
             .as_deref()
             .map(|urls| nats_settings(urls, &settings.nats_subject, settings.nats_key.as_deref()))
             .transpose()?;
+        // Each flag repeats, and each value may hold several ranges separated by commas.
         let ranges = |flag: &'static str, texts: &[String]| {
             texts
                 .iter()
-                .map(|text| Cidr::parse(text).map_err(|why| ConfigError::BadValue { flag, why }))
+                .flat_map(|text| text.split(','))
+                .map(|text| {
+                    Cidr::parse(text.trim()).map_err(|why| ConfigError::BadValue { flag, why })
+                })
                 .collect::<Result<Vec<Cidr>, ConfigError>>()
         };
         let access = AccessList {
@@ -384,6 +403,14 @@ fn read_nats_key(path: &std::path::Path, subject: &str) -> Result<MessageKey, Co
     Ok(MessageKey::new(secret, subject))
 }
 
+/// Whether two listening addresses would take the same port (the same address, or one of
+/// them every interface's); port 0 picks a free port and never clashes.
+fn same_port(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// Turns `HOST:PORT` into the socket addresses to try, the way `TcpListener::bind` would.
 fn resolve_addr(flag: &'static str, addr: &str) -> Result<Vec<SocketAddr>, ConfigError> {
     let bad = |why: String| ConfigError::BadAddr {
@@ -391,8 +418,21 @@ fn resolve_addr(flag: &'static str, addr: &str) -> Result<Vec<SocketAddr>, Confi
         addr: addr.to_string(),
         why,
     };
-    if addr.rsplit_once(':').is_none() {
-        return Err(bad("missing ':PORT'".to_string()));
+    match addr.rsplit_once(':') {
+        None if !addr.is_empty() && addr.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(bad(format!(
+                "a port without a host: write 127.0.0.1:{addr} for this machine only, or \
+                 0.0.0.0:{addr} for every interface"
+            )));
+        }
+        None => return Err(bad("missing ':PORT'".to_string())),
+        Some(("", port)) => {
+            return Err(bad(format!(
+                "missing the host before ':{port}': write 127.0.0.1:{port} for this machine \
+                 only, or 0.0.0.0:{port} for every interface"
+            )));
+        }
+        Some(_) => {}
     }
     let addrs: Vec<SocketAddr> = addr
         .to_socket_addrs()

@@ -23,10 +23,14 @@ pub struct Observer {
 }
 
 impl Observer {
-    /// Counters from zero; a stats line every `stats_interval`, if given.
-    pub fn new(stats_interval: Option<Duration>) -> Observer {
+    /// Counters from zero; a stats line every `stats_interval`, if given. With `history`
+    /// on, its gauges show from the start (0 lines, 0 bytes), not from the first hand-out.
+    pub fn new(stats_interval: Option<Duration>, history: bool) -> Observer {
         Observer {
-            stats: Stats::default(),
+            stats: Stats {
+                history: history.then_some((0, 0)),
+                ..Stats::default()
+            },
             next_stats_at: stats_interval.map(|every| Instant::now() + every),
             warning_log: RateLimit::default(),
         }

@@ -151,10 +151,12 @@ impl EventLoop {
             }
             None => None,
         };
-        info!("listening on {}", listeners.local_addr);
+        // Said on the line itself, so that a reader of the log knows what clients need.
+        let tls_note = if tls.is_some() { " (TLS)" } else { "" };
+        info!("listening on {}{tls_note}", listeners.local_addr);
         if let Some(web) = &listeners.web {
             let addr = web.local_addr().map_err(ServerError::Poll)?;
-            info!("http listening on {addr}");
+            info!("http listening on {addr}{tls_note}");
         }
         Ok(EventLoop {
             web: WebFront::new(config.ws_ping.filter(|_| listeners.web.is_some())),
@@ -175,7 +177,7 @@ impl EventLoop {
             listeners,
             poll,
             signals,
-            observe: Observer::new(config.stats_interval),
+            observe: Observer::new(config.stats_interval, config.history.is_some()),
             config,
             connections: Connections::default(),
             next_token: FIRST_CLIENT,

@@ -70,7 +70,7 @@ pub fn load(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     let key = PrivateKeyDer::from_pem_file(&settings.key).map_err(|e| TlsError::File {
         what: "--tls-key",
         path: settings.key.clone(),
-        why: pem_error(&e),
+        why: key_error(&settings.key, &e),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -121,6 +121,22 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
         return Err(file_error("no PEM certificate in it".into()));
     }
     Ok(certs)
+}
+
+/// Why a key file gave no key, in words: an encrypted key is named as such (the server
+/// cannot ask for its passphrase), with the command that decrypts it.
+fn key_error(path: &Path, error: &rustls::pki_types::pem::Error) -> String {
+    let encrypted =
+        std::fs::read(path).is_ok_and(|pem| memchr::memmem::find(&pem, b"ENCRYPTED").is_some());
+    match error {
+        rustls::pki_types::pem::Error::NoItemsFound if encrypted => format!(
+            "the key is encrypted (a passphrase cannot be given to a server): write it \
+             unencrypted with `openssl pkey -in {0} -out {0}.plain` (or make keys with \
+             -nodes / -noenc)",
+            path.display()
+        ),
+        other => pem_error(other),
+    }
 }
 
 /// A PEM error in words (an unreadable file says why, as the OS does).
@@ -199,10 +215,7 @@ impl<K> Handshake<K> {
                     Err(e) => HandshakeStep::Failed(format!("lost after its handshake: {e}")),
                 }
             }
-            Err(e) => HandshakeStep::Failed(match e.kind() {
-                io::ErrorKind::UnexpectedEof => "closed before the handshake ended".into(),
-                _ => e.to_string(),
-            }),
+            Err(e) => HandshakeStep::Failed(handshake_failure(&e)),
         }
     }
 
@@ -215,6 +228,29 @@ impl<K> Handshake<K> {
     /// Removes the socket from the poller (it closes when the handshake is dropped).
     pub fn deregister(&mut self, registry: &Registry) {
         let _ = registry.deregister(self.transport.tcp_mut());
+    }
+}
+
+/// Why a handshake failed, in words an operator can act on: the common mistakes (a
+/// plaintext client on the TLS port, a client certificate that is X.509 v1) said plainly,
+/// anything else as rustls says it.
+fn handshake_failure(error: &io::Error) -> String {
+    if error.kind() == io::ErrorKind::UnexpectedEof {
+        return "closed before the handshake ended".into();
+    }
+    let rustls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+            "a plaintext client on the TLS port (it did not begin with a TLS handshake)".into()
+        }
+        Some(e) if e.to_string().contains("UnsupportedCertVersion") => {
+            "its client certificate is X.509 v1 (made with a plain `openssl x509 -req`?): \
+             issue a v3 one (see the mutual TLS recipe in docs/operations.md)"
+                .into()
+        }
+        _ => error.to_string(),
     }
 }
 

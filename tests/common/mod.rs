@@ -103,7 +103,9 @@ impl Server {
         };
         // "] listening on": not the web listener's "http listening on" line.
         let line = server.wait_for_log("] listening on ");
-        let addr = line.rsplit("listening on ").next().unwrap().trim();
+        // "listening on ADDR", or "listening on ADDR (TLS)".
+        let addr = line.rsplit("listening on ").next().unwrap();
+        let addr = addr.split_whitespace().next().unwrap_or_default();
         server.addr = addr.parse().expect("listening line ends in an address");
         server
     }
@@ -113,7 +115,7 @@ impl Server {
         self.wait_for_log("http listening on ")
             .rsplit("http listening on ")
             .next()
-            .and_then(|addr| addr.trim().parse().ok())
+            .and_then(|addr| addr.split_whitespace().next()?.parse().ok())
             .expect("an address in the http listening line")
     }
 

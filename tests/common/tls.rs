@@ -74,6 +74,31 @@ impl Pki {
     }
 }
 
+/// A client configuration that trusts the CA in `ca` (a PEM file), presenting `identity`
+/// (certificate, key files) if given.
+pub fn client_config_from(
+    ca: &Path,
+    identity: Option<&(PathBuf, PathBuf)>,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(ca) {
+        roots.add(cert).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(read_certs(cert), PrivateKeyDer::from_pem_file(key).unwrap())
+            .unwrap(),
+    };
+    Arc::new(config)
+}
+
 /// A server speaking TLS with a certificate from `pki`, plus `extra` flags; with the
 /// certificate and key files it was given.
 pub fn tls_server(pki: &Pki, extra: &[&str]) -> (super::Server, (PathBuf, PathBuf)) {

@@ -99,7 +99,7 @@ fn wait_for_http(log: &std::path::Path) -> Result<SocketAddr, String> {
         let listening = text
             .lines()
             .find_map(|l| l.split_once(HTTP_LISTENING))
-            .map(|(_, addr)| addr.trim());
+            .map(|(_, addr)| addr.split_whitespace().next().unwrap_or_default());
         if let Some(addr) = listening {
             return addr
                 .parse()
