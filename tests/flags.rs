@@ -215,4 +215,10 @@ fn allow_and_deny_take_comma_separated_ranges() {
     let (code, _, stderr) = Server::run_to_exit(&["--allow", "10.0.0.0/8,10.0.0.0/33"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.starts_with("error: invalid --allow: "), "{stderr}");
+    let (code, _, stderr) = Server::run_to_exit(&["--deny", "10.0.0.0/8,"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr,
+        "error: invalid --deny: an empty range (a stray comma?)\n"
+    );
 }

@@ -263,8 +263,12 @@ impl Config {
             texts
                 .iter()
                 .flat_map(|text| text.split(','))
-                .map(|text| {
-                    Cidr::parse(text.trim()).map_err(|why| ConfigError::BadValue { flag, why })
+                .map(|text| match text.trim() {
+                    "" => Err(ConfigError::BadValue {
+                        flag,
+                        why: "an empty range (a stray comma?)".to_string(),
+                    }),
+                    range => Cidr::parse(range).map_err(|why| ConfigError::BadValue { flag, why }),
                 })
                 .collect::<Result<Vec<Cidr>, ConfigError>>()
         };
