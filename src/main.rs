@@ -113,12 +113,14 @@ struct Args {
     )]
     ws_ping_interval: Duration,
 
-    /// Accept clients only from this address range (repeatable, or several separated by commas; CIDR like 10.0.0.0/8 or
-    /// 2001:db8::/32, or a bare address); others are closed at once
+    /// Accept clients only from this address range (repeatable, or several separated by
+    /// commas; CIDR like 10.0.0.0/8 or 2001:db8::/32, or a bare address); others are closed
+    /// at once
     #[arg(long, value_name = "CIDR")]
     allow: Vec<String>,
 
-    /// Close clients from this address range at once (repeatable, or several separated by commas; wins over --allow)
+    /// Close clients from this address range at once (repeatable, or several separated by
+    /// commas; wins over --allow)
     #[arg(long, value_name = "CIDR")]
     deny: Vec<String>,
 
