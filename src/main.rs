@@ -250,18 +250,15 @@ fn init_logging(verbose: u8, quiet: u8) {
         1 => LevelFilter::Debug,
         _ => LevelFilter::Trace,
     };
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level);
     // rustls warns about what clients send (an IP address as SNI, say): noise an operator
-    // cannot act on; the handshakes' own failures are logged by us. Its lines show from -v.
-    let rustls = if verbose > 0 {
-        level
-    } else {
-        level.min(LevelFilter::Error)
-    };
-    let logger = env_logger::Builder::new()
-        .filter_level(level)
-        .filter_module("rustls", rustls)
-        .parse_default_env()
-        .build();
+    // cannot act on; the handshakes' own failures are logged by us. Its lines show from -v,
+    // or as RUST_LOG says (which then has the last word alone).
+    if verbose == 0 && std::env::var_os("RUST_LOG").is_none() {
+        builder.filter_module("rustls", level.min(LevelFilter::Error));
+    }
+    let logger = builder.parse_default_env().build();
     let max_level = logger.filter();
     // Every record, ours and our dependencies', is escaped, bounded and (for dependencies)
     // rate-limited on its way to env_logger.

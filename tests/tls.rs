@@ -104,8 +104,8 @@ fn a_plaintext_client_is_closed_and_its_bytes_reach_no_one() {
     ));
     assert!(
         line.ends_with(&format!(
-            "tls: handshake with {} failed: a plaintext client on the TLS port (it did not \
-             begin with a TLS handshake)",
+            "tls: handshake with {} failed: it sent something that is not TLS (a plaintext \
+             client on the TLS port?)",
             plain.local_addr()
         )),
         "{line}"
@@ -246,6 +246,15 @@ fn tls_start_up_errors_are_one_line_and_a_non_zero_exit() {
          -----END ENCRYPTED PRIVATE KEY-----\n",
     )
     .unwrap();
+    // What `openssl ec -aes256` (or `genrsa -aes256 -traditional`) writes.
+    let legacy = pki.dir.join("legacy.key");
+    std::fs::write(
+        &legacy,
+        "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\n\
+         MHcCAQEEIAbc\n-----END EC PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let legacy = legacy.to_str().unwrap().to_string();
     let (cert, key, other_cert, missing, encrypted) = (
         cert.to_str().unwrap().to_string(),
         key.to_str().unwrap().to_string(),
@@ -253,7 +262,7 @@ fn tls_start_up_errors_are_one_line_and_a_non_zero_exit() {
         missing.to_str().unwrap().to_string(),
         encrypted.to_str().unwrap().to_string(),
     );
-    let cases: [(Vec<&str>, String); 6] = [
+    let cases: [(Vec<&str>, String); 7] = [
         (
             vec!["--tls-cert", &missing, "--tls-key", &key],
             format!("error: cannot use --tls-cert '{missing}': No such file or directory"),
@@ -275,7 +284,15 @@ fn tls_start_up_errors_are_one_line_and_a_non_zero_exit() {
             format!(
                 "error: cannot use --tls-key '{encrypted}': the key is encrypted (a passphrase \
                  cannot be given to a server): write it unencrypted with `openssl pkey -in \
-                 {encrypted} -out {encrypted}.plain` (or make keys with -nodes / -noenc)\n"
+                 '{encrypted}' -out '{encrypted}'.plain` (or make keys with -nodes / -noenc)\n"
+            ),
+        ),
+        (
+            vec!["--tls-cert", &cert, "--tls-key", &legacy],
+            format!(
+                "error: cannot use --tls-key '{legacy}': the key is encrypted (a passphrase \
+                 cannot be given to a server): write it unencrypted with `openssl pkey -in \
+                 '{legacy}' -out '{legacy}'.plain` (or make keys with -nodes / -noenc)\n"
             ),
         ),
         (
@@ -847,4 +864,24 @@ fn the_tls_recipe_in_the_docs_works_as_written() {
     server.wait_for_log("failed: its client certificate is X.509 v1 (made with a plain `openssl x509 -req`?): issue a v3 one (see the mutual TLS recipe in docs/operations.md)");
     a.send(b"still here\n");
     b.expect(b"still here\n");
+}
+
+/// RUST_LOG has the last word on rustls's lines too: asked for, they are there.
+#[test]
+fn rust_log_can_show_rustls_lines_again() {
+    let pki = Pki::new("rust-log");
+    let identity = pki.issue("server", false);
+    let mut command = Server::command(&[
+        "--tls-cert",
+        identity.0.to_str().unwrap(),
+        "--tls-key",
+        identity.1.to_str().unwrap(),
+    ]);
+    command.env("RUST_LOG", "info"); // not naming rustls: the level alone decides
+    let server = Server::start_command(command);
+    let mut client = TcpStream::connect(server.addr()).unwrap();
+    client
+        .write_all(&client_hello_with_sni(b"127.0.0.1"))
+        .unwrap();
+    server.wait_for_log("Illegal SNI extension");
 }

@@ -4,7 +4,7 @@
 //! the event loop only reads it. Every limit is checked here once, so the loop can trust it.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::admission::access::{AccessList, Cidr};
@@ -407,12 +407,17 @@ fn read_nats_key(path: &std::path::Path, subject: &str) -> Result<MessageKey, Co
     Ok(MessageKey::new(secret, subject))
 }
 
-/// Whether two listening addresses would take the same port (the same address, or one of
-/// them every interface's); port 0 picks a free port and never clashes.
+/// Whether two listening addresses would take the same port: the same address (IPv4-mapped
+/// IPv6 spellings as IPv4), or one of them a wildcard that covers the other (`0.0.0.0`
+/// covers IPv4, `[::]` covers both, as Linux binds it by default); port 0 picks a free
+/// port and never clashes.
 fn same_port(a: &SocketAddr, b: &SocketAddr) -> bool {
-    a.port() == b.port()
-        && a.port() != 0
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    let covers = |wide: IpAddr, other: IpAddr| match wide {
+        IpAddr::V6(v6) => v6.is_unspecified(),
+        IpAddr::V4(v4) => v4.is_unspecified() && other.is_ipv4(),
+    };
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    a.port() == b.port() && a.port() != 0 && (x == y || covers(x, y) || covers(y, x))
 }
 
 /// Turns `HOST:PORT` into the socket addresses to try, the way `TcpListener::bind` would.

@@ -163,3 +163,19 @@ fn addresses_resolve_or_explain() {
         assert!(err.to_string().contains("invalid --addr"), "{err}");
     }
 }
+
+#[test]
+fn listeners_clash_on_the_same_port_when_one_address_covers_the_other() {
+    let addr = |text: &str| text.parse::<SocketAddr>().unwrap();
+    let clash = |a: &str, b: &str| same_port(&addr(a), &addr(b));
+    assert!(clash("127.0.0.1:8080", "127.0.0.1:8080"));
+    assert!(clash("0.0.0.0:8080", "127.0.0.1:8080"));
+    assert!(clash("[::]:8080", "127.0.0.1:8080"));
+    assert!(clash("[::]:8080", "[::1]:8080"));
+    assert!(clash("[::ffff:127.0.0.1]:8080", "127.0.0.1:8080"));
+    assert!(clash("[::ffff:0.0.0.0]:8080", "127.0.0.1:8080"));
+    assert!(!clash("0.0.0.0:8080", "[::1]:8080"));
+    assert!(!clash("127.0.0.1:8080", "127.0.0.2:8080"));
+    assert!(!clash("127.0.0.1:8080", "127.0.0.1:8081"));
+    assert!(!clash("127.0.0.1:0", "127.0.0.1:0"));
+}

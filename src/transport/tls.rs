@@ -128,15 +128,16 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
 fn key_error(path: &Path, error: &rustls::pki_types::pem::Error) -> String {
     let encrypted =
         std::fs::read(path).is_ok_and(|pem| memchr::memmem::find(&pem, b"ENCRYPTED").is_some());
-    match error {
-        rustls::pki_types::pem::Error::NoItemsFound if encrypted => format!(
+    if encrypted {
+        // PKCS#8 (`BEGIN ENCRYPTED PRIVATE KEY`) or the legacy `Proc-Type: 4,ENCRYPTED`.
+        let quoted = format!("'{}'", path.display().to_string().replace('\'', "'\\''"));
+        return format!(
             "the key is encrypted (a passphrase cannot be given to a server): write it \
-             unencrypted with `openssl pkey -in {0} -out {0}.plain` (or make keys with \
-             -nodes / -noenc)",
-            path.display()
-        ),
-        other => pem_error(other),
+             unencrypted with `openssl pkey -in {quoted} -out {quoted}.plain` (or make keys \
+             with -nodes / -noenc)"
+        );
     }
+    pem_error(error)
 }
 
 /// A PEM error in words (an unreadable file says why, as the OS does).
@@ -243,7 +244,7 @@ fn handshake_failure(error: &io::Error) -> String {
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match rustls_error {
         Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
-            "a plaintext client on the TLS port (it did not begin with a TLS handshake)".into()
+            "it sent something that is not TLS (a plaintext client on the TLS port?)".into()
         }
         Some(e) if e.to_string().contains("UnsupportedCertVersion") => {
             "its client certificate is X.509 v1 (made with a plain `openssl x509 -req`?): \
