@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread;
@@ -796,34 +796,86 @@ fn a_client_that_sends_an_ip_address_as_sni_leaves_no_rustls_warning() {
     assert_eq!(server.log_lines("SNI"), Vec::<String>::new());
 }
 
+/// The lines of the block `<!-- recipe:NAME -->` of docs/operations.md, unindented.
+fn recipe(name: &str) -> Vec<String> {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let block = docs
+        .split_once(&format!("<!-- recipe:{name} -->\n"))
+        .and_then(|(_, rest)| rest.split_once("<!-- end -->"))
+        .map(|(block, _)| block)
+        .unwrap_or_else(|| panic!("a recipe:{name} block in docs/operations.md"));
+    block
+        .lines()
+        .map(|line| line.strip_prefix("    ").unwrap_or(line).to_string())
+        .collect()
+}
+
+/// Runs a documented server line (its `--addr` on a free port instead) and client line
+/// (on that port) in `dir`; the client's line reaches a reader presenting `identity`.
+fn serve_and_send_as_documented(dir: &Path, name: &str, identity: Option<&(PathBuf, PathBuf)>) {
+    let lines = recipe(name);
+    let (server_line, client_line) = (&lines[0], &lines[1]);
+    let args: Vec<&str> = server_line
+        .split_whitespace()
+        .skip(1) // target/release/broadcast-server: the binary under test
+        .map(|arg| {
+            if arg == "127.0.0.1:8443" {
+                "127.0.0.1:0"
+            } else {
+                arg
+            }
+        })
+        .collect();
+    let mut command = Server::command(&args);
+    command.current_dir(dir);
+    let server = Server::start_command(command);
+    server.wait_for_log(&format!("listening on {} (TLS)", server.addr()));
+    let config = common::tls::client_config_from(&dir.join("ca.pem"), identity);
+    let mut reader = connect(&server, &config);
+    let port = server.addr().port().to_string();
+    let client_args: Vec<String> = client_line
+        .split_whitespace()
+        .map(|arg| arg.replace("8443", &port))
+        .collect();
+    let mut client = Command::new(&client_args[0])
+        .args(&client_args[1..])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its stdin stays open (s_client -quiet ignores its end anyway) until it is killed.
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(b"sent as the docs say\n").unwrap();
+    reader.expect(b"sent as the docs say\n");
+    let _ = client.kill();
+    let _ = client.wait();
+}
+
 /// The TLS recipe of docs/operations.md, run as written (openssl), makes files the server
-/// takes at once: a server certificate clients accept for 127.0.0.1, and a client
-/// certificate mutual TLS accepts; the log says the listener speaks TLS. A v1 client
-/// certificate (the usual mistake) is refused, and the log says what it is.
+/// takes at once, and the documented clients work with them as written: ncat against the
+/// server certificate, openssl s_client with the client certificate under mutual TLS; the
+/// log says the listener speaks TLS. A v1 client certificate (the usual mistake) is
+/// refused, and the log says what it is.
 #[test]
 fn the_tls_recipe_in_the_docs_works_as_written() {
     let test = "the_tls_recipe_in_the_docs_works_as_written";
-    if Command::new("openssl").arg("version").output().is_err() {
-        return common::report_skip(test, "openssl is not installed (apt-get install openssl)");
+    for program in ["openssl", "ncat"] {
+        if Command::new(program).arg("--version").output().is_err() {
+            return report_skip(
+                test,
+                &format!("{program} is not installed (apt-get install {program})"),
+            );
+        }
     }
-    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
-        .unwrap();
-    let recipe = docs
-        .split_once("<!-- recipe:tls -->\n")
-        .and_then(|(_, rest)| rest.split_once("<!-- end -->"))
-        .map(|(block, _)| block)
-        .expect("a recipe block in docs/operations.md");
-    let script: String = recipe
-        .lines()
-        .map(|line| line.strip_prefix("    ").unwrap_or(line))
-        .collect::<Vec<_>>()
-        .join("\n");
     let pki = Pki::new("recipe"); // only for its scratch directory
-    let dir = &pki.dir;
+    let dir = pki.dir.clone();
     let run = |script: &str| {
         let out = Command::new("sh")
             .args(["-e", "-c", script])
-            .current_dir(dir)
+            .current_dir(&dir)
             .output()
             .unwrap();
         assert!(
@@ -832,30 +884,26 @@ fn the_tls_recipe_in_the_docs_works_as_written() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    run(&script);
-    let file = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    run(&recipe("tls").join("\n"));
+    serve_and_send_as_documented(&dir, "tls-clients", None);
+    let alice = (dir.join("alice.pem"), dir.join("alice.key"));
+    serve_and_send_as_documented(&dir, "mtls-clients", Some(&alice));
+    // The same client certificate made without -extfile is X.509 v1; rustls will not even
+    // present one, openssl s_client does.
+    run("openssl x509 -req -in alice.csr -CA ca.pem -CAkey ca.key -days 825 -out v1.pem");
+    let ca = dir.join("ca.pem");
+    let files = |name: &str| dir.join(name).to_str().unwrap().to_string();
     let server = Server::start(&[
         "--tls-cert",
-        &file("server.pem"),
+        &files("server.pem"),
         "--tls-key",
-        &file("server.key"),
+        &files("server.key"),
         "--tls-client-ca",
-        &file("ca.pem"),
+        &files("ca.pem"),
     ]);
-    server.wait_for_log(&format!("listening on {} (TLS)", server.addr()));
-    let ca = PathBuf::from(file("ca.pem"));
-    let alice = (
-        PathBuf::from(file("alice.pem")),
-        PathBuf::from(file("alice.key")),
-    );
     let config = common::tls::client_config_from(&ca, Some(&alice));
     let mut a = connect(&server, &config);
     let mut b = connect(&server, &config);
-    a.send(b"made with the recipe\n");
-    b.expect(b"made with the recipe\n");
-    // The same client certificate made without -extfile is X.509 v1.
-    run("openssl x509 -req -in alice.csr -CA ca.pem -CAkey ca.key -days 825 -out v1.pem");
-    // rustls will not even present a v1 certificate: openssl s_client does.
     let port = server.addr().port();
     run(&format!(
         "openssl s_client -connect 127.0.0.1:{port} -CAfile ca.pem -cert v1.pem -key alice.key \

@@ -65,6 +65,9 @@ impl ServerUrl {
             }
             None => (None, rest),
         };
+        if !hostport.is_empty() && hostport.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("a port without a host"));
+        }
         let parsed = host_port::parse(hostport).map_err(|e| match e {
             HostPortError::UnclosedBracket => bad("an unclosed ["),
             HostPortError::PortNotANumber => bad("the port is not a number"),

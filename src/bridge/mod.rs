@@ -277,6 +277,13 @@ mod tests {
         assert!(parse_servers("nats://host:notaport").is_err());
         assert!(parse_servers("nats://a:b@h1:4222,nats://c:d@h2:4222").is_err());
         assert!(parse_servers("nats://a:b@h1:4222,nats://h2:4222").is_ok());
+        // A bare HOST:PORT means nats://; a bare port is a mistake, not host "4222".
+        let (bare, _) = parse_servers("127.0.0.2:4222").unwrap();
+        assert_eq!(bare[0].to_string(), "nats://127.0.0.2:4222");
+        assert_eq!(
+            parse_servers("4222").unwrap_err(),
+            "'4222' is not a NATS URL (a port without a host); try nats://127.0.0.1:4222"
+        );
     }
 
     #[test]

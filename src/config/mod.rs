@@ -162,6 +162,8 @@ pub enum ConfigError {
         addr: String,
         why: String,
     },
+    /// `--http` would take `--addr`'s port.
+    SharedPort { http: String, port: u16 },
     /// A limit that must be positive was zero.
     Zero { flag: &'static str },
     /// `--nats` or `--nats-subject` cannot be used.
@@ -184,6 +186,11 @@ impl fmt::Display for ConfigError {
                 f,
                 "invalid {flag} '{addr}': {why} (expected HOST:PORT, e.g. 127.0.0.1:8080, \
                  localhost:0 or [::1]:8080)"
+            ),
+            ConfigError::SharedPort { http, port } => write!(
+                f,
+                "invalid --http '{http}': --addr listens on port {port} already; give the web \
+                 listener a port of its own"
             ),
             ConfigError::Zero { flag } => write!(f, "{flag} must be at least 1"),
             ConfigError::BadNats { why } => write!(f, "invalid --nats: {why}"),
@@ -238,19 +245,13 @@ impl Config {
             .as_deref()
             .map(|addr| resolve_addr("--http", addr))
             .transpose()?;
-        if let Some(http) = &http
-            && let Some(shared) = http
-                .iter()
-                .find(|web| addrs.iter().any(|a| same_port(a, web)))
+        // Each listener binds the first of its addresses that works: compare those.
+        if let (Some(web), Some(lines)) = (http.as_ref().and_then(|h| h.first()), addrs.first())
+            && same_port(lines, web)
         {
-            return Err(ConfigError::BadAddr {
-                flag: "--http",
-                addr: shared.to_string(),
-                why: format!(
-                    "--addr listens on port {} already; give the web listener a port of its \
-                     own",
-                    shared.port()
-                ),
+            return Err(ConfigError::SharedPort {
+                http: settings.http.clone().unwrap_or_default(),
+                port: web.port(),
             });
         }
         let nats = settings
