@@ -56,21 +56,7 @@ impl Pki {
         &self,
         identity: Option<&(PathBuf, PathBuf)>,
     ) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der()).unwrap();
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-        let config = match identity {
-            None => builder.with_no_client_auth(),
-            Some((cert, key)) => builder
-                .with_client_auth_cert(read_certs(cert), PrivateKeyDer::from_pem_file(key).unwrap())
-                .unwrap(),
-        };
-        Arc::new(config)
+        client_config_from(&self.ca_path(), identity)
     }
 }
 
