@@ -37,10 +37,17 @@ impl Cidr {
                 _ => return Err(bad(&format!("the prefix must be 0 to {max}"))),
             },
         };
-        // An IPv4-mapped range (::ffff:10.0.0.0/104) is the IPv4 range it maps.
+        // An IPv4-mapped range (::ffff:10.0.0.0/104) is the IPv4 range it maps; a shorter
+        // prefix would reach past ::ffff:0:0/96 into IPv6 and back out as "all of IPv4".
         let canonical = addr.to_canonical();
         let prefix = match (addr, canonical) {
-            (IpAddr::V6(_), IpAddr::V4(_)) => prefix.saturating_sub(96),
+            (IpAddr::V6(_), IpAddr::V4(_)) if prefix < 96 => {
+                return Err(bad(
+                    "an IPv4-mapped range needs a prefix of 96 or more; write IPv4 ranges as \
+                     IPv4, e.g. 10.0.0.0/8",
+                ));
+            }
+            (IpAddr::V6(_), IpAddr::V4(_)) => prefix - 96,
             _ => prefix,
         };
         Ok(Cidr {
@@ -207,6 +214,7 @@ mod tests {
         let v6 = Cidr::parse("2001:db8::/32").unwrap();
         assert!(v6.contains(ip("2001:db8:1::5")) && !v6.contains(ip("2001:db9::1")));
         assert!(Cidr::parse("::/0").unwrap().contains(ip("::1")));
+        assert!(Cidr::parse("::ffff:1.2.3.4/64").is_err(), "not all of IPv4");
         let mapped = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
         assert!(mapped.contains(ip("10.9.8.7")) && !mapped.contains(ip("11.0.0.1")));
         for bad in ["10.0.0.0/33", "::1/129", "example.com", "10.0.0.0/x", ""] {
