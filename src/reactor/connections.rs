@@ -117,10 +117,7 @@ impl Connections {
         self.in_stage[stage as usize]
     }
 
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
+    /// Whether no connection is left, in any stage.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
