@@ -161,12 +161,7 @@ impl EventLoop {
         Ok(EventLoop {
             web: WebFront::new(config.ws_ping.filter(|_| listeners.web.is_some())),
             admission: Admission::new(config.max_clients_per_ip, ADMISSION_TIMEOUT),
-            nats: NatsLink {
-                bridge,
-                waiting: false,
-                outgoing: Vec::new(),
-                outgoing_lines: 0,
-            },
+            nats: NatsLink::new(bridge),
             tls: TlsStage::new(tls),
             broadcast: Broadcast::new(
                 Batch::new(config.batch_limit(), config.max_line, config.coalesce),

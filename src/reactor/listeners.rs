@@ -75,6 +75,8 @@ impl Listeners {
 }
 
 /// Binds the first of `addrs` (those of `flag`) that accepts us.
+/// (`Config::new` never gives an empty list; were it empty, that is an error too, not a
+/// panic.)
 fn bind_any(flag: &'static str, addrs: &[SocketAddr]) -> Result<TcpListener, ServerError> {
     let mut last_error = None;
     for &addr in addrs {
@@ -83,7 +85,13 @@ fn bind_any(flag: &'static str, addrs: &[SocketAddr]) -> Result<TcpListener, Ser
             Err(e) => last_error = Some((addr, e)),
         }
     }
-    let (addr, source) = last_error.expect("Config::new guarantees at least one address");
+    let (addr, source) = last_error.unwrap_or_else(|| {
+        let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+        (
+            nowhere,
+            io::Error::new(io::ErrorKind::AddrNotAvailable, "no address to listen on"),
+        )
+    });
     Err(ServerError::Bind { flag, addr, source })
 }
 

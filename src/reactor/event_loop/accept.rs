@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use log::{debug, info, trace, warn};
 use mio::net::TcpStream;
-use mio::{Interest, Token};
+use mio::{Interest, Registry, Token};
 
 use super::{EventLoop, HandOut};
 use crate::admission::access::AddressPlace;
@@ -24,7 +24,7 @@ use crate::reactor::listeners::{Listener, is_per_connection_accept_error};
 use crate::transport::Transport;
 use crate::transport::tls::{Handshake, HandshakeStep};
 use crate::web::front::{Context, Decision};
-use crate::web::requests::{Exchange, Progress};
+use crate::web::requests::{Exchange, Progress, WebRequests};
 use crate::wire::http::{self, Request};
 
 impl EventLoop {
@@ -32,11 +32,7 @@ impl EventLoop {
     pub(super) fn accept_all(&mut self, which: Listener) {
         self.listeners.more_to_accept[which as usize] = false;
         loop {
-            let listener = match which {
-                Listener::Lines => self.listeners.lines.as_ref(),
-                Listener::Web => self.listeners.web.as_ref(),
-            };
-            let Some(listener) = listener else {
+            let Some(listener) = self.listeners.get(which) else {
                 return;
             };
             if self.admission.budget == 0 {
@@ -299,10 +295,21 @@ impl EventLoop {
 
     /// Readiness for a web connection still in its HTTP stage; answers a complete request.
     pub(super) fn on_web_event(&mut self, token: Token) {
+        self.drive_exchange(token, |exchange, shared, registry| {
+            exchange.on_ready(shared, token, registry)
+        });
+    }
+
+    /// Moves the exchange under `token` on by `step`, then acts on what it came to.
+    fn drive_exchange(
+        &mut self,
+        token: Token,
+        step: impl FnOnce(&mut Exchange, &mut WebRequests, &Registry) -> Progress,
+    ) {
         let Some(exchange) = self.connections.exchange_mut(token) else {
             return;
         };
-        let progress = exchange.on_ready(&mut self.web.requests, token, self.poll.registry());
+        let progress = step(exchange, &mut self.web.requests, self.poll.registry());
         self.after_exchange(token, progress);
     }
 
@@ -333,22 +340,16 @@ impl EventLoop {
 
     /// Answers the exchange under `token` with `response`.
     fn answer_exchange(&mut self, token: Token, response: Vec<u8>) {
-        let Some(exchange) = self.connections.exchange_mut(token) else {
-            return;
-        };
-        let registry = self.poll.registry();
-        let progress = exchange.answer(&mut self.web.requests, response, token, registry);
-        self.after_exchange(token, progress);
+        self.drive_exchange(token, |exchange, shared, registry| {
+            exchange.answer(shared, response, token, registry)
+        });
     }
 
     /// Refuses the exchange under `token` with `refusal`.
     fn refuse_exchange(&mut self, token: Token, refusal: &http::Refusal) {
-        let Some(exchange) = self.connections.exchange_mut(token) else {
-            return;
-        };
-        let registry = self.poll.registry();
-        let progress = exchange.refuse(&mut self.web.requests, refusal, token, registry);
-        self.after_exchange(token, progress);
+        self.drive_exchange(token, |exchange, shared, registry| {
+            exchange.refuse(shared, refusal, token, registry)
+        });
     }
 
     /// Carries out what the front door decided for a routed request: an answer, a refusal
@@ -418,9 +419,7 @@ impl EventLoop {
         let mut frames = Vec::new();
         let mut slices = connection.form().history(history, &mut frames);
         hand_out.deliver(token, connection, &mut slices, history.lines());
-        for (token, reason) in std::mem::take(&mut self.turn.doomed) {
-            self.close(token, reason);
-        }
+        self.close_doomed();
     }
 
     /// Retries both listeners when a pause's retry is due; the pause ends if neither

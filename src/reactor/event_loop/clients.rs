@@ -28,9 +28,8 @@ impl EventLoop {
     /// is ignored.
     pub(super) fn on_client_event(&mut self, token: Token, event: &Event) {
         match self.connections.stage_of(token) {
-            Some(Stage::Handshake) => return self.on_handshake_event(token),
-            Some(Stage::Request) => return self.on_web_event(token),
             Some(Stage::Member) => {}
+            Some(stage) => return self.move_on(token, stage),
             None => return trace!("event for closed token {} ignored", token.0),
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -121,13 +120,18 @@ impl EventLoop {
     /// so), those of the stages `now` picks, each once, by its stage.
     pub(super) fn serve_carried(&mut self, carried: &[Token], now: impl Fn(Stage) -> bool) {
         for &token in carried {
-            match self.connections.stage_of(token) {
-                Some(stage) if !now(stage) => {}
-                Some(Stage::Handshake) => self.on_handshake_event(token),
-                Some(Stage::Request) => self.on_web_event(token),
-                Some(Stage::Member) => self.on_readable(token),
-                None => {}
+            if let Some(stage) = self.connections.stage_of(token).filter(|&stage| now(stage)) {
+                self.move_on(token, stage);
             }
+        }
+    }
+
+    /// Moves a connection in `stage` on, as an event would (a member: its read).
+    fn move_on(&mut self, token: Token, stage: Stage) {
+        match stage {
+            Stage::Handshake => self.on_handshake_event(token),
+            Stage::Request => self.on_web_event(token),
+            Stage::Member => self.on_readable(token),
         }
     }
 
@@ -159,6 +163,13 @@ impl EventLoop {
                 token.0
             );
         }
+        self.bid_farewell(token, reason);
+    }
+
+    /// Sends an open client away for `reason`: reset at once if it is behind in frames,
+    /// else its farewell after its queue, and closed once it has them (or at the linger's
+    /// end).
+    fn bid_farewell(&mut self, token: Token, reason: DisconnectReason) {
         if self.reset_if_behind(token, reason) {
             return;
         }
@@ -204,11 +215,7 @@ impl EventLoop {
         // It is being sent away: it keeps no more than its farewell and the rest of the line
         // it is receiving, not a whole queue, now that it no longer counts as a client.
         connection.discard_queued_lines();
-        if self.reset_if_behind(token, reason) {
-            return;
-        }
-        self.begin_drain(token, reason, Instant::now() + REJECT_LINGER);
-        self.on_writable(token);
+        self.bid_farewell(token, reason);
     }
 
     /// Moves an open client to leaving: after its queue and its farewell (an `ERR` line or a
@@ -345,8 +352,6 @@ impl EventLoop {
         for token in pinged {
             self.on_writable(token);
         }
-        for (token, reason) in std::mem::take(&mut self.turn.doomed) {
-            self.close(token, reason);
-        }
+        self.close_doomed();
     }
 }

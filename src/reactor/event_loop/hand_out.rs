@@ -139,6 +139,12 @@ impl EventLoop {
         }
         self.broadcast.batch.clear(Instant::now());
         self.broadcast.framed.clear();
+        self.close_doomed();
+    }
+
+    /// Closes the clients a pass over the map found failing (a slow consumer warned about,
+    /// rate-limited), now that the pass is over.
+    pub(super) fn close_doomed(&mut self) {
         for (token, reason) in std::mem::take(&mut self.turn.doomed) {
             if let DisconnectReason::SlowConsumer { queued } = reason
                 && let Some(connection) = self.connections.member(token)

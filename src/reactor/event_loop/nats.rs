@@ -32,6 +32,18 @@ const NATS_BYTES_PER_TURN: usize = READ_BUDGET;
 pub(super) const NATS_FINAL_FLUSH: Duration =
     crate::bridge::FINAL_FLUSH.saturating_add(Duration::from_millis(200));
 
+impl NatsLink {
+    /// The loop's side of `bridge` (`None`: no `--nats`).
+    pub(super) fn new(bridge: Option<Bridge>) -> NatsLink {
+        NatsLink {
+            bridge,
+            waiting: false,
+            outgoing: Vec::new(),
+            outgoing_lines: 0,
+        }
+    }
+}
+
 impl EventLoop {
     /// Copies this hand-out's local lines (not those that came from NATS) into the turn's
     /// buffer for NATS. Call after `Batch::index_senders`.
@@ -97,20 +109,22 @@ impl EventLoop {
                 break;
             };
             taken += message.len();
+            let (mut received, mut dropped) = (0, 0);
             for line in message.split_inclusive(|&b| b == b'\n') {
                 if line.len() > max_line + 1 {
-                    if let Some(bridge) = &self.nats.bridge {
-                        bridge.counters().count_inbound_drop(1);
-                    }
+                    dropped += 1;
                     continue;
                 }
                 if self.broadcast.batch.free_space() < line.len() {
                     self.hand_out();
                 }
                 self.broadcast.batch.append(Sender::Remote, line, 1);
-                if let Some(bridge) = &self.nats.bridge {
-                    bridge.count_received(1);
-                }
+                received += 1;
+            }
+            // Counted once a message, not once a line (the counters are shared atomics).
+            if let Some(bridge) = &self.nats.bridge {
+                bridge.count_received(received);
+                bridge.counters().count_inbound_drop(dropped);
             }
         }
         trace!("nats: took {taken} bytes");
