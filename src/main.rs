@@ -150,6 +150,15 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = config::parse_size)]
     history_bytes: usize,
 
+    /// Many broadcasts in one server: every client is in one room (`main` at first) and
+    /// moves with `/join NAME`; `/rooms` lists them, `//text` sends `/text`
+    #[arg(long)]
+    rooms: bool,
+
+    /// With --rooms: most rooms at once; a join that would create one more gets an ERR line
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_ROOMS, requires = "rooms")]
+    max_rooms: usize,
+
     /// More log output (-v: debug, -vv: trace); RUST_LOG overrides
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
@@ -197,6 +206,8 @@ fn run(args: Args) -> Result<Exit, ServerError> {
         history: args.history,
         history_bytes: args.history_bytes,
         allow_origin: args.allow_origin,
+        rooms: args.rooms,
+        max_rooms: args.max_rooms,
     })?;
     check_descriptor_budget(config.max_clients);
     if config.origins.allows_any() {

@@ -190,6 +190,46 @@ fn two_instances_are_one_broadcast_exactly_once_and_never_back_to_the_sender() {
 }
 
 #[test]
+fn rooms_span_instances_room_by_room_and_an_instance_without_rooms_shares_main() {
+    let Some(nats) = Nats::start("rooms_span_instances") else {
+        return;
+    };
+    let a = instance(&nats.url(), &["--rooms"]);
+    let b = instance(&nats.url(), &["--rooms"]);
+    let plain = instance(&nats.url(), &[]);
+    let (mut a_x, mut a_main) = (a.connect(), a.connect());
+    let (mut b_x, mut b_y, mut b_main) = (b.connect(), b.connect(), b.connect());
+    let mut p = plain.connect();
+    for (client, room) in [(&mut a_x, "x"), (&mut b_x, "x"), (&mut b_y, "y")] {
+        client.send(format!("/join {room}\n").as_bytes());
+        client.expect(format!("OK joined {room}\n").as_bytes());
+    }
+    wait_until_bridged(&mut a_x, &mut b_x, &mut []);
+    wait_until_bridged(&mut b_x, &mut a_x, &mut []);
+    wait_until_bridged(&mut a_main, &mut b_main, &mut []);
+    wait_until_bridged(&mut a_main, &mut p, &mut [&mut b_main]);
+    wait_until_bridged(&mut p, &mut a_main, &mut [&mut b_main]);
+
+    a_x.send(b"x from a\n");
+    b_x.expect(b"x from a\n");
+    b_y.send(b"y from b\n"); // no room y on a, none on plain: it reaches no one
+    p.send(b"main from plain\n");
+    a_main.expect(b"main from plain\n");
+    b_main.expect(b"main from plain\n");
+    a_main.send(b"main from a\n");
+    b_main.expect(b"main from a\n");
+    p.expect(b"main from a\n");
+    // Markers last in each room: had a line crossed rooms, it would come before them.
+    b_x.send(b"x end\n");
+    a_x.expect(b"x end\n");
+    b_main.send(b"main end\n");
+    a_main.expect(b"main end\n");
+    p.expect(b"main end\n");
+    b_y.send(b"/rooms\n");
+    b_y.expect(b"OK rooms main:1 x:1 y:1\n");
+}
+
+#[test]
 fn ten_thousand_lines_cross_in_order_and_a_60000_byte_line_of_every_byte_crosses_intact() {
     let Some(nats) = Nats::start("ten_thousand_lines_cross_in_order") else {
         return;

@@ -252,6 +252,46 @@ fn the_page_shows_live_lines_as_text_and_sends_what_is_typed() {
     }
 }
 
+#[test]
+fn with_rooms_the_page_is_one_rooms_shows_its_name_and_only_its_lines() {
+    let server = Server::start(&["--rooms", "--http", "127.0.0.1:0"]);
+    let url = format!("http://{}/?room=ops", server.web_addr());
+    let Some(mut browser) = Browser::open("with_rooms_the_page_is_one_rooms", &url) else {
+        return;
+    };
+    let mut in_ops = server.connect();
+    in_ops.send(b"/join ops\n");
+    in_ops.expect(b"OK joined ops\n");
+    let mut in_main = server.connect();
+    server.wait_for_log("websocket client");
+    browser.wait_until("document.getElementById('state').dataset.state === 'open'");
+    assert_eq!(
+        browser.eval("document.getElementById('room').textContent"),
+        json!("#ops")
+    );
+    assert_eq!(
+        browser.eval("document.title"),
+        json!("#ops · broadcast-server")
+    );
+
+    in_main.send(b"for main only\n");
+    in_ops.send(b"for ops\n");
+    let shown = "Array.from(document.querySelectorAll('#lines li'), li => li.textContent)\
+                 .join('\\n')";
+    browser.wait_until(&format!("{shown}.includes('for ops')"));
+    browser.call("Input.insertText", json!({ "text": "typed in ops" }));
+    browser.press("Enter", "Enter", 13, "\r");
+    in_ops.expect(b"typed in ops\n");
+    in_main.send(b"main again\n");
+    in_ops.send(b"ops again\n");
+    browser.wait_until(&format!("{shown}.includes('ops again')"));
+    assert_eq!(
+        browser.eval(shown),
+        json!("for ops\ntyped in ops\nops again"),
+        "the room's lines only"
+    );
+}
+
 /// A one-page web server of another site (another port): every request gets `html`.
 /// Serves until the test ends (its thread answers at most 50 requests).
 fn serve_foreign_page(html: String) -> std::net::SocketAddr {

@@ -56,6 +56,9 @@ struct Peer {
     wire: Wire,
     /// The server it is connected to: an index into the swarm's `servers`.
     side: usize,
+    /// Its room (`--rooms`): an index into the swarm's `rooms`; 0 for every client that
+    /// joined none. A line reaches the readers of its sender's room and side only.
+    room: usize,
     /// Its checks on what it receives.
     receiver: Receiver,
     /// Bytes read over the swarm's lifetime (warm-up waits until each reader has some); for
@@ -335,6 +338,9 @@ pub struct Swarm {
     wire_buffers: WireBuffers,
     /// The servers the clients are connected to, in the order of their first client.
     servers: Vec<SocketAddr>,
+    /// The rooms clients joined (`connect_to_room`), in the order of their first client;
+    /// the first, "", is where every other client is.
+    rooms: Vec<String>,
     /// What the readers of each server received in the current run, by side.
     tallies: Vec<Tally>,
     /// Peers whose last visit stopped at `MAX_READS_PER_VISIT` with data left.
@@ -364,6 +370,7 @@ impl Swarm {
             read_buf: vec![0; READ_BUF_LEN + line_len],
             wire_buffers: WireBuffers::default(),
             servers: Vec::new(),
+            rooms: vec![String::new()],
             tallies: Vec::new(),
             unfinished: Vec::new(),
             ready: Vec::new(),
@@ -379,6 +386,55 @@ impl Swarm {
             let std_stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
                 .map_err(|e| format!("connection {n} failed: {e}"))?;
             self.add_peer(std_stream, role, Wire::Tcp, side)?;
+        }
+        Ok(())
+    }
+
+    /// Connects `count` clients with `role`, each moved to room `room` (`/join`, its `OK`
+    /// read) before it joins the swarm: a server started with `--rooms`.
+    pub fn connect_to_room(
+        &mut self,
+        addr: SocketAddr,
+        role: Role,
+        count: usize,
+        room: &str,
+    ) -> Result<(), String> {
+        let side = self.side_of(addr);
+        let index = match self.rooms.iter().position(|r| r == room) {
+            Some(index) => index,
+            None => {
+                self.rooms.push(room.to_string());
+                self.rooms.len() - 1
+            }
+        };
+        let answer = format!("OK joined {room}\n");
+        for _ in 0..count {
+            let n = self.peers.len() + 1;
+            let fail = |why: String| format!("connection {n} failed: {why}");
+            let mut std_stream =
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                    .map_err(|e| fail(e.to_string()))?;
+            std_stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| fail(e.to_string()))?;
+            std::io::Write::write_all(&mut std_stream, format!("/join {room}\n").as_bytes())
+                .map_err(|e| fail(e.to_string()))?;
+            let mut got = vec![0; answer.len()];
+            std::io::Read::read_exact(&mut std_stream, &mut got)
+                .map_err(|e| fail(format!("no answer to /join: {e}")))?;
+            if got != answer.as_bytes() {
+                return Err(fail(format!(
+                    "/join answered {:?}",
+                    String::from_utf8_lossy(&got)
+                )));
+            }
+            std_stream
+                .set_read_timeout(None)
+                .map_err(|e| fail(e.to_string()))?;
+            self.add_peer(std_stream, role, Wire::Tcp, side)?;
+            if let Some(peer) = self.peers.last_mut() {
+                peer.room = index;
+            }
         }
         Ok(())
     }
@@ -469,6 +525,7 @@ impl Swarm {
             role,
             wire,
             side,
+            room: 0,
             receiver: Receiver::new(sender, &self.sent),
             bytes_in: 0,
             closed_at: None,
@@ -503,16 +560,19 @@ impl Swarm {
         self.peers.len()
     }
 
-    /// Makes sure the server has registered every client: the first sender repeats a line
-    /// until every reader has one; then the swarm waits for quiet and starts counting afresh.
+    /// Makes sure the server has registered every client: the first sender of each room
+    /// repeats a line until every reader has one; then the swarm waits for quiet and starts
+    /// counting afresh.
     pub fn warm_up(&mut self) -> Result<(), String> {
-        let probe = *self.senders.first().ok_or("no sender")?;
+        let probes = self.probes()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut next_probe = Instant::now();
         loop {
             let now = Instant::now();
             if now >= next_probe {
-                self.queue_line(0, wall_ns());
+                for &(id, _) in &probes {
+                    self.queue_line(id, wall_ns());
+                }
                 next_probe = now + Duration::from_millis(50);
             }
             self.flush_senders();
@@ -520,11 +580,11 @@ impl Swarm {
             if let Some(p) = self.peers.iter().find(|p| p.closed_at.is_some()) {
                 return Err(format!("the server closed a {:?} during warm-up", p.role));
             }
-            let everyone = self
-                .peers
-                .iter()
-                .enumerate()
-                .all(|(i, p)| i == probe || p.role == Role::Stuck || p.bytes_in > 0);
+            let everyone = self.peers.iter().enumerate().all(|(i, p)| {
+                probes.iter().any(|&(_, probe)| probe == i)
+                    || p.role == Role::Stuck
+                    || p.bytes_in > 0
+            });
             if everyone {
                 break;
             }
@@ -532,7 +592,7 @@ impl Swarm {
                 return Err("warm-up: not every client received a line in 30 s".into());
             }
         }
-        self.wait_for_the_last_probe(probe)?;
+        self.wait_for_the_last_probes(&probes)?;
         self.tallies.fill_with(Tally::default);
         for peer in &mut self.peers {
             peer.receiver.restart(&self.sent);
@@ -540,18 +600,37 @@ impl Swarm {
         Ok(())
     }
 
-    /// Reads until every reader has the last warm-up line (lines from one sender arrive in
-    /// order, so every earlier one is in too; at most 30 s): a warm-up line still on its way
-    /// (a NATS hop on a busy machine can take longer than any quiet spell) would count as a
-    /// duplicate in the measured run.
-    fn wait_for_the_last_probe(&mut self, probe: usize) -> Result<(), String> {
+    /// The first sender of each room (its id and its peer index): the warm-up's probes.
+    fn probes(&self) -> Result<Vec<(u32, usize)>, String> {
+        let mut probes: Vec<(u32, usize)> = Vec::new();
+        for (id, &peer) in self.senders.iter().enumerate() {
+            let room = self.peers[peer].room;
+            if !probes.iter().any(|&(_, p)| self.peers[p].room == room) {
+                probes.push((id as u32, peer));
+            }
+        }
+        if probes.is_empty() {
+            return Err("no sender".into());
+        }
+        Ok(probes)
+    }
+
+    /// Reads until every reader has the last warm-up line of its room's probe (lines from
+    /// one sender arrive in order, so every earlier one is in too; at most 30 s): a warm-up
+    /// line still on its way (a NATS hop on a busy machine can take longer than any quiet
+    /// spell) would count as a duplicate in the measured run.
+    fn wait_for_the_last_probes(&mut self, probes: &[(u32, usize)]) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let last = self.sent[0];
         loop {
-            let everyone =
+            let everyone = probes.iter().all(|&(id, probe)| {
+                let (room, last) = (self.peers[probe].room, self.sent[id as usize]);
                 self.peers.iter().enumerate().all(|(i, p)| {
-                    i == probe || p.role == Role::Stuck || p.receiver.expects(0) >= last
-                });
+                    i == probe
+                        || p.room != room
+                        || p.role == Role::Stuck
+                        || p.receiver.expects(id) >= last
+                })
+            });
             if everyone {
                 return Ok(());
             }
@@ -631,7 +710,8 @@ impl Swarm {
         let counted_span = tally.last_arrival.map_or(send_phase, |t| t - start);
         Outcome {
             load,
-            recipients: self.readers().saturating_sub(1),
+            // Deliveries owed per line: its room's readers but its sender.
+            recipients: end.expected / self.lines_since(&sent_before).max(1),
             expected: end.expected,
             tally,
             sides,
@@ -895,24 +975,30 @@ impl Swarm {
         false
     }
 
-    /// Clients that read (all but the stuck ones).
-    fn readers(&self) -> u64 {
-        self.peers.iter().filter(|p| p.role != Role::Stuck).count() as u64
+    /// Lines every sender wrote since `before`.
+    fn lines_since(&self, before: &[u32]) -> u64 {
+        self.sent
+            .iter()
+            .zip(before)
+            .map(|(&now, &then)| u64::from(now - then))
+            .sum()
     }
 
     /// Deliveries owed for the lines written since `before`, by server side: each line once
-    /// to every other client that reads.
+    /// to every other client of its sender's room that reads.
     fn expected_since(&self, before: &[u32]) -> Vec<u64> {
-        let mut readers = vec![0u64; self.servers.len()];
+        let rooms = self.rooms.len();
+        let mut readers = vec![0u64; self.servers.len() * rooms];
         for peer in self.peers.iter().filter(|p| p.role != Role::Stuck) {
-            readers[peer.side] += 1;
+            readers[peer.side * rooms + peer.room] += 1;
         }
         let mut owed = vec![0u64; self.servers.len()];
         for (id, (&now, &then)) in self.sent.iter().zip(before).enumerate() {
             let lines = u64::from(now - then);
-            let own_side = self.peers[self.senders[id]].side;
+            let sender = &self.peers[self.senders[id]];
             for (side, owed) in owed.iter_mut().enumerate() {
-                let others = readers[side].saturating_sub(u64::from(side == own_side));
+                let others = readers[side * rooms + sender.room]
+                    .saturating_sub(u64::from(side == sender.side));
                 *owed += lines * others;
             }
         }

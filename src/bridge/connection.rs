@@ -115,21 +115,21 @@ pub struct Connection {
     /// What the server said of itself (its max payload, the cluster's other servers).
     pub info: ServerInfo,
     /// Messages that came before the introduction was answered, and how many more did.
-    pub early: Vec<bytes::Bytes>,
+    pub early: Vec<(String, bytes::Bytes)>,
     pub dropped_early: usize,
 }
 
 impl Connection {
-    /// Connects to `server`, introduces itself and subscribes to `subject`; done once the
+    /// Connects to `server`, introduces itself and subscribes to `subjects`; done once the
     /// server answered the introduction's `PING`. A `-ERR` (bad credentials) is an error.
     pub async fn open(
         server: &ServerUrl,
         credentials: Option<&Credentials>,
-        subject: &str,
+        subjects: &[String],
     ) -> io::Result<Connection> {
         tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Connection::introduce(server, credentials, subject),
+            Connection::introduce(server, credentials, subjects),
         )
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer within 2 s"))?
@@ -138,7 +138,7 @@ impl Connection {
     async fn introduce(
         server: &ServerUrl,
         credentials: Option<&Credentials>,
-        subject: &str,
+        subjects: &[String],
     ) -> io::Result<Connection> {
         let tcp = TcpStream::connect((server.host.as_str(), server.port)).await?;
         tcp.set_nodelay(true)?;
@@ -170,7 +170,7 @@ impl Connection {
             tls_required: tls,
         };
         stream
-            .write_all(&protocol::connect_and_subscribe(&connect, subject))
+            .write_all(&protocol::connect_and_subscribe(&connect, subjects))
             .await?;
         let mut early = Vec::new();
         let mut dropped_early = 0;
@@ -178,8 +178,10 @@ impl Connection {
             match read_op(&mut stream, &mut input).await? {
                 ServerOp::Pong => break,
                 // Messages between our SUB and the PONG: kept (a few) for the caller.
-                ServerOp::Msg(payload) if early.len() < MAX_EARLY => early.push(payload),
-                ServerOp::Msg(_) => dropped_early += 1,
+                ServerOp::Msg { subject, payload } if early.len() < MAX_EARLY => {
+                    early.push((subject, payload))
+                }
+                ServerOp::Msg { .. } => dropped_early += 1,
                 ServerOp::Err(why) => {
                     return Err(io::Error::new(
                         io::ErrorKind::PermissionDenied,

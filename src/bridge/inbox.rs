@@ -8,6 +8,21 @@ use std::sync::mpsc;
 
 use bytes::Bytes;
 
+/// Lines from NATS for one room: `None` is the subject itself (room `main`, or the one
+/// broadcast without `--rooms`), `Some(NAME)` its `SUBJECT.NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    pub room: Option<Box<str>>,
+    pub lines: Bytes,
+}
+
+impl Inbound {
+    /// Lines for the subject itself.
+    pub fn main(lines: Bytes) -> Inbound {
+        Inbound { room: None, lines }
+    }
+}
+
 /// Messages waiting for the loop; past this they are refused.
 const CAPACITY: usize = 32;
 /// Bytes waiting for the loop; past this messages are refused (one larger message still
@@ -27,14 +42,14 @@ pub fn inbox() -> (InboxSender, InboxReceiver) {
 
 /// The bridge thread's end.
 pub struct InboxSender {
-    tx: mpsc::SyncSender<Bytes>,
+    tx: mpsc::SyncSender<Inbound>,
     waiting: Arc<AtomicUsize>,
 }
 
 impl InboxSender {
     /// Queues `lines` if there is room for them; false if they were refused.
-    pub fn try_send(&self, lines: Bytes) -> bool {
-        let size = lines.len();
+    pub fn try_send(&self, lines: Inbound) -> bool {
+        let size = lines.lines.len();
         // Counted before it is sent (the loop may take it at once), given back if refused.
         let before = self.waiting.fetch_add(size, Ordering::Relaxed);
         let fits = before == 0 || before + size <= BYTES;
@@ -48,15 +63,15 @@ impl InboxSender {
 
 /// The loop's end.
 pub struct InboxReceiver {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Inbound>,
     waiting: Arc<AtomicUsize>,
 }
 
 impl InboxReceiver {
     /// The next message waiting, if any.
-    pub fn try_recv(&self) -> Option<Bytes> {
+    pub fn try_recv(&self) -> Option<Inbound> {
         let lines = self.rx.try_recv().ok()?;
-        self.waiting.fetch_sub(lines.len(), Ordering::Relaxed);
+        self.waiting.fetch_sub(lines.lines.len(), Ordering::Relaxed);
         Some(lines)
     }
 }
@@ -69,29 +84,32 @@ mod tests {
     fn the_queue_is_bounded_in_bytes_but_a_large_message_fits_an_empty_one() {
         let (tx, rx) = inbox();
         let half = Bytes::from(vec![b'\n'; BYTES / 2]);
-        assert!(tx.try_send(half.clone()));
-        assert!(tx.try_send(half.clone()));
-        assert!(!tx.try_send(Bytes::from_static(b"x\n")), "full by bytes");
-        assert_eq!(rx.try_recv().map(|m| m.len()), Some(BYTES / 2));
-        assert!(tx.try_send(Bytes::from_static(b"x\n")));
+        assert!(tx.try_send(Inbound::main(half.clone())));
+        assert!(tx.try_send(Inbound::main(half.clone())));
+        assert!(
+            !tx.try_send(Inbound::main(Bytes::from_static(b"x\n"))),
+            "full by bytes"
+        );
+        assert_eq!(rx.try_recv().map(|m| m.lines.len()), Some(BYTES / 2));
+        assert!(tx.try_send(Inbound::main(Bytes::from_static(b"x\n"))));
         while rx.try_recv().is_some() {}
         assert!(
-            tx.try_send(Bytes::from(vec![b'\n'; BYTES * 2])),
+            tx.try_send(Inbound::main(Bytes::from(vec![b'\n'; BYTES * 2]))),
             "alone, it fits"
         );
-        assert!(!tx.try_send(Bytes::from_static(b"x\n")));
+        assert!(!tx.try_send(Inbound::main(Bytes::from_static(b"x\n"))));
     }
 
     #[test]
     fn the_queue_is_bounded_in_messages() {
         let (tx, rx) = inbox();
         for _ in 0..CAPACITY {
-            assert!(tx.try_send(Bytes::from_static(b"x\n")));
+            assert!(tx.try_send(Inbound::main(Bytes::from_static(b"x\n"))));
         }
-        assert!(!tx.try_send(Bytes::from_static(b"x\n")));
+        assert!(!tx.try_send(Inbound::main(Bytes::from_static(b"x\n"))));
         assert!(rx.try_recv().is_some());
         assert!(
-            tx.try_send(Bytes::from_static(b"x\n")),
+            tx.try_send(Inbound::main(Bytes::from_static(b"x\n"))),
             "and a refusal gave its bytes back"
         );
     }

@@ -14,14 +14,14 @@ use tokio::sync::mpsc;
 
 use super::connection::{self, Connection, ServerUrl};
 use super::envelope::{self, Opened, Sequences, Verdict};
-use super::inbox::InboxSender;
+use super::inbox::{Inbound, InboxSender};
 use super::outgoing::Outgoing;
 use super::protocol::{self, ServerOp};
 
 use crate::observe::log_limit::RateLimit;
 use crate::observe::logger;
 
-use super::{BridgeCounters, BridgeSettings, FINAL_FLUSH, count_lines};
+use super::{BridgeCounters, BridgeSettings, FINAL_FLUSH, Outbound, count_lines};
 
 /// Most bytes of messages not yet taken by the socket. What is there when NATS stalls still
 /// goes out after it recovers, late: small, so that little can; past it, lines are dropped
@@ -130,7 +130,7 @@ impl Link {
 
     /// Connects (retrying for ever, server after server, backing off), and moves lines both
     /// ways until the loop drops its handle.
-    pub(super) async fn run(mut self, mut outbound: mpsc::Receiver<Bytes>) {
+    pub(super) async fn run(mut self, mut outbound: mpsc::Receiver<Outbound>) {
         info!(
             "nats: bridging subject {} through {} as instance {:016x}{} (connecting)",
             self.settings.subject,
@@ -151,14 +151,12 @@ impl Link {
         }
         // Failed attempts in this round of the servers, and rounds failed in a row.
         let (mut failed, mut rounds) = (0usize, 0u32);
+        let subscriptions = self.settings.subscriptions();
         loop {
             let server = self.servers[self.next_server % self.servers.len()].clone();
             self.next_server = (self.next_server + 1) % self.servers.len();
-            let open = Connection::open(
-                &server,
-                self.settings.credentials.as_ref(),
-                &self.settings.subject,
-            );
+            let open =
+                Connection::open(&server, self.settings.credentials.as_ref(), &subscriptions);
             let Some(opened) = self.while_offline(open, &mut outbound).await else {
                 return;
             };
@@ -204,7 +202,7 @@ impl Link {
     async fn while_offline<F: Future>(
         &self,
         future: F,
-        outbound: &mut mpsc::Receiver<Bytes>,
+        outbound: &mut mpsc::Receiver<Outbound>,
     ) -> Option<F::Output> {
         tokio::pin!(future);
         loop {
@@ -212,7 +210,8 @@ impl Link {
                 output = &mut future => return Some(output),
                 batch = outbound.recv() => match batch {
                     Some(batch) => {
-                        BridgeCounters::add(&self.counters.dropped_offline, count_lines(&batch));
+                        let lines = batch.iter().map(|(_, lines)| count_lines(lines)).sum();
+                        BridgeCounters::add(&self.counters.dropped_offline, lines);
                     }
                     None => return None,
                 },
@@ -280,10 +279,10 @@ impl Link {
     async fn serve(
         &mut self,
         mut connection: Connection,
-        outbound: &mut mpsc::Receiver<Bytes>,
+        outbound: &mut mpsc::Receiver<Outbound>,
     ) -> Ended {
-        for payload in std::mem::take(&mut connection.early) {
-            self.deliver(payload);
+        for (subject, payload) in std::mem::take(&mut connection.early) {
+            self.deliver(&subject, payload);
         }
         let mut out = Outgoing::default();
         let end = self
@@ -313,7 +312,7 @@ impl Link {
         &mut self,
         connection: &mut Connection,
         out: &mut Outgoing,
-        outbound: &mut mpsc::Receiver<Bytes>,
+        outbound: &mut mpsc::Receiver<Outbound>,
     ) -> Ended {
         let start = tokio::time::Instant::now() + PING_INTERVAL;
         let mut ping = tokio::time::interval_at(start, PING_INTERVAL);
@@ -357,7 +356,11 @@ impl Link {
                     }
                 }
                 batch = outbound.recv() => match batch {
-                    Some(batch) => self.publish(batch, out),
+                    Some(batch) => {
+                        for (room, lines) in batch {
+                            self.publish(room.as_deref(), lines, out);
+                        }
+                    }
                     None => return Ended::Done,
                 },
                 _ = ping.tick() => {
@@ -374,7 +377,7 @@ impl Link {
 
     fn on_operation(&mut self, op: ServerOp, out: &mut Outgoing) {
         match op {
-            ServerOp::Msg(payload) => self.deliver(payload),
+            ServerOp::Msg { subject, payload } => self.deliver(&subject, payload),
             ServerOp::Ping => out.push(&[protocol::PONG], 0),
             ServerOp::Pong | ServerOp::Ok => {}
             ServerOp::Info(info) => self.learn(&info),
@@ -409,7 +412,7 @@ impl Link {
     /// Queues a batch of local lines, split at line ends into messages within NATS's max
     /// payload, each with its envelope and its own sequence number. Past [`OUT_LIMIT`] not
     /// yet taken by the socket (NATS stalled) lines are dropped, not queued.
-    fn publish(&mut self, batch: Bytes, out: &mut Outgoing) {
+    fn publish(&mut self, room: Option<&str>, batch: Bytes, out: &mut Outgoing) {
         let limit = self
             .max_payload
             .saturating_sub(envelope::MAX_ENVELOPE)
@@ -442,15 +445,20 @@ impl Link {
             envelope::seal_into(&mut self.scratch, origin, sequence, now_ms, key, &chunk);
             let head = self.scratch.len();
             let len = head + chunk.len();
-            protocol::publish_line_into(&mut self.scratch, &self.settings.subject, len);
+            let subject = self.settings.subject_for(room);
+            protocol::publish_line_into(&mut self.scratch, &subject, len);
             let (envelope, pub_line) = self.scratch.split_at(head);
             out.push(&[pub_line, envelope, &chunk, b"\r\n"], n);
         }
     }
 
     /// Passes a message from another instance (or a plain publisher, without a key) to the
-    /// loop, its envelope checked and taken off.
-    fn deliver(&mut self, payload: Bytes) {
+    /// loop, its envelope checked and taken off, with the room its subject names.
+    fn deliver(&mut self, subject: &str, payload: Bytes) {
+        let Ok(room) = self.settings.room_of(subject) else {
+            // A subject matched by `SUBJECT.*` that names no room: nothing to deliver it to.
+            return self.counters.count_inbound_drop(1);
+        };
         let lines = match envelope::open(&payload, self.settings.key.as_ref()) {
             Opened::Forged => {
                 return self.drop_forged("no valid envelope");
@@ -486,7 +494,11 @@ impl Link {
         let n = count_lines(lines);
         // A copy, not a slice: a slice would keep the whole read buffer it came from alive
         // (up to a 64 MiB message's), and the inbox's byte bound would not be what it holds.
-        if !self.inbound.try_send(Bytes::copy_from_slice(lines)) {
+        let message = Inbound {
+            room,
+            lines: Bytes::copy_from_slice(lines),
+        };
+        if !self.inbound.try_send(message) {
             return BridgeCounters::add(&self.counters.dropped_inbound, n);
         }
         // `received` is counted by the loop, as the lines reach the batch.

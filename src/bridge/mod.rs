@@ -34,8 +34,11 @@ use bytes::Bytes;
 use log::warn;
 use tokio::sync::mpsc;
 
+use crate::broadcast::rooms;
+use crate::wire::commands;
 pub use connection::{Credentials, ServerUrl};
 use envelope::MessageKey;
+pub use inbox::Inbound;
 use inbox::InboxReceiver;
 use link::Link;
 
@@ -55,7 +58,52 @@ pub struct BridgeSettings {
     pub subject: String,
     /// The shared key (`--nats-key`) that authenticates every message, if any.
     pub key: Option<MessageKey>,
+    /// `--rooms`: room NAME is published on `SUBJECT.NAME` (room `main` on `SUBJECT`
+    /// itself), and both are subscribed to.
+    pub rooms: bool,
 }
+
+impl BridgeSettings {
+    /// What the bridge subscribes to: the subject, and with `--rooms` every room's.
+    pub fn subscriptions(&self) -> Vec<String> {
+        let mut subjects = vec![self.subject.clone()];
+        if self.rooms {
+            subjects.push(format!("{}.*", self.subject));
+        }
+        subjects
+    }
+
+    /// The subject room `room`'s lines go out on (`None`: the one broadcast).
+    pub fn subject_for(&self, room: Option<&str>) -> std::borrow::Cow<'_, str> {
+        match room {
+            None | Some(rooms::MAIN) => self.subject.as_str().into(),
+            Some(name) => format!("{}.{name}", self.subject).into(),
+        }
+    }
+
+    /// The room a message on `subject` is for: `None` for the subject itself, a room's
+    /// name for `SUBJECT.NAME` (with `--rooms`); `Err` for any other subject.
+    pub fn room_of(&self, subject: &str) -> Result<Option<Box<str>>, NotARoom> {
+        if subject == self.subject {
+            return Ok(None);
+        }
+        let name = subject
+            .strip_prefix(self.subject.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .filter(|_| self.rooms)
+            .and_then(|name| commands::room_name(name.as_bytes()))
+            .ok_or(NotARoom)?;
+        Ok(Some(name.into()))
+    }
+}
+
+/// A subject that names no room of ours (see [`BridgeSettings::room_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotARoom;
+
+/// Local lines for NATS, by room (see [`BridgeSettings::subject_for`]), handed over once
+/// a turn.
+pub type Outbound = Vec<(Option<Box<str>>, Bytes)>;
 
 /// Parses `--nats`: comma-separated `nats://[user:pass@|token@]host:port` URLs.
 pub fn parse_servers(text: &str) -> Result<(Vec<ServerUrl>, Option<Credentials>), String> {
@@ -144,7 +192,7 @@ impl BridgeCounters {
 
 /// The loop's handle on the bridge thread.
 pub struct Bridge {
-    outbox: mpsc::Sender<Bytes>,
+    outbox: mpsc::Sender<Outbound>,
     inbox: InboxReceiver,
     counters: Arc<BridgeCounters>,
     /// Says when the bridge thread has handed its last lines to NATS and ended.
@@ -152,7 +200,7 @@ pub struct Bridge {
     /// Set once the bridge thread is found gone (said once).
     gone: std::cell::Cell<bool>,
     /// The rest of a message the loop took only part of (its budget ran out).
-    carry: Option<Bytes>,
+    carry: Option<Inbound>,
 }
 
 impl Bridge {
@@ -189,8 +237,8 @@ impl Bridge {
 
     /// Hands local lines (`lines` of them, whole) to the bridge: one non-blocking send,
     /// never a wait. A full queue drops them for NATS only (counted).
-    pub fn publish(&self, batch: Vec<u8>, lines: usize) {
-        match self.outbox.try_send(Bytes::from(batch)) {
+    pub fn publish(&self, batch: Outbound, lines: usize) {
+        match self.outbox.try_send(batch) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 BridgeCounters::add(&self.counters.dropped_backlog, lines);
@@ -217,7 +265,8 @@ impl Bridge {
             .into_iter()
             .chain(std::iter::from_fn(|| self.inbox.try_recv()));
         for message in waiting {
-            self.counters.count_inbound_drop(count_lines(&message));
+            self.counters
+                .count_inbound_drop(count_lines(&message.lines));
         }
         self.counters
     }
@@ -229,11 +278,17 @@ impl Bridge {
 
     /// Whole lines from other instances, at most about `budget` bytes (a single longer line
     /// comes whole), if any are waiting; the rest of a message waits for the next call.
-    pub fn take_lines(&mut self, budget: usize) -> Option<Bytes> {
+    pub fn take_lines(&mut self, budget: usize) -> Option<Inbound> {
         let message = self.carry.take().or_else(|| self.inbox.try_recv())?;
-        let (now, rest) = split_within(message, budget);
-        self.carry = rest;
-        Some(now)
+        let (now, rest) = split_within(message.lines, budget);
+        self.carry = rest.map(|lines| Inbound {
+            room: message.room.clone(),
+            lines,
+        });
+        Some(Inbound {
+            room: message.room,
+            lines: now,
+        })
     }
 
     pub fn counters(&self) -> &BridgeCounters {
@@ -287,6 +342,41 @@ mod tests {
     }
 
     #[test]
+    fn rooms_map_to_subjects_and_back() {
+        let mut settings = BridgeSettings {
+            servers: Vec::new(),
+            credentials: None,
+            subject: "chat.prod".into(),
+            key: None,
+            rooms: false,
+        };
+        assert_eq!(settings.subscriptions(), ["chat.prod"]);
+        assert_eq!(settings.room_of("chat.prod"), Ok(None));
+        assert_eq!(
+            settings.room_of("chat.prod.x"),
+            Err(NotARoom),
+            "no rooms, no room subjects"
+        );
+        settings.rooms = true;
+        assert_eq!(settings.subscriptions(), ["chat.prod", "chat.prod.*"]);
+        assert_eq!(settings.subject_for(None), "chat.prod");
+        assert_eq!(
+            settings.subject_for(Some("main")),
+            "chat.prod",
+            "main is the subject"
+        );
+        assert_eq!(settings.subject_for(Some("ops-1")), "chat.prod.ops-1");
+        assert_eq!(
+            settings.room_of("chat.prod.ops-1"),
+            Ok(Some("ops-1".into()))
+        );
+        assert_eq!(settings.room_of("chat.prod.bad!"), Err(NotARoom));
+        assert_eq!(settings.room_of("chat.production"), Err(NotARoom));
+        assert_eq!(settings.room_of("chat.prod."), Err(NotARoom));
+        assert_eq!(settings.room_of("other"), Err(NotARoom));
+    }
+
+    #[test]
     fn a_stopped_bridge_thread_leaves_lines_local_counted_offline_and_is_said_once() {
         // The thread's end of the outbox is gone, as after a panic on the bridge thread.
         let (outbox, outbound) = mpsc::channel(OUTBOX_CAPACITY);
@@ -301,9 +391,9 @@ mod tests {
             gone: std::cell::Cell::new(false),
             carry: None,
         };
-        bridge.publish(b"a\nb\n".to_vec(), 2);
+        bridge.publish(vec![(None, Bytes::from_static(b"a\nb\n"))], 2);
         assert!(bridge.gone.get(), "the stop is noticed (and said)");
-        bridge.publish(b"c\n".to_vec(), 1);
+        bridge.publish(vec![(Some("x".into()), Bytes::from_static(b"c\n"))], 1);
         let offline = bridge.counters().dropped_offline.load(Ordering::Relaxed);
         assert_eq!(offline, 3);
     }

@@ -8,6 +8,7 @@
 //! should a server send one. Every length is bounded before anything is buffered.
 
 use std::fmt;
+use std::fmt::Write as _;
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -23,8 +24,12 @@ pub const MAX_PAYLOAD_CEILING: usize = 64 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerOp {
     Info(ServerInfo),
-    /// A message on our subscription: only its payload matters here.
-    Msg(Bytes),
+    /// A message on one of our subscriptions: its subject (which names the room, with
+    /// `--rooms`) and its payload.
+    Msg {
+        subject: String,
+        payload: Bytes,
+    },
     Ping,
     Pong,
     Ok,
@@ -106,6 +111,11 @@ pub fn decode(buf: &mut BytesMut, max_payload: usize) -> Result<Option<ServerOp>
         _ => return Err(ProtocolError::Malformed("operation")),
     };
     let (header_len, total_len) = message_lengths(args, with_headers)?;
+    let subject = args
+        .split(|&b| b == b' ' || b == b'\t')
+        .find(|field| !field.is_empty())
+        .map(|field| String::from_utf8_lossy(field).into_owned())
+        .unwrap_or_default();
     if total_len > max_payload.min(MAX_PAYLOAD_CEILING) {
         return Err(ProtocolError::PayloadTooLarge(total_len));
     }
@@ -121,7 +131,7 @@ pub fn decode(buf: &mut BytesMut, max_payload: usize) -> Result<Option<ServerOp>
     buf.advance(end + 2 + header_len);
     let payload = buf.split_to(total_len - header_len).freeze();
     buf.advance(2);
-    Ok(Some(ServerOp::Msg(payload)))
+    Ok(Some(ServerOp::Msg { subject, payload }))
 }
 
 /// The header and total lengths of `MSG <subject> <sid> [reply] <bytes>` or
@@ -195,8 +205,9 @@ pub struct Connect<'a> {
 }
 
 /// `CONNECT` (no echo of our own messages, no headers: the server strips foreign ones),
-/// then `SUB subject 1`, then a `PING` whose `PONG` says both were accepted.
-pub fn connect_and_subscribe(connect: &Connect<'_>, subject: &str) -> Vec<u8> {
+/// then `SUB subject N` for each of `subjects` (numbered from 1), then a `PING` whose
+/// `PONG` says all were accepted.
+pub fn connect_and_subscribe(connect: &Connect<'_>, subjects: &[String]) -> Vec<u8> {
     let mut options = serde_json::json!({
         "verbose": false,
         "pedantic": false,
@@ -219,7 +230,12 @@ pub fn connect_and_subscribe(connect: &Connect<'_>, subject: &str) -> Vec<u8> {
             options[key] = serde_json::Value::from(value);
         }
     }
-    format!("CONNECT {options}\r\nSUB {subject} 1\r\nPING\r\n").into_bytes()
+    let mut out = format!("CONNECT {options}\r\n");
+    for (sid, subject) in subjects.iter().enumerate() {
+        let _ = write!(out, "SUB {subject} {}\r\n", sid + 1);
+    }
+    out.push_str("PING\r\n");
+    out.into_bytes()
 }
 
 /// `PUB subject <len>`: the line before a payload of `len` bytes (then `\r\n`).
@@ -246,13 +262,20 @@ mod tests {
         Ok(ops)
     }
 
+    fn msg(subject: &str, payload: &[u8]) -> ServerOp {
+        ServerOp::Msg {
+            subject: subject.into(),
+            payload: Bytes::copy_from_slice(payload),
+        }
+    }
+
     #[test]
     fn server_operations_decode() {
         let ops = all(
             b"INFO {\"max_payload\":2048,\"connect_urls\":[\"127.0.0.1:4223\"]}\r\n\
               PING\r\npong\r\n+OK\r\n-ERR 'Authorization Violation'\r\n\
               MSG s 1 6\r\nhello\n\r\nMSG s 1 reply 0\r\n\r\n\
-              HMSG s 1 12 15\r\nNATS/1.0\r\n\r\nhi\n\r\n",
+              HMSG s.x 2 12 15\r\nNATS/1.0\r\n\r\nhi\n\r\n",
         )
         .unwrap();
         assert_eq!(
@@ -267,9 +290,9 @@ mod tests {
                 ServerOp::Pong,
                 ServerOp::Ok,
                 ServerOp::Err("Authorization Violation".into()),
-                ServerOp::Msg(Bytes::from_static(b"hello\n")),
-                ServerOp::Msg(Bytes::new()),
-                ServerOp::Msg(Bytes::from_static(b"hi\n")),
+                msg("s", b"hello\n"),
+                msg("s", b""),
+                msg("s.x", b"hi\n"),
             ]
         );
     }
@@ -321,7 +344,8 @@ mod tests {
             pass: Some("p"),
             ..Connect::default()
         };
-        let text = String::from_utf8(connect_and_subscribe(&connect, "subj")).unwrap();
+        let subjects = ["subj".to_string(), "subj.*".to_string()];
+        let text = String::from_utf8(connect_and_subscribe(&connect, &subjects)).unwrap();
         let json = text
             .strip_prefix("CONNECT ")
             .unwrap()
@@ -333,7 +357,7 @@ mod tests {
         assert_eq!(value["headers"], false);
         assert_eq!(value["echo"], false);
         assert!(value.get("auth_token").is_none());
-        assert!(text.ends_with("\r\nSUB subj 1\r\nPING\r\n"));
+        assert!(text.ends_with("\r\nSUB subj 1\r\nSUB subj.* 2\r\nPING\r\n"));
     }
 
     proptest::proptest! {
@@ -360,7 +384,7 @@ mod tests {
             }
             let expected: Vec<ServerOp> = payloads
                 .iter()
-                .flat_map(|p| [ServerOp::Msg(Bytes::copy_from_slice(p)), ServerOp::Ping])
+                .flat_map(|p| [msg("s", p), ServerOp::Ping])
                 .collect();
             proptest::prop_assert_eq!(got, expected);
         }

@@ -108,6 +108,13 @@ impl Batch {
         self.record(sender, start, lines);
     }
 
+    /// Takes back everything after `start` that was appended but not yet recorded (see
+    /// [`Batch::bytes_for`]): lines that turned out to need a closer look.
+    pub fn take_unrecorded(&mut self, start: usize) -> Vec<u8> {
+        debug_assert!(self.runs.last().is_none_or(|run| run.end <= start));
+        self.bytes.split_off(start.min(self.bytes.len()))
+    }
+
     /// Notes that `sender` appended everything after `start` (`lines` lines). Consecutive
     /// appends by one sender merge into one run.
     pub fn record(&mut self, sender: Sender, start: usize, lines: usize) {

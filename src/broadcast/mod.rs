@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod framed_batch;
 pub mod history;
+pub mod rooms;
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -15,7 +16,7 @@ use history::History;
 
 /// One broadcast: the lines framed since the last hand-out, their WebSocket framing, the
 /// lines kept for newcomers, and the unfinished lines of clients closed meanwhile. Pure
-/// state, no sockets and no timer: the loop has one; rooms will make many.
+/// state, no sockets and no timer: each room has one (see [`rooms`]).
 #[derive(Debug)]
 pub struct Broadcast {
     /// Lines framed since the last hand-out.
@@ -25,8 +26,6 @@ pub struct Broadcast {
     pub framed: FramedBatch,
     /// The last lines handed out, for newcomers (`--history`).
     pub history: Option<History>,
-    /// Numbers the hand-outs of the batch.
-    pub hand_outs: u64,
     /// Unfinished lines (with a `\n` added) of clients closed other than by their own
     /// hang-up, waiting for space in the batch: kept here so that a burst of closes cannot
     /// grow the batch past its bound.
@@ -40,7 +39,6 @@ impl Broadcast {
             batch,
             framed: FramedBatch::default(),
             history,
-            hand_outs: 0,
             kept_lines: VecDeque::new(),
         }
     }

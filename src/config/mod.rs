@@ -47,6 +47,8 @@ pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 const MAX_HOLD: Duration = Duration::from_micros(MAX_COALESCE_US);
 const MAX_KEEPALIVE: Duration = Duration::from_secs(MAX_TCP_KEEPALIVE_SECS);
+/// `--max-rooms` when not given.
+pub const DEFAULT_MAX_ROOMS: usize = 1000;
 /// A batch is handed out before it can grow past this many bytes (or less: see
 /// [`Config::batch_limit`]).
 pub const BATCH_LIMIT: usize = 256 * 1024;
@@ -89,6 +91,8 @@ pub struct Config {
     pub history: Option<(usize, usize)>,
     /// Which pages may open `/ws` besides the server's own (`--allow-origin`).
     pub origins: OriginPolicy,
+    /// `--rooms`: the most rooms at once (`--max-rooms`); `None`: one broadcast.
+    pub rooms: Option<usize>,
 }
 
 /// The values `Config::new` checks, as given on the command line.
@@ -121,6 +125,8 @@ pub struct Settings {
     pub history_bytes: usize,
     /// `--allow-origin` values: exact origins, or `*`.
     pub allow_origin: Vec<String>,
+    pub rooms: bool,
+    pub max_rooms: usize,
 }
 
 impl Default for Settings {
@@ -149,6 +155,8 @@ impl Default for Settings {
             history: 0,
             history_bytes: DEFAULT_HISTORY_BYTES,
             allow_origin: Vec::new(),
+            rooms: false,
+            max_rooms: DEFAULT_MAX_ROOMS,
         }
     }
 }
@@ -320,12 +328,22 @@ impl Config {
                 room,
             });
         }
+        if settings.rooms && settings.max_rooms == 0 {
+            return Err(ConfigError::Zero {
+                flag: "--max-rooms",
+            });
+        }
         let origins =
             OriginPolicy::parse(&settings.allow_origin).map_err(|why| ConfigError::BadValue {
                 flag: "--allow-origin",
                 why,
             })?;
         Ok(Config {
+            rooms: settings.rooms.then_some(settings.max_rooms),
+            nats: nats.map(|nats| BridgeSettings {
+                rooms: settings.rooms,
+                ..nats
+            }),
             origins,
             history: (settings.history > 0).then_some((settings.history, settings.history_bytes)),
             tls,
@@ -343,7 +361,6 @@ impl Config {
             stats_interval: Some(settings.stats_interval.min(MAX_DURATION))
                 .filter(|d| !d.is_zero()),
             tcp_keepalive: Some(settings.tcp_keepalive.min(MAX_KEEPALIVE)).filter(|d| !d.is_zero()),
-            nats,
             http,
             ws_ping: Some(settings.ws_ping_interval.min(MAX_DURATION)).filter(|d| !d.is_zero()),
         })
@@ -385,6 +402,7 @@ fn nats_settings(
         credentials,
         subject: subject.to_string(),
         key,
+        rooms: false,
     })
 }
 

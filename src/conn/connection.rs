@@ -16,6 +16,7 @@ use socket2::SockRef;
 
 use crate::admission::access::AddressPlace;
 use crate::broadcast::Form;
+use crate::broadcast::rooms::RoomId;
 use crate::conn::reason::{DisconnectReason, failure};
 use crate::conn::socket_queues;
 use crate::conn::wire::{Liveness, Wire};
@@ -95,6 +96,12 @@ pub struct Member {
     read_turn: u64,
     /// The last hand-out that served this client as a sender (its own lines left out).
     served_as_sender: u64,
+    /// The room it is in; `None` once it is leaving (it receives no more lines).
+    room: Option<RoomId>,
+    /// With `--rooms`: complete lines it sent that wait for its next turn, because this
+    /// turn's commands were all it may have obeyed. Empty unless so; never more than one
+    /// read's lines (it is not read again until they are taken).
+    unobeyed: Vec<u8>,
 }
 
 impl Member {
@@ -116,6 +123,8 @@ impl Member {
             phase: Phase::Open,
             read_turn: 0,
             served_as_sender: 0,
+            room: None,
+            unobeyed: Vec::new(),
             transport,
         }
     }
@@ -133,6 +142,38 @@ impl Member {
         connection.wire = Wire::websocket();
         connection.queue(handshake, handshake.len());
         connection
+    }
+
+    /// The room it is in, unless it is leaving.
+    pub fn room(&self) -> Option<RoomId> {
+        self.room
+    }
+
+    /// Puts it in `room` (`None`: it is leaving); returns the room it was in.
+    pub fn move_to(&mut self, room: Option<RoomId>) -> Option<RoomId> {
+        std::mem::replace(&mut self.room, room)
+    }
+
+    /// Keeps `lines` (complete lines, not yet obeyed) for its next turn.
+    pub fn defer_lines(&mut self, lines: Vec<u8>) {
+        self.unobeyed = lines;
+    }
+
+    /// The lines kept by [`Member::defer_lines`], if any (taken).
+    pub fn take_deferred_lines(&mut self) -> Option<Vec<u8>> {
+        Some(std::mem::take(&mut self.unobeyed)).filter(|lines| !lines.is_empty())
+    }
+
+    /// Queues `reply` (a short answer to a command) without writing: the caller flushes.
+    /// A client that would then hold more than `max_queue` bytes is a slow consumer:
+    /// nothing is queued, and the error says so.
+    pub fn queue_reply(&mut self, reply: &[u8], max_queue: usize) -> Result<(), DisconnectReason> {
+        let queued = self.write_buf.len() + reply.len();
+        if queued > max_queue {
+            return Err(DisconnectReason::SlowConsumer { queued });
+        }
+        self.queue(reply, max_queue);
+        Ok(())
     }
 
     pub fn peer(&self) -> SocketAddr {

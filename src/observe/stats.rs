@@ -41,8 +41,10 @@ pub struct Stats {
     pub refused_per_address: u64,
     /// WebSocket upgrades refused for their `Origin` (another site's page).
     pub refused_origin: u64,
-    /// Lines and bytes `--history` holds now (`None`: off).
+    /// Lines and bytes `--history` holds now, in every room (`None`: off).
     pub history: Option<(u64, u64)>,
+    /// Rooms now and the most at once (`None`: without `--rooms`).
+    pub rooms: Option<(u64, u64)>,
 }
 
 /// How a member ended, as the counters tell endings apart (the connection layer says which
@@ -129,6 +131,12 @@ impl Stats {
             "access: denied={} per_address={}",
             self.denied, self.refused_per_address
         )
+    }
+
+    /// The rooms' part of the stats line (only with `--rooms`).
+    pub fn rooms_summary(&self) -> Option<String> {
+        let (now, peak) = self.rooms?;
+        Some(format!("rooms: now={now} peak={peak}"))
     }
 
     /// The history's part of the stats line (only with `--history`).

@@ -18,9 +18,7 @@ use mio::{Events, Poll, Token};
 
 use crate::admission::Admission;
 use crate::bridge::Bridge;
-use crate::broadcast::Broadcast;
-use crate::broadcast::batch::Batch;
-use crate::broadcast::history::History;
+use crate::broadcast::rooms::{RoomShape, Rooms};
 use crate::config::Config;
 use crate::conn::reason::DisconnectReason;
 use crate::error::ServerError;
@@ -39,6 +37,7 @@ mod clients;
 mod graceful_shutdown;
 mod hand_out;
 mod nats;
+mod rooms;
 mod timers;
 
 use hand_out::HandOut;
@@ -94,6 +93,9 @@ struct Turn {
     doomed: Vec<(Token, DisconnectReason)>,
     /// Wakes the poll when a batch held for coalescing is due.
     hold_timer: HoldTimer,
+    /// While a member's commands are obeyed, the clients a hand-out finds failing wait in
+    /// `doomed` until it is done (see `obey_lines`).
+    closes_held: bool,
 }
 
 /// The server: the poll and its clients, and the components that share a turn. Each
@@ -116,8 +118,9 @@ pub struct EventLoop {
     /// The web listener's front door (`--http`): requests in their HTTP stage, the page's
     /// policy, the pings' schedule.
     web: WebFront,
-    /// The one broadcast: its batch, framing, history and hold.
-    broadcast: Broadcast,
+    /// The broadcasts: one room without `--rooms`, or many by name; each its batch,
+    /// framing, history and members.
+    rooms: Rooms,
     /// The NATS bridge (`--nats`) and what waits to go to it.
     nats: NatsLink,
     /// Clients that are leaving (sent away, or at shutdown) with output still to flush:
@@ -163,12 +166,18 @@ impl EventLoop {
             admission: Admission::new(config.max_clients_per_ip, ADMISSION_TIMEOUT),
             nats: NatsLink::new(bridge),
             tls: TlsStage::new(tls),
-            broadcast: Broadcast::new(
-                Batch::new(config.batch_limit(), config.max_line, config.coalesce),
-                config
-                    .history
-                    .map(|(lines, bytes)| History::new(lines, bytes)),
-            ),
+            rooms: {
+                let shape = RoomShape {
+                    batch_limit: config.batch_limit(),
+                    max_line: config.max_line,
+                    max_hold: config.coalesce,
+                    history: config.history,
+                };
+                match config.rooms {
+                    Some(max) => Rooms::named(shape, max),
+                    None => Rooms::single(shape),
+                }
+            },
             listeners,
             poll,
             signals,
@@ -182,6 +191,7 @@ impl EventLoop {
                 carried: Vec::new(),
                 doomed: Vec::new(),
                 hold_timer,
+                closes_held: false,
             },
             leaving: HashSet::new(),
             shutdown: None,
@@ -235,18 +245,19 @@ impl EventLoop {
             self.continue_shutdown(now);
             self.hand_out_when_due(now);
             self.run_timers(now);
-            self.hand_lines_to_nats();
+            self.nats.hand_over();
             if self.shutdown.is_some() && self.connections.is_empty() {
                 break Exit::Graceful;
             }
         };
-        self.hand_lines_to_nats();
+        self.nats.hand_over();
         // A forced exit (second signal) does not wait for NATS either.
         let flush = match exit {
             Exit::Graceful => NATS_FINAL_FLUSH,
             Exit::Forced => Duration::ZERO,
         };
         let nats = self.nats.bridge.take().map(|bridge| bridge.finish(flush));
+        self.sync_room_gauges();
         info!("{}", self.stats_line(nats.as_deref()));
         Ok(exit)
     }

@@ -21,7 +21,9 @@ pub enum Decision {
     /// Refuse an upgrade from another site's page with this `403`.
     Foreign(Refusal),
     /// Make the connection a WebSocket member (if the server has room), with this key.
-    Upgrade { key: String },
+    Upgrade { key: String, room: Option<String> },
+    /// A request refused for what it asks (counted and logged as any refusal).
+    Refuse(Refusal),
 }
 
 /// What a decision needs to know of the rest of the server.
@@ -34,6 +36,8 @@ pub struct Context<'a> {
     pub origins: &'a OriginPolicy,
     /// Whether the listener speaks TLS (an `https` page's origin).
     pub tls: bool,
+    /// `--rooms`: `/ws/NAME` is served, and the page takes `?room=NAME`.
+    pub rooms: bool,
 }
 
 /// The web listener's state between turns (see the module header).
@@ -108,7 +112,7 @@ impl WebFront {
         };
         let response = match request.route {
             Route::Page => {
-                let page = page::page(context.echo);
+                let page = page::page(context.echo, context.rooms);
                 let policy = [("Content-Security-Policy", self.page_policy.as_str())];
                 ok("text/html; charset=utf-8", &policy, page.as_bytes())
             }
@@ -118,7 +122,18 @@ impl WebFront {
                 ok(content_type, &[], text.as_bytes())
             }
             Route::Health => ok("text/plain; charset=utf-8", &[], b"ok\n"),
-            Route::WebSocket { key, origin, host } => {
+            Route::WebSocket {
+                key,
+                origin,
+                host,
+                room,
+            } => {
+                if room.is_some() && !context.rooms {
+                    return Decision::Refuse(http::refusal(
+                        http::NOT_FOUND,
+                        "no such page: rooms are off (the server runs without --rooms)",
+                    ));
+                }
                 let verdict =
                     context
                         .origins
@@ -127,7 +142,7 @@ impl WebFront {
                     let origin = origin.as_deref().unwrap_or("");
                     return Decision::Foreign(foreign_origin(origin, verdict));
                 }
-                return Decision::Upgrade { key };
+                return Decision::Upgrade { key, room };
             }
         };
         Decision::Answer(response)

@@ -100,6 +100,14 @@ pub fn render(stats: &Stats, http: HttpCounters, bridge: Option<&BridgeCounters>
             ("{outcome=\"timed_out\"}", http.timed_out),
         ],
     );
+    if let Some((rooms, _)) = stats.rooms {
+        metric(
+            "rooms",
+            "gauge",
+            "Rooms now (--rooms): those with members, and those still handing out lines.",
+            &[("", rooms)],
+        );
+    }
     if let Some((lines, bytes)) = stats.history {
         metric(
             "history_lines",

@@ -5,12 +5,17 @@
 const PAGE: &str = include_str!("page.html");
 
 /// The page as served: it shows its own lines itself unless the server echoes them back
-/// (`--echo`), so it is told which.
-pub fn page(echo: bool) -> String {
-    match echo {
-        true => PAGE.replacen("data-echo=\"off\"", "data-echo=\"on\"", 1),
-        false => PAGE.to_string(),
+/// (`--echo`), so it is told which; and whether rooms are on (`--rooms`: it then joins
+/// the room its `?room=NAME` names, `main` by default, and shows the name).
+pub fn page(echo: bool, rooms: bool) -> String {
+    let mut page = PAGE.to_string();
+    if echo {
+        page = page.replacen("data-echo=\"off\"", "data-echo=\"on\"", 1);
     }
+    if rooms {
+        page = page.replacen("data-rooms=\"off\"", "data-rooms=\"on\"", 1);
+    }
+    page
 }
 
 /// The page's Content-Security-Policy: its own script (by its SHA-256, so no other script,
@@ -50,7 +55,9 @@ mod tests {
 
     #[test]
     fn the_page_is_told_whether_the_server_echoes() {
-        assert!(page(true).contains("data-echo=\"on\""));
-        assert!(page(false).contains("data-echo=\"off\""));
+        assert!(page(true, false).contains("data-echo=\"on\""));
+        assert!(page(false, false).contains("data-echo=\"off\""));
+        assert!(page(false, true).contains("data-rooms=\"on\""));
+        assert!(page(false, false).contains("data-rooms=\"off\""));
     }
 }

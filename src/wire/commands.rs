@@ -29,6 +29,9 @@ pub const UNKNOWN: &[u8] = b"ERR unknown command: the commands are /join NAME an
 /// The reply to `/join` with a name that is not one.
 pub const BAD_NAME: &[u8] = b"ERR bad room name: 1 to 64 of A-Z a-z 0-9 _ -\n";
 
+/// Why a room name is refused (`/ws/NAME`'s 400).
+pub const BAD_NAME_REASON: &str = "bad room name: 1 to 64 of A-Z a-z 0-9 _ -";
+
 /// What `line` (a complete line, with its `\n`) is: `None` for an ordinary line. A command
 /// may end in `\r\n` (telnet's line end) as well as `\n`.
 pub fn parse(line: &[u8]) -> Option<Command<'_>> {

@@ -3,6 +3,7 @@
 //! [`crate::web::requests`].
 
 use crate::observe::logger;
+use crate::wire::commands;
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -38,6 +39,8 @@ pub enum Route {
         key: String,
         origin: Option<String>,
         host: Option<String>,
+        /// `/ws/NAME`: the room to join (a valid room name), for `--rooms`.
+        room: Option<String>,
     },
 }
 
@@ -94,6 +97,11 @@ pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
     let method = request.method.unwrap_or_default();
     let target = request.path.unwrap_or_default();
     let path = target.split(['?', '#']).next().unwrap_or_default();
+    // `/ws/NAME` is `/ws` into room NAME.
+    let (path, room) = match path.strip_prefix("/ws/") {
+        Some(name) => ("/ws", Some(name)),
+        None => (path, None),
+    };
     let head_only = method == "HEAD";
     let refuse = |status, reason: &str| {
         Err(Refusal {
@@ -124,14 +132,24 @@ pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
         "/" => Route::Page,
         "/metrics" => Route::Metrics,
         "/healthz" => Route::Health,
-        "/ws" => websocket_upgrade(&request)?,
+        "/ws" => {
+            let room = match room.map(|name| commands::room_name(name.as_bytes())) {
+                Some(None) => return refuse(BAD_REQUEST, commands::BAD_NAME_REASON),
+                Some(Some(name)) => Some(name.to_string()),
+                None => None,
+            };
+            websocket_upgrade(&request, room)?
+        }
         _ => return refuse(NOT_FOUND, "no such page (try / or /ws)"),
     };
     Ok(Some(Request { route, head_only }))
 }
 
 /// Checks a `/ws` request for an RFC 6455 upgrade and returns its route.
-fn websocket_upgrade(request: &httparse::Request<'_, '_>) -> Result<Route, Refusal> {
+fn websocket_upgrade(
+    request: &httparse::Request<'_, '_>,
+    room: Option<String>,
+) -> Result<Route, Refusal> {
     let header = |name: &str| {
         request
             .headers
@@ -174,6 +192,7 @@ fn websocket_upgrade(request: &httparse::Request<'_, '_>) -> Result<Route, Refus
         key,
         origin: present("Origin"),
         host: present("Host"),
+        room,
     })
 }
 
@@ -265,8 +284,25 @@ mod tests {
                 key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
                 origin: None,
                 host: Some("x".into()),
+                room: None,
             }
         );
+        let into_room = UPGRADE.replacen("GET /ws ", "GET /ws/ops_1-b?x=1 ", 1);
+        let Ok(Some(Request {
+            route: Route::WebSocket { room, .. },
+            ..
+        })) = parse_request(into_room.as_bytes())
+        else {
+            panic!("/ws/NAME is an upgrade");
+        };
+        assert_eq!(room.as_deref(), Some("ops_1-b"));
+        assert_eq!(
+            status(&UPGRADE.replacen("GET /ws ", "GET /ws/a.b ", 1)),
+            400
+        );
+        assert_eq!(status(&UPGRADE.replacen("GET /ws ", "GET /ws/ ", 1)), 400);
+        let long = format!("GET /ws/{} ", "a".repeat(65));
+        assert_eq!(status(&UPGRADE.replacen("GET /ws ", &long, 1)), 400);
         assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n"), 0, "incomplete");
         assert_eq!(status("HEAD /healthz HTTP/1.0\r\n\r\n"), 200);
         assert_eq!(status("GET /nope HTTP/1.1\r\n\r\n"), 404);

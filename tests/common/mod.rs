@@ -127,6 +127,15 @@ impl Server {
         client
     }
 
+    /// Connects a WebSocket client to `path` (`/ws/NAME`) and waits until the server has
+    /// registered it.
+    pub fn connect_websocket_to(&self, path: &str) -> websocket::WsClient {
+        let client = websocket::WsClient::connect_path(self.web_addr(), path);
+        let local = client.stream.local_addr().unwrap();
+        self.wait_for_log(&format!("websocket client {local} connected"));
+        client
+    }
+
     /// Sends a raw HTTP request to the web listener and returns the whole response.
     pub fn http(&self, request: &str) -> String {
         let mut stream = TcpStream::connect(self.web_addr()).expect("connect to the web listener");

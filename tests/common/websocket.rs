@@ -57,10 +57,21 @@ impl WsClient {
         WsClient::upgrade(stream, addr)
     }
 
+    /// Like `connect_raw`, to `path` (`/ws/NAME`: into room NAME).
+    pub fn connect_path(addr: SocketAddr, path: &str) -> WsClient {
+        let stream = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect");
+        WsClient::upgrade_at(stream, addr, path)
+    }
+
     /// Sends the upgrade request on `stream` and checks the `101` answer.
-    fn upgrade(mut stream: TcpStream, addr: SocketAddr) -> WsClient {
+    fn upgrade(stream: TcpStream, addr: SocketAddr) -> WsClient {
+        WsClient::upgrade_at(stream, addr, "/ws")
+    }
+
+    fn upgrade_at(mut stream: TcpStream, addr: SocketAddr, path: &str) -> WsClient {
         stream.set_nodelay(true).unwrap();
-        let request = upgrade_request(&addr.to_string(), "");
+        let request =
+            upgrade_request(&addr.to_string(), "").replacen("GET /ws ", &format!("GET {path} "), 1);
         stream
             .write_all(request.as_bytes())
             .expect("send the upgrade");

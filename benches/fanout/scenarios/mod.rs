@@ -6,6 +6,7 @@ pub mod bridge;
 mod chat;
 mod fanout;
 mod idle;
+mod rooms;
 mod slow_consumer;
 pub mod tls;
 mod websocket;
@@ -39,13 +40,16 @@ pub enum Scenario {
     /// 1 → 100, 64-byte lines, every client speaking TLS, next to the same in plaintext;
     /// ncat as `ncat --ssl --broker`.
     Tls,
+    /// `--rooms`: the deliveries/s of one room of 1,000 receivers spread over 100 rooms × 10
+    /// and 1,000 rooms × 1 (a sender each); broadcast-server only.
+    Rooms,
 }
 
 /// The rates of the same-rate fanout table when `--rates` is not given.
 pub const DEFAULT_RATES: [u32; 4] = [5_000, 20_000, 50_000, 200_000];
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Fanout,
         Scenario::Chat,
         Scenario::Idle,
@@ -54,6 +58,7 @@ impl Scenario {
         Scenario::Bridge,
         Scenario::Websocket,
         Scenario::Tls,
+        Scenario::Rooms,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +71,7 @@ impl Scenario {
             Scenario::Bridge => "bridge",
             Scenario::Websocket => "websocket",
             Scenario::Tls => "tls",
+            Scenario::Rooms => "rooms",
         }
     }
 
@@ -76,6 +82,7 @@ impl Scenario {
                 Some("ncat --broker has no equivalent of --nats".to_string())
             }
             (Scenario::Bridge, Kind::BroadcastServer) => nats_server_available().err(),
+            (Scenario::Rooms, Kind::Ncat) => Some("ncat --broker has no rooms".to_string()),
             (Scenario::Websocket, Kind::Ncat) => {
                 Some("ncat --broker has no WebSocket listener".to_string())
             }
@@ -106,6 +113,7 @@ impl Scenario {
             Scenario::Bridge => bridge::bridge(kind, options),
             Scenario::Websocket => websocket::websocket(kind, options),
             Scenario::Tls => tls::tls(kind, options),
+            Scenario::Rooms => rooms::rooms(kind, options),
         }
     }
 }

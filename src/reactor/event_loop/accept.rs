@@ -17,6 +17,7 @@ use mio::{Interest, Registry, Token};
 use super::{EventLoop, HandOut};
 use crate::admission::access::AddressPlace;
 use crate::bridge::Bridge;
+use crate::broadcast::rooms::{MAIN, TooManyRooms};
 use crate::conn::connection::Member;
 use crate::conn::socket::configure_socket;
 use crate::reactor::connections::{Admitting, ClientConnection, Stage};
@@ -224,10 +225,22 @@ impl EventLoop {
         }
         // TLS may hold the client's first bytes already: no readiness event will say so.
         let read_now = transport.is_tls();
-        // Lines framed earlier go out first: a line reaches exactly the clients connected
+        let room = match self.rooms.enter(MAIN, token.0) {
+            Ok(room) => room,
+            Err(TooManyRooms { max }) => {
+                info!("refused {peer}: room {MAIN} cannot open (--max-rooms {max})");
+                let message = format!(
+                    "ERR too many rooms (--max-rooms {max}): room {MAIN} cannot open; try \
+                     again later\n"
+                );
+                return self.refuse_with(transport, message.as_bytes());
+            }
+        };
+        // Lines framed earlier go out first: a line reaches exactly the clients of its room
         // when it was framed.
-        self.hand_out_everything_framed();
-        let member = Member::new(transport, peer, place);
+        self.hand_out_everything_framed(room);
+        let mut member = Member::new(transport, peer, place);
+        member.move_to(Some(room));
         self.connections
             .insert(token, ClientConnection::Member(member));
         self.observe.stats.connected(false);
@@ -355,12 +368,14 @@ impl EventLoop {
     /// Carries out what the front door decided for a routed request: an answer, a refusal
     /// of another site's page (counted), or a WebSocket upgrade.
     pub(super) fn answer_web(&mut self, token: Token, request: Request) {
+        self.sync_room_gauges();
         let context = Context {
             echo: self.config.echo,
             stats: &self.observe.stats,
             nats: self.nats.bridge.as_ref().map(Bridge::counters),
             origins: &self.config.origins,
             tls: self.tls.config.is_some(),
+            rooms: self.rooms.is_named(),
         };
         match self.web.decide(request, &context) {
             Decision::Answer(response) => self.answer_exchange(token, response),
@@ -368,14 +383,17 @@ impl EventLoop {
                 self.observe.stats.refused_origin += 1;
                 self.refuse_exchange(token, &refusal);
             }
-            Decision::Upgrade { key } => self.upgrade_to_websocket(token, &key),
+            Decision::Refuse(refusal) => self.refuse_exchange(token, &refusal),
+            Decision::Upgrade { key, room } => {
+                self.upgrade_to_websocket(token, &key, room.as_deref().unwrap_or(MAIN))
+            }
         }
     }
 
-    /// Makes a web connection a WebSocket member of the broadcast, or refuses it (503) when
-    /// `--max-clients` are connected. Lines framed earlier go out first, as for a new TCP
-    /// client.
-    pub(super) fn upgrade_to_websocket(&mut self, token: Token, key: &str) {
+    /// Makes a web connection a WebSocket member of room `name` (`main` without `--rooms`),
+    /// or refuses it (503) when `--max-clients` are connected or the room would be one past
+    /// `--max-rooms`. Lines framed earlier go out first, as for a new TCP client.
+    pub(super) fn upgrade_to_websocket(&mut self, token: Token, key: &str, name: &str) {
         let max_clients = self.config.max_clients;
         if self.open_members() >= max_clients {
             self.observe.stats.refused_server_full += 1;
@@ -383,16 +401,26 @@ impl EventLoop {
             let refusal = http::refusal(http::SERVICE_UNAVAILABLE, reason);
             return self.refuse_exchange(token, &refusal);
         }
-        self.hand_out_everything_framed();
+        let room = match self.rooms.enter(name, token.0) {
+            Ok(room) => room,
+            Err(TooManyRooms { max }) => {
+                let reason = format!("too many rooms (--max-rooms {max}) to open room {name}");
+                let refusal = http::refusal(http::SERVICE_UNAVAILABLE, reason);
+                return self.refuse_exchange(token, &refusal);
+            }
+        };
+        self.hand_out_everything_framed(room);
         // Its place in its address's count, taken at the accept, goes on with it.
         let Some(ClientConnection::Request(exchange)) =
             self.connections.remove_in(token, Stage::Request)
         else {
+            self.rooms.leave(room, token.0);
             return;
         };
         let (transport, peer, place) = exchange.into_upgrade();
         let handshake = http::upgrade_response(key);
-        let member = Member::new_websocket(transport, peer, place, &handshake);
+        let mut member = Member::new_websocket(transport, peer, place, &handshake);
+        member.move_to(Some(room));
         self.connections
             .insert(token, ClientConnection::Member(member));
         self.observe.stats.connected(true);
@@ -401,13 +429,19 @@ impl EventLoop {
         self.on_writable(token);
     }
 
-    /// Sends a newcomer the lines kept by `--history` (everything handed out before it
-    /// joined; what comes after reaches it live), within its `--max-queue` like any output.
+    /// Sends a member the lines its room's `--history` keeps (everything handed out before
+    /// it came in; what comes after reaches it live), within its `--max-queue` like any
+    /// output.
     pub(super) fn replay_history(&mut self, token: Token) {
-        let Some(history) = self.broadcast.history.as_ref().filter(|h| !h.is_empty()) else {
+        let Some(connection) = self.connections.member_mut(token) else {
             return;
         };
-        let Some(connection) = self.connections.member_mut(token) else {
+        let Some(history) = connection
+            .room()
+            .and_then(|id| self.rooms.get(id))
+            .and_then(|room| room.broadcast.history.as_ref())
+            .filter(|history| !history.is_empty())
+        else {
             return;
         };
         let mut hand_out = HandOut {

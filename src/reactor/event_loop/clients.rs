@@ -10,7 +10,6 @@ use mio::event::Event;
 
 use super::{EventLoop, READ_BUDGET};
 use crate::broadcast::Form;
-use crate::broadcast::batch::Sender;
 use crate::conn::connection::{Member, Phase, ReadEnd, ReadReport};
 use crate::conn::reason::DisconnectReason;
 use crate::conn::wire::Liveness;
@@ -54,14 +53,19 @@ impl EventLoop {
         if !connection.claim_read_turn(self.turn.number) {
             return; // already read this turn; if its budget ran out it is queued for the next
         }
-        // A leaving client's input is discarded: its reads need no room in the batch.
-        let budget = if open {
-            READ_BUDGET.min(self.broadcast.batch.limit())
-        } else {
-            READ_BUDGET
+        // A leaving client's input is discarded: its reads need no room in a batch.
+        let room = connection.room();
+        let budget = match room.and_then(|id| self.rooms.get(id)) {
+            Some(room) => READ_BUDGET.min(room.broadcast.batch.limit()),
+            None => READ_BUDGET,
         };
-        if open && self.broadcast.batch.free_space() < budget {
-            self.hand_out();
+        if let Some(id) = room
+            && self
+                .rooms
+                .get(id)
+                .is_some_and(|room| room.broadcast.batch.free_space() < budget)
+        {
+            self.hand_out(id);
         }
         let Some(report) = self.read_into_batch(token, budget) else {
             return;
@@ -87,27 +91,50 @@ impl EventLoop {
         }
     }
 
-    /// Reads up to `budget` bytes from a client, appending the lines it completes to the
-    /// batch. The caller made sure the batch has room for `budget` more bytes.
+    /// Reads up to `budget` bytes from a client, appending the lines it completes to its
+    /// room's batch (with `--rooms`, obeying the commands among them). The caller made sure
+    /// the batch has room for `budget` more bytes.
     pub(super) fn read_into_batch(&mut self, token: Token, budget: usize) -> Option<ReadReport> {
+        if let Some(obeyed) = self.obey_deferred_lines(token) {
+            // Its turn goes to the lines its last one left; the socket is read on the next
+            // (it is carried: no event would come for input already waiting).
+            return Some(ReadReport {
+                read: 0,
+                framed: 0,
+                lines: 0,
+                end: ReadEnd::BudgetSpent,
+                wants_flush: obeyed.commands > 0,
+            });
+        }
         let max_line = self.config.max_line;
         let connection = self.connections.member_mut(token)?;
-        let start = self.broadcast.batch.len();
+        let id = connection.room();
         let incoming = if connection.is_open() {
             budget + connection.unfinished_line_len()
         } else {
             0
         };
-        let report = connection.read_until_would_block(
+        let mut discarded = Vec::new(); // a leaving client's: nothing is framed
+        let (start, lines_out) = match id.and_then(|id| self.rooms.get_mut(id)) {
+            Some(room) => {
+                let batch = &mut room.broadcast.batch;
+                (batch.len(), batch.bytes_for(incoming))
+            }
+            None => (0, &mut discarded),
+        };
+        let mut report = connection.read_until_would_block(
             &mut self.turn.scratch[..budget],
             max_line,
-            self.broadcast.batch.bytes_for(incoming),
+            lines_out,
         );
-        self.broadcast
-            .batch
-            .record(Sender::Client(token.0), start, report.lines);
         self.observe.stats.bytes_in += report.framed as u64;
-        self.observe.stats.lines_in += report.lines as u64;
+        if let Some(id) = id {
+            let obeyed = self.take_framed_lines(token, id, start, report.lines);
+            report.wants_flush |= obeyed.commands > 0; // replies to send
+            if obeyed.deferred && report.end == ReadEnd::WouldBlock {
+                report.end = ReadEnd::BudgetSpent;
+            }
+        }
         trace!(
             "token {}: read {} bytes, {} lines",
             token.0, report.read, report.lines
@@ -238,6 +265,7 @@ impl EventLoop {
         let farewell = connection.farewell(reason, self.config.max_line);
         connection.begin_drain(reason, &farewell, deadline, self.config.max_queue);
         self.leaving.insert(token);
+        self.leave_room(token);
     }
 
     /// Flushes a client's queue; closes it when it fails or, if leaving, when it is done.
@@ -281,10 +309,14 @@ impl EventLoop {
                 }
             }
             Phase::Open => {
+                self.keep_deferred_lines(token, &mut connection);
                 self.keep_unfinished_line(token, &mut connection);
                 reason
             }
         };
+        if let Some(room) = connection.move_to(None) {
+            self.rooms.leave(room, token.0);
+        }
         if let Err(e) = connection.deregister(self.poll.registry()) {
             debug!("token {}: deregister: {e}", token.0);
         }

@@ -23,7 +23,6 @@ use log::{debug, info, warn};
 use mio::Token;
 
 use super::{EventLoop, READ_BUDGET};
-use crate::broadcast::batch::Sender;
 use crate::conn::connection::{Member, ReadEnd, ReadReport};
 use crate::conn::reason::DisconnectReason;
 use crate::reactor::connections::{ClientConnection, Stage};
@@ -77,7 +76,7 @@ impl EventLoop {
              delivering {} bytes already received ({unfinished} in unfinished lines), for up \
              to {:.1} s",
             self.connections.count(Stage::Member),
-            unread + unfinished + self.broadcast.batch.len(),
+            unread + unfinished + self.rooms.framed_bytes(),
             timeout.as_secs_f64()
         );
         self.shutdown = Some(Shutdown {
@@ -118,7 +117,7 @@ impl EventLoop {
         self.shutdown
             .as_ref()
             .is_some_and(|s| !s.finales.is_empty())
-            || !self.broadcast.kept_lines.is_empty()
+            || self.rooms.kept_lines_waiting()
     }
 
     /// When a batch of final lines waits for a client to make space: the end of its patience.
@@ -132,7 +131,7 @@ impl EventLoop {
     /// that may complete it). A client without space is waited for `SHUTDOWN_PATIENCE`, once:
     /// after that it is not waited for again.
     fn may_hand_out_next_batch(&mut self, now: Instant) -> bool {
-        let need = self.broadcast.batch.limit() + self.config.max_line + 1;
+        let need = self.config.batch_limit() + self.config.max_line + 1;
         let max_queue = self.config.max_queue;
         let Some(shutdown) = &mut self.shutdown else {
             return false;
@@ -160,13 +159,17 @@ impl EventLoop {
         false
     }
 
-    /// Frames finales into the batch until it is full or they are done, then hands it out:
-    /// each client's input received before the signal, then the rest of its unfinished line
-    /// if the kernel already has it, then what is still unfinished, with a `\n`.
+    /// Frames finales into their rooms' batches until the next one's is full or they are
+    /// done, then hands every batch out: each client's input received before the signal,
+    /// then the rest of its unfinished line if the kernel already has it, then what is
+    /// still unfinished, with a `\n`. Each client is in one room, so it receives at most one
+    /// batch a step.
     fn hand_out_finales(&mut self) {
-        self.take_kept_lines();
+        for id in self.rooms.pending() {
+            self.take_kept_lines(id);
+        }
         while let Some(&finale) = self.shutdown.as_ref().and_then(|s| s.finales.front()) {
-            let space = self.broadcast.batch.free_space();
+            let space = self.free_space_for(finale.token);
             if space == 0 {
                 break;
             }
@@ -200,7 +203,7 @@ impl EventLoop {
                 // The read filled the batch: the line's end goes in the next one, so that
                 // the batch stays within its bound.
                 Some(ReadEnd::WouldBlock | ReadEnd::BudgetSpent)
-                    if self.broadcast.batch.free_space() == 0 =>
+                    if self.free_space_for(finale.token) == 0 =>
                 {
                     false
                 }
@@ -234,28 +237,40 @@ impl EventLoop {
                 }
             }
         }
-        self.hand_out();
+        self.hand_out_all();
     }
 
-    /// Appends a client's unfinished line to the batch: first what the kernel already holds
-    /// of its end, then, if it is still unfinished, with a `\n`.
+    /// Space left in the batch of the room `token` is in (any, if it is in none: it is
+    /// leaving, and its input goes nowhere).
+    fn free_space_for(&self, token: Token) -> usize {
+        self.connections
+            .member(token)
+            .and_then(Member::room)
+            .and_then(|id| self.rooms.get(id))
+            .map_or(usize::MAX, |room| room.broadcast.batch.free_space())
+    }
+
+    /// Appends a client's unfinished line to its room's batch: first what the kernel
+    /// already holds of its end, then, if it is still unfinished, with a `\n` (with
+    /// `--rooms`, a command among them is obeyed as any).
     fn finish_unfinished_line(&mut self, token: Token) {
         let max_line = self.config.max_line;
         let Some(connection) = self.connections.member_mut(token) else {
             return;
         };
-        let start = self.broadcast.batch.len();
-        let out = self
-            .broadcast
-            .batch
-            .bytes_for(connection.unfinished_line_len() + 1);
+        let Some(id) = connection.room() else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(id) else {
+            return;
+        };
+        let batch = &mut room.broadcast.batch;
+        let start = batch.len();
+        let out = batch.bytes_for(connection.unfinished_line_len() + 1);
         let mut lines = connection.read_rest_of_line(&mut self.turn.scratch, max_line, out);
         lines += connection.end_unfinished_line(out);
-        self.broadcast
-            .batch
-            .record(Sender::Client(token.0), start, lines);
-        self.observe.stats.bytes_in += (self.broadcast.batch.len() - start) as u64;
-        self.observe.stats.lines_in += lines as u64;
+        self.observe.stats.bytes_in += (out.len() - start) as u64;
+        self.take_framed_lines(token, id, start, lines);
     }
 
     /// Finales ran out of time: says what is lost, if anything.
@@ -266,12 +281,7 @@ impl EventLoop {
         let finales = std::mem::take(&mut shutdown.finales);
         shutdown.blocked_since = None;
         let mut clients = 0;
-        let mut bytes: usize = self
-            .broadcast
-            .kept_lines
-            .drain(..)
-            .map(|(_, l)| l.len())
-            .sum();
+        let mut bytes = self.rooms.drop_kept_lines();
         for finale in &finales {
             let held = finale.unread
                 + self
@@ -312,7 +322,7 @@ impl EventLoop {
 
     /// Step 3: every client drains until `deadline`.
     fn begin_draining_everyone(&mut self, deadline: Instant) {
-        self.hand_out();
+        self.hand_out_all();
         if let Some(shutdown) = &mut self.shutdown {
             shutdown.draining = true;
         }

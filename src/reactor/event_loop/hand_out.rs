@@ -1,4 +1,4 @@
-//! The hand-out, as more `impl EventLoop`: the broadcast's batch goes to every open client
+//! The hand-out, as more `impl EventLoop`: a room's batch goes to each of its open members
 //! (one `writev` each, straight from the shared batch or its framing), when it is due or
 //! held for coalescing; lines of clients closed meanwhile are kept and follow it.
 
@@ -10,9 +10,11 @@ use mio::{Registry, Token};
 
 use super::EventLoop;
 use crate::broadcast::batch::Sender;
+use crate::broadcast::rooms::{Room, RoomId};
 use crate::conn::connection::Member;
 use crate::conn::reason::DisconnectReason;
 use crate::observe::stats::Stats;
+use crate::wire::commands::{self, Command};
 
 /// One hand-out of the batch in progress: what delivering to one client needs besides it.
 pub(super) struct HandOut<'a> {
@@ -32,72 +34,135 @@ impl HandOut<'_> {
         slices: &mut [IoSlice<'_>],
         lines: usize,
     ) {
-        if lines == 0 || !connection.is_open() {
-            return;
+        if lines > 0 && self.send(token, connection, slices) {
+            self.stats.deliveries += lines as u64;
+        }
+    }
+
+    /// Sends `slices` to an open client within `--max-queue` and keeps its interest in
+    /// step; true if it took them. One that fails is doomed.
+    fn send(&mut self, token: Token, connection: &mut Member, slices: &mut [IoSlice<'_>]) -> bool {
+        if !connection.is_open() {
+            return false;
         }
         let sent = connection.send(slices, self.max_queue);
         self.stats.bytes_out += sent.written as u64;
         if let Some(reason) = sent.failure {
             self.doomed.push((token, reason));
-            return;
+            return false;
         }
-        self.stats.deliveries += lines as u64;
         if let Err(e) = connection.update_interest(self.registry, token) {
             self.doomed.push((token, DisconnectReason::Error(e.kind())));
         }
+        true
     }
 }
 
 impl EventLoop {
-    /// Hands out the batch and every kept unfinished line (a batch at a time), so that none
-    /// reaches a client accepted after it.
-    pub(super) fn hand_out_everything_framed(&mut self) {
+    /// Hands out room `id`'s batch and every kept unfinished line (a batch at a time), so
+    /// that none reaches a client that comes in after it.
+    pub(super) fn hand_out_everything_framed(&mut self, id: RoomId) {
         loop {
-            self.hand_out();
-            if self.broadcast.kept_lines.is_empty() || self.shutdown.is_some() {
+            self.hand_out(id);
+            let kept = self
+                .rooms
+                .get(id)
+                .is_some_and(|room| !room.broadcast.kept_lines.is_empty());
+            if !kept || self.shutdown.is_some() {
                 return;
             }
-            self.take_kept_lines();
+            self.take_kept_lines(id);
         }
     }
 
-    /// Sends the batch now if it is due (see `Batch::due_at`), else makes sure the hold
-    /// timer will wake the loop when it is.
+    /// Sends each room's batch now if it is due (see `Batch::due_at`), else makes sure the
+    /// hold timer will wake the loop when the first one is. Only rooms with lines are
+    /// looked at (see `Rooms::take_pending`).
     pub(super) fn hand_out_when_due(&mut self, now: Instant) {
-        if self.shutdown.is_none() {
-            // At shutdown they go out with the finales, at the finales' pace.
-            self.take_kept_lines();
+        let mut first_due: Option<Instant> = None;
+        let pending = self.rooms.take_pending();
+        for &id in &pending {
+            if self.shutdown.is_none() {
+                // At shutdown they go out with the finales, at the finales' pace.
+                self.take_kept_lines(id);
+            }
+            let Some(room) = self.rooms.get_mut(id) else {
+                continue;
+            };
+            match room.broadcast.batch.due_at(now) {
+                Some(due) if due <= now => self.hand_out(id),
+                Some(due) => first_due = Some(first_due.map_or(due, |first| first.min(due))),
+                None => {}
+            }
+            let waiting = self.rooms.get(id).is_some_and(|room| {
+                !room.broadcast.batch.is_empty() || !room.broadcast.kept_lines.is_empty()
+            });
+            if waiting {
+                self.rooms.mark_pending(id);
+            } else {
+                self.rooms.remove_if_deserted(id);
+            }
         }
-        let Some(due) = self.broadcast.batch.due_at(now) else {
-            return;
-        };
-        if due <= now {
-            self.hand_out();
-        } else if !self.turn.hold_timer.is_armed()
+        self.rooms.give_back(pending);
+        // One timer for every room: armed for the first that is due, and left as it is if
+        // already armed (a later room then waits at most `--coalesce-us` more).
+        if let Some(due) = first_due
+            && !self.turn.hold_timer.is_armed()
             && let Err(e) = self.turn.hold_timer.arm(due - now)
         {
             warn!("cannot arm the coalescing timer ({e}); sending at once");
-            self.hand_out();
+            self.hand_out_all();
         }
     }
 
-    /// Hands the batch to every open client: first each sender gets everyone else's lines
-    /// (at most its runs + 1 slices), then every other client gets the whole batch as one
-    /// slice. Clients that keep up get one `writev` straight from the batch; only what the
-    /// kernel refuses is copied into a queue. Clients over `--max-queue` are disconnected.
-    pub(super) fn hand_out(&mut self) {
-        if self.broadcast.batch.is_empty() {
+    /// Hands out every room with lines now, due or not (shutdown's steps); rooms with kept
+    /// lines left stay marked.
+    pub(super) fn hand_out_all(&mut self) {
+        let pending = self.rooms.take_pending();
+        for &id in &pending {
+            self.hand_out(id);
+            let kept = self
+                .rooms
+                .get(id)
+                .is_some_and(|room| !room.broadcast.kept_lines.is_empty());
+            if kept {
+                self.rooms.mark_pending(id);
+            } else {
+                self.rooms.remove_if_deserted(id);
+            }
+        }
+        self.rooms.give_back(pending);
+    }
+
+    /// Hands room `id`'s batch to each of its open members: first each sender gets
+    /// everyone else's lines (at most its runs + 1 slices), then every other member gets
+    /// the whole batch as one slice. Members that keep up get one `writev` straight from
+    /// the batch; only what the kernel refuses is copied into a queue. Members over
+    /// `--max-queue` are disconnected.
+    pub(super) fn hand_out(&mut self, id: RoomId) {
+        if self
+            .rooms
+            .get(id)
+            .is_none_or(|room| room.broadcast.batch.is_empty())
+        {
             return;
         }
-        self.broadcast.hand_outs += 1;
-        let id = self.broadcast.hand_outs;
+        let number = self.rooms.next_hand_out();
+        let named = self.rooms.is_named();
+        let Some(room) = self.rooms.get_mut(id) else {
+            return;
+        };
         if !self.config.echo || self.nats.bridge.is_some() {
-            self.broadcast.batch.index_senders();
+            room.broadcast.batch.index_senders();
         }
-        self.publish_local_lines();
+        self.nats
+            .gather(&room.broadcast.batch, named.then_some(room.name()));
         if self.observe.stats.websocket_active > 0 {
-            self.broadcast.framed.build(&self.broadcast.batch);
+            let broadcast = &mut room.broadcast;
+            broadcast.framed.build(&broadcast.batch);
         }
+        let room: &Room = room;
+        let (batch, framed) = (&room.broadcast.batch, &room.broadcast.framed);
         let mut hand_out = HandOut {
             registry: self.poll.registry(),
             max_queue: self.config.max_queue,
@@ -106,7 +171,7 @@ impl EventLoop {
         };
         if !self.config.echo {
             let mut slices = Vec::new();
-            for share in self.broadcast.batch.senders() {
+            for share in batch.senders() {
                 let Sender::Client(client) = share.sender() else {
                     continue; // lines from NATS: their sender is not here
                 };
@@ -114,37 +179,53 @@ impl EventLoop {
                 let Some(connection) = self.connections.member_mut(token) else {
                     continue;
                 };
-                connection.mark_served_as_sender(id);
+                if connection.room() != Some(id) {
+                    continue; // it left the room (it is leaving): no more lines for it
+                }
+                connection.mark_served_as_sender(number);
                 slices.clear();
-                let framed = &self.broadcast.framed;
                 connection.form().share(&share, framed, &mut slices);
                 hand_out.deliver(token, connection, &mut slices, share.lines_for_sender());
             }
         }
-        let (batch, framed) = (&self.broadcast.batch, &self.broadcast.framed);
-        for (token, connection) in self.connections.members_mut() {
-            if !connection.was_served_as_sender(id) {
+        let mut give_whole = |token: Token, connection: &mut Member| {
+            if !connection.was_served_as_sender(number) {
                 let bytes = connection.form().whole(batch, framed);
                 hand_out.deliver(token, connection, &mut [IoSlice::new(bytes)], batch.lines());
             }
+        };
+        if named {
+            for &client in room.members() {
+                if let Some(connection) = self.connections.member_mut(Token(client)) {
+                    give_whole(Token(client), connection);
+                }
+            }
+        } else {
+            for (token, connection) in self.connections.members_mut() {
+                give_whole(token, connection);
+            }
         }
         trace!(
-            "hand-out {id}: {} bytes, {} lines",
-            self.broadcast.batch.len(),
-            self.broadcast.batch.lines()
+            "hand-out {number} in room {}: {} bytes, {} lines",
+            room.name(),
+            batch.len(),
+            batch.lines()
         );
-        if let Some(history) = &mut self.broadcast.history {
-            history.keep(self.broadcast.batch.whole());
-            self.observe.stats.history = Some((history.lines() as u64, history.len() as u64));
+        self.rooms.keep_in_history(id);
+        if let Some(room) = self.rooms.get_mut(id) {
+            room.broadcast.batch.clear(Instant::now());
+            room.broadcast.framed.clear();
         }
-        self.broadcast.batch.clear(Instant::now());
-        self.broadcast.framed.clear();
         self.close_doomed();
     }
 
     /// Closes the clients a pass over the map found failing (a slow consumer warned about,
-    /// rate-limited), now that the pass is over.
+    /// rate-limited), now that the pass is over; not while a client's commands are being
+    /// obeyed (see `obey_lines`): they are closed once it is done.
     pub(super) fn close_doomed(&mut self) {
+        if self.turn.closes_held {
+            return;
+        }
         for (token, reason) in std::mem::take(&mut self.turn.doomed) {
             if let DisconnectReason::SlowConsumer { queued } = reason
                 && let Some(connection) = self.connections.member(token)
@@ -162,27 +243,69 @@ impl EventLoop {
         }
     }
 
-    /// Keeps the unfinished line of a client being closed, to be delivered with a `\n` like
-    /// any line it sent: nothing the server read is lost, however the client goes.
-    /// What the kernel already holds of the line's end is read first.
+    /// Keeps the unfinished line of a client being closed, to be delivered in its room
+    /// with a `\n` like any line it sent: nothing the server read is lost, however the client
+    /// goes. What the kernel already holds of the line's end is read first.
     pub(super) fn keep_unfinished_line(&mut self, token: Token, connection: &mut Member) {
+        let Some(id) = connection.room() else {
+            return;
+        };
         if connection.unfinished_line_len() > 0 {
             let mut line = Vec::new();
             connection.read_rest_of_line(&mut self.turn.scratch, self.config.max_line, &mut line);
             connection.end_unfinished_line(&mut line);
-            if !line.is_empty() {
-                let sender = Sender::Client(token.0);
-                self.broadcast.kept_lines.push_back((sender, line));
-            }
+            self.keep_leavers_lines(token, id, &line);
         }
     }
 
-    /// Moves kept unfinished lines into the batch while it has space.
-    pub(super) fn take_kept_lines(&mut self) {
-        while self.broadcast.batch.free_space() > 0
-            && let Some((sender, line)) = self.broadcast.kept_lines.pop_front()
+    /// Keeps complete `lines` of a client that is going, to follow room `id`'s batch. With
+    /// `--rooms` its commands among them are not obeyed (it is going); its escaped lines
+    /// are sent.
+    pub(super) fn keep_leavers_lines(&mut self, token: Token, id: RoomId, lines: &[u8]) {
+        let named = self.rooms.is_named();
+        let Some(room) = self.rooms.get_mut(id) else {
+            return;
+        };
+        for line in lines.split_inclusive(|&b| b == b'\n') {
+            let line = match named.then(|| commands::parse(line)).flatten() {
+                None => line,
+                Some(Command::Escaped(text)) => text,
+                Some(_) => continue,
+            };
+            let sender = Sender::Client(token.0);
+            room.broadcast.kept_lines.push_back((sender, line.to_vec()));
+        }
+        self.rooms.mark_pending(id);
+    }
+
+    /// Appends one whole line from `sender` to room `id`'s batch, handing the batch out
+    /// first if the line would not fit; false if the room is gone.
+    pub(super) fn append_line(&mut self, id: RoomId, sender: Sender, line: &[u8]) -> bool {
+        if self
+            .rooms
+            .get(id)
+            .is_some_and(|room| room.broadcast.batch.free_space() < line.len())
         {
-            self.broadcast.batch.append(sender, &line, 1);
+            self.hand_out(id);
+        }
+        let Some(room) = self.rooms.get_mut(id) else {
+            return false;
+        };
+        room.broadcast.batch.append(sender, line, 1);
+        self.rooms.mark_pending(id);
+        true
+    }
+
+    /// Moves room `id`'s kept unfinished lines into its batch while it has space.
+    pub(super) fn take_kept_lines(&mut self, id: RoomId) {
+        let Some(room) = self.rooms.get_mut(id) else {
+            return;
+        };
+        let broadcast = &mut room.broadcast;
+        while broadcast.batch.free_space() > 0
+            && let Some((sender, line)) = broadcast.kept_lines.pop_front()
+        {
+            broadcast.batch.append(sender, &line, 1);
             self.observe.stats.lines_in += 1;
         }
     }

@@ -7,8 +7,11 @@ use std::time::Duration;
 use log::trace;
 
 use super::{EventLoop, READ_BUDGET};
+use bytes::Bytes;
+
 use crate::bridge::Bridge;
-use crate::broadcast::batch::Sender;
+use crate::broadcast::batch::{Batch, Sender};
+use crate::broadcast::rooms::MAIN;
 
 /// The loop's side of the NATS bridge (`--nats`): the bridge thread's handle, whether
 /// lines from NATS wait beyond this turn's intake, and local lines gathered for the next
@@ -18,9 +21,11 @@ pub(super) struct NatsLink {
     pub(super) bridge: Option<Bridge>,
     /// Messages from NATS may be waiting (the waker fired, or the last turn's budget ran out).
     pub(super) waiting: bool,
-    /// This turn's local lines for NATS, handed to the bridge once at the end of the turn.
-    pub(super) outgoing: Vec<u8>,
-    pub(super) outgoing_lines: usize,
+    /// This turn's local lines for NATS by room (`None`: the one broadcast), consecutive
+    /// hand-outs of a room together; handed to the bridge once at the end of the turn.
+    outgoing: Vec<(Option<Box<str>>, Vec<u8>)>,
+    outgoing_bytes: usize,
+    outgoing_lines: usize,
 }
 
 /// Most messages from NATS taken per turn, so that a flooding instance cannot starve this
@@ -39,59 +44,73 @@ impl NatsLink {
             bridge,
             waiting: false,
             outgoing: Vec::new(),
+            outgoing_bytes: 0,
             outgoing_lines: 0,
+        }
+    }
+
+    /// Copies a hand-out's local lines (not those that came from NATS) of room `room`
+    /// (`None` without `--rooms`) into the turn's lines for NATS. Call after
+    /// `Batch::index_senders`.
+    pub(super) fn gather(&mut self, batch: &Batch, room: Option<&str>) {
+        if self.bridge.is_none() {
+            return;
+        }
+        if self
+            .outgoing
+            .last()
+            .is_none_or(|(last, _)| last.as_deref() != room)
+        {
+            self.outgoing.push((room.map(Box::from), Vec::new()));
+        }
+        let Some((_, lines)) = self.outgoing.last_mut() else {
+            return;
+        };
+        let before = lines.len();
+        match batch
+            .senders()
+            .find(|share| share.sender() == Sender::Remote)
+        {
+            None => {
+                lines.extend_from_slice(batch.whole());
+                self.outgoing_lines += batch.lines();
+            }
+            Some(remote) => {
+                for part in remote.parts() {
+                    lines.extend_from_slice(part);
+                }
+                self.outgoing_lines += remote.lines_for_sender();
+            }
+        }
+        self.outgoing_bytes += lines.len() - before;
+        // Many hand-outs in one turn: hand over a batch's worth at a time, so that one send
+        // (and the bridge's queue of them) stays bounded in bytes.
+        if self.outgoing_bytes >= batch.limit() {
+            self.hand_over();
+        }
+    }
+
+    /// Hands the turn's local lines to the bridge: one non-blocking send per turn.
+    pub(super) fn hand_over(&mut self) {
+        if let Some(bridge) = &self.bridge
+            && self.outgoing_bytes > 0
+        {
+            let outbound = std::mem::take(&mut self.outgoing)
+                .into_iter()
+                .filter(|(_, lines)| !lines.is_empty())
+                .map(|(room, lines)| (room, Bytes::from(lines)))
+                .collect();
+            bridge.publish(outbound, self.outgoing_lines);
+            self.outgoing_lines = 0;
+            self.outgoing_bytes = 0;
         }
     }
 }
 
 impl EventLoop {
-    /// Copies this hand-out's local lines (not those that came from NATS) into the turn's
-    /// buffer for NATS. Call after `Batch::index_senders`.
-    pub(super) fn publish_local_lines(&mut self) {
-        if self.nats.bridge.is_none() {
-            return;
-        }
-        match self
-            .broadcast
-            .batch
-            .senders()
-            .find(|share| share.sender() == Sender::Remote)
-        {
-            None => {
-                self.nats
-                    .outgoing
-                    .extend_from_slice(self.broadcast.batch.whole());
-                self.nats.outgoing_lines += self.broadcast.batch.lines();
-            }
-            Some(remote) => {
-                for part in remote.parts() {
-                    self.nats.outgoing.extend_from_slice(part);
-                }
-                self.nats.outgoing_lines += remote.lines_for_sender();
-            }
-        }
-        // Many hand-outs in one turn: hand over a batch's worth at a time, so that one send
-        // (and the bridge's queue of them) stays bounded in bytes.
-        if self.nats.outgoing.len() >= self.broadcast.batch.limit() {
-            self.hand_lines_to_nats();
-        }
-    }
-
-    /// Hands the turn's local lines to the bridge: one non-blocking send per turn.
-    pub(super) fn hand_lines_to_nats(&mut self) {
-        if let Some(bridge) = &self.nats.bridge
-            && !self.nats.outgoing.is_empty()
-        {
-            bridge.publish(
-                std::mem::take(&mut self.nats.outgoing),
-                self.nats.outgoing_lines,
-            );
-            self.nats.outgoing_lines = 0;
-        }
-    }
-
-    /// Appends lines other instances published (through the bridge) to the batch, as from
-    /// no client: every client gets them. At most `NATS_BYTES_PER_TURN` a turn, as one
+    /// Appends lines other instances published (through the bridge) to their room's batch,
+    /// as from no client: every member gets them; lines for a room that has no members here
+    /// go nowhere (counted as received). At most `NATS_BYTES_PER_TURN` a turn, as one
     /// client's read budget (a message of a million empty lines is spread over turns like a
     /// client's input); none once shutdown began (its final batches are paced for the
     /// clients' queues). A line longer than our `--max-line` is dropped (counted), so the
@@ -108,18 +127,21 @@ impl EventLoop {
             let Some(message) = self.nats.bridge.as_mut().and_then(|b| b.take_lines(budget)) else {
                 break;
             };
-            taken += message.len();
+            taken += message.lines.len();
+            let room = match (self.rooms.is_named(), message.room.as_deref()) {
+                (false, _) => Some(0),
+                (true, name) => self.rooms.find(name.unwrap_or(MAIN)),
+            };
             let (mut received, mut dropped) = (0, 0);
-            for line in message.split_inclusive(|&b| b == b'\n') {
+            for line in message.lines.split_inclusive(|&b| b == b'\n') {
                 if line.len() > max_line + 1 {
                     dropped += 1;
                     continue;
                 }
-                if self.broadcast.batch.free_space() < line.len() {
-                    self.hand_out();
-                }
-                self.broadcast.batch.append(Sender::Remote, line, 1);
                 received += 1;
+                if let Some(id) = room {
+                    self.append_line(id, Sender::Remote, line);
+                }
             }
             // Counted once a message, not once a line (the counters are shared atomics).
             if let Some(bridge) = &self.nats.bridge {

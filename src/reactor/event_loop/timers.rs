@@ -29,6 +29,7 @@ impl EventLoop {
             self.sweep_leaving(now);
         }
         if self.observe.stats_line_due(now, self.config.stats_interval) {
+            self.sync_room_gauges();
             let nats = self.nats.bridge.as_ref().map(Bridge::counters);
             info!("{}", self.stats_line(nats));
         }
@@ -44,7 +45,7 @@ impl EventLoop {
         let stopping = self.shutdown.is_some();
         if !self.turn.carried.is_empty()
             || self.listeners.more_to_accept.contains(&true)
-            || (!self.broadcast.kept_lines.is_empty() && !stopping)
+            || (self.rooms.kept_lines_waiting() && !stopping)
             || (self.nats.waiting && !stopping)
         {
             return Some(Duration::ZERO);
@@ -84,13 +85,30 @@ impl EventLoop {
         }
     }
 
+    /// Brings the gauges that rooms keep (rooms, history) into the stats, before they are
+    /// shown.
+    pub(super) fn sync_room_gauges(&mut self) {
+        let stats = &mut self.observe.stats;
+        if self.rooms.is_named() {
+            stats.rooms = Some((self.rooms.count() as u64, self.rooms.peak() as u64));
+        }
+        if self.config.history.is_some() {
+            stats.history = Some(self.rooms.history_totals());
+        }
+    }
+
     /// The stats line, with the web listener's and the bridge's parts when they are on.
+    /// Call `sync_room_gauges` first.
     pub(super) fn stats_line(&self, nats: Option<&BridgeCounters>) -> String {
         let stats = &self.observe.stats;
         let mut line = stats.to_string();
         if self.config.http.is_some() {
             line.push(' ');
             line.push_str(&self.web.summary(stats));
+        }
+        if let Some(rooms) = stats.rooms_summary() {
+            line.push(' ');
+            line.push_str(&rooms);
         }
         if let Some(history) = stats.history_summary() {
             line.push(' ');

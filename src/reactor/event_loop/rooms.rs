@@ -1,0 +1,214 @@
+//! Rooms (`--rooms`), as more `impl EventLoop`: the lines a member's read framed are
+//! looked at for commands, and the commands obeyed in order between them: `/join NAME`
+//! moves the member (after the lines of its old room it is owed, before those of its new
+//! one), `/rooms` lists the rooms, `//text` is the line `/text`. Replies are queued like
+//! any output. Without `--rooms` none of this runs: the read's lines go to the batch as
+//! they are.
+
+use log::debug;
+use mio::Token;
+
+use super::EventLoop;
+use crate::broadcast::Form;
+use crate::broadcast::batch::Sender;
+use crate::broadcast::rooms::{RoomId, TooManyRooms};
+use crate::conn::connection::Member;
+use crate::wire::commands::{self, Command};
+use crate::wire::websocket;
+
+/// Most commands obeyed for one client in a turn: a client that sends nothing but commands
+/// (each a lookup, a reply, perhaps a room made) costs the others no more than one that
+/// sends lines. Its lines after that wait for its next turn (it is carried, and not read
+/// until they are done).
+const COMMANDS_PER_TURN: usize = 64;
+
+/// What obeying a read's lines came to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Obeyed {
+    /// Commands obeyed (each gets a reply to flush).
+    pub(super) commands: usize,
+    /// Lines are left for the member's next turn (its command budget ran out).
+    pub(super) deferred: bool,
+}
+
+/// Whether `lines` (complete lines, starting at a line's start) hold a line that starts
+/// with `/`: one scan, and the lines go to the batch untouched when they do not.
+fn has_command(lines: &[u8]) -> bool {
+    lines.first() == Some(&b'/') || memchr::memmem::find(lines, b"\n/").is_some()
+}
+
+impl EventLoop {
+    /// Records what a member's read framed into room `id`'s batch from `start` (`lines`
+    /// lines): as they are, or, with `--rooms` and a line starting with `/` among them,
+    /// taken out again and obeyed line by line.
+    pub(super) fn take_framed_lines(
+        &mut self,
+        token: Token,
+        id: RoomId,
+        start: usize,
+        lines: usize,
+    ) -> Obeyed {
+        let named = self.rooms.is_named();
+        let Some(room) = self.rooms.get_mut(id) else {
+            return Obeyed::default();
+        };
+        let batch = &mut room.broadcast.batch;
+        if named && has_command(&batch.whole()[start..]) {
+            let framed = batch.take_unrecorded(start);
+            return self.obey_lines(token, id, framed);
+        }
+        batch.record(Sender::Client(token.0), start, lines);
+        self.observe.stats.lines_in += lines as u64;
+        if lines > 0 {
+            self.rooms.mark_pending(id);
+        }
+        Obeyed::default()
+    }
+
+    /// Obeys the lines a member's last turn left (see `COMMANDS_PER_TURN`), if any; `None`
+    /// if there were none.
+    pub(super) fn obey_deferred_lines(&mut self, token: Token) -> Option<Obeyed> {
+        let member = self.connections.member_mut(token)?;
+        let lines = member.take_deferred_lines()?;
+        let room = member.room()?;
+        Some(self.obey_lines(token, room, lines))
+    }
+
+    /// Sends each of `framed`'s lines from `token` to its room, obeying the commands among
+    /// them in order, up to `COMMANDS_PER_TURN` (none at shutdown: its finales are paced
+    /// already); the lines after that are kept for the member's next turn. Clients a
+    /// hand-out finds failing meanwhile are closed only at the end, so that the member
+    /// stays (and its lines keep going out) until its lines are done.
+    fn obey_lines(&mut self, token: Token, mut room: RoomId, framed: Vec<u8>) -> Obeyed {
+        let budget = match self.shutdown {
+            Some(_) => usize::MAX,
+            None => COMMANDS_PER_TURN,
+        };
+        self.turn.closes_held = true;
+        let mut obeyed = Obeyed::default();
+        let mut at = 0;
+        for line in framed.split_inclusive(|&b| b == b'\n') {
+            match commands::parse(line) {
+                None => self.append_client_line(token, room, line),
+                Some(Command::Escaped(text)) => self.append_client_line(token, room, text),
+                Some(_) if obeyed.commands == budget => {
+                    if let Some(member) = self.connections.member_mut(token) {
+                        member.defer_lines(framed[at..].to_vec());
+                        obeyed.deferred = true;
+                    }
+                    break;
+                }
+                Some(command) => {
+                    obeyed.commands += 1;
+                    room = self.obey(token, room, command);
+                }
+            }
+            at += line.len();
+        }
+        self.turn.closes_held = false;
+        self.close_doomed();
+        obeyed
+    }
+
+    /// The lines a member that is being closed left unobeyed, kept for its room (see
+    /// `keep_leavers_lines`).
+    pub(super) fn keep_deferred_lines(&mut self, token: Token, member: &mut Member) {
+        if let (Some(lines), Some(id)) = (member.take_deferred_lines(), member.room()) {
+            self.keep_leavers_lines(token, id, &lines);
+        }
+    }
+
+    fn append_client_line(&mut self, token: Token, room: RoomId, line: &[u8]) {
+        if self.append_line(room, Sender::Client(token.0), line) {
+            self.observe.stats.lines_in += 1;
+        }
+    }
+
+    /// Obeys one command from the member under `token`, in room `room`; returns the room it
+    /// is in afterwards.
+    fn obey(&mut self, token: Token, room: RoomId, command: Command<'_>) -> RoomId {
+        match command {
+            Command::Join(name) => return self.join(token, room, name),
+            Command::Rooms => {
+                let listing = self.rooms.listing().to_vec();
+                self.reply(token, &listing);
+            }
+            Command::BadName => self.reply(token, commands::BAD_NAME),
+            Command::Unknown => self.reply(token, commands::UNKNOWN),
+            Command::Escaped(_) => {}
+        }
+        room
+    }
+
+    /// Moves the member under `token` from room `from` to the room `name` (created if
+    /// `--max-rooms` allows): the old room's batch is handed out first (the lines it is
+    /// owed), then `OK joined NAME`, then the new room's history; its next lines and the
+    /// new room's go to it from then on. Returns the room it is in afterwards.
+    fn join(&mut self, token: Token, from: RoomId, name: &str) -> RoomId {
+        if self.rooms.get(from).is_some_and(|room| room.name() == name) {
+            self.reply(token, format!("OK joined {name}\n").as_bytes());
+            return from;
+        }
+        if self.connections.member(token).and_then(|m| m.room()) != Some(from) {
+            return from; // leaving: it stays where it was, and gets no reply
+        }
+        if let Err(TooManyRooms { max }) = self.rooms.may_enter(name, token.0, Some(from)) {
+            let refusal = format!(
+                "ERR too many rooms (--max-rooms {max}): join one that has members (/rooms \
+                 lists them)\n"
+            );
+            self.reply(token, refusal.as_bytes());
+            return from;
+        }
+        // Its old room's batch still counts it: it gets the lines it is owed there first.
+        self.hand_out_everything_framed(from);
+        let Ok(to) = self.rooms.move_member(token.0, from, name) else {
+            return from; // it may (checked above, and a hand-out makes no room)
+        };
+        if let Some(member) = self.connections.member_mut(token) {
+            member.move_to(Some(to));
+        }
+        debug!("token {} joined room {name}", token.0);
+        self.reply(token, format!("OK joined {name}\n").as_bytes());
+        self.replay_history(token);
+        to
+    }
+
+    /// Queues a reply line (`OK ...` or `ERR ...`, with its `\n`) for the member under
+    /// `token`, framed for its wire, within `--max-queue` like any output (a member over
+    /// it is a slow consumer); it is flushed after the read, with any other replies. A
+    /// reply is not a line of the broadcast: not counted as one.
+    pub(super) fn reply(&mut self, token: Token, line: &[u8]) {
+        let Some(connection) = self.connections.member_mut(token) else {
+            return;
+        };
+        let mut frame = Vec::new();
+        let bytes = match connection.form() {
+            Form::Lines => line,
+            Form::Frames => {
+                websocket::encode_line(line, &mut frame);
+                &frame
+            }
+        };
+        if let Err(reason) = connection.queue_reply(bytes, self.config.max_queue) {
+            self.turn.doomed.push((token, reason));
+        }
+    }
+
+    /// Takes the member under `token` out of its room: it is leaving, and gets no more
+    /// lines (the lines it sent that wait for its next turn go out as kept lines). The room
+    /// goes if it was the last.
+    pub(super) fn leave_room(&mut self, token: Token) {
+        let Some(member) = self.connections.member_mut(token) else {
+            return;
+        };
+        let unobeyed = member.take_deferred_lines();
+        let Some(id) = member.move_to(None) else {
+            return;
+        };
+        if let Some(lines) = unobeyed {
+            self.keep_leavers_lines(token, id, &lines);
+        }
+        self.rooms.leave(id, token.0);
+    }
+}
