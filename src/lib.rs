@@ -6,10 +6,10 @@
 //!
 //! One single-threaded, edge-triggered mio loop ([`reactor`]) owns the `Poll` and one map of
 //! connections, each in its stage: a TLS handshake ([`transport`]), an HTTP request on the
-//! web listener ([`web`]), or a member of the broadcast ([`conn`]). Components own their
-//! state and deadlines: who gets in ([`admission`]), the fan-out ([`broadcast`], pure), the
-//! NATS bridge ([`bridge`]), the counters and the one logger ([`observe`]). The codecs are
-//! pure and know no socket ([`wire`]). `main.rs` only turns flags into a [`Config`] and
+//! web listener ([`web`]), or a member of a room's broadcast ([`conn`]). Components own
+//! their state and deadlines: who gets in ([`admission`]), the fan-out and its rooms
+//! ([`broadcast`], pure), the NATS bridge ([`bridge`]), the counters and the one logger
+//! ([`observe`]). The codecs are pure and know no socket ([`wire`]). `main.rs` only turns flags into a [`Config`] and
 //! reports errors. docs/design.md has the picture and the walk of one line.
 //!
 //! # Glossary (one word per concept)
@@ -36,6 +36,10 @@
 //! - **kept line**: an unfinished line of a client closed meanwhile, waiting for the batch.
 //! - **instance**: one server process; instances joined through NATS are one broadcast.
 //! - **history**: the last lines handed out, replayed to a newcomer (`--history`).
+//! - **room**: one broadcast among many (`--rooms`): its batch, history and members; every
+//!   member is in one, `main` first. Without `--rooms` there is one room, `main`.
+//! - **command**: with `--rooms`, a line starting with `/` (`/join NAME`, `/rooms`): obeyed
+//!   and answered with a **reply** (`OK ...` or `ERR ...`), never broadcast.
 
 pub mod admission;
 pub mod bridge;

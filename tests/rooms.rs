@@ -198,7 +198,8 @@ fn max_rooms_refuses_the_room_one_past_it_and_the_gauges_count_rooms() {
 
 #[test]
 fn a_flood_of_commands_is_obeyed_in_order_a_turns_worth_at_a_time() {
-    let server = Server::start(&["--rooms"]);
+    // -v: the server says when a client's commands wait for its next turn.
+    let server = Server::start(&["--rooms", "-v"]);
     let mut sender = server.connect();
     let mut receiver = server.connect();
     let mut flood = Vec::new();
@@ -221,6 +222,13 @@ fn a_flood_of_commands_is_obeyed_in_order_a_turns_worth_at_a_time() {
     receiver.send(b"main end\n");
     receiver.send(b"/rooms\n");
     receiver.expect(b"OK rooms main:1 x:2\n");
+    let token = server.token_of(&sender);
+    let waits = server.log_lines(&format!(
+        "token {token}: 64 commands this turn; the rest of its lines wait for its next turn"
+    ));
+    // 2,001 commands, 64 a turn: 32 turns or more, each but the last of a read's lines
+    // waiting (the flood arrives in a few reads at most).
+    assert!(waits.len() >= 16, "{} waits", waits.len());
 }
 
 #[test]
@@ -239,6 +247,26 @@ fn without_rooms_there_is_no_room_gauge_or_max_rooms() {
     assert!(!metrics.contains("broadcast_server_rooms"), "{metrics}");
     let stats = server.stop_for_stats();
     assert!(!stats.contains("rooms:"), "{stats}");
+}
+
+#[test]
+fn lines_after_a_join_go_to_the_new_room_even_when_the_client_leaves_right_after() {
+    // More commands than one turn obeys, a move, a line, then the client's end: the line
+    // goes to the room it moved to, never to the one it left.
+    let server = Server::start(&["--rooms"]);
+    let mut in_main = server.connect();
+    let mut in_b = server.connect();
+    join(&mut in_b, "b");
+    let mut leaver = server.connect();
+    let mut lines = b"/rooms\n".repeat(100);
+    lines.extend_from_slice(b"/join b\nsecret for b\n");
+    leaver.send(&lines);
+    leaver.half_close();
+    in_b.expect(b"secret for b\n");
+    server.wait_for_disconnect(leaver.local_addr());
+    let mut probe = server.connect();
+    probe.send(b"main end\n");
+    in_main.expect(b"main end\n"); // and not "secret for b" before it
 }
 
 #[test]
@@ -270,12 +298,19 @@ fn websocket_clients_join_by_path_use_commands_and_a_bad_name_is_a_400() {
         bad.ends_with("bad room name: 1 to 64 of A-Z a-z 0-9 _ -\n"),
         "{bad}"
     );
+    for path in ["/ws/", "/ws/a.b", &format!("/ws/{}", "n".repeat(65))] {
+        let bad = upgrade(path);
+        assert!(bad.starts_with("HTTP/1.1 400 "), "{path}: {bad}");
+    }
+    // Without --rooms there is no /ws/NAME at all, good name or bad.
     let plain = Server::start(&["--http", "127.0.0.1:0"]);
-    let off = plain.http(
-        "GET /ws/x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    );
-    assert!(off.starts_with("HTTP/1.1 404 "), "{off}");
+    for path in ["/ws/x", "/ws/bad!name"] {
+        let off = plain.http(&format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ));
+        assert!(off.starts_with("HTTP/1.1 404 "), "{path}: {off}");
+    }
 }
 
 #[test]

@@ -115,7 +115,7 @@ pub struct Connection {
     /// What the server said of itself (its max payload, the cluster's other servers).
     pub info: ServerInfo,
     /// Messages that came before the introduction was answered, and how many more did.
-    pub early: Vec<(String, bytes::Bytes)>,
+    pub early: Vec<(bytes::Bytes, bytes::Bytes)>,
     pub dropped_early: usize,
 }
 

@@ -454,7 +454,7 @@ impl Link {
 
     /// Passes a message from another instance (or a plain publisher, without a key) to the
     /// loop, its envelope checked and taken off, with the room its subject names.
-    fn deliver(&mut self, subject: &str, payload: Bytes) {
+    fn deliver(&mut self, subject: &[u8], payload: Bytes) {
         let Ok(room) = self.settings.room_of(subject) else {
             // A subject matched by `SUBJECT.*` that names no room: nothing to deliver it to.
             return self.counters.count_inbound_drop(1);

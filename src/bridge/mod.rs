@@ -83,15 +83,15 @@ impl BridgeSettings {
 
     /// The room a message on `subject` is for: `None` for the subject itself, a room's
     /// name for `SUBJECT.NAME` (with `--rooms`); `Err` for any other subject.
-    pub fn room_of(&self, subject: &str) -> Result<Option<Box<str>>, NotARoom> {
-        if subject == self.subject {
+    pub fn room_of(&self, subject: &[u8]) -> Result<Option<Box<str>>, NotARoom> {
+        if subject == self.subject.as_bytes() {
             return Ok(None);
         }
         let name = subject
-            .strip_prefix(self.subject.as_str())
-            .and_then(|rest| rest.strip_prefix('.'))
+            .strip_prefix(self.subject.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b"."))
             .filter(|_| self.rooms)
-            .and_then(|name| commands::room_name(name.as_bytes()))
+            .and_then(commands::room_name)
             .ok_or(NotARoom)?;
         Ok(Some(name.into()))
     }
@@ -351,9 +351,9 @@ mod tests {
             rooms: false,
         };
         assert_eq!(settings.subscriptions(), ["chat.prod"]);
-        assert_eq!(settings.room_of("chat.prod"), Ok(None));
+        assert_eq!(settings.room_of(b"chat.prod"), Ok(None));
         assert_eq!(
-            settings.room_of("chat.prod.x"),
+            settings.room_of(b"chat.prod.x"),
             Err(NotARoom),
             "no rooms, no room subjects"
         );
@@ -367,13 +367,13 @@ mod tests {
         );
         assert_eq!(settings.subject_for(Some("ops-1")), "chat.prod.ops-1");
         assert_eq!(
-            settings.room_of("chat.prod.ops-1"),
+            settings.room_of(b"chat.prod.ops-1"),
             Ok(Some("ops-1".into()))
         );
-        assert_eq!(settings.room_of("chat.prod.bad!"), Err(NotARoom));
-        assert_eq!(settings.room_of("chat.production"), Err(NotARoom));
-        assert_eq!(settings.room_of("chat.prod."), Err(NotARoom));
-        assert_eq!(settings.room_of("other"), Err(NotARoom));
+        assert_eq!(settings.room_of(b"chat.prod.bad!"), Err(NotARoom));
+        assert_eq!(settings.room_of(b"chat.production"), Err(NotARoom));
+        assert_eq!(settings.room_of(b"chat.prod."), Err(NotARoom));
+        assert_eq!(settings.room_of(b"other"), Err(NotARoom));
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub enum ServerOp {
     /// A message on one of our subscriptions: its subject (which names the room, with
     /// `--rooms`) and its payload.
     Msg {
-        subject: String,
+        subject: Bytes,
         payload: Bytes,
     },
     Ping,
@@ -111,11 +111,18 @@ pub fn decode(buf: &mut BytesMut, max_payload: usize) -> Result<Option<ServerOp>
         _ => return Err(ProtocolError::Malformed("operation")),
     };
     let (header_len, total_len) = message_lengths(args, with_headers)?;
-    let subject = args
-        .split(|&b| b == b' ' || b == b'\t')
-        .find(|field| !field.is_empty())
-        .map(|field| String::from_utf8_lossy(field).into_owned())
-        .unwrap_or_default();
+    // Where the subject (the first argument) lies in the control line: kept as a slice of
+    // the read buffer, no copy.
+    let args_at = line.len() - args.len();
+    let skip = args
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let length = args[skip..]
+        .iter()
+        .take_while(|&&b| b != b' ' && b != b'\t')
+        .count();
+    let subject = (args_at + skip)..(args_at + skip + length);
     if total_len > max_payload.min(MAX_PAYLOAD_CEILING) {
         return Err(ProtocolError::PayloadTooLarge(total_len));
     }
@@ -128,9 +135,10 @@ pub fn decode(buf: &mut BytesMut, max_payload: usize) -> Result<Option<ServerOp>
     if &buf[frame_len - 2..frame_len] != b"\r\n" {
         return Err(ProtocolError::Malformed("message end"));
     }
-    buf.advance(end + 2 + header_len);
+    let head = buf.split_to(end + 2 + header_len).freeze();
     let payload = buf.split_to(total_len - header_len).freeze();
     buf.advance(2);
+    let subject = head.slice(subject);
     Ok(Some(ServerOp::Msg { subject, payload }))
 }
 
@@ -264,7 +272,7 @@ mod tests {
 
     fn msg(subject: &str, payload: &[u8]) -> ServerOp {
         ServerOp::Msg {
-            subject: subject.into(),
+            subject: Bytes::copy_from_slice(subject.as_bytes()),
             payload: Bytes::copy_from_slice(payload),
         }
     }

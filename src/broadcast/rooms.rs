@@ -8,19 +8,22 @@
 //! names that `/rooms` lists from (O(log R)). Slots are reused, so memory follows the rooms
 //! that exist, not the rooms that ever did.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::Broadcast;
 use super::batch::Batch;
 use super::history::History;
+use super::{Broadcast, Form};
 
 /// A room's number: its slot. Stable while the room exists; reused after it is gone.
 pub type RoomId = usize;
 
 /// The room every client starts in.
 pub const MAIN: &str = "main";
+
+/// The one room's number without `--rooms`.
+pub const ONLY_ROOM: RoomId = 0;
 
 /// Most rooms `/rooms` lists (by name); more are summed up as `+N`.
 pub const LISTED_AT_MOST: usize = 100;
@@ -50,8 +53,12 @@ impl RoomShape {
 pub struct Room {
     name: Box<str>,
     pub broadcast: Broadcast,
-    /// Its members, with `--rooms` (without, everyone is a member and none is listed).
-    members: HashSet<usize>,
+    /// Its members and the form each takes the lines in, with `--rooms` (without, everyone
+    /// is a member and none is listed).
+    members: HashMap<usize, Form>,
+    /// How many of its members take frames: the batch is framed only for a room that has
+    /// some.
+    framed_members: usize,
     /// Listed in [`Rooms::take_pending`]: it has lines to hand out.
     pending: bool,
 }
@@ -61,9 +68,14 @@ impl Room {
         &self.name
     }
 
-    /// Its members' client numbers (with `--rooms` only; empty without).
-    pub fn members(&self) -> &HashSet<usize> {
-        &self.members
+    /// Its members' client numbers (with `--rooms` only; none without).
+    pub fn members(&self) -> impl Iterator<Item = usize> + '_ {
+        self.members.keys().copied()
+    }
+
+    /// Whether any of its members takes WebSocket frames (with `--rooms` only).
+    pub fn has_framed_members(&self) -> bool {
+        self.framed_members > 0
     }
 
     /// Whether it holds nothing to hand out: no batch and no kept line.
@@ -110,16 +122,19 @@ pub struct Rooms {
 impl Rooms {
     /// One room, `main`, that everyone is in: the server without `--rooms`.
     pub fn single(shape: RoomShape) -> Rooms {
-        let mut rooms = Rooms::named(shape, 1);
-        rooms.named = false;
+        let mut rooms = Rooms::new(shape, false, 1);
         rooms.create(MAIN);
         rooms
     }
 
     /// No room yet, at most `max` at once: the server with `--rooms`.
     pub fn named(shape: RoomShape, max: usize) -> Rooms {
+        Rooms::new(shape, true, max)
+    }
+
+    fn new(shape: RoomShape, named: bool, max: usize) -> Rooms {
         Rooms {
-            named: true,
+            named,
             max,
             shape,
             slots: Vec::new(),
@@ -176,7 +191,7 @@ impl Rooms {
     ) -> Result<(), TooManyRooms> {
         let alone = from
             .and_then(|id| self.get(id))
-            .is_some_and(|room| room.members.len() == 1 && room.members.contains(&member));
+            .is_some_and(|room| room.members.len() == 1 && room.members.contains_key(&member));
         let room_for_one_more = self.count < self.max + usize::from(alone);
         if !self.named || self.by_name.contains_key(name) || room_for_one_more {
             return Ok(());
@@ -186,9 +201,9 @@ impl Rooms {
 
     /// Puts new client `member` in the room named `name`, creating the room if it does not
     /// exist and `--max-rooms` allows. Without `--rooms`: room 0, with no bookkeeping.
-    pub fn enter(&mut self, name: &str, member: usize) -> Result<RoomId, TooManyRooms> {
+    pub fn enter(&mut self, name: &str, member: usize, form: Form) -> Result<RoomId, TooManyRooms> {
         self.may_enter(name, member, None)?;
-        Ok(self.admit(name, member))
+        Ok(self.admit(name, member, form))
     }
 
     /// Moves client `member` from room `from` to the room named `name` (see
@@ -199,25 +214,27 @@ impl Rooms {
         member: usize,
         from: RoomId,
         name: &str,
+        form: Form,
     ) -> Result<RoomId, TooManyRooms> {
         self.may_enter(name, member, Some(from))?;
         self.leave(from, member);
-        Ok(self.admit(name, member))
+        Ok(self.admit(name, member, form))
     }
 
-    /// Puts `member` in the room named `name`, made if need be.
-    fn admit(&mut self, name: &str, member: usize) -> RoomId {
+    /// Puts `member` (taking `form`) in the room named `name`, made if need be.
+    fn admit(&mut self, name: &str, member: usize, form: Form) -> RoomId {
         if !self.named {
-            return 0;
+            return ONLY_ROOM;
         }
         let id = match self.find(name) {
             Some(id) => id,
             None => self.create(name),
         };
         if let Some(room) = self.slots.get_mut(id).and_then(Option::as_mut)
-            && room.members.insert(member)
+            && room.members.insert(member, form).is_none()
         {
             self.listing = None;
+            room.framed_members += usize::from(form == Form::Frames);
             if room.members.len() == 1 {
                 self.occupied += 1;
             }
@@ -231,9 +248,10 @@ impl Rooms {
             return;
         }
         if let Some(room) = self.slots.get_mut(id).and_then(Option::as_mut)
-            && room.members.remove(&member)
+            && let Some(form) = room.members.remove(&member)
         {
             self.listing = None;
+            room.framed_members -= usize::from(form == Form::Frames);
             if room.members.is_empty() {
                 self.occupied -= 1;
             }
@@ -251,6 +269,10 @@ impl Rooms {
             return;
         }
         if let Some(room) = self.slots.get_mut(id).and_then(Option::take) {
+            if room.pending {
+                // Its number may be reused at once: it must not stay listed for the new room.
+                self.pending.retain(|&pending| pending != id);
+            }
             if let Some(history) = &room.broadcast.history {
                 self.history_totals.0 -= history.lines() as u64;
                 self.history_totals.1 -= history.len() as u64;
@@ -267,7 +289,8 @@ impl Rooms {
         let room = Room {
             name: name.into(),
             broadcast: self.shape.broadcast(),
-            members: HashSet::new(),
+            members: HashMap::new(),
+            framed_members: 0,
             pending: false,
         };
         let id = match self.free.pop() {
@@ -330,17 +353,30 @@ impl Rooms {
             .filter_map(|(id, slot)| slot.as_ref().map(|_| id))
     }
 
-    /// Keeps room `id`'s batch in its history (with `--history`), just handed out; returns
-    /// the lines and bytes every room's history holds together.
-    pub fn keep_in_history(&mut self, id: RoomId) -> Option<(u64, u64)> {
-        let room = self.slots.get_mut(id).and_then(Option::as_mut)?;
-        let history = room.broadcast.history.as_mut()?;
+    /// Keeps room `id`'s batch in its history (with `--history`), just handed out, and the
+    /// totals of every room's history in step.
+    pub fn keep_in_history(&mut self, id: RoomId) {
+        let Some(room) = self.slots.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(history) = room.broadcast.history.as_mut() else {
+            return;
+        };
         let (lines, bytes) = (history.lines() as u64, history.len() as u64);
         history.keep(room.broadcast.batch.whole());
         let totals = &mut self.history_totals;
         totals.0 = totals.0 - lines + history.lines() as u64;
         totals.1 = totals.1 - bytes + history.len() as u64;
-        Some(*totals)
+    }
+
+    /// After a hand-out of room `id`: it stays marked while it still has lines to hand out
+    /// (a held batch, kept lines), else it goes if it has no members.
+    pub fn settle(&mut self, id: RoomId) {
+        match self.get(id).map(Room::is_idle) {
+            Some(false) => self.mark_pending(id),
+            Some(true) => self.remove_if_deserted(id),
+            None => {}
+        }
     }
 
     /// Lines and bytes in every room's history together.
@@ -348,8 +384,8 @@ impl Rooms {
         self.history_totals
     }
 
-    /// The rooms marked as having lines to hand out (they stay marked).
-    pub fn pending(&self) -> Vec<RoomId> {
+    /// A copy of the list of rooms marked as having lines to hand out (they stay marked).
+    pub fn pending_now(&self) -> Vec<RoomId> {
         self.pending.clone()
     }
 
@@ -390,7 +426,8 @@ impl Rooms {
     /// The reply to `/rooms`: `OK rooms NAME:MEMBERS ...`, by name, at most
     /// [`LISTED_AT_MOST`] of them, then `+N` for the N not listed. Only rooms with members
     /// are listed (a room stays a moment after its last member, to hand out its lines).
-    /// Made once until someone joins or leaves: O(listed) at most, whatever the rooms.
+    /// Made once until someone joins or leaves: O(listed), and the rooms without members
+    /// met on the way (rooms handing out their last lines: few).
     pub fn listing(&mut self) -> &[u8] {
         let sorted = &self.sorted;
         let slots = &self.slots;
@@ -433,7 +470,7 @@ mod tests {
     #[test]
     fn single_has_main_for_good_and_tracks_no_one() {
         let mut rooms = Rooms::single(shape());
-        assert_eq!(rooms.enter("anything", 7), Ok(0));
+        assert_eq!(rooms.enter("anything", 7, Form::Lines), Ok(0));
         rooms.leave(0, 7);
         assert_eq!(rooms.get(0).map(Room::name), Some(MAIN));
         assert_eq!(rooms.count(), 1);
@@ -442,8 +479,8 @@ mod tests {
     #[test]
     fn a_room_exists_while_it_has_members() {
         let mut rooms = Rooms::named(shape(), 10);
-        let a = rooms.enter("a", 1).unwrap();
-        assert_eq!(rooms.enter("a", 2), Ok(a));
+        let a = rooms.enter("a", 1, Form::Lines).unwrap();
+        assert_eq!(rooms.enter("a", 2, Form::Lines), Ok(a));
         assert_eq!(rooms.count(), 1);
         rooms.leave(a, 1);
         assert_eq!(rooms.find("a"), Some(a));
@@ -456,12 +493,12 @@ mod tests {
     #[test]
     fn the_listing_follows_joins_and_leaves() {
         let mut rooms = Rooms::named(shape(), 10);
-        let a = rooms.enter("a", 1).unwrap();
+        let a = rooms.enter("a", 1, Form::Lines).unwrap();
         assert_eq!(rooms.listing(), b"OK rooms a:1\n");
-        rooms.enter("a", 2).unwrap();
+        rooms.enter("a", 2, Form::Lines).unwrap();
         assert_eq!(rooms.listing(), b"OK rooms a:2\n");
-        rooms.enter("a", 3).unwrap();
-        rooms.move_member(3, a, "b").unwrap();
+        rooms.enter("a", 3, Form::Lines).unwrap();
+        rooms.move_member(3, a, "b", Form::Lines).unwrap();
         assert_eq!(rooms.listing(), b"OK rooms a:2 b:1\n");
         rooms.leave(a, 1);
         rooms.leave(a, 2);
@@ -471,7 +508,7 @@ mod tests {
     #[test]
     fn a_room_with_lines_to_hand_out_waits_for_them() {
         let mut rooms = Rooms::named(shape(), 10);
-        let a = rooms.enter("a", 1).unwrap();
+        let a = rooms.enter("a", 1, Form::Lines).unwrap();
         let batch = &mut rooms.get_mut(a).unwrap().broadcast.batch;
         batch.append(super::super::batch::Sender::Client(1), b"x\n", 1);
         rooms.leave(a, 1);
@@ -490,23 +527,26 @@ mod tests {
     #[test]
     fn max_rooms_bounds_creation_not_joining() {
         let mut rooms = Rooms::named(shape(), 2);
-        rooms.enter("a", 1).unwrap();
-        rooms.enter("b", 2).unwrap();
-        assert_eq!(rooms.enter("c", 3), Err(TooManyRooms { max: 2 }));
-        assert!(rooms.enter("a", 3).is_ok());
+        rooms.enter("a", 1, Form::Lines).unwrap();
+        rooms.enter("b", 2, Form::Lines).unwrap();
+        assert_eq!(
+            rooms.enter("c", 3, Form::Lines),
+            Err(TooManyRooms { max: 2 })
+        );
+        assert!(rooms.enter("a", 3, Form::Lines).is_ok());
         let b = rooms.find("b").unwrap();
         rooms.leave(b, 2);
-        assert!(rooms.enter("c", 2).is_ok(), "a slot came free");
+        assert!(rooms.enter("c", 2, Form::Lines).is_ok(), "a slot came free");
         assert_eq!(rooms.peak(), 2);
         let a = rooms.find("a").unwrap();
         assert_eq!(
-            rooms.move_member(1, a, "d"),
+            rooms.move_member(1, a, "d", Form::Lines),
             Err(TooManyRooms { max: 2 }),
             "a has 2"
         );
         rooms.leave(a, 3);
         let d = rooms
-            .move_member(1, a, "d")
+            .move_member(1, a, "d", Form::Lines)
             .expect("alone in a, its move frees it");
         assert_eq!((rooms.find("a"), rooms.find("d")), (None, Some(d)));
         assert_eq!(rooms.peak(), 2, "never three at once");
@@ -516,9 +556,9 @@ mod tests {
     fn listing_is_sorted_and_bounded() {
         let mut rooms = Rooms::named(shape(), 1000);
         for i in (0..LISTED_AT_MOST + 5).rev() {
-            rooms.enter(&format!("r{i:03}"), i).unwrap();
+            rooms.enter(&format!("r{i:03}"), i, Form::Lines).unwrap();
         }
-        rooms.enter("r000", 9999).unwrap();
+        rooms.enter("r000", 9999, Form::Lines).unwrap();
         let listing = String::from_utf8(rooms.listing().to_vec()).unwrap();
         assert!(
             listing.starts_with("OK rooms r000:2 r001:1 r002:1 "),
@@ -531,8 +571,8 @@ mod tests {
     #[test]
     fn pending_rooms_are_taken_once() {
         let mut rooms = Rooms::named(shape(), 10);
-        let a = rooms.enter("a", 1).unwrap();
-        let b = rooms.enter("b", 2).unwrap();
+        let a = rooms.enter("a", 1, Form::Lines).unwrap();
+        let b = rooms.enter("b", 2, Form::Lines).unwrap();
         rooms.mark_pending(b);
         rooms.mark_pending(a);
         rooms.mark_pending(b);
@@ -543,10 +583,38 @@ mod tests {
     }
 
     #[test]
+    fn a_room_knows_whether_it_has_members_that_take_frames() {
+        let mut rooms = Rooms::named(shape(), 10);
+        let a = rooms.enter("a", 1, Form::Lines).unwrap();
+        rooms.enter("a", 2, Form::Frames).unwrap();
+        assert!(rooms.get(a).unwrap().has_framed_members());
+        let b = rooms.move_member(2, a, "b", Form::Frames).unwrap();
+        assert!(
+            !rooms.get(a).unwrap().has_framed_members(),
+            "frames left with 2"
+        );
+        assert!(rooms.get(b).unwrap().has_framed_members());
+    }
+
+    #[test]
+    fn a_removed_room_leaves_no_stale_pending_mark_for_its_slot() {
+        let mut rooms = Rooms::named(shape(), 10);
+        let a = rooms.enter("a", 1, Form::Lines).unwrap();
+        rooms.mark_pending(a);
+        rooms.leave(a, 1); // deserted and idle: gone, its slot free
+        let b = rooms.enter("b", 1, Form::Lines).unwrap();
+        assert_eq!(b, a, "the slot is reused");
+        rooms.mark_pending(b);
+        assert_eq!(rooms.take_pending(), vec![b], "once, not twice");
+    }
+
+    #[test]
     fn slots_are_reused() {
         let mut rooms = Rooms::named(shape(), 10);
         for round in 0..100 {
-            let id = rooms.enter(&format!("room{round}"), round).unwrap();
+            let id = rooms
+                .enter(&format!("room{round}"), round, Form::Lines)
+                .unwrap();
             rooms.leave(id, round);
         }
         assert_eq!(rooms.slots.len(), 1);

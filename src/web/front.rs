@@ -11,6 +11,7 @@ use crate::observe::stats::Stats;
 use crate::web::origin::{OriginPolicy, Verdict};
 use crate::web::requests::WebRequests;
 use crate::web::{metrics, page};
+use crate::wire::commands;
 use crate::wire::http::{self, Refusal, Request, Route};
 
 /// What the front door decided for a routed request; the loop carries it out.
@@ -128,11 +129,19 @@ impl WebFront {
                 host,
                 room,
             } => {
-                if room.is_some() && !context.rooms {
-                    return Decision::Refuse(http::refusal(
-                        http::NOT_FOUND,
-                        "no such page: rooms are off (the server runs without --rooms)",
-                    ));
+                if let Some(name) = &room {
+                    if !context.rooms {
+                        return Decision::Refuse(http::refusal(
+                            http::NOT_FOUND,
+                            "no such page: rooms are off (the server runs without --rooms)",
+                        ));
+                    }
+                    if commands::room_name(name.as_bytes()).is_none() {
+                        let mut refusal =
+                            http::refusal(http::BAD_REQUEST, commands::BAD_NAME_REASON);
+                        refusal.detail = Some(format!("room {}", logger::quote(name, 80)));
+                        return Decision::Refuse(refusal);
+                    }
                 }
                 let verdict =
                     context

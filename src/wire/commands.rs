@@ -29,6 +29,20 @@ pub const UNKNOWN: &[u8] = b"ERR unknown command: the commands are /join NAME an
 /// The reply to `/join` with a name that is not one.
 pub const BAD_NAME: &[u8] = b"ERR bad room name: 1 to 64 of A-Z a-z 0-9 _ -\n";
 
+/// The reply to a `/join` that would make one room more than `--max-rooms`.
+pub fn too_many_rooms(max: usize) -> String {
+    format!(
+        "ERR too many rooms (--max-rooms {max}): join one that has members (/rooms lists \
+         them)\n"
+    )
+}
+
+/// Why a client cannot start in its first room `name`: `--max-rooms` rooms exist and that
+/// one is not among them (said in an `ERR` line before the close, or a 503).
+pub fn no_room_to_start_in(max: usize, name: &str) -> String {
+    format!("too many rooms (--max-rooms {max}): room {name} cannot open; try again later")
+}
+
 /// Why a room name is refused (`/ws/NAME`'s 400).
 pub const BAD_NAME_REASON: &str = "bad room name: 1 to 64 of A-Z a-z 0-9 _ -";
 

@@ -17,6 +17,7 @@ use mio::{Interest, Registry, Token};
 use super::{EventLoop, HandOut};
 use crate::admission::access::AddressPlace;
 use crate::bridge::Bridge;
+use crate::broadcast::Form;
 use crate::broadcast::rooms::{MAIN, TooManyRooms};
 use crate::conn::connection::Member;
 use crate::conn::socket::configure_socket;
@@ -26,6 +27,7 @@ use crate::transport::Transport;
 use crate::transport::tls::{Handshake, HandshakeStep};
 use crate::web::front::{Context, Decision};
 use crate::web::requests::{Exchange, Progress, WebRequests};
+use crate::wire::commands;
 use crate::wire::http::{self, Request};
 
 impl EventLoop {
@@ -225,20 +227,18 @@ impl EventLoop {
         }
         // TLS may hold the client's first bytes already: no readiness event will say so.
         let read_now = transport.is_tls();
-        let room = match self.rooms.enter(MAIN, token.0) {
+        let room = match self.rooms.enter(MAIN, token.0, Form::Lines) {
             Ok(room) => room,
             Err(TooManyRooms { max }) => {
-                info!("refused {peer}: room {MAIN} cannot open (--max-rooms {max})");
-                let message = format!(
-                    "ERR too many rooms (--max-rooms {max}): room {MAIN} cannot open; try \
-                     again later\n"
-                );
+                let why = commands::no_room_to_start_in(max, MAIN);
+                info!("refused {peer}: {why}");
+                let message = format!("ERR {why}\n");
                 return self.refuse_with(transport, message.as_bytes());
             }
         };
         // Lines framed earlier go out first: a line reaches exactly the clients of its room
         // when it was framed.
-        self.hand_out_everything_framed(room);
+        self.hand_out_with_kept_lines(room);
         let mut member = Member::new(transport, peer, place);
         member.move_to(Some(room));
         self.connections
@@ -401,15 +401,15 @@ impl EventLoop {
             let refusal = http::refusal(http::SERVICE_UNAVAILABLE, reason);
             return self.refuse_exchange(token, &refusal);
         }
-        let room = match self.rooms.enter(name, token.0) {
+        let room = match self.rooms.enter(name, token.0, Form::Frames) {
             Ok(room) => room,
             Err(TooManyRooms { max }) => {
-                let reason = format!("too many rooms (--max-rooms {max}) to open room {name}");
+                let reason = commands::no_room_to_start_in(max, name);
                 let refusal = http::refusal(http::SERVICE_UNAVAILABLE, reason);
                 return self.refuse_exchange(token, &refusal);
             }
         };
-        self.hand_out_everything_framed(room);
+        self.hand_out_with_kept_lines(room);
         // Its place in its address's count, taken at the accept, goes on with it.
         let Some(ClientConnection::Request(exchange)) =
             self.connections.remove_in(token, Stage::Request)

@@ -254,6 +254,8 @@ impl EventLoop {
         reason: DisconnectReason,
         deadline: Instant,
     ) {
+        // What it sent before it is sent away goes where it asked (`--rooms`).
+        self.obey_all_deferred_lines(token);
         let Some(connection) = self.connections.member_mut(token) else {
             return;
         };
@@ -289,6 +291,9 @@ impl EventLoop {
 
     /// Removes a client for good; the one place a disconnect is logged and counted.
     pub(super) fn close(&mut self, token: Token, reason: DisconnectReason) {
+        // What it sent before it went goes where it asked (`--rooms`); obeying may close it
+        // itself (a reply over `--max-queue`), and then it is closed already.
+        self.obey_all_deferred_lines(token);
         let Some(mut connection) = self.connections.remove_member(token) else {
             return;
         };
@@ -309,7 +314,6 @@ impl EventLoop {
                 }
             }
             Phase::Open => {
-                self.keep_deferred_lines(token, &mut connection);
                 self.keep_unfinished_line(token, &mut connection);
                 reason
             }

@@ -87,6 +87,11 @@ impl EventLoop {
             not_waited_for: HashSet::new(),
             draining: false,
         });
+        // Lines a member's last turn left (`--rooms`) came before the signal: obeyed now,
+        // before its finale's input, so that its lines keep their order.
+        for token in self.connections.tokens_in(Stage::Member) {
+            self.obey_all_deferred_lines(token);
+        }
     }
 
     /// Moves a shutdown on, once per turn: hands out batches of final lines while every
@@ -165,7 +170,7 @@ impl EventLoop {
     /// still unfinished, with a `\n`. Each client is in one room, so it receives at most one
     /// batch a step.
     fn hand_out_finales(&mut self) {
-        for id in self.rooms.pending() {
+        for id in self.rooms.pending_now() {
             self.take_kept_lines(id);
         }
         while let Some(&finale) = self.shutdown.as_ref().and_then(|s| s.finales.front()) {

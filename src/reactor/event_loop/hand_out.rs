@@ -61,7 +61,7 @@ impl HandOut<'_> {
 impl EventLoop {
     /// Hands out room `id`'s batch and every kept unfinished line (a batch at a time), so
     /// that none reaches a client that comes in after it.
-    pub(super) fn hand_out_everything_framed(&mut self, id: RoomId) {
+    pub(super) fn hand_out_with_kept_lines(&mut self, id: RoomId) {
         loop {
             self.hand_out(id);
             let kept = self
@@ -94,14 +94,7 @@ impl EventLoop {
                 Some(due) => first_due = Some(first_due.map_or(due, |first| first.min(due))),
                 None => {}
             }
-            let waiting = self.rooms.get(id).is_some_and(|room| {
-                !room.broadcast.batch.is_empty() || !room.broadcast.kept_lines.is_empty()
-            });
-            if waiting {
-                self.rooms.mark_pending(id);
-            } else {
-                self.rooms.remove_if_deserted(id);
-            }
+            self.rooms.settle(id);
         }
         self.rooms.give_back(pending);
         // One timer for every room: armed for the first that is due, and left as it is if
@@ -121,15 +114,7 @@ impl EventLoop {
         let pending = self.rooms.take_pending();
         for &id in &pending {
             self.hand_out(id);
-            let kept = self
-                .rooms
-                .get(id)
-                .is_some_and(|room| !room.broadcast.kept_lines.is_empty());
-            if kept {
-                self.rooms.mark_pending(id);
-            } else {
-                self.rooms.remove_if_deserted(id);
-            }
+            self.rooms.settle(id);
         }
         self.rooms.give_back(pending);
     }
@@ -157,7 +142,12 @@ impl EventLoop {
         }
         self.nats
             .gather(&room.broadcast.batch, named.then_some(room.name()));
-        if self.observe.stats.websocket_active > 0 {
+        // Framed once for all, and only if someone here takes frames.
+        let framed_members = match named {
+            true => room.has_framed_members(),
+            false => self.observe.stats.websocket_active > 0,
+        };
+        if framed_members {
             let broadcast = &mut room.broadcast;
             broadcast.framed.build(&broadcast.batch);
         }
@@ -195,7 +185,7 @@ impl EventLoop {
             }
         };
         if named {
-            for &client in room.members() {
+            for client in room.members() {
                 if let Some(connection) = self.connections.member_mut(Token(client)) {
                     give_whole(Token(client), connection);
                 }

@@ -9,9 +9,9 @@ use log::trace;
 use super::{EventLoop, READ_BUDGET};
 use bytes::Bytes;
 
-use crate::bridge::Bridge;
+use crate::bridge::{Bridge, Outbound};
 use crate::broadcast::batch::{Batch, Sender};
-use crate::broadcast::rooms::MAIN;
+use crate::broadcast::rooms::{MAIN, ONLY_ROOM};
 
 /// The loop's side of the NATS bridge (`--nats`): the bridge thread's handle, whether
 /// lines from NATS wait beyond this turn's intake, and local lines gathered for the next
@@ -21,11 +21,53 @@ pub(super) struct NatsLink {
     pub(super) bridge: Option<Bridge>,
     /// Messages from NATS may be waiting (the waker fired, or the last turn's budget ran out).
     pub(super) waiting: bool,
-    /// This turn's local lines for NATS by room (`None`: the one broadcast), consecutive
-    /// hand-outs of a room together; handed to the bridge once at the end of the turn.
-    outgoing: Vec<(Option<Box<str>>, Vec<u8>)>,
-    outgoing_bytes: usize,
-    outgoing_lines: usize,
+    /// This turn's local lines for NATS, handed to the bridge once at the end of the turn.
+    outgoing: LocalLines,
+}
+
+/// A turn's local lines for NATS by room (`None`: the one broadcast), consecutive
+/// hand-outs of one room together.
+#[derive(Debug, Default)]
+struct LocalLines {
+    by_room: Vec<(Option<Box<str>>, Vec<u8>)>,
+    bytes: usize,
+    lines: usize,
+}
+
+impl LocalLines {
+    /// Adds `parts` (`lines` whole lines) of room `room`; a room with none adds no entry.
+    fn add<'a>(&mut self, room: Option<&str>, parts: impl Iterator<Item = &'a [u8]>, lines: usize) {
+        if lines == 0 {
+            return;
+        }
+        if self
+            .by_room
+            .last()
+            .is_none_or(|(last, _)| last.as_deref() != room)
+        {
+            self.by_room.push((room.map(Box::from), Vec::new()));
+        }
+        if let Some((_, bytes)) = self.by_room.last_mut() {
+            let before = bytes.len();
+            parts.for_each(|part| bytes.extend_from_slice(part));
+            self.bytes += bytes.len() - before;
+        }
+        self.lines += lines;
+    }
+
+    /// Everything added, by room, and how many lines; `None` if nothing was.
+    fn take(&mut self) -> Option<(Outbound, usize)> {
+        if self.bytes == 0 {
+            return None;
+        }
+        let by_room = std::mem::take(&mut self.by_room)
+            .into_iter()
+            .map(|(room, lines)| (room, Bytes::from(lines)))
+            .collect();
+        let lines = std::mem::take(&mut self.lines);
+        self.bytes = 0;
+        Some((by_room, lines))
+    }
 }
 
 /// Most messages from NATS taken per turn, so that a flooding instance cannot starve this
@@ -43,9 +85,7 @@ impl NatsLink {
         NatsLink {
             bridge,
             waiting: false,
-            outgoing: Vec::new(),
-            outgoing_bytes: 0,
-            outgoing_lines: 0,
+            outgoing: LocalLines::default(),
         }
     }
 
@@ -56,36 +96,22 @@ impl NatsLink {
         if self.bridge.is_none() {
             return;
         }
-        if self
-            .outgoing
-            .last()
-            .is_none_or(|(last, _)| last.as_deref() != room)
-        {
-            self.outgoing.push((room.map(Box::from), Vec::new()));
-        }
-        let Some((_, lines)) = self.outgoing.last_mut() else {
-            return;
-        };
-        let before = lines.len();
         match batch
             .senders()
             .find(|share| share.sender() == Sender::Remote)
         {
             None => {
-                lines.extend_from_slice(batch.whole());
-                self.outgoing_lines += batch.lines();
+                let whole = std::iter::once(batch.whole());
+                self.outgoing.add(room, whole, batch.lines());
             }
             Some(remote) => {
-                for part in remote.parts() {
-                    lines.extend_from_slice(part);
-                }
-                self.outgoing_lines += remote.lines_for_sender();
+                let lines = remote.lines_for_sender();
+                self.outgoing.add(room, remote.parts(), lines);
             }
         }
-        self.outgoing_bytes += lines.len() - before;
         // Many hand-outs in one turn: hand over a batch's worth at a time, so that one send
         // (and the bridge's queue of them) stays bounded in bytes.
-        if self.outgoing_bytes >= batch.limit() {
+        if self.outgoing.bytes >= batch.limit() {
             self.hand_over();
         }
     }
@@ -93,16 +119,9 @@ impl NatsLink {
     /// Hands the turn's local lines to the bridge: one non-blocking send per turn.
     pub(super) fn hand_over(&mut self) {
         if let Some(bridge) = &self.bridge
-            && self.outgoing_bytes > 0
+            && let Some((by_room, lines)) = self.outgoing.take()
         {
-            let outbound = std::mem::take(&mut self.outgoing)
-                .into_iter()
-                .filter(|(_, lines)| !lines.is_empty())
-                .map(|(room, lines)| (room, Bytes::from(lines)))
-                .collect();
-            bridge.publish(outbound, self.outgoing_lines);
-            self.outgoing_lines = 0;
-            self.outgoing_bytes = 0;
+            bridge.publish(by_room, lines);
         }
     }
 }
@@ -128,9 +147,9 @@ impl EventLoop {
                 break;
             };
             taken += message.lines.len();
-            let room = match (self.rooms.is_named(), message.room.as_deref()) {
-                (false, _) => Some(0),
-                (true, name) => self.rooms.find(name.unwrap_or(MAIN)),
+            let room = match self.rooms.is_named() {
+                false => Some(ONLY_ROOM),
+                true => self.rooms.find(message.room.as_deref().unwrap_or(MAIN)),
             };
             let (mut received, mut dropped) = (0, 0);
             for line in message.lines.split_inclusive(|&b| b == b'\n') {
@@ -152,5 +171,34 @@ impl EventLoop {
         trace!("nats: took {taken} bytes");
         // The budget ran out before the inbox did: more may be waiting.
         self.nats.waiting = taken >= NATS_BYTES_PER_TURN;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_lines_keep_rooms_apart_and_rooms_without_lines_leave_no_trace() {
+        let mut local = LocalLines::default();
+        for _ in 0..1000 {
+            local.add(Some("a"), std::iter::empty(), 0); // a hand-out of NATS lines only
+            local.add(Some("b"), std::iter::empty(), 0);
+        }
+        assert!(local.by_room.is_empty());
+        assert!(local.take().is_none());
+        local.add(Some("a"), [&b"1\n"[..]].into_iter(), 1);
+        local.add(Some("a"), [&b"2\n"[..], &b"3\n"[..]].into_iter(), 2);
+        local.add(None, [&b"m\n"[..]].into_iter(), 1);
+        let (by_room, lines) = local.take().unwrap();
+        assert_eq!(lines, 4);
+        assert_eq!(
+            by_room,
+            [
+                (Some("a".into()), Bytes::from_static(b"1\n2\n3\n")),
+                (None, Bytes::from_static(b"m\n"))
+            ]
+        );
+        assert!(local.take().is_none());
     }
 }

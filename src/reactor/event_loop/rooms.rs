@@ -5,10 +5,13 @@
 //! any output. Without `--rooms` none of this runs: the read's lines go to the batch as
 //! they are.
 
+use std::io::IoSlice;
+
 use log::debug;
 use mio::Token;
 
 use super::EventLoop;
+use super::hand_out::HandOut;
 use crate::broadcast::Form;
 use crate::broadcast::batch::Sender;
 use crate::broadcast::rooms::{RoomId, TooManyRooms};
@@ -55,7 +58,7 @@ impl EventLoop {
         let batch = &mut room.broadcast.batch;
         if named && has_command(&batch.whole()[start..]) {
             let framed = batch.take_unrecorded(start);
-            return self.obey_lines(token, id, framed);
+            return self.obey_lines(token, id, framed, self.command_budget());
         }
         batch.record(Sender::Client(token.0), start, lines);
         self.observe.stats.lines_in += lines as u64;
@@ -71,19 +74,42 @@ impl EventLoop {
         let member = self.connections.member_mut(token)?;
         let lines = member.take_deferred_lines()?;
         let room = member.room()?;
-        Some(self.obey_lines(token, room, lines))
+        Some(self.obey_lines(token, room, lines, self.command_budget()))
+    }
+
+    /// Obeys every line an open member's last turn left, with no budget: it is about to be
+    /// sent away or closed, or the server is stopping, and what it sent before goes where
+    /// it asked.
+    pub(super) fn obey_all_deferred_lines(&mut self, token: Token) {
+        let Some(member) = self.connections.member_mut(token).filter(|m| m.is_open()) else {
+            return;
+        };
+        if let (Some(lines), Some(room)) = (member.take_deferred_lines(), member.room()) {
+            self.obey_lines(token, room, lines, usize::MAX);
+        }
+    }
+
+    /// Commands a member may have obeyed in one turn: `COMMANDS_PER_TURN`, or all of them
+    /// at shutdown (its finales are paced already).
+    fn command_budget(&self) -> usize {
+        match self.shutdown {
+            Some(_) => usize::MAX,
+            None => COMMANDS_PER_TURN,
+        }
     }
 
     /// Sends each of `framed`'s lines from `token` to its room, obeying the commands among
-    /// them in order, up to `COMMANDS_PER_TURN` (none at shutdown: its finales are paced
-    /// already); the lines after that are kept for the member's next turn. Clients a
-    /// hand-out finds failing meanwhile are closed only at the end, so that the member
-    /// stays (and its lines keep going out) until its lines are done.
-    fn obey_lines(&mut self, token: Token, mut room: RoomId, framed: Vec<u8>) -> Obeyed {
-        let budget = match self.shutdown {
-            Some(_) => usize::MAX,
-            None => COMMANDS_PER_TURN,
-        };
+    /// them in order, up to `budget` of them; the lines after that are kept for the
+    /// member's next turn. Clients a hand-out finds failing meanwhile are closed only at
+    /// the end, so that the member stays (and its lines keep going out) until its lines are
+    /// done.
+    fn obey_lines(
+        &mut self,
+        token: Token,
+        mut room: RoomId,
+        framed: Vec<u8>,
+        budget: usize,
+    ) -> Obeyed {
         self.turn.closes_held = true;
         let mut obeyed = Obeyed::default();
         let mut at = 0;
@@ -93,6 +119,11 @@ impl EventLoop {
                 Some(Command::Escaped(text)) => self.append_client_line(token, room, text),
                 Some(_) if obeyed.commands == budget => {
                     if let Some(member) = self.connections.member_mut(token) {
+                        debug!(
+                            "token {}: {budget} commands this turn; the rest of its lines \
+                             wait for its next turn",
+                            token.0
+                        );
                         member.defer_lines(framed[at..].to_vec());
                         obeyed.deferred = true;
                     }
@@ -110,14 +141,7 @@ impl EventLoop {
         obeyed
     }
 
-    /// The lines a member that is being closed left unobeyed, kept for its room (see
-    /// `keep_leavers_lines`).
-    pub(super) fn keep_deferred_lines(&mut self, token: Token, member: &mut Member) {
-        if let (Some(lines), Some(id)) = (member.take_deferred_lines(), member.room()) {
-            self.keep_leavers_lines(token, id, &lines);
-        }
-    }
-
+    /// Appends one line from the member under `token` to room `room`'s batch, counted.
     fn append_client_line(&mut self, token: Token, room: RoomId, line: &[u8]) {
         if self.append_line(room, Sender::Client(token.0), line) {
             self.observe.stats.lines_in += 1;
@@ -135,7 +159,7 @@ impl EventLoop {
             }
             Command::BadName => self.reply(token, commands::BAD_NAME),
             Command::Unknown => self.reply(token, commands::UNKNOWN),
-            Command::Escaped(_) => {}
+            Command::Escaped(_) => {} // a line, sent by `obey_lines`
         }
         room
     }
@@ -149,20 +173,19 @@ impl EventLoop {
             self.reply(token, format!("OK joined {name}\n").as_bytes());
             return from;
         }
-        if self.connections.member(token).and_then(|m| m.room()) != Some(from) {
-            return from; // leaving: it stays where it was, and gets no reply
-        }
         if let Err(TooManyRooms { max }) = self.rooms.may_enter(name, token.0, Some(from)) {
-            let refusal = format!(
-                "ERR too many rooms (--max-rooms {max}): join one that has members (/rooms \
-                 lists them)\n"
-            );
+            let refusal = commands::too_many_rooms(max);
             self.reply(token, refusal.as_bytes());
             return from;
         }
-        // Its old room's batch still counts it: it gets the lines it is owed there first.
-        self.hand_out_everything_framed(from);
-        let Ok(to) = self.rooms.move_member(token.0, from, name) else {
+        // What its old room framed so far is still owed to it: given now, to it alone (the
+        // room's others get it at its next hand-out, as they would have).
+        self.hand_owed_lines(token, from);
+        let form = self
+            .connections
+            .member(token)
+            .map_or(Form::Lines, Member::form);
+        let Ok(to) = self.rooms.move_member(token.0, from, name, form) else {
             return from; // it may (checked above, and a hand-out makes no room)
         };
         if let Some(member) = self.connections.member_mut(token) {
@@ -172,6 +195,60 @@ impl EventLoop {
         self.reply(token, format!("OK joined {name}\n").as_bytes());
         self.replay_history(token);
         to
+    }
+
+    /// Gives the member under `token`, about to leave room `from`, the lines it is owed
+    /// there and has not had: its share of the batch framed so far (everyone else's lines,
+    /// or all of them with `--echo`) and the room's kept lines, in one send within
+    /// `--max-queue`. Not a hand-out: the batch stays for the room's other members, so a
+    /// client joining to and fro costs the room nothing.
+    fn hand_owed_lines(&mut self, token: Token, from: RoomId) {
+        let echo = self.config.echo;
+        let Some(room) = self.rooms.get_mut(from) else {
+            return;
+        };
+        let Some(connection) = self.connections.member_mut(token) else {
+            return;
+        };
+        if !echo {
+            room.broadcast.batch.index_senders();
+        }
+        let (batch, kept) = (&room.broadcast.batch, &room.broadcast.kept_lines);
+        let own = (!echo)
+            .then(|| {
+                batch
+                    .senders()
+                    .find(|s| s.sender() == Sender::Client(token.0))
+            })
+            .flatten();
+        let mut parts: Vec<&[u8]> = match &own {
+            Some(share) => share.parts().collect(),
+            None => vec![batch.whole()],
+        };
+        parts.extend(kept.iter().map(|(_, line)| line.as_slice()));
+        let lines = own
+            .as_ref()
+            .map_or(batch.lines(), |share| share.lines_for_sender());
+        let lines = lines + kept.len();
+        let mut frames = Vec::new();
+        let mut slices: Vec<IoSlice<'_>> = match connection.form() {
+            Form::Lines => parts.iter().map(|part| IoSlice::new(part)).collect(),
+            Form::Frames => {
+                for part in &parts {
+                    for line in part.split_inclusive(|&b| b == b'\n') {
+                        websocket::encode_line(line, &mut frames);
+                    }
+                }
+                vec![IoSlice::new(&frames)]
+            }
+        };
+        let mut hand_out = HandOut {
+            registry: self.poll.registry(),
+            max_queue: self.config.max_queue,
+            stats: &mut self.observe.stats,
+            doomed: &mut self.turn.doomed,
+        };
+        hand_out.deliver(token, connection, &mut slices, lines);
     }
 
     /// Queues a reply line (`OK ...` or `ERR ...`, with its `\n`) for the member under
@@ -196,19 +273,14 @@ impl EventLoop {
     }
 
     /// Takes the member under `token` out of its room: it is leaving, and gets no more
-    /// lines (the lines it sent that wait for its next turn go out as kept lines). The room
-    /// goes if it was the last.
+    /// lines. The room goes if it was the last.
     pub(super) fn leave_room(&mut self, token: Token) {
-        let Some(member) = self.connections.member_mut(token) else {
-            return;
-        };
-        let unobeyed = member.take_deferred_lines();
-        let Some(id) = member.move_to(None) else {
-            return;
-        };
-        if let Some(lines) = unobeyed {
-            self.keep_leavers_lines(token, id, &lines);
+        let room = self
+            .connections
+            .member_mut(token)
+            .and_then(|member| member.move_to(None));
+        if let Some(id) = room {
+            self.rooms.leave(id, token.0);
         }
-        self.rooms.leave(id, token.0);
     }
 }
