@@ -909,7 +909,7 @@ fn with_a_shared_key_nothing_unsigned_or_altered_is_delivered() {
         .as_millis() as u64
         - 3_600_000;
     let old = [
-        seal(0xabc, 1, hour_ago, Some(&signing), lines),
+        seal(0xabc, 1, hour_ago, Some(&signing), b"", lines),
         lines.to_vec(),
     ]
     .concat();

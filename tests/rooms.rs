@@ -224,7 +224,8 @@ fn a_flood_of_commands_is_obeyed_in_order_a_turns_worth_at_a_time() {
     receiver.expect(b"OK rooms main:1 x:2\n");
     let token = server.token_of(&sender);
     let waits = server.log_lines(&format!(
-        "token {token}: 64 commands this turn; the rest of its lines wait for its next turn"
+        "token {token}: its commands' budget for this turn is spent; the rest of its lines wait \
+         for its next turn"
     ));
     // 2,001 commands, 64 a turn: 32 turns or more, each but the last of a read's lines
     // waiting (the flood arrives in a few reads at most).
@@ -250,6 +251,36 @@ fn without_rooms_there_is_no_room_gauge_or_max_rooms() {
 }
 
 #[test]
+fn a_join_that_replays_history_costs_its_bytes_in_the_turns_budget() {
+    let server = Server::start(&["--rooms", "--history", "1000", "-v"]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    join(&mut sender, "h");
+    join(&mut witness, "h");
+    let history = numbered_lines(&"h".repeat(60), 1000); // about 64 KiB
+    sender.send(&history);
+    witness.expect(&history);
+    let mut hopper = server.connect();
+    let mut hops = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        hops.extend_from_slice(b"/join h\n/join main\n");
+        answers.extend_from_slice(b"OK joined h\n");
+        answers.extend_from_slice(&history);
+        answers.extend_from_slice(b"OK joined main\n");
+    }
+    hopper.send(&hops);
+    hopper.expect(&answers);
+    // 20 commands, far under 64, but each join to h replays 64 KiB: the turn's budget ran
+    // out, and the rest waited.
+    let token = server.token_of(&hopper);
+    let waits = server.log_lines(&format!(
+        "token {token}: its commands' budget for this turn is spent"
+    ));
+    assert!(waits.len() >= 2, "{} waits", waits.len());
+}
+
+#[test]
 fn lines_after_a_join_go_to_the_new_room_even_when_the_client_leaves_right_after() {
     // More commands than one turn obeys, a move, a line, then the client's end: the line
     // goes to the room it moved to, never to the one it left.
@@ -267,6 +298,35 @@ fn lines_after_a_join_go_to_the_new_room_even_when_the_client_leaves_right_after
     let mut probe = server.connect();
     probe.send(b"main end\n");
     in_main.expect(b"main end\n"); // and not "secret for b" before it
+}
+
+#[test]
+fn lines_waiting_behind_commands_at_a_stop_signal_are_delivered_to_their_rooms() {
+    let mut server = Server::start(&["--rooms"]);
+    let mut receivers: Vec<Client> = (0..4)
+        .map(|room| {
+            let mut receiver = server.connect();
+            join(&mut receiver, &format!("room{room}"));
+            receiver
+        })
+        .collect();
+    let mut writer = server.connect();
+    let mut flood = Vec::new();
+    let mut owed = vec![Vec::new(); receivers.len()];
+    for i in 0..400 {
+        flood.extend_from_slice(format!("/join room{}\nC-{i}\n", i % 4).as_bytes());
+        owed[i % 4].extend_from_slice(format!("C-{i}\n").as_bytes());
+    }
+    writer.send(&flood);
+    // At once: most of its lines still wait behind its commands (64 a turn).
+    server.signal(libc::SIGTERM);
+    for (receiver, owed) in receivers.iter_mut().zip(&owed) {
+        assert_eq!(
+            String::from_utf8_lossy(&receiver.read_to_eof()),
+            String::from_utf8_lossy(owed)
+        );
+    }
+    assert_eq!(server.wait_exit().code(), Some(0));
 }
 
 #[test]

@@ -79,15 +79,25 @@ impl std::fmt::Debug for MessageKey {
     }
 }
 
+/// What a tag covers before the envelope's signed part: for room NAME (`--rooms`, its
+/// subject `SUBJECT.NAME`) `room NAME\n`, so that a signed message cannot be replayed into
+/// another room; nothing for the subject itself (room `main`, or no rooms). The signed
+/// part starts with a space, so the two never read alike.
+fn room_prefix(room: &[u8]) -> Option<[&[u8]; 3]> {
+    (!room.is_empty()).then_some([b"room ", room, b"\n"])
+}
+
 /// Appends to `out` the envelope line of message `sequence` from `origin`, sent at
-/// `sent_ms` (ms since 1970), carrying `lines`. Nothing is allocated once `out` has grown:
-/// the tag's place is reserved, then filled in from the signed part written after it.
+/// `sent_ms` (ms since 1970), carrying `lines` of room `room` (empty: the subject itself).
+/// Nothing is allocated once `out` has grown: the tag's place is reserved, then filled in
+/// from the signed part written after it.
 pub fn seal_into(
     out: &mut Vec<u8>,
     origin: u64,
     sequence: u64,
     sent_ms: u64,
     key: Option<&MessageKey>,
+    room: &[u8],
     lines: &[u8],
 ) {
     use std::io::Write as _;
@@ -103,6 +113,9 @@ pub fn seal_into(
     let _ = writeln!(out, " {origin:016x} {sequence} {sent_ms}");
     if let Some(key) = key {
         let mut context = hmac::Context::with_key(&key.key);
+        for part in room_prefix(room).iter().flatten() {
+            context.update(part);
+        }
         context.update(&out[signed_at..]);
         context.update(lines);
         let tag = context.sign();
@@ -119,10 +132,11 @@ pub fn seal(
     sequence: u64,
     sent_ms: u64,
     key: Option<&MessageKey>,
+    room: &[u8],
     lines: &[u8],
 ) -> Vec<u8> {
     let mut head = Vec::new();
-    seal_into(&mut head, origin, sequence, sent_ms, key, lines);
+    seal_into(&mut head, origin, sequence, sent_ms, key, room, lines);
     head
 }
 
@@ -142,8 +156,9 @@ pub enum Opened<'a> {
     Forged,
 }
 
-/// Takes the envelope off `payload` and checks it (and its tag, with `key`).
-pub fn open<'a>(payload: &'a [u8], key: Option<&MessageKey>) -> Opened<'a> {
+/// Takes the envelope off `payload`, a message for room `room` (see [`seal_into`]), and
+/// checks it (and its tag, with `key`).
+pub fn open<'a>(payload: &'a [u8], key: Option<&MessageKey>, room: &[u8]) -> Opened<'a> {
     let Some(rest) = payload.strip_prefix(MAGIC) else {
         return match key {
             Some(_) => Opened::Forged,
@@ -163,7 +178,12 @@ pub fn open<'a>(payload: &'a [u8], key: Option<&MessageKey>) -> Opened<'a> {
     };
     let genuine = match key {
         None => true, // nothing to check it with: numbers then decide nothing (see above)
-        Some(key) => parse_hex(tag).is_some_and(|tag| hmac::verify(&key.key, signed, &tag).is_ok()),
+        Some(key) => parse_hex(tag).is_some_and(|tag| match room_prefix(room) {
+            None => hmac::verify(&key.key, signed, &tag).is_ok(),
+            Some(prefix) => {
+                hmac::verify(&key.key, &[&prefix.concat(), signed].concat(), &tag).is_ok()
+            }
+        }),
     };
     if !genuine {
         return Opened::Forged;
@@ -271,10 +291,10 @@ mod tests {
     #[test]
     fn envelopes_open_as_sealed_and_tags_catch_any_change() {
         let lines = b"one\ntwo\n";
-        let plain = message(seal(A, 7, 99, None, lines), lines);
+        let plain = message(seal(A, 7, 99, None, b"", lines), lines);
         assert_eq!(plain, b"~bcast1 - 00ff00ff00ff00ff 7 99\none\ntwo\n");
         assert_eq!(
-            open(&plain, None),
+            open(&plain, None, b""),
             Opened::Instance {
                 origin: A,
                 sequence: 7,
@@ -283,34 +303,53 @@ mod tests {
             }
         );
         let key = MessageKey::new(b"0123456789abcdef0123456789abcdef", "s");
-        let sealed = message(seal(A, 7, 99, Some(&key), lines), lines);
+        let sealed = message(seal(A, 7, 99, Some(&key), b"", lines), lines);
         assert!(matches!(
-            open(&sealed, Some(&key)),
+            open(&sealed, Some(&key), b""),
             Opened::Instance { sequence: 7, .. }
         ));
         assert!(matches!(
-            open(&sealed, None),
+            open(&sealed, None, b""),
             Opened::Instance { sequence: 7, .. }
         ));
         let other_subject = MessageKey::new(b"0123456789abcdef0123456789abcdef", "t");
-        assert_eq!(open(&sealed, Some(&other_subject)), Opened::Forged);
-        assert_eq!(open(&plain, Some(&key)), Opened::Forged, "no tag");
-        assert_eq!(open(b"hello\n", Some(&key)), Opened::Forged, "no envelope");
+        assert_eq!(open(&sealed, Some(&other_subject), b""), Opened::Forged);
+        assert_eq!(open(&plain, Some(&key), b""), Opened::Forged, "no tag");
+        assert_eq!(
+            open(b"hello\n", Some(&key), b""),
+            Opened::Forged,
+            "no envelope"
+        );
         let other = MessageKey::new(b"another key, just as long as it..", "s");
-        assert_eq!(open(&sealed, Some(&other)), Opened::Forged);
+        assert_eq!(open(&sealed, Some(&other), b""), Opened::Forged);
         for at in 0..sealed.len() {
             let mut changed = sealed.clone();
             changed[at] ^= 0x01;
             assert!(
-                !matches!(open(&changed, Some(&key)), Opened::Instance { .. }),
+                !matches!(open(&changed, Some(&key), b""), Opened::Instance { .. }),
                 "byte {at} changed and still believed"
             );
         }
     }
 
     #[test]
+    fn a_signed_message_opens_only_in_its_own_room() {
+        let key = MessageKey::new(b"0123456789abcdef0123456789abcdef", "s");
+        let lines = b"for ops only\n";
+        let in_ops = message(seal(A, 1, 99, Some(&key), b"ops", lines), lines);
+        assert!(matches!(
+            open(&in_ops, Some(&key), b"ops"),
+            Opened::Instance { .. }
+        ));
+        assert_eq!(open(&in_ops, Some(&key), b"lobby"), Opened::Forged);
+        assert_eq!(open(&in_ops, Some(&key), b""), Opened::Forged, "not main");
+        let in_main = message(seal(A, 2, 99, Some(&key), b"", lines), lines);
+        assert_eq!(open(&in_main, Some(&key), b"ops"), Opened::Forged);
+    }
+
+    #[test]
     fn bad_envelopes_are_forged_and_plain_messages_foreign() {
-        assert_eq!(open(b"hello\n", None), Opened::Foreign(b"hello\n"));
+        assert_eq!(open(b"hello\n", None, b""), Opened::Foreign(b"hello\n"));
         for bad in [
             &b"~bcast1 - 00FF00FF00FF00FF 1 1\nx\n"[..],
             b"~bcast1 - 00ff00ff00ff00ff x 1\nx\n",
@@ -321,7 +360,7 @@ mod tests {
             b"~bcast1 -",
         ] {
             assert_eq!(
-                open(bad, None),
+                open(bad, None, b""),
                 Opened::Forged,
                 "{:?}",
                 String::from_utf8_lossy(bad)

@@ -442,7 +442,9 @@ impl Link {
             self.scratch.clear();
             let key = self.settings.key.as_ref();
             let (origin, sequence) = (self.origin, self.sequence);
-            envelope::seal_into(&mut self.scratch, origin, sequence, now_ms, key, &chunk);
+            let signed_room = self.settings.signed_room(room);
+            let scratch = &mut self.scratch;
+            envelope::seal_into(scratch, origin, sequence, now_ms, key, signed_room, &chunk);
             let head = self.scratch.len();
             let len = head + chunk.len();
             let subject = self.settings.subject_for(room);
@@ -459,7 +461,8 @@ impl Link {
             // A subject matched by `SUBJECT.*` that names no room: nothing to deliver it to.
             return self.counters.count_inbound_drop(1);
         };
-        let lines = match envelope::open(&payload, self.settings.key.as_ref()) {
+        let signed_room = room.as_deref().map_or(&b""[..], str::as_bytes);
+        let lines = match envelope::open(&payload, self.settings.key.as_ref(), signed_room) {
             Opened::Forged => {
                 return self.drop_forged("no valid envelope");
             }

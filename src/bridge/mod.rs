@@ -81,6 +81,15 @@ impl BridgeSettings {
         }
     }
 
+    /// The room name a signed message of room `room` is signed for (see
+    /// [`envelope::seal_into`]): none for the subject itself.
+    pub fn signed_room<'a>(&self, room: Option<&'a str>) -> &'a [u8] {
+        match room {
+            None | Some(rooms::MAIN) => b"",
+            Some(name) => name.as_bytes(),
+        }
+    }
+
     /// The room a message on `subject` is for: `None` for the subject itself, a room's
     /// name for `SUBJECT.NAME` (with `--rooms`); `Err` for any other subject.
     pub fn room_of(&self, subject: &[u8]) -> Result<Option<Box<str>>, NotARoom> {

@@ -192,7 +192,8 @@ impl Rooms {
         let alone = from
             .and_then(|id| self.get(id))
             .is_some_and(|room| room.members.len() == 1 && room.members.contains_key(&member));
-        let room_for_one_more = self.count < self.max + usize::from(alone);
+        // Counting the room it leaves as gone (`--max-rooms` may be as large as usize).
+        let room_for_one_more = self.count - usize::from(alone) < self.max;
         if !self.named || self.by_name.contains_key(name) || room_for_one_more {
             return Ok(());
         }
@@ -566,6 +567,13 @@ mod tests {
         );
         assert!(listing.ends_with(" r099:1 +5\n"), "{listing}");
         assert_eq!(listing.split(' ').count(), 2 + LISTED_AT_MOST + 1);
+    }
+
+    #[test]
+    fn the_largest_max_rooms_overflows_nothing() {
+        let mut rooms = Rooms::named(shape(), usize::MAX);
+        let main = rooms.enter(MAIN, 1, Form::Lines).unwrap();
+        assert!(rooms.move_member(1, main, "x", Form::Lines).is_ok());
     }
 
     #[test]

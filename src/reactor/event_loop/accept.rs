@@ -431,10 +431,10 @@ impl EventLoop {
 
     /// Sends a member the lines its room's `--history` keeps (everything handed out before
     /// it came in; what comes after reaches it live), within its `--max-queue` like any
-    /// output.
-    pub(super) fn replay_history(&mut self, token: Token) {
+    /// output. Returns the bytes replayed.
+    pub(super) fn replay_history(&mut self, token: Token) -> usize {
         let Some(connection) = self.connections.member_mut(token) else {
-            return;
+            return 0;
         };
         let Some(history) = connection
             .room()
@@ -442,7 +442,7 @@ impl EventLoop {
             .and_then(|room| room.broadcast.history.as_ref())
             .filter(|history| !history.is_empty())
         else {
-            return;
+            return 0;
         };
         let mut hand_out = HandOut {
             registry: self.poll.registry(),
@@ -452,8 +452,10 @@ impl EventLoop {
         };
         let mut frames = Vec::new();
         let mut slices = connection.form().history(history, &mut frames);
+        let bytes = history.len();
         hand_out.deliver(token, connection, &mut slices, history.lines());
         self.close_doomed();
+        bytes
     }
 
     /// Retries both listeners when a pause's retry is due; the pause ends if neither

@@ -19,11 +19,15 @@ use crate::conn::connection::Member;
 use crate::wire::commands::{self, Command};
 use crate::wire::websocket;
 
-/// Most commands obeyed for one client in a turn: a client that sends nothing but commands
-/// (each a lookup, a reply, perhaps a room made) costs the others no more than one that
-/// sends lines. Its lines after that wait for its next turn (it is carried, and not read
-/// until they are done).
+/// What one client's commands may cost in a turn, in commands: each counts one, and one
+/// more for each `BYTES_PER_COMMAND` it has sent to the client (the lines a join owes it, a
+/// room's history). So a client that sends nothing but commands costs the others no more
+/// than one that sends lines, whatever the commands. Its lines after the budget wait for
+/// its next turn (it is carried, and not read until they are done).
 const COMMANDS_PER_TURN: usize = 64;
+
+/// Bytes sent to a client that cost as much as one more command (see `COMMANDS_PER_TURN`).
+const BYTES_PER_COMMAND: usize = 4096;
 
 /// What obeying a read's lines came to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -112,16 +116,17 @@ impl EventLoop {
     ) -> Obeyed {
         self.turn.closes_held = true;
         let mut obeyed = Obeyed::default();
+        let mut spent = 0;
         let mut at = 0;
         for line in framed.split_inclusive(|&b| b == b'\n') {
             match commands::parse(line) {
                 None => self.append_client_line(token, room, line),
                 Some(Command::Escaped(text)) => self.append_client_line(token, room, text),
-                Some(_) if obeyed.commands == budget => {
+                Some(_) if spent >= budget => {
                     if let Some(member) = self.connections.member_mut(token) {
                         debug!(
-                            "token {}: {budget} commands this turn; the rest of its lines \
-                             wait for its next turn",
+                            "token {}: its commands' budget for this turn is spent; the rest \
+                             of its lines wait for its next turn",
                             token.0
                         );
                         member.defer_lines(framed[at..].to_vec());
@@ -131,7 +136,9 @@ impl EventLoop {
                 }
                 Some(command) => {
                     obeyed.commands += 1;
-                    room = self.obey(token, room, command);
+                    let sent;
+                    (room, sent) = self.obey(token, room, command);
+                    spent = spent.saturating_add(1 + sent / BYTES_PER_COMMAND);
                 }
             }
             at += line.len();
@@ -149,8 +156,8 @@ impl EventLoop {
     }
 
     /// Obeys one command from the member under `token`, in room `room`; returns the room it
-    /// is in afterwards.
-    fn obey(&mut self, token: Token, room: RoomId, command: Command<'_>) -> RoomId {
+    /// is in afterwards, and the bytes of lines it was given (by a join).
+    fn obey(&mut self, token: Token, room: RoomId, command: Command<'_>) -> (RoomId, usize) {
         match command {
             Command::Join(name) => return self.join(token, room, name),
             Command::Rooms => {
@@ -161,54 +168,55 @@ impl EventLoop {
             Command::Unknown => self.reply(token, commands::UNKNOWN),
             Command::Escaped(_) => {} // a line, sent by `obey_lines`
         }
-        room
+        (room, 0)
     }
 
     /// Moves the member under `token` from room `from` to the room `name` (created if
     /// `--max-rooms` allows): the old room's batch is handed out first (the lines it is
     /// owed), then `OK joined NAME`, then the new room's history; its next lines and the
-    /// new room's go to it from then on. Returns the room it is in afterwards.
-    fn join(&mut self, token: Token, from: RoomId, name: &str) -> RoomId {
+    /// new room's go to it from then on. Returns the room it is in afterwards, and the bytes
+    /// of lines it was given (owed ones, history).
+    fn join(&mut self, token: Token, from: RoomId, name: &str) -> (RoomId, usize) {
         if self.rooms.get(from).is_some_and(|room| room.name() == name) {
             self.reply(token, format!("OK joined {name}\n").as_bytes());
-            return from;
+            return (from, 0);
         }
         if let Err(TooManyRooms { max }) = self.rooms.may_enter(name, token.0, Some(from)) {
             let refusal = commands::too_many_rooms(max);
             self.reply(token, refusal.as_bytes());
-            return from;
+            return (from, 0);
         }
         // What its old room framed so far is still owed to it: given now, to it alone (the
         // room's others get it at its next hand-out, as they would have).
-        self.hand_owed_lines(token, from);
+        let owed = self.hand_owed_lines(token, from);
         let form = self
             .connections
             .member(token)
             .map_or(Form::Lines, Member::form);
         let Ok(to) = self.rooms.move_member(token.0, from, name, form) else {
-            return from; // it may (checked above, and a hand-out makes no room)
+            return (from, owed); // it may (checked above, and nothing since made a room)
         };
         if let Some(member) = self.connections.member_mut(token) {
             member.move_to(Some(to));
         }
         debug!("token {} joined room {name}", token.0);
         self.reply(token, format!("OK joined {name}\n").as_bytes());
-        self.replay_history(token);
-        to
+        let history = self.replay_history(token);
+        (to, owed + history)
     }
 
     /// Gives the member under `token`, about to leave room `from`, the lines it is owed
     /// there and has not had: its share of the batch framed so far (everyone else's lines,
     /// or all of them with `--echo`) and the room's kept lines, in one send within
     /// `--max-queue`. Not a hand-out: the batch stays for the room's other members, so a
-    /// client joining to and fro costs the room nothing.
-    fn hand_owed_lines(&mut self, token: Token, from: RoomId) {
+    /// client joining to and fro costs the room nothing. Returns the bytes given.
+    fn hand_owed_lines(&mut self, token: Token, from: RoomId) -> usize {
         let echo = self.config.echo;
         let Some(room) = self.rooms.get_mut(from) else {
-            return;
+            return 0;
         };
         let Some(connection) = self.connections.member_mut(token) else {
-            return;
+            return 0;
         };
         if !echo {
             room.broadcast.batch.index_senders();
@@ -248,7 +256,9 @@ impl EventLoop {
             stats: &mut self.observe.stats,
             doomed: &mut self.turn.doomed,
         };
+        let bytes = slices.iter().map(|slice| slice.len()).sum();
         hand_out.deliver(token, connection, &mut slices, lines);
+        bytes
     }
 
     /// Queues a reply line (`OK ...` or `ERR ...`, with its `\n`) for the member under
