@@ -14,32 +14,37 @@ use super::*;
 const SHAPES: [(usize, usize); 3] = [(1, 1000), (100, 10), (1000, 1)];
 /// The shapes of the quick run: the same spreads, a tenth of the clients.
 const QUICK_SHAPES: [(usize, usize); 3] = [(1, 100), (10, 10), (100, 1)];
-/// Deliveries per second offered in every shape (100 lines/s to each of 1,000 readers).
-const DELIVERIES_PER_S: f64 = 100_000.0;
-const QUICK_DELIVERIES_PER_S: f64 = 10_000.0;
+/// Deliveries per second offered in every shape: 50 and 100 lines/s to each of 1,000
+/// readers (at the second, 1,000 rooms × 1 saturates server and generator alike).
+const DELIVERIES_PER_S: [f64; 2] = [50_000.0, 100_000.0];
+const QUICK_DELIVERIES_PER_S: [f64; 1] = [10_000.0];
 
-/// One row per shape.
+/// One row per shape and rate.
 pub(super) fn rooms(kind: Kind, options: &Options) -> Vec<Row> {
-    let (shapes, deliveries) = match options.quick {
-        true => (QUICK_SHAPES, QUICK_DELIVERIES_PER_S),
-        false => (SHAPES, DELIVERIES_PER_S),
+    let (shapes, rates) = match options.quick {
+        true => (QUICK_SHAPES, &QUICK_DELIVERIES_PER_S[..]),
+        false => (SHAPES, &DELIVERIES_PER_S[..]),
     };
-    shapes
-        .into_iter()
-        .map(|(rooms, receivers)| {
-            println!("   {rooms} room(s) × (1 sender + {receivers} receivers)");
+    let mut rows = Vec::new();
+    for &deliveries in rates {
+        for (rooms, receivers) in shapes {
+            println!(
+                "   {rooms} room(s) × (1 sender + {receivers} receivers), {deliveries} \
+                 deliveries/s"
+            );
             let (result, note) = match shape(kind, options, rooms, receivers, deliveries) {
                 Ok((metrics, note)) => (Ok(metrics), note),
                 Err(why) => (Err(why), String::new()),
             };
-            Row {
+            rows.push(Row {
                 scenario: format!("rooms {rooms}×{receivers}"),
                 server: kind.name(),
                 result,
                 note,
-            }
-        })
-        .collect()
+            });
+        }
+    }
+    rows
 }
 
 /// One run on a fresh server with `--rooms`: `rooms` rooms, each 1 sender and `receivers`
