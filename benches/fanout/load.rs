@@ -71,6 +71,12 @@ struct Peer {
     out_sent: usize,
 }
 
+/// Connects to `addr` (within 3 s) as the swarm's connection number `n`.
+fn dial(addr: SocketAddr, n: usize) -> Result<std::net::TcpStream, String> {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| format!("connection {n} failed: {e}"))
+}
+
 /// What to offer in one measured run.
 #[derive(Clone, Copy, Debug)]
 pub struct Load {
@@ -383,9 +389,7 @@ impl Swarm {
         let side = self.side_of(addr);
         for _ in 0..count {
             let n = self.peers.len() + 1;
-            let std_stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-                .map_err(|e| format!("connection {n} failed: {e}"))?;
-            self.add_peer(std_stream, role, Wire::Tcp, side)?;
+            self.add_peer(dial(addr, n)?, role, Wire::Tcp, side)?;
         }
         Ok(())
     }
@@ -411,9 +415,7 @@ impl Swarm {
         for _ in 0..count {
             let n = self.peers.len() + 1;
             let fail = |why: String| format!("connection {n} failed: {why}");
-            let mut std_stream =
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-                    .map_err(|e| fail(e.to_string()))?;
+            let mut std_stream = dial(addr, n)?;
             std_stream
                 .set_read_timeout(Some(Duration::from_secs(10)))
                 .map_err(|e| fail(e.to_string()))?;
@@ -452,9 +454,7 @@ impl Swarm {
         for _ in 0..count {
             let n = self.peers.len() + 1;
             let fail = |why: String| format!("connection {n} failed: {why}");
-            let mut std_stream =
-                std::net::TcpStream::connect_timeout(&http, Duration::from_secs(3))
-                    .map_err(|e| fail(e.to_string()))?;
+            let mut std_stream = dial(http, n)?;
             ws::handshake(&mut std_stream, http).map_err(fail)?;
             let wire = Wire::WebSocket(Deframer::default());
             self.add_peer(std_stream, Role::Reader, wire, side)?;
@@ -479,9 +479,7 @@ impl Swarm {
         for _ in 0..count {
             let n = self.peers.len() + 1;
             let fail = |why: String| format!("connection {n} failed: {why}");
-            let mut std_stream =
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-                    .map_err(|e| fail(e.to_string()))?;
+            let mut std_stream = dial(addr, n)?;
             // Nagle would hold the handshake's second flight back for an ACK.
             std_stream
                 .set_nodelay(true)
