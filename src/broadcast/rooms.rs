@@ -262,7 +262,7 @@ impl Rooms {
 
     /// Removes room `id` if it has no members and nothing left to hand out (with `--rooms`;
     /// its history goes with it).
-    pub fn remove_if_deserted(&mut self, id: RoomId) {
+    fn remove_if_deserted(&mut self, id: RoomId) {
         let deserted = self
             .get(id)
             .is_some_and(|room| room.members.is_empty() && room.is_idle());
@@ -339,19 +339,6 @@ impl Rooms {
     pub fn give_back(&mut self, mut list: Vec<RoomId>) {
         list.clear();
         self.spare = list;
-    }
-
-    /// Whether any room may have lines to hand out.
-    pub fn any_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
-    /// Every room that exists, by number.
-    pub fn ids(&self) -> impl Iterator<Item = RoomId> + '_ {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(id, slot)| slot.as_ref().map(|_| id))
     }
 
     /// Keeps room `id`'s batch in its history (with `--history`), just handed out, and the
@@ -585,7 +572,7 @@ mod tests {
         rooms.mark_pending(a);
         rooms.mark_pending(b);
         assert_eq!(rooms.take_pending(), vec![b, a]);
-        assert!(!rooms.any_pending());
+        assert!(rooms.pending_now().is_empty());
         rooms.mark_pending(a);
         assert_eq!(rooms.take_pending(), vec![a]);
     }
