@@ -46,6 +46,7 @@ fn rooms_are_isolated_and_every_client_starts_in_main() {
     );
     join(&mut x1, "x");
     join(&mut x2, "x");
+    join(&mut x2, "x"); // where it is already: OK, and nothing changes
     x1.send(b"in x\n");
     main1.send(b"in main\n");
     x2.expect(b"in x\n");
@@ -133,6 +134,8 @@ fn rooms_lists_rooms_by_name_and_a_deserted_room_goes_with_its_history() {
     drop((zeta, asker, also_main, newcomer, speaker));
     let stats = server.stop_for_stats();
     assert!(stats.contains(" rooms: now=0 peak=3"), "{stats}");
+    // Each room's history went with it: nothing is counted as kept any more.
+    assert!(stats.contains(" history: lines=0 bytes=0"), "{stats}");
 }
 
 #[test]
@@ -142,7 +145,7 @@ fn the_escape_sends_a_slash_line_and_mistakes_get_err_and_stay_in_their_room() {
     let mut receiver = server.connect();
     sender.send(b"//slash\n/nope\n/join bad!name\n/join\n/JOIN x\n");
     sender.send(format!("/join {}\n", "n".repeat(65)).as_bytes());
-    sender.send(b"/join \n/rooms extra\nstill here\n");
+    sender.send(b"/join \n/rooms extra\nstill here\n/rooms\r\n");
     sender.expect(UNKNOWN);
     sender.expect(BAD_NAME);
     sender.expect(BAD_NAME);
@@ -150,6 +153,7 @@ fn the_escape_sends_a_slash_line_and_mistakes_get_err_and_stay_in_their_room() {
     sender.expect(BAD_NAME);
     sender.expect(BAD_NAME);
     sender.expect(UNKNOWN);
+    sender.expect(b"OK rooms main:2\n"); // telnet's line end is a line end
     // The commands never reach anyone, and the sender is still in main.
     receiver.expect(b"/slash\nstill here\n");
     let longest = "n".repeat(64);
@@ -191,6 +195,12 @@ fn max_rooms_refuses_the_room_one_past_it_and_the_gauges_count_rooms() {
         refused.read_to_eof(),
         b"ERR too many rooms (--max-rooms 2): room main cannot open; try again later\n"
     );
+    let refused = server.http(
+        "GET /ws/another HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    assert!(refused.contains("room another cannot open"), "{refused}");
     drop((a, b, c));
     let stats = server.stop_for_stats();
     assert!(stats.contains(" rooms: now=0 peak=2"), "{stats}");
