@@ -207,6 +207,21 @@ fn max_rooms_refuses_the_room_one_past_it_and_the_gauges_count_rooms() {
 }
 
 #[test]
+fn a_client_alone_in_its_room_leaves_no_room_behind_at_the_limit() {
+    let server = Server::start(&["--rooms", "--max-rooms", "1"]);
+    let mut alone = server.connect();
+    // A line of main's still on its way as it moves: main must go all the same.
+    alone.send(b"hello\n/join x\n");
+    alone.expect(b"OK joined x\n");
+    let mut late = Client::connect_raw(server.addr());
+    assert_eq!(
+        late.read_to_eof(),
+        b"ERR too many rooms (--max-rooms 1): room main cannot open; try again later\n"
+    );
+    assert_eq!(rooms(&mut alone), "OK rooms x:1\n");
+}
+
+#[test]
 fn a_flood_of_commands_is_obeyed_in_order_a_turns_worth_at_a_time() {
     // -v: the server says when a client's commands wait for its next turn.
     let server = Server::start(&["--rooms", "-v"]);
@@ -295,8 +310,8 @@ fn a_join_that_replays_history_costs_its_bytes_in_the_turns_budget() {
 #[test]
 fn lines_after_a_join_go_to_the_new_room_even_when_the_client_leaves_right_after() {
     // More commands than one turn obeys, a move, a line, then the client's end: the line
-    // goes to the room it moved to, never to the one it left.
-    let server = Server::start(&["--rooms"]);
+    // goes to the room it moved to, never to the one it left. (-v: joins are logged.)
+    let server = Server::start(&["--rooms", "-v"]);
     let mut in_main = server.connect();
     let mut in_b = server.connect();
     join(&mut in_b, "b");
@@ -307,6 +322,14 @@ fn lines_after_a_join_go_to_the_new_room_even_when_the_client_leaves_right_after
     leaver.half_close();
     in_b.expect(b"secret for b\n");
     server.wait_for_disconnect(leaver.local_addr());
+    // A client that is going is not moved (no answer, no history, no owed lines for
+    // it): its lines are only routed.
+    let token = server.token_of(&leaver);
+    assert!(
+        server
+            .log_lines(&format!("token {token} joined room"))
+            .is_empty()
+    );
     let mut probe = server.connect();
     probe.send(b"main end\n");
     in_main.expect(b"main end\n"); // and not "secret for b" before it

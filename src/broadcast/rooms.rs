@@ -73,6 +73,11 @@ impl Room {
         self.members.keys().copied()
     }
 
+    /// How many members it has (with `--rooms` only).
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
     /// Whether any of its members takes WebSocket frames (with `--rooms` only).
     pub fn has_framed_members(&self) -> bool {
         self.framed_members > 0
@@ -205,6 +210,24 @@ impl Rooms {
     pub fn enter(&mut self, name: &str, member: usize, form: Form) -> Result<RoomId, TooManyRooms> {
         self.may_enter(name, member, None)?;
         Ok(self.admit(name, member, form))
+    }
+
+    /// The room named `name` for lines of a client that is going (see the loop's
+    /// `route_deferred_lines`): found, or made if `--max-rooms` allows (without members: it
+    /// goes once its lines are handed out; it is marked for that).
+    pub fn open(&mut self, name: &str) -> Option<RoomId> {
+        if !self.named {
+            return Some(ONLY_ROOM);
+        }
+        if let Some(id) = self.find(name) {
+            return Some(id);
+        }
+        if self.count >= self.max {
+            return None;
+        }
+        let id = self.create(name);
+        self.mark_pending(id);
+        Some(id)
     }
 
     /// Moves client `member` from room `from` to the room named `name` (see

@@ -255,7 +255,7 @@ impl EventLoop {
         deadline: Instant,
     ) {
         // What it sent before it is sent away goes where it asked (`--rooms`).
-        self.obey_all_deferred_lines(token);
+        self.route_deferred_lines(token);
         let Some(connection) = self.connections.member_mut(token) else {
             return;
         };
@@ -293,7 +293,7 @@ impl EventLoop {
     pub(super) fn close(&mut self, token: Token, reason: DisconnectReason) {
         // What it sent before it went goes where it asked (`--rooms`); obeying may close it
         // itself (a reply over `--max-queue`), and then it is closed already.
-        self.obey_all_deferred_lines(token);
+        self.route_deferred_lines(token);
         let Some(mut connection) = self.connections.remove_member(token) else {
             return;
         };

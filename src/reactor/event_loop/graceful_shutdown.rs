@@ -90,7 +90,7 @@ impl EventLoop {
         // Lines a member's last turn left (`--rooms`) came before the signal: obeyed now,
         // before its finale's input, so that its lines keep their order.
         for token in self.connections.tokens_in(Stage::Member) {
-            self.obey_all_deferred_lines(token);
+            self.route_deferred_lines(token);
         }
     }
 

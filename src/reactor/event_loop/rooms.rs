@@ -81,15 +81,26 @@ impl EventLoop {
         Some(self.obey_lines(token, room, lines, self.command_budget()))
     }
 
-    /// Obeys every line an open member's last turn left, with no budget: it is about to be
-    /// sent away or closed, or the server is stopping, and what it sent before goes where
-    /// it asked.
-    pub(super) fn obey_all_deferred_lines(&mut self, token: Token) {
+    /// Sends the lines an open member's last turn left (see `COMMANDS_PER_TURN`), when it
+    /// is about to be sent away or closed, or the server is stopping: each goes to the room
+    /// the `/join`s before it name (made if need be and `--max-rooms` allows; else its
+    /// lines stay in the room before). No answers, no owed lines, no history: nobody waits
+    /// for them, so this is a room lookup a command, with no budget needed, and the member
+    /// itself stays where it was.
+    pub(super) fn route_deferred_lines(&mut self, token: Token) {
         let Some(member) = self.connections.member_mut(token).filter(|m| m.is_open()) else {
             return;
         };
-        if let (Some(lines), Some(room)) = (member.take_deferred_lines(), member.room()) {
-            self.obey_lines(token, room, lines, usize::MAX);
+        let (Some(lines), Some(mut room)) = (member.take_deferred_lines(), member.room()) else {
+            return;
+        };
+        for line in lines.split_inclusive(|&b| b == b'\n') {
+            match commands::parse(line) {
+                None => self.append_client_line(token, room, line),
+                Some(Command::Escaped(text)) => self.append_client_line(token, room, text),
+                Some(Command::Join(name)) => room = self.rooms.open(name).unwrap_or(room),
+                Some(_) => {}
+            }
         }
     }
 
@@ -186,9 +197,7 @@ impl EventLoop {
             self.reply(token, refusal.as_bytes());
             return (from, 0);
         }
-        // What its old room framed so far is still owed to it: given now, to it alone (the
-        // room's others get it at its next hand-out, as they would have).
-        let owed = self.hand_owed_lines(token, from);
+        let owed = self.give_owed_lines(token, from);
         let form = self
             .connections
             .member(token)
@@ -203,6 +212,29 @@ impl EventLoop {
         self.reply(token, format!("OK joined {name}\n").as_bytes());
         let history = self.replay_history(token);
         (to, owed + history)
+    }
+
+    /// Gives the member under `token`, about to leave room `from`, what the room framed so
+    /// far and it is owed; returns the bytes. Alone there, by handing the room's batch out
+    /// (to it: as cheap), so that the room is idle and goes as it leaves (it may have let
+    /// the move make one room more than `--max-rooms`); else to it alone (see
+    /// `hand_owed_lines`).
+    fn give_owed_lines(&mut self, token: Token, from: RoomId) -> usize {
+        let Some(room) = self.rooms.get(from) else {
+            return 0;
+        };
+        if room.member_count() > 1 {
+            return self.hand_owed_lines(token, from);
+        }
+        let broadcast = &room.broadcast;
+        let kept: usize = broadcast
+            .kept_lines
+            .iter()
+            .map(|(_, line)| line.len())
+            .sum();
+        let bytes = broadcast.batch.len() + kept;
+        self.hand_out_with_kept_lines(from);
+        bytes
     }
 
     /// Gives the member under `token`, about to leave room `from`, the lines it is owed
