@@ -208,9 +208,10 @@ fn max_rooms_refuses_the_room_one_past_it_and_the_gauges_count_rooms() {
 
 #[test]
 fn a_client_alone_in_its_room_leaves_no_room_behind_at_the_limit() {
-    let server = Server::start(&["--rooms", "--max-rooms", "1"]);
+    // A long hold: a new room's first batch waits a quarter of it (250 ms), so main's
+    // line is still on its way when its only member moves; main must go all the same.
+    let server = Server::start(&["--rooms", "--max-rooms", "1", "--coalesce-us", "1000000"]);
     let mut alone = server.connect();
-    // A line of main's still on its way as it moves: main must go all the same.
     alone.send(b"hello\n/join x\n");
     alone.expect(b"OK joined x\n");
     let mut late = Client::connect_raw(server.addr());
