@@ -98,10 +98,6 @@ pub struct Member {
     served_as_sender: u64,
     /// The room it is in; `None` once it is leaving (it receives no more lines).
     room: Option<RoomId>,
-    /// With `--rooms`: complete lines it sent that wait for its next turn, because this
-    /// turn's commands were all it may have obeyed. Empty unless so; never more than one
-    /// read's lines (it is not read again until they are taken).
-    unobeyed: Vec<u8>,
 }
 
 impl Member {
@@ -124,7 +120,6 @@ impl Member {
             read_turn: 0,
             served_as_sender: 0,
             room: None,
-            unobeyed: Vec::new(),
             transport,
         }
     }
@@ -152,16 +147,6 @@ impl Member {
     /// Puts it in `room` (`None`: it is leaving); returns the room it was in.
     pub fn move_to(&mut self, room: Option<RoomId>) -> Option<RoomId> {
         std::mem::replace(&mut self.room, room)
-    }
-
-    /// Keeps `lines` (complete lines, not yet obeyed) for its next turn.
-    pub fn defer_lines(&mut self, lines: Vec<u8>) {
-        self.unobeyed = lines;
-    }
-
-    /// The lines kept by [`Member::defer_lines`], if any (taken).
-    pub fn take_deferred_lines(&mut self) -> Option<Vec<u8>> {
-        Some(std::mem::take(&mut self.unobeyed)).filter(|lines| !lines.is_empty())
     }
 
     /// Queues `reply` (a short answer to a command) without writing: the caller flushes.

@@ -8,7 +8,7 @@
 //! deadlines call for. Sockets are edge-triggered: a handler that stops before `WouldBlock`
 //! must remember to come back (it is carried), because no new event will come.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -96,6 +96,10 @@ struct Turn {
     /// While a member's commands are obeyed, the clients a hand-out finds failing wait in
     /// `doomed` until it is done (see `obey_lines`).
     closes_held: bool,
+    /// With `--rooms`: members' complete lines that wait for their next turn, because that
+    /// turn's command budget ran out; at most one read's lines each (a member is not read
+    /// again until they are taken). Kept here, not in every member: it is rare.
+    deferred_lines: HashMap<Token, Vec<u8>>,
 }
 
 /// The server: the poll and its clients, and the components that share a turn. Each
@@ -192,6 +196,7 @@ impl EventLoop {
                 doomed: Vec::new(),
                 hold_timer,
                 closes_held: false,
+                deferred_lines: HashMap::new(),
             },
             leaving: HashSet::new(),
             shutdown: None,

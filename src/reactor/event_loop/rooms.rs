@@ -75,9 +75,11 @@ impl EventLoop {
     /// Obeys the lines a member's last turn left (see `COMMANDS_PER_TURN`), if any; `None`
     /// if there were none.
     pub(super) fn obey_deferred_lines(&mut self, token: Token) -> Option<Obeyed> {
-        let member = self.connections.member_mut(token)?;
-        let lines = member.take_deferred_lines()?;
-        let room = member.room()?;
+        if self.turn.deferred_lines.is_empty() {
+            return None; // the common case: one branch
+        }
+        let lines = self.turn.deferred_lines.remove(&token)?;
+        let room = self.connections.member(token)?.room()?;
         Some(self.obey_lines(token, room, lines, self.command_budget()))
     }
 
@@ -88,11 +90,14 @@ impl EventLoop {
     /// for them, so this is a room lookup a command, with no budget needed, and the member
     /// itself stays where it was.
     pub(super) fn route_deferred_lines(&mut self, token: Token) {
-        let Some(member) = self.connections.member_mut(token).filter(|m| m.is_open()) else {
+        if self.turn.deferred_lines.is_empty() {
+            return;
+        }
+        let Some(lines) = self.turn.deferred_lines.remove(&token) else {
             return;
         };
-        let (Some(lines), Some(mut room)) = (member.take_deferred_lines(), member.room()) else {
-            return;
+        let Some(mut room) = self.connections.member(token).and_then(Member::room) else {
+            return; // leaving already: it has no room for lines (it had none waiting)
         };
         for line in lines.split_inclusive(|&b| b == b'\n') {
             match commands::parse(line) {
@@ -134,15 +139,14 @@ impl EventLoop {
                 None => self.append_client_line(token, room, line),
                 Some(Command::Escaped(text)) => self.append_client_line(token, room, text),
                 Some(_) if spent >= budget => {
-                    if let Some(member) = self.connections.member_mut(token) {
-                        debug!(
-                            "token {}: its commands' budget for this turn is spent; the rest \
-                             of its lines wait for its next turn",
-                            token.0
-                        );
-                        member.defer_lines(framed[at..].to_vec());
-                        obeyed.deferred = true;
-                    }
+                    debug!(
+                        "token {}: its commands' budget for this turn is spent; the rest of \
+                         its lines wait for its next turn",
+                        token.0
+                    );
+                    let rest = framed[at..].to_vec();
+                    self.turn.deferred_lines.insert(token, rest);
+                    obeyed.deferred = true;
                     break;
                 }
                 Some(command) => {
