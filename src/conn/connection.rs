@@ -96,8 +96,10 @@ pub struct Member {
     read_turn: u64,
     /// The last hand-out that served this client as a sender (its own lines left out).
     served_as_sender: u64,
-    /// The room it is in; `None` once it is leaving (it receives no more lines).
-    room: Option<RoomId>,
+    /// The room it is in; `None` once it is leaving (it receives no more lines). Rooms are
+    /// numbered by slot, far below 2^32 (a room needs members or lines in memory): four
+    /// bytes, so that a member without `--rooms` is hardly bigger.
+    room: Option<u32>,
 }
 
 impl Member {
@@ -141,12 +143,13 @@ impl Member {
 
     /// The room it is in, unless it is leaving.
     pub fn room(&self) -> Option<RoomId> {
-        self.room
+        self.room.map(|id| id as RoomId)
     }
 
     /// Puts it in `room` (`None`: it is leaving); returns the room it was in.
     pub fn move_to(&mut self, room: Option<RoomId>) -> Option<RoomId> {
-        std::mem::replace(&mut self.room, room)
+        let room = room.map(|id| u32::try_from(id).unwrap_or(u32::MAX));
+        std::mem::replace(&mut self.room, room).map(|id| id as RoomId)
     }
 
     /// Queues `reply` (a short answer to a command) without writing: the caller flushes.
