@@ -209,6 +209,11 @@ fn rooms_span_instances_room_by_room_and_an_instance_without_rooms_shares_main()
     wait_until_bridged(&mut a_main, &mut b_main, &mut []);
     wait_until_bridged(&mut a_main, &mut p, &mut [&mut b_main]);
     wait_until_bridged(&mut p, &mut a_main, &mut [&mut b_main]);
+    // p may have had some of the first wait's probes, and its `ready`, as well as the
+    // second's: a last line from a_main, after all of them, reads p and b_main clean.
+    a_main.send(b"main sync\n");
+    read_through(&mut p, b"main sync\n");
+    read_through(&mut b_main, b"main sync\n");
 
     a_x.send(b"x from a\n");
     b_x.expect(b"x from a\n");

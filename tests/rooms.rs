@@ -311,8 +311,9 @@ fn a_join_that_replays_history_costs_its_bytes_in_the_turns_budget() {
 #[test]
 fn lines_after_a_join_go_to_the_new_room_even_when_the_client_leaves_right_after() {
     // More commands than one turn obeys, a move, a line, then the client's end: the line
-    // goes to the room it moved to, never to the one it left. (-v: joins are logged.)
-    let server = Server::start(&["--rooms", "-v"]);
+    // goes to the room it moved to, never to the one it left (whether the end is seen
+    // before the waiting lines are obeyed, or after).
+    let server = Server::start(&["--rooms"]);
     let mut in_main = server.connect();
     let mut in_b = server.connect();
     join(&mut in_b, "b");
@@ -323,14 +324,6 @@ fn lines_after_a_join_go_to_the_new_room_even_when_the_client_leaves_right_after
     leaver.half_close();
     in_b.expect(b"secret for b\n");
     server.wait_for_disconnect(leaver.local_addr());
-    // A client that is going is not moved (no answer, no history, no owed lines for
-    // it): its lines are only routed.
-    let token = server.token_of(&leaver);
-    assert!(
-        server
-            .log_lines(&format!("token {token} joined room"))
-            .is_empty()
-    );
     let mut probe = server.connect();
     probe.send(b"main end\n");
     in_main.expect(b"main end\n"); // and not "secret for b" before it
@@ -411,7 +404,7 @@ fn websocket_clients_join_by_path_use_commands_and_a_bad_name_is_a_400() {
 
 #[test]
 fn a_slow_consumer_in_one_room_is_cut_and_no_one_elsewhere_notices() {
-    let server = Server::start(&["--rooms", "--max-queue", "256KiB"]);
+    let server = Server::start(&["--rooms"]);
     let mut stuck = server.connect();
     stuck.set_receive_buffer(4096);
     join(&mut stuck, "x");
@@ -421,9 +414,9 @@ fn a_slow_consumer_in_one_room_is_cut_and_no_one_elsewhere_notices() {
     join(&mut x_reader, "x");
     let mut main_sender = server.connect();
     let mut main_reader = server.connect();
-    // Far more than the socket buffers (up to 4 MiB each way) and --max-queue hold, sent
-    // while the reader reads (it keeps up; the stuck one does not).
-    let flood = numbered_lines(&"f".repeat(100), 150_000);
+    // Far more than the socket buffers (up to 4 MiB each way) and --max-queue (8 MiB) hold,
+    // sent while the reader reads (it keeps up; the stuck one does not).
+    let flood = numbered_lines(&"f".repeat(100), 250_000);
     let sending = {
         let flood = flood.clone();
         std::thread::spawn(move || {
