@@ -16,6 +16,11 @@ fn join(client: &mut Client, name: &str) {
     client.expect(format!("OK joined {name}\n").as_bytes());
 }
 
+/// A WebSocket upgrade request for `path` (`/ws/NAME`), whole.
+fn upgrade_to(path: &str) -> String {
+    common::frames::upgrade_request("x", "").replacen("GET /ws ", &format!("GET {path} "), 1)
+}
+
 /// Asks for `/rooms` and returns the answer line.
 fn rooms(client: &mut Client) -> String {
     client.send(b"/rooms\n");
@@ -195,10 +200,7 @@ fn max_rooms_refuses_the_room_one_past_it_and_the_gauges_count_rooms() {
         refused.read_to_eof(),
         b"ERR too many rooms (--max-rooms 2): room main cannot open; try again later\n"
     );
-    let refused = server.http(
-        "GET /ws/another HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    );
+    let refused = server.http(&upgrade_to("/ws/another"));
     assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
     assert!(refused.contains("room another cannot open"), "{refused}");
     drop((a, b, c));
@@ -375,29 +377,20 @@ fn websocket_clients_join_by_path_use_commands_and_a_bad_name_is_a_400() {
     ws_main.send_text("from the web");
     tcp_main.expect(b"from the web\n");
 
-    let upgrade = |path: &str| {
-        server.http(&format!(
-            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ))
-    };
-    let bad = upgrade("/ws/bad!name");
+    let bad = server.http(&upgrade_to("/ws/bad!name"));
     assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
     assert!(
         bad.ends_with("bad room name: 1 to 64 of A-Z a-z 0-9 _ -\n"),
         "{bad}"
     );
     for path in ["/ws/", "/ws/a.b", &format!("/ws/{}", "n".repeat(65))] {
-        let bad = upgrade(path);
+        let bad = server.http(&upgrade_to(path));
         assert!(bad.starts_with("HTTP/1.1 400 "), "{path}: {bad}");
     }
     // Without --rooms there is no /ws/NAME at all, good name or bad.
     let plain = Server::start(&["--http", "127.0.0.1:0"]);
     for path in ["/ws/x", "/ws/bad!name"] {
-        let off = plain.http(&format!(
-            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ));
+        let off = plain.http(&upgrade_to(path));
         assert!(off.starts_with("HTTP/1.1 404 "), "{path}: {off}");
     }
 }
