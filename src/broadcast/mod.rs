@@ -44,22 +44,84 @@ impl Broadcast {
     }
 }
 
-/// The form a recipient takes the lines in, chosen by its wire: the lines as they came, or
-/// one WebSocket frame per line. Each form of a batch is made once per hand-out and shared
-/// by every recipient that takes it.
+/// The form a recipient takes the lines in, chosen by its wire: the lines as they came, one
+/// WebSocket frame per line, or the lines as HTTP chunks (one chunk a hand-out). Each form
+/// of a batch is made once per hand-out and shared by every recipient that takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
     Lines,
     Frames,
+    /// The body of `GET /lines` (chunked transfer coding): the batch between a chunk's
+    /// head and its `\r\n`, no copy. Its readers never send lines.
+    Chunks,
+}
+
+/// The head of an HTTP chunk of `len` bytes (`{len:x}\r\n`), without allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkHead {
+    bytes: [u8; 18],
+    len: usize,
+}
+
+impl ChunkHead {
+    pub fn new(len: usize) -> ChunkHead {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut bytes = [0; 18];
+        let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+        for (i, byte) in bytes[..digits].iter_mut().enumerate() {
+            let shift = 4 * (digits - 1 - i);
+            *byte = HEX[(len >> shift) & 15];
+        }
+        bytes[digits..digits + 2].copy_from_slice(b"\r\n");
+        ChunkHead {
+            bytes,
+            len: digits + 2,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// What ends an HTTP chunk.
+pub const CHUNK_END: &[u8] = b"\r\n";
+
+/// Appends `parts` to `out` as one HTTP chunk (nothing for no bytes: an empty chunk would
+/// end the body).
+pub fn chunk_into(parts: &[&[u8]], out: &mut Vec<u8>) {
+    let len = parts.iter().map(|part| part.len()).sum();
+    if len == 0 {
+        return;
+    }
+    out.extend_from_slice(ChunkHead::new(len).as_bytes());
+    parts.iter().for_each(|part| out.extend_from_slice(part));
+    out.extend_from_slice(CHUNK_END);
 }
 
 impl Form {
-    /// The whole batch in this form (`framed` is built when any recipient takes frames).
-    pub fn whole<'a>(self, batch: &'a Batch, framed: &'a FramedBatch) -> &'a [u8] {
+    /// The whole batch in this form, as slices into `out` (`framed` is built when any
+    /// recipient takes frames; `head` is the batch's chunk head, for chunks).
+    pub fn whole<'a>(
+        self,
+        batch: &'a Batch,
+        framed: &'a FramedBatch,
+        head: &'a ChunkHead,
+        out: &mut [IoSlice<'a>; 3],
+    ) -> usize {
         match self {
-            Form::Lines => batch.whole(),
-            Form::Frames => framed.whole(),
+            Form::Lines => out[0] = IoSlice::new(batch.whole()),
+            Form::Frames => out[0] = IoSlice::new(framed.whole()),
+            Form::Chunks => {
+                *out = [
+                    IoSlice::new(head.as_bytes()),
+                    IoSlice::new(batch.whole()),
+                    IoSlice::new(CHUNK_END),
+                ];
+                return 3;
+            }
         }
+        1
     }
 
     /// A sender's share of the batch (everyone else's lines) in this form, as slices
@@ -73,6 +135,7 @@ impl Form {
         match self {
             Form::Lines => out.extend(share.parts().map(IoSlice::new)),
             Form::Frames => out.extend(framed.parts_for(share).map(IoSlice::new)),
+            Form::Chunks => {} // its readers send no lines: never a sender
         }
     }
 
@@ -89,6 +152,38 @@ impl Form {
                 history.for_each_line(|line| websocket::encode_line(line, frames));
                 [IoSlice::new(frames), IoSlice::new(&[])]
             }
+            Form::Chunks => {
+                let (front, back) = history.as_slices();
+                frames.reserve(history.len() + 20);
+                frames.extend_from_slice(ChunkHead::new(history.len()).as_bytes());
+                frames.extend_from_slice(front);
+                frames.extend_from_slice(back);
+                frames.extend_from_slice(CHUNK_END);
+                [IoSlice::new(frames), IoSlice::new(&[])]
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_heads_are_the_length_in_hex() {
+        for (len, head) in [
+            (0, "0"),
+            (1, "1"),
+            (15, "f"),
+            (16, "10"),
+            (262_144, "40000"),
+        ] {
+            assert_eq!(
+                ChunkHead::new(len).as_bytes(),
+                format!("{head}\r\n").as_bytes()
+            );
+        }
+        let max = ChunkHead::new(usize::MAX);
+        assert_eq!(max.as_bytes(), b"ffffffffffffffff\r\n");
     }
 }

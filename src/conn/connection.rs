@@ -20,6 +20,7 @@ use crate::broadcast::rooms::RoomId;
 use crate::conn::reason::{DisconnectReason, failure};
 use crate::conn::socket_queues;
 use crate::conn::wire::{Liveness, Wire};
+use crate::observe::stats::MemberKind;
 use crate::transport::Transport;
 use crate::wire::websocket;
 
@@ -139,6 +140,29 @@ impl Member {
         connection.wire = Wire::websocket();
         connection.queue(handshake, handshake.len());
         connection
+    }
+
+    /// Wraps a transport whose `GET /lines` was accepted (registered as for
+    /// [`Member::new`]), and queues the response `head` (the caller flushes it).
+    pub fn new_http_stream(
+        transport: Transport,
+        peer: SocketAddr,
+        place: AddressPlace,
+        head: &[u8],
+    ) -> Member {
+        let mut connection = Member::new(transport, peer, place);
+        connection.wire = Wire::HttpStream;
+        connection.queue(head, head.len());
+        connection
+    }
+
+    /// What it is, for the gauges by transport.
+    pub fn kind(&self) -> MemberKind {
+        match self.wire {
+            Wire::Lines(_) => MemberKind::Line,
+            Wire::WebSocket(_) => MemberKind::WebSocket,
+            Wire::HttpStream => MemberKind::HttpStream,
+        }
     }
 
     /// The room it is in, unless it is leaving.

@@ -31,6 +31,8 @@ pub struct Stats {
     pub closed_at_shutdown: u64,
     /// WebSocket clients connected now (also counted in `active`).
     pub websocket_active: u64,
+    /// Readers of `GET /lines` now.
+    pub http_stream_active: u64,
     /// WebSocket clients closed for breaking the protocol.
     pub protocol_errors: u64,
     /// WebSocket clients that did not answer a ping.
@@ -69,19 +71,31 @@ pub enum Ending {
     Shutdown,
 }
 
+/// What a member is, for the gauges by transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberKind {
+    /// A line client (TCP or TLS).
+    Line,
+    WebSocket,
+    /// A reader of the streamed body of `GET /lines`.
+    HttpStream,
+}
+
 impl Stats {
-    /// Counts a new member (`websocket`: a WebSocket client, in the transport gauge too).
-    pub fn connected(&mut self, websocket: bool) {
+    /// Counts a new member of `kind` (in the transport gauges too).
+    pub fn connected(&mut self, kind: MemberKind) {
         self.accepted += 1;
         self.active += 1;
-        self.websocket_active += u64::from(websocket);
+        self.websocket_active += u64::from(kind == MemberKind::WebSocket);
+        self.http_stream_active += u64::from(kind == MemberKind::HttpStream);
         self.peak = self.peak.max(self.active);
     }
 
-    /// Counts a member that ended so.
-    pub fn disconnected(&mut self, ending: Ending, websocket: bool) {
+    /// Counts a member of `kind` that ended so.
+    pub fn disconnected(&mut self, ending: Ending, kind: MemberKind) {
         self.active -= 1;
-        self.websocket_active -= u64::from(websocket);
+        self.websocket_active -= u64::from(kind == MemberKind::WebSocket);
+        self.http_stream_active -= u64::from(kind == MemberKind::HttpStream);
         let counter = match ending {
             Ending::ByClient => &mut self.closed_by_client,
             Ending::ProtocolError => &mut self.protocol_errors,
@@ -153,12 +167,13 @@ mod tests {
     #[test]
     fn peak_and_reasons_are_tracked() {
         let mut stats = Stats::default();
-        stats.connected(false);
-        stats.connected(true);
-        stats.disconnected(Ending::SlowConsumer, false);
-        stats.connected(false);
-        stats.disconnected(Ending::ByClient, false);
+        stats.connected(MemberKind::Line);
+        stats.connected(MemberKind::WebSocket);
+        stats.disconnected(Ending::SlowConsumer, MemberKind::Line);
+        stats.connected(MemberKind::HttpStream);
+        stats.disconnected(Ending::ByClient, MemberKind::HttpStream);
         assert_eq!((stats.accepted, stats.active, stats.peak), (3, 1, 2));
+        assert_eq!((stats.websocket_active, stats.http_stream_active), (1, 0));
         assert_eq!((stats.slow_consumers, stats.closed_by_client), (1, 1));
         assert!(
             stats

@@ -23,6 +23,8 @@ pub enum Decision {
     Foreign(Refusal),
     /// Make the connection a WebSocket member (if the server has room), with this key.
     Upgrade { key: String, room: Option<String> },
+    /// `GET /lines`: the connection becomes a reader of the room's lines.
+    Stream { room: Option<String> },
     /// A request refused for what it asks (counted and logged as any refusal).
     Refuse(Refusal),
 }
@@ -92,9 +94,10 @@ impl WebFront {
     pub fn summary(&self, stats: &Stats) -> String {
         let http = self.requests.counters();
         format!(
-            "web: websocket={} protocol_error={} ping_timeout={} foreign_origin={} requests: \
-             answered={} refused={} timed_out={}",
+            "web: websocket={} http_readers={} protocol_error={} ping_timeout={} \
+             foreign_origin={} requests: answered={} refused={} timed_out={}",
             stats.websocket_active,
+            stats.http_stream_active,
             stats.protocol_errors,
             stats.ping_timeouts,
             stats.refused_origin,
@@ -123,25 +126,23 @@ impl WebFront {
                 ok(content_type, &[], text.as_bytes())
             }
             Route::Health => ok("text/plain; charset=utf-8", &[], b"ok\n"),
+            Route::Lines { room } => {
+                if let Some(refusal) = check_room(room.as_deref(), context) {
+                    return Decision::Refuse(refusal);
+                }
+                if request.head_only {
+                    return Decision::Answer(http::LINES_HEAD.to_vec());
+                }
+                return Decision::Stream { room };
+            }
             Route::WebSocket {
                 key,
                 origin,
                 host,
                 room,
             } => {
-                if let Some(name) = &room {
-                    if !context.rooms {
-                        return Decision::Refuse(http::refusal(
-                            http::NOT_FOUND,
-                            "no such page: rooms are off (the server runs without --rooms)",
-                        ));
-                    }
-                    if commands::room_name(name.as_bytes()).is_none() {
-                        let mut refusal =
-                            http::refusal(http::BAD_REQUEST, commands::BAD_NAME_REASON);
-                        refusal.detail = Some(format!("room {}", logger::quote(name, 80)));
-                        return Decision::Refuse(refusal);
-                    }
+                if let Some(refusal) = check_room(room.as_deref(), context) {
+                    return Decision::Refuse(refusal);
                 }
                 let verdict =
                     context
@@ -156,6 +157,24 @@ impl WebFront {
         };
         Decision::Answer(response)
     }
+}
+
+/// The refusal of a room named in a path (`/ws/NAME`, `/lines/NAME`), if any: `404`
+/// without `--rooms`, `400` for a name that is not one.
+fn check_room(room: Option<&str>, context: &Context<'_>) -> Option<Refusal> {
+    let name = room?;
+    if !context.rooms {
+        return Some(http::refusal(
+            http::NOT_FOUND,
+            "no such page: rooms are off (the server runs without --rooms)",
+        ));
+    }
+    if commands::room_name(name.as_bytes()).is_some() {
+        return None;
+    }
+    let mut refusal = http::refusal(http::BAD_REQUEST, commands::BAD_NAME_REASON);
+    refusal.detail = Some(format!("room {}", logger::quote(name, 80)));
+    Some(refusal)
 }
 
 /// The `403` for an upgrade from another site's page: a fixed body; the origin, escaped,

@@ -22,8 +22,12 @@ pub fn render(stats: &Stats, http: HttpCounters, bridge: Option<&BridgeCounters>
         "gauge",
         "Clients connected now, by transport.",
         &[
-            ("{transport=\"tcp\"}", stats.active - stats.websocket_active),
+            (
+                "{transport=\"tcp\"}",
+                stats.active - stats.websocket_active - stats.http_stream_active,
+            ),
             ("{transport=\"websocket\"}", stats.websocket_active),
+            ("{transport=\"http\"}", stats.http_stream_active),
         ],
     );
     metric(
@@ -155,14 +159,17 @@ pub fn render(stats: &Stats, http: HttpCounters, bridge: Option<&BridgeCounters>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::stats::Ending;
+    use crate::observe::stats::{Ending, MemberKind};
 
     #[test]
     fn counters_are_rendered_with_their_types_and_labels() {
         let mut stats = Stats::default();
-        stats.connected(false);
-        stats.connected(true);
-        stats.disconnected(Ending::SlowConsumer, false);
+        stats.connected(MemberKind::Line);
+        stats.connected(MemberKind::WebSocket);
+        stats.disconnected(
+            Ending::SlowConsumer,
+            crate::observe::stats::MemberKind::Line,
+        );
         let text = render(&stats, HttpCounters::default(), None);
         assert!(text.contains("broadcast_server_clients{transport=\"websocket\"} 1\n"));
         assert!(text.contains("broadcast_server_clients{transport=\"tcp\"} 0\n"));

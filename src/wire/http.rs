@@ -41,6 +41,9 @@ pub enum Route {
         /// `/ws/NAME`: the room to join, for `--rooms` (as asked: the caller checks it).
         room: Option<String>,
     },
+    /// `GET /lines`: the broadcast as a streamed body; `/lines/NAME`: room NAME's (as
+    /// asked: the caller checks it).
+    Lines { room: Option<String> },
 }
 
 /// A routed request: what it asks for, and whether the body should be left out (`HEAD`).
@@ -96,10 +99,11 @@ pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
     let method = request.method.unwrap_or_default();
     let target = request.path.unwrap_or_default();
     let path = target.split(['?', '#']).next().unwrap_or_default();
-    // `/ws/NAME` is `/ws` into room NAME.
-    let (path, room) = match path.strip_prefix("/ws/") {
-        Some(name) => ("/ws", Some(name)),
-        None => (path, None),
+    // `/ws/NAME` is `/ws` into room NAME, and `/lines/NAME` is `/lines` out of it.
+    let (path, room) = match (path.strip_prefix("/ws/"), path.strip_prefix("/lines/")) {
+        (Some(name), _) => ("/ws", Some(name)),
+        (_, Some(name)) => ("/lines", Some(name)),
+        _ => (path, None),
     };
     let head_only = method == "HEAD";
     let refuse = |status, reason: &str| {
@@ -132,7 +136,10 @@ pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
         "/metrics" => Route::Metrics,
         "/healthz" => Route::Health,
         "/ws" => websocket_upgrade(&request, room.map(str::to_string))?,
-        _ => return refuse(NOT_FOUND, "no such page (try / or /ws)"),
+        "/lines" => Route::Lines {
+            room: room.map(str::to_string),
+        },
+        _ => return refuse(NOT_FOUND, "no such page (try /, /ws or /lines)"),
     };
     Ok(Some(Request { route, head_only }))
 }
@@ -236,6 +243,12 @@ pub fn refusal_response(refusal: &Refusal) -> Vec<u8> {
 }
 
 /// The `101 Switching Protocols` answer to a WebSocket upgrade with `key`.
+/// The head of `GET /lines`'s answer: a body of lines, chunked, without end until the
+/// server stops (or the reader goes).
+pub const LINES_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
+    Transfer-Encoding: chunked\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
+    Connection: close\r\n\r\n";
+
 pub fn upgrade_response(key: &str) -> Vec<u8> {
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

@@ -21,6 +21,7 @@ use crate::broadcast::Form;
 use crate::broadcast::rooms::{MAIN, TooManyRooms};
 use crate::conn::connection::Member;
 use crate::conn::socket::configure_socket;
+use crate::observe::stats::MemberKind;
 use crate::reactor::connections::{Admitting, ClientConnection, Stage};
 use crate::reactor::listeners::{Listener, is_per_connection_accept_error};
 use crate::transport::Transport;
@@ -29,6 +30,14 @@ use crate::web::front::{Context, Decision};
 use crate::web::requests::{Exchange, Progress, WebRequests};
 use crate::wire::commands;
 use crate::wire::http::{self, Request};
+
+/// What a web request becomes as a member (see `EventLoop::admit_web_member`).
+pub(super) enum WebMember<'a> {
+    /// A WebSocket client, its upgrade accepted with `key`.
+    WebSocket { key: &'a str },
+    /// A reader of `GET /lines`'s streamed body.
+    LineReader,
+}
 
 impl EventLoop {
     /// Accepts waiting connections on `which`, within what is left of this turn's budget.
@@ -243,7 +252,7 @@ impl EventLoop {
         member.move_to(Some(room));
         self.connections
             .insert(token, ClientConnection::Member(member));
-        self.observe.stats.connected(false);
+        self.observe.stats.connected(MemberKind::Line);
         info!("client {peer} connected (token {})", token.0);
         self.replay_history(token);
         if read_now {
@@ -385,15 +394,21 @@ impl EventLoop {
             }
             Decision::Refuse(refusal) => self.refuse_exchange(token, &refusal),
             Decision::Upgrade { key, room } => {
-                self.upgrade_to_websocket(token, &key, room.as_deref().unwrap_or(MAIN))
+                let room = room.as_deref().unwrap_or(MAIN);
+                self.admit_web_member(token, room, WebMember::WebSocket { key: &key })
+            }
+            Decision::Stream { room } => {
+                let room = room.as_deref().unwrap_or(MAIN);
+                self.admit_web_member(token, room, WebMember::LineReader)
             }
         }
     }
 
-    /// Makes a web connection a WebSocket member of room `name` (`main` without `--rooms`),
-    /// or refuses it (503) when `--max-clients` are connected or the room would be one past
-    /// `--max-rooms`. Lines framed earlier go out first, as for a new TCP client.
-    pub(super) fn upgrade_to_websocket(&mut self, token: Token, key: &str, name: &str) {
+    /// Makes a web connection a member of room `name` (`main` without `--rooms`): a
+    /// WebSocket client, or a reader of `GET /lines`; or refuses it (503) when
+    /// `--max-clients` are connected or the room would be one past `--max-rooms`. Lines
+    /// framed earlier go out first, as for a new TCP client.
+    pub(super) fn admit_web_member(&mut self, token: Token, name: &str, what: WebMember<'_>) {
         let max_clients = self.config.max_clients;
         if self.open_members() >= max_clients {
             self.observe.stats.refused_server_full += 1;
@@ -401,7 +416,11 @@ impl EventLoop {
             let refusal = http::refusal(http::SERVICE_UNAVAILABLE, reason);
             return self.refuse_exchange(token, &refusal);
         }
-        let room = match self.rooms.enter(name, token.0, Form::Frames) {
+        let form = match what {
+            WebMember::WebSocket { .. } => Form::Frames,
+            WebMember::LineReader => Form::Chunks,
+        };
+        let room = match self.rooms.enter(name, token.0, form) {
             Ok(room) => room,
             Err(TooManyRooms { max }) => {
                 let reason = commands::no_room_to_start_in(max, name);
@@ -418,13 +437,22 @@ impl EventLoop {
             return;
         };
         let (transport, peer, place) = exchange.into_upgrade();
-        let handshake = http::upgrade_response(key);
-        let mut member = Member::new_websocket(transport, peer, place, &handshake);
+        let (mut member, said) = match what {
+            WebMember::WebSocket { key } => {
+                let handshake = http::upgrade_response(key);
+                let member = Member::new_websocket(transport, peer, place, &handshake);
+                (member, "websocket client")
+            }
+            WebMember::LineReader => {
+                let member = Member::new_http_stream(transport, peer, place, http::LINES_HEAD);
+                (member, "http reader")
+            }
+        };
         member.move_to(Some(room));
+        self.observe.stats.connected(member.kind());
         self.connections
             .insert(token, ClientConnection::Member(member));
-        self.observe.stats.connected(true);
-        info!("websocket client {peer} connected (token {})", token.0);
+        info!("{said} {peer} connected (token {})", token.0);
         self.replay_history(token);
         self.on_writable(token);
     }

@@ -9,7 +9,6 @@ use mio::Token;
 use mio::event::Event;
 
 use super::{EventLoop, READ_BUDGET};
-use crate::broadcast::Form;
 use crate::conn::connection::{Member, Phase, ReadEnd, ReadReport};
 use crate::conn::reason::DisconnectReason;
 use crate::conn::wire::Liveness;
@@ -331,8 +330,9 @@ impl EventLoop {
         {
             debug!("token {}: SO_LINGER: {e}", token.0);
         }
-        let websocket = connection.form() == Form::Frames;
-        self.observe.stats.disconnected(reason.ending(), websocket);
+        self.observe
+            .stats
+            .disconnected(reason.ending(), connection.kind());
         info!(
             "client {} disconnected (token {}): {reason}",
             connection.peer(),

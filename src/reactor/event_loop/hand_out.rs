@@ -9,6 +9,7 @@ use log::{trace, warn};
 use mio::{Registry, Token};
 
 use super::EventLoop;
+use crate::broadcast::ChunkHead;
 use crate::broadcast::batch::Sender;
 use crate::broadcast::rooms::{Room, RoomId};
 use crate::conn::connection::Member;
@@ -153,6 +154,7 @@ impl EventLoop {
         }
         let room: &Room = room;
         let (batch, framed) = (&room.broadcast.batch, &room.broadcast.framed);
+        let head = ChunkHead::new(batch.len());
         let mut hand_out = HandOut {
             registry: self.poll.registry(),
             max_queue: self.config.max_queue,
@@ -180,8 +182,9 @@ impl EventLoop {
         }
         let mut give_whole = |token: Token, connection: &mut Member| {
             if !connection.was_served_as_sender(number) {
-                let bytes = connection.form().whole(batch, framed);
-                hand_out.deliver(token, connection, &mut [IoSlice::new(bytes)], batch.lines());
+                let mut slices = [IoSlice::new(&[]); 3];
+                let used = connection.form().whole(batch, framed, &head, &mut slices);
+                hand_out.deliver(token, connection, &mut slices[..used], batch.lines());
             }
         };
         if named {

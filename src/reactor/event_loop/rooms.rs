@@ -12,9 +12,9 @@ use mio::Token;
 
 use super::EventLoop;
 use super::hand_out::HandOut;
-use crate::broadcast::Form;
 use crate::broadcast::batch::Sender;
 use crate::broadcast::rooms::{RoomId, TooManyRooms};
+use crate::broadcast::{self, Form};
 use crate::conn::connection::Member;
 use crate::wire::commands::{self, Command};
 use crate::wire::websocket;
@@ -285,6 +285,10 @@ impl EventLoop {
                 }
                 vec![IoSlice::new(&frames)]
             }
+            Form::Chunks => {
+                broadcast::chunk_into(&parts, &mut frames);
+                vec![IoSlice::new(&frames)]
+            }
         };
         let mut hand_out = HandOut {
             registry: self.poll.registry(),
@@ -310,6 +314,10 @@ impl EventLoop {
             Form::Lines => line,
             Form::Frames => {
                 websocket::encode_line(line, &mut frame);
+                &frame
+            }
+            Form::Chunks => {
+                broadcast::chunk_into(&[line], &mut frame);
                 &frame
             }
         };

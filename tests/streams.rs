@@ -1,0 +1,149 @@
+//! HTTP streams (issue 18), through the binary: `GET /lines` (`/lines/NAME` with `--rooms`)
+//! streams the broadcast as a chunked body, to `curl -N` (a Debian package; the test that
+//! runs it skips with one SKIPPED line without it) and to a hand-written reader.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+
+use common::{Client, Server, numbered_lines, report_skip, wait_until};
+
+/// The head of every `GET /lines` answer.
+const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
+    Transfer-Encoding: chunked\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
+    Connection: close\r\n\r\n";
+
+/// `bytes` as one HTTP chunk.
+fn chunk(bytes: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:x}\r\n", bytes.len()).into_bytes();
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A reader of `path` on the web listener, once the server has made it a member (its
+/// answer's head read and checked).
+fn reader(server: &Server, path: &str) -> Client {
+    let mut reader = Client::connect_raw(server.web_addr());
+    reader.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    reader.expect(HEAD);
+    server.wait_for_log(&format!("http reader {} connected", reader.local_addr()));
+    reader
+}
+
+#[test]
+fn a_reader_gets_the_history_then_each_hand_out_as_a_chunk_and_the_end_at_shutdown() {
+    let mut server = Server::start(&["--http", "127.0.0.1:0", "--history", "2"]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    sender.send(b"one\ntwo\nthree\n");
+    witness.expect(b"one\ntwo\nthree\n");
+    let mut reader = reader(&server, "/lines");
+    reader.expect(&chunk(b"two\nthree\n"));
+    sender.send(b"live\n");
+    reader.expect(&chunk(b"live\n"));
+    witness.expect(b"live\n");
+    server.signal(libc::SIGTERM);
+    // The body's end, then the connection's (a FIN: nothing was cut).
+    assert_eq!(reader.read_to_eof(), b"0\r\n\r\n");
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn curl_prints_the_broadcast_live_and_ends_cleanly_at_shutdown() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        return report_skip(
+            "curl_prints_the_broadcast_live",
+            "needs curl (apt-get install curl)",
+        );
+    }
+    let mut server = Server::start(&["--http", "127.0.0.1:0"]);
+    let mut sender = server.connect();
+    let mut curl = Command::new("curl")
+        .args(["-sSN", "--fail"])
+        .arg(format!("http://{}/lines", server.web_addr()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start curl");
+    wait_until("curl is a reader", || {
+        server.log_text().contains("http reader ")
+    });
+    let lines = numbered_lines("via curl", 1000);
+    sender.send(&lines);
+    let mut stdout = curl.stdout.take().expect("curl's stdout");
+    let mut got = vec![0; lines.len()];
+    stdout.read_exact(&mut got).expect("curl prints the lines");
+    assert_eq!(got, lines);
+    server.signal(libc::SIGTERM);
+    assert!(
+        curl.wait().expect("curl ends").success(),
+        "curl saw a clean end"
+    );
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).expect("curl's end");
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn a_reader_that_stops_reading_is_cut_by_max_queue_and_no_one_else_notices() {
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let stuck = reader(&server, "/lines");
+    stuck.set_receive_buffer(4096);
+    let mut sender = server.connect();
+    let mut fast = server.connect();
+    // More than the kernel's buffers and --max-queue (8 MiB) hold, read while it is sent.
+    let flood = numbered_lines(&"r".repeat(100), 250_000);
+    let sending = {
+        let flood = flood.clone();
+        std::thread::spawn(move || {
+            sender.send(&flood);
+            sender
+        })
+    };
+    fast.expect(&flood);
+    let mut sender = sending.join().expect("the sender thread");
+    let why = server.wait_for_log(&format!("client {} disconnected", stuck.local_addr()));
+    assert!(why.contains("slow consumer"), "{why}");
+    sender.send(b"still fine\n");
+    fast.expect(b"still fine\n");
+}
+
+#[test]
+fn readers_count_in_max_clients_and_in_the_gauges() {
+    let server = Server::start(&["--http", "127.0.0.1:0", "--max-clients", "2"]);
+    let _reader = reader(&server, "/lines");
+    let (status, metrics) = server.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("broadcast_server_clients{transport=\"http\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("broadcast_server_clients{transport=\"tcp\"} 0\n"));
+    let _line_client = server.connect();
+    let full = server.http("GET /lines HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(full.starts_with("HTTP/1.1 503 "), "{full}");
+}
+
+#[test]
+fn with_rooms_a_reader_of_lines_name_gets_that_rooms_lines_only() {
+    let server = Server::start(&["--rooms", "--http", "127.0.0.1:0"]);
+    let mut ops_reader = reader(&server, "/lines/ops");
+    let mut main_reader = reader(&server, "/lines");
+    let mut in_ops = server.connect();
+    in_ops.send(b"/join ops\n");
+    in_ops.expect(b"OK joined ops\n");
+    let mut in_main = server.connect();
+    in_main.send(b"for main\n");
+    in_ops.send(b"for ops\n");
+    ops_reader.expect(&chunk(b"for ops\n"));
+    main_reader.expect(&chunk(b"for main\n"));
+    in_ops.send(b"/rooms\n");
+    in_ops.expect(b"OK rooms main:2 ops:2\n");
+    let bad = server.http("GET /lines/bad!name HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
+    let plain = Server::start(&["--http", "127.0.0.1:0"]);
+    let off = plain.http("GET /lines/ops HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(off.starts_with("HTTP/1.1 404 "), "{off}");
+}
