@@ -51,6 +51,42 @@ fn a_reader_gets_the_history_then_each_hand_out_as_a_chunk_and_the_end_at_shutdo
 }
 
 #[test]
+fn a_reader_that_closes_its_sending_half_keeps_its_stream() {
+    // `printf 'GET /lines ...' | ncat HOST PORT` does this: done asking, still reading.
+    let mut server = Server::start(&["--http", "127.0.0.1:0"]);
+    let mut reader = reader(&server, "/lines");
+    reader.half_close();
+    let mut sender = server.connect();
+    sender.send(b"after the half-close\n");
+    reader.expect(&chunk(b"after the half-close\n"));
+    server.signal(libc::SIGTERM);
+    assert_eq!(reader.read_to_eof(), b"0\r\n\r\n");
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn an_http_1_0_reader_gets_the_lines_as_they_are_until_the_connection_ends() {
+    let mut server = Server::start(&["--http", "127.0.0.1:0"]);
+    let mut reader = Client::connect_raw(server.web_addr());
+    reader.send(b"GET /lines HTTP/1.0\r\n\r\n");
+    reader.expect(
+        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n\
+          X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+    );
+    server.wait_for_log(&format!("http reader {} connected", reader.local_addr()));
+    let mut sender = server.connect();
+    sender.send(b"no chunks\nfor 1.0\n");
+    reader.expect(b"no chunks\nfor 1.0\n");
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        reader.read_to_eof(),
+        b"",
+        "the body ends with the connection"
+    );
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+#[test]
 fn curl_prints_the_broadcast_live_and_ends_cleanly_at_shutdown() {
     if Command::new("curl").arg("--version").output().is_err() {
         return report_skip(

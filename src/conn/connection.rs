@@ -143,15 +143,17 @@ impl Member {
     }
 
     /// Wraps a transport whose `GET /lines` was accepted (registered as for
-    /// [`Member::new`]), and queues the response `head` (the caller flushes it).
+    /// [`Member::new`]): its body `chunked`, or not (HTTP/1.0); queues the response `head`
+    /// (the caller flushes it).
     pub fn new_http_stream(
         transport: Transport,
         peer: SocketAddr,
         place: AddressPlace,
+        chunked: bool,
         head: &[u8],
     ) -> Member {
         let mut connection = Member::new(transport, peer, place);
-        connection.wire = Wire::HttpStream;
+        connection.wire = Wire::HttpStream { chunked };
         connection.queue(head, head.len());
         connection
     }
@@ -161,7 +163,7 @@ impl Member {
         match self.wire {
             Wire::Lines(_) => MemberKind::Line,
             Wire::WebSocket(_) => MemberKind::WebSocket,
-            Wire::HttpStream => MemberKind::HttpStream,
+            Wire::HttpStream { .. } => MemberKind::HttpStream,
         }
     }
 

@@ -19,9 +19,10 @@ pub enum Wire {
     Lines(LineWire),
     /// WebSocket: messages in, one frame per line out (boxed: line clients stay small).
     WebSocket(Box<WebSocketWire>),
-    /// The body of `GET /lines`: the lines out as HTTP chunks; nothing comes in (what a
-    /// reader sends after its request is read and thrown away, only to notice its close).
-    HttpStream,
+    /// The body of `GET /lines`: the lines out as HTTP chunks (`chunked`), or as they are
+    /// for an HTTP/1.0 reader (its body ends with the connection); nothing comes in (what
+    /// a reader sends after its request is read and thrown away).
+    HttpStream { chunked: bool },
 }
 
 /// A line client's framer, and whether its first line was screened for an HTTP request.
@@ -74,7 +75,8 @@ impl Wire {
         match self {
             Wire::Lines(_) => Form::Lines,
             Wire::WebSocket(_) => Form::Frames,
-            Wire::HttpStream => Form::Chunks,
+            Wire::HttpStream { chunked: true } => Form::Chunks,
+            Wire::HttpStream { chunked: false } => Form::Lines,
         }
     }
 
@@ -104,7 +106,7 @@ impl Wire {
                 });
                 (decoded.lines, stop)
             }
-            Wire::HttpStream => (0, None),
+            Wire::HttpStream { .. } => (0, None),
         }
     }
 
@@ -113,7 +115,7 @@ impl Wire {
         match self {
             Wire::Lines(wire) => wire.framer.unfinished_len(),
             Wire::WebSocket(state) => state.decoder.unfinished_len(),
-            Wire::HttpStream => 0,
+            Wire::HttpStream { .. } => 0,
         }
     }
 
@@ -123,7 +125,7 @@ impl Wire {
     pub fn end_unfinished_line(&mut self, lines_out: &mut Vec<u8>) -> usize {
         match self {
             Wire::Lines(wire) => wire.finish(lines_out),
-            Wire::WebSocket(_) | Wire::HttpStream => 0,
+            Wire::WebSocket(_) | Wire::HttpStream { .. } => 0,
         }
     }
 
@@ -132,14 +134,17 @@ impl Wire {
     pub fn as_lines(&mut self) -> Option<&mut LineWire> {
         match self {
             Wire::Lines(wire) => Some(wire),
-            Wire::WebSocket(_) | Wire::HttpStream => None,
+            Wire::WebSocket(_) | Wire::HttpStream { .. } => None,
         }
     }
 
     /// Whether queued output is frames (or chunks), so that a farewell cannot follow a cut
     /// queue (where the frame being sent ends is not known).
     pub fn queues_frames(&self) -> bool {
-        matches!(self, Wire::WebSocket(_) | Wire::HttpStream)
+        matches!(
+            self,
+            Wire::WebSocket(_) | Wire::HttpStream { chunked: true }
+        )
     }
 
     /// What the client is told as it is sent away for `reason`, on its own wire: an `ERR`
@@ -155,8 +160,10 @@ impl Wire {
             }
             (Wire::Lines(_), _) => Vec::new(),
             // The body's end: what it was owed is all there.
-            (Wire::HttpStream, DisconnectReason::Shutdown) => b"0\r\n\r\n".to_vec(),
-            (Wire::HttpStream, _) => Vec::new(),
+            (Wire::HttpStream { chunked: true }, DisconnectReason::Shutdown) => {
+                b"0\r\n\r\n".to_vec()
+            }
+            (Wire::HttpStream { .. }, _) => Vec::new(),
             (Wire::WebSocket(_), reason) => {
                 let (code, why) = match reason {
                     DisconnectReason::LineTooLong => (

@@ -23,8 +23,9 @@ pub enum Decision {
     Foreign(Refusal),
     /// Make the connection a WebSocket member (if the server has room), with this key.
     Upgrade { key: String, room: Option<String> },
-    /// `GET /lines`: the connection becomes a reader of the room's lines.
-    Stream { room: Option<String> },
+    /// `GET /lines`: the connection becomes a reader of the room's lines, its body chunked
+    /// (or not: HTTP/1.0).
+    Stream { room: Option<String>, chunked: bool },
     /// A request refused for what it asks (counted and logged as any refusal).
     Refuse(Refusal),
 }
@@ -126,14 +127,19 @@ impl WebFront {
                 ok(content_type, &[], text.as_bytes())
             }
             Route::Health => ok("text/plain; charset=utf-8", &[], b"ok\n"),
-            Route::Lines { room } => {
+            Route::Lines { room, chunked } => {
                 if let Some(refusal) = check_room(room.as_deref(), context) {
                     return Decision::Refuse(refusal);
                 }
                 if request.head_only {
-                    return Decision::Answer(http::LINES_HEAD.to_vec());
+                    let head = if chunked {
+                        http::LINES_HEAD
+                    } else {
+                        http::LINES_HEAD_HTTP10
+                    };
+                    return Decision::Answer(head.to_vec());
                 }
-                return Decision::Stream { room };
+                return Decision::Stream { room, chunked };
             }
             Route::WebSocket {
                 key,

@@ -42,8 +42,9 @@ pub enum Route {
         room: Option<String>,
     },
     /// `GET /lines`: the broadcast as a streamed body; `/lines/NAME`: room NAME's (as
-    /// asked: the caller checks it).
-    Lines { room: Option<String> },
+    /// asked: the caller checks it). `chunked` unless the request is HTTP/1.0 (which knows
+    /// no chunks: its body ends with the connection).
+    Lines { room: Option<String>, chunked: bool },
 }
 
 /// A routed request: what it asks for, and whether the body should be left out (`HEAD`).
@@ -138,6 +139,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
         "/ws" => websocket_upgrade(&request, room.map(str::to_string))?,
         "/lines" => Route::Lines {
             room: room.map(str::to_string),
+            chunked: request.version != Some(0),
         },
         _ => return refuse(NOT_FOUND, "no such page (try /, /ws or /lines)"),
     };
@@ -247,6 +249,12 @@ pub fn refusal_response(refusal: &Refusal) -> Vec<u8> {
 /// server stops (or the reader goes).
 pub const LINES_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
     Transfer-Encoding: chunked\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
+    Connection: close\r\n\r\n";
+
+/// The head of `GET /lines`'s answer to an HTTP/1.0 request: the lines as they are, until
+/// the connection's end.
+pub const LINES_HEAD_HTTP10: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; \
+    charset=utf-8\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
     Connection: close\r\n\r\n";
 
 pub fn upgrade_response(key: &str) -> Vec<u8> {

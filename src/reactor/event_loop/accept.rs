@@ -35,8 +35,8 @@ use crate::wire::http::{self, Request};
 pub(super) enum WebMember<'a> {
     /// A WebSocket client, its upgrade accepted with `key`.
     WebSocket { key: &'a str },
-    /// A reader of `GET /lines`'s streamed body.
-    LineReader,
+    /// A reader of `GET /lines`'s streamed body (chunked, unless HTTP/1.0).
+    LineReader { chunked: bool },
 }
 
 impl EventLoop {
@@ -397,9 +397,9 @@ impl EventLoop {
                 let room = room.as_deref().unwrap_or(MAIN);
                 self.admit_web_member(token, room, WebMember::WebSocket { key: &key })
             }
-            Decision::Stream { room } => {
+            Decision::Stream { room, chunked } => {
                 let room = room.as_deref().unwrap_or(MAIN);
-                self.admit_web_member(token, room, WebMember::LineReader)
+                self.admit_web_member(token, room, WebMember::LineReader { chunked })
             }
         }
     }
@@ -418,7 +418,8 @@ impl EventLoop {
         }
         let form = match what {
             WebMember::WebSocket { .. } => Form::Frames,
-            WebMember::LineReader => Form::Chunks,
+            WebMember::LineReader { chunked: true } => Form::Chunks,
+            WebMember::LineReader { chunked: false } => Form::Lines,
         };
         let room = match self.rooms.enter(name, token.0, form) {
             Ok(room) => room,
@@ -443,8 +444,13 @@ impl EventLoop {
                 let member = Member::new_websocket(transport, peer, place, &handshake);
                 (member, "websocket client")
             }
-            WebMember::LineReader => {
-                let member = Member::new_http_stream(transport, peer, place, http::LINES_HEAD);
+            WebMember::LineReader { chunked } => {
+                let head = if chunked {
+                    http::LINES_HEAD
+                } else {
+                    http::LINES_HEAD_HTTP10
+                };
+                let member = Member::new_http_stream(transport, peer, place, chunked, head);
                 (member, "http reader")
             }
         };
