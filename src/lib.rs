@@ -19,9 +19,9 @@
 //!   added when the client goes, never lost, never cut.
 //! - **batch**: the lines framed in one turn (or a held stretch of turns), by sender.
 //! - **hand-out**: giving one batch to every member: one `writev` each.
-//! - **form**: how a member takes the batch: the lines, or WebSocket frames.
-//! - **wire**: how lines look on one member's connection (lines or WebSocket): decoding,
-//!   farewells, liveness.
+//! - **form**: how a member takes the batch: the lines, WebSocket frames, or HTTP chunks.
+//! - **wire**: how lines look on one member's connection (lines, WebSocket, or the body of
+//!   `GET /lines`): decoding, farewells, liveness.
 //! - **transport**: how bytes travel on a socket: plain or TLS.
 //! - **stage**: where a connection is: handshake, request, member.
 //! - **member**: a connection that takes part in the broadcast; **open**, or **leaving**

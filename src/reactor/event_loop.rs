@@ -3,10 +3,11 @@
 //! One turn of the loop: wait for readiness; move on the work the last turn's budgets cut
 //! short; dispatch each event to the connection under its token, by its stage (TLS
 //! handshake, web request, member); accept new connections (after the departures of the
-//! same poll); collect the members' complete lines in the broadcast's [`Batch`], hand the
-//! batch to every member once (one `writev` each), and finally run what the components'
-//! deadlines call for. Sockets are edge-triggered: a handler that stops before `WouldBlock`
-//! must remember to come back (it is carried), because no new event will come.
+//! same poll); collect the members' complete lines in their rooms' batches
+//! ([`crate::broadcast::batch::Batch`]), hand each room's batch to its members once (one
+//! `writev` each), and finally run what the components' deadlines call for. Sockets are
+//! edge-triggered: a handler that stops before `WouldBlock` must remember to come back (it
+//! is carried), because no new event will come.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
