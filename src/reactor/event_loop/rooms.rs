@@ -62,7 +62,12 @@ impl EventLoop {
         let batch = &mut room.broadcast.batch;
         if named && has_command(&batch.whole()[start..]) {
             let framed = batch.take_unrecorded(start);
-            return self.obey_lines(token, id, framed, self.command_budget());
+            if self.shutdown.is_some() {
+                // Its last lines (the finales): routed, not answered (see `route_lines`).
+                self.route_lines(token, id, &framed);
+                return Obeyed::default();
+            }
+            return self.obey_lines(token, id, framed);
         }
         batch.record(Sender::Client(token.0), start, lines);
         self.observe.stats.lines_in += lines as u64;
@@ -80,7 +85,7 @@ impl EventLoop {
         }
         let lines = self.turn.deferred_lines.remove(&token)?;
         let room = self.connections.member(token)?.room()?;
-        Some(self.obey_lines(token, room, lines, self.command_budget()))
+        Some(self.obey_lines(token, room, lines))
     }
 
     /// Sends the lines an open member's last turn left (see `COMMANDS_PER_TURN`), when it
@@ -96,9 +101,15 @@ impl EventLoop {
         let Some(lines) = self.turn.deferred_lines.remove(&token) else {
             return;
         };
-        let Some(mut room) = self.connections.member(token).and_then(Member::room) else {
+        let Some(room) = self.connections.member(token).and_then(Member::room) else {
             return; // leaving already: it has no room for lines (it had none waiting)
         };
+        self.route_lines(token, room, &lines);
+    }
+
+    /// Sends `lines` of the member under `token`, in room `room`, each to the room the
+    /// `/join`s before it name, without obeying anything else (see `route_deferred_lines`).
+    fn route_lines(&mut self, token: Token, mut room: RoomId, lines: &[u8]) {
         for line in lines.split_inclusive(|&b| b == b'\n') {
             match commands::parse(line) {
                 None => self.append_client_line(token, room, line),
@@ -109,27 +120,12 @@ impl EventLoop {
         }
     }
 
-    /// Commands a member may have obeyed in one turn: `COMMANDS_PER_TURN`, or all of them
-    /// at shutdown (its finales are paced already).
-    fn command_budget(&self) -> usize {
-        match self.shutdown {
-            Some(_) => usize::MAX,
-            None => COMMANDS_PER_TURN,
-        }
-    }
-
     /// Sends each of `framed`'s lines from `token` to its room, obeying the commands among
-    /// them in order, up to `budget` of them; the lines after that are kept for the
-    /// member's next turn. Clients a hand-out finds failing meanwhile are closed only at
+    /// them in order, as far as `COMMANDS_PER_TURN` goes; the lines after that are kept for
+    /// the member's next turn. Clients a hand-out finds failing meanwhile are closed only at
     /// the end, so that the member stays (and its lines keep going out) until its lines are
     /// done.
-    fn obey_lines(
-        &mut self,
-        token: Token,
-        mut room: RoomId,
-        framed: Vec<u8>,
-        budget: usize,
-    ) -> Obeyed {
+    fn obey_lines(&mut self, token: Token, mut room: RoomId, framed: Vec<u8>) -> Obeyed {
         self.turn.closes_held = true;
         let mut obeyed = Obeyed::default();
         let mut spent = 0;
@@ -138,7 +134,7 @@ impl EventLoop {
             match commands::parse(line) {
                 None => self.append_client_line(token, room, line),
                 Some(Command::Escaped(text)) => self.append_client_line(token, room, text),
-                Some(_) if spent >= budget => {
+                Some(_) if spent >= COMMANDS_PER_TURN => {
                     debug!(
                         "token {}: its commands' budget for this turn is spent; the rest of \
                          its lines wait for its next turn",
