@@ -183,3 +183,115 @@ fn with_rooms_a_reader_of_lines_name_gets_that_rooms_lines_only() {
     let off = plain.http("GET /lines/ops HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(off.starts_with("HTTP/1.1 404 "), "{off}");
 }
+
+/// Sends a raw request to the web listener and returns the whole answer.
+fn post(server: &Server, path: &str, body: &[u8]) -> String {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    let mut client = Client::connect_raw(server.web_addr());
+    client.send(&request);
+    String::from_utf8_lossy(&client.read_to_eof()).into_owned()
+}
+
+#[test]
+fn curl_posts_a_file_of_lines_and_every_client_gets_them_in_order() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        return report_skip(
+            "curl_posts_a_file_of_lines",
+            "needs curl (apt-get install curl)",
+        );
+    }
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let mut receiver = server.connect();
+    let mut reader = reader(&server, "/lines");
+    // Over 1 KiB: curl sends `Expect: 100-continue` and waits for it.
+    let lines = numbered_lines("posted", 3000);
+    let file = std::env::temp_dir().join(format!("broadcast-server-post-{}", std::process::id()));
+    std::fs::write(&file, &lines).expect("write the body");
+    let answer = Command::new("curl")
+        .args(["-sS", "--fail", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://{}/lines", server.web_addr()))
+        .output()
+        .expect("run curl");
+    let _ = std::fs::remove_file(&file);
+    assert!(answer.status.success(), "{answer:?}");
+    assert_eq!(answer.stdout, b"3000 lines\n");
+    receiver.expect(&lines);
+    reader.expect(&chunk(&lines));
+}
+
+#[test]
+fn a_post_waits_for_its_100_continue_and_its_last_line_gets_a_newline() {
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let mut receiver = server.connect();
+    let mut poster = Client::connect_raw(server.web_addr());
+    poster.send(
+        b"POST /lines HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\nExpect: 100-continue\r\n\r\n",
+    );
+    poster.expect(b"HTTP/1.1 100 Continue\r\n\r\n");
+    poster.send(b"one\n\ntwo");
+    let answer = String::from_utf8_lossy(&poster.read_to_eof()).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n3 lines\n"), "{answer}");
+    receiver.expect(b"one\n\ntwo\n");
+}
+
+#[test]
+fn a_body_with_a_line_over_max_line_is_refused_whole_and_limits_are_said() {
+    let server = Server::start(&["--http", "127.0.0.1:0", "--max-line", "10"]);
+    let mut receiver = server.connect();
+    let mut sender = server.connect();
+    let answer = post(
+        &server,
+        "/lines",
+        b"fine\nthis line is too long\nfine too\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(
+        answer.contains("none of the body was broadcast"),
+        "{answer}"
+    );
+    // None of it went out: the next line anyone gets is this one.
+    sender.send(b"marker\n");
+    receiver.expect(b"marker\n");
+    // Refused from its head: the body is never read.
+    let mut big = Client::connect_raw(server.web_addr());
+    big.send(b"POST /lines HTTP/1.1\r\nHost: x\r\nContent-Length: 1048577\r\n\r\n");
+    let answer = String::from_utf8_lossy(&big.read_to_eof()).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.contains("a body over 1048576 bytes"), "{answer}");
+    let mut chunked = Client::connect_raw(server.web_addr());
+    chunked.send(b"POST /lines HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let answer = String::from_utf8_lossy(&chunked.read_to_eof()).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 411 "), "{answer}");
+    sender.send(b"marker 2\n");
+    receiver.expect(b"marker 2\n");
+}
+
+#[test]
+fn with_rooms_a_post_reaches_its_room_only_and_makes_no_room() {
+    let server = Server::start(&["--rooms", "--http", "127.0.0.1:0"]);
+    let mut in_ops = server.connect();
+    in_ops.send(b"/join ops\n");
+    in_ops.expect(b"OK joined ops\n");
+    let mut in_main = server.connect();
+    let answer = post(&server, "/lines/ops", b"for ops\n");
+    assert!(answer.ends_with("\r\n\r\n1 lines\n"), "{answer}");
+    in_ops.expect(b"for ops\n");
+    let answer = post(&server, "/lines/ghost", b"for no one\n");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        answer.ends_with("0 lines: room ghost has no members here\n"),
+        "{answer}"
+    );
+    let answer = post(&server, "/lines", b"for main\n");
+    assert!(answer.ends_with("\r\n\r\n1 lines\n"), "{answer}");
+    in_main.expect(b"for main\n");
+    in_ops.send(b"/rooms\n");
+    in_ops.expect(b"OK rooms main:1 ops:1\n");
+}

@@ -26,6 +26,8 @@ pub enum Decision {
     /// `GET /lines`: the connection becomes a reader of the room's lines, its body chunked
     /// (or not: HTTP/1.0).
     Stream { room: Option<String>, chunked: bool },
+    /// `POST /lines`: the body's lines are broadcast in the room (all, or none).
+    Publish { room: Option<String>, body: Vec<u8> },
     /// A request refused for what it asks (counted and logged as any refusal).
     Refuse(Refusal),
 }
@@ -127,6 +129,12 @@ impl WebFront {
                 ok(content_type, &[], text.as_bytes())
             }
             Route::Health => ok("text/plain; charset=utf-8", &[], b"ok\n"),
+            Route::Publish { room, body, .. } => {
+                if let Some(refusal) = check_room(room.as_deref(), context) {
+                    return Decision::Refuse(refusal);
+                }
+                return Decision::Publish { room, body };
+            }
             Route::Lines { room, chunked } => {
                 if let Some(refusal) = check_room(room.as_deref(), context) {
                     return Decision::Refuse(refusal);

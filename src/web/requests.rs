@@ -20,7 +20,8 @@ use crate::admission::access::AddressPlace;
 use crate::observe::log_limit::RateLimit;
 use crate::transport::Transport;
 use crate::wire::http::{
-    HEAD_TOO_LARGE, MAX_HEAD, Refusal, Request, parse_request, refusal, refusal_response,
+    BAD_REQUEST, CONTINUE, HEAD_TOO_LARGE, MAX_HEAD, Refusal, Request, Route, parse_request,
+    refusal, refusal_response,
 };
 
 /// How long a web connection may take, from its accept (its TLS handshake included), to
@@ -50,6 +51,8 @@ pub struct HttpCounters {
 enum Stage {
     /// Reading the request head.
     Reading,
+    /// Reading the body of `POST /lines` into its request (see [`Route::Publish`]).
+    ReadingBody { request: Request },
     /// Writing the answer; `written` bytes of it are out.
     Answering { response: Vec<u8>, written: usize },
     /// Answered and shut down for writing: reading (and discarding) until the client closes,
@@ -161,6 +164,12 @@ impl Exchange {
                     self.head.len()
                 );
                 match head {
+                    Head::Complete(
+                        request @ Request {
+                            route: Route::Publish { .. },
+                            ..
+                        },
+                    ) => self.start_body(request, shared, token, registry),
                     Head::Complete(request) => Progress::Request(request),
                     Head::Incomplete => Progress::Waiting,
                     Head::BudgetSpent => Progress::BudgetSpent,
@@ -168,8 +177,83 @@ impl Exchange {
                     Head::Gone => Progress::Done,
                 }
             }
+            Stage::ReadingBody { .. } => self.read_body(),
             Stage::Answering { .. } => self.write_answer(token, registry),
             Stage::Closing => self.discard_until_closed(),
+        }
+    }
+
+    /// Starts reading a `POST /lines` body: what came with the head is its start; a client
+    /// that expects a `100 Continue` is sent one (a new socket takes its 25 bytes at once,
+    /// or the client is gone).
+    fn start_body(
+        &mut self,
+        mut request: Request,
+        shared: &mut WebRequests,
+        token: Token,
+        registry: &Registry,
+    ) -> Progress {
+        let Route::Publish {
+            head_len,
+            length,
+            expect_continue,
+            body,
+            ..
+        } = &mut request.route
+        else {
+            return Progress::Request(request);
+        };
+        *body = self.head.split_off((*head_len).min(self.head.len()));
+        if body.len() > *length {
+            let refused = refusal(BAD_REQUEST, "bytes after the body");
+            return self.refuse(shared, &refused, token, registry);
+        }
+        if body.len() < *length && *expect_continue {
+            let mut written = 0;
+            if !matches!(
+                write_out(&mut self.transport, CONTINUE, &mut written),
+                Ok(true)
+            ) {
+                return Progress::Done;
+            }
+        }
+        self.stage = Stage::ReadingBody { request };
+        self.read_body()
+    }
+
+    /// Reads the body of `POST /lines` (within the read budget of a turn); the whole
+    /// request goes to the loop once it is complete. A client that goes before it is done
+    /// broadcasts nothing.
+    fn read_body(&mut self) -> Progress {
+        let Exchange {
+            stage, transport, ..
+        } = self;
+        let Stage::ReadingBody { request } = stage else {
+            return Progress::Waiting;
+        };
+        let Route::Publish { length, body, .. } = &mut request.route else {
+            return Progress::Done;
+        };
+        let mut buf = [0; 16 * 1024];
+        let mut spent = 0;
+        while body.len() < *length {
+            if spent >= HEAD_READ_BUDGET {
+                return Progress::BudgetSpent;
+            }
+            let want = (*length - body.len()).min(buf.len());
+            let (read, cost) = transport.read_metered(&mut buf[..want]);
+            spent += cost;
+            match read {
+                Ok(0) => return Progress::Done,
+                Ok(n) => body.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Waiting,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Progress::Done,
+            }
+        }
+        match std::mem::replace(stage, Stage::Reading) {
+            Stage::ReadingBody { request } => Progress::Request(request),
+            _ => Progress::Done,
         }
     }
 
@@ -216,7 +300,7 @@ impl Exchange {
     /// Notes that this exchange's deadline passed (the caller drops it): a client that had
     /// not finished its request is counted and logged (rate-limited).
     pub fn time_out(&self, shared: &mut WebRequests, now: Instant) {
-        if matches!(self.stage, Stage::Reading) {
+        if matches!(self.stage, Stage::Reading | Stage::ReadingBody { .. }) {
             shared.counters.timed_out += 1;
             if shared.refusal_log.admit(now) {
                 info!(
@@ -338,7 +422,9 @@ fn read_head(pending: &mut Exchange) -> Head {
         }
         let head = &pending.head[..pending.head.len().min(MAX_HEAD)];
         match parse_request(head) {
-            Ok(Some(request)) if pending.head.len() <= MAX_HEAD => return Head::Complete(request),
+            // The head fits (it was parsed from at most MAX_HEAD bytes); a POST's body may
+            // follow it in the buffer.
+            Ok(Some(request)) => return Head::Complete(request),
             Ok(None) if pending.head.len() <= MAX_HEAD => {}
             Err(refused) if pending.head.len() <= MAX_HEAD => return Head::Refused(refused),
             _ => {

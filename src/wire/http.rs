@@ -6,6 +6,10 @@ use crate::observe::logger;
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
 pub const MAX_HEAD: usize = 8 * 1024;
+/// Largest body `POST /lines` takes (its lines are broadcast all or none).
+pub const MAX_POST: usize = 1024 * 1024;
+/// What asks a client that sent `Expect: 100-continue` for its body.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Headers a request may have.
 const MAX_HEADERS: usize = 64;
 
@@ -18,6 +22,8 @@ pub const BAD_REQUEST: Status = Status(400, "Bad Request");
 pub const FORBIDDEN: Status = Status(403, "Forbidden");
 pub const NOT_FOUND: Status = Status(404, "Not Found");
 pub const METHOD_NOT_ALLOWED: Status = Status(405, "Method Not Allowed");
+pub const LENGTH_REQUIRED: Status = Status(411, "Length Required");
+pub const PAYLOAD_TOO_LARGE: Status = Status(413, "Content Too Large");
 pub const UPGRADE_REQUIRED: Status = Status(426, "Upgrade Required");
 pub const TOO_MANY_REQUESTS: Status = Status(429, "Too Many Requests");
 pub const HEAD_TOO_LARGE: Status = Status(431, "Request Header Fields Too Large");
@@ -45,6 +51,16 @@ pub enum Route {
     /// asked: the caller checks it). `chunked` unless the request is HTTP/1.0 (which knows
     /// no chunks: its body ends with the connection).
     Lines { room: Option<String>, chunked: bool },
+    /// `POST /lines` (`/lines/NAME`): a body of lines to broadcast, `length` bytes, the
+    /// first of them after the head's `head_len` bytes; the exchange reads the rest into
+    /// `body` (asking for it first if the client `expect`s a `100 Continue`).
+    Publish {
+        room: Option<String>,
+        length: usize,
+        head_len: usize,
+        expect_continue: bool,
+        body: Vec<u8>,
+    },
 }
 
 /// A routed request: what it asks for, and whether the body should be left out (`HEAD`).
@@ -122,8 +138,16 @@ pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
     match path {
         "/ws" if method != "GET" => return refuse(METHOD_NOT_ALLOWED, WS_TAKES_GET),
         "/ws" => {}
+        "/lines" if method == "POST" => {
+            let room = room.map(str::to_string);
+            let route = publish_route(&request, room, length, bytes.len() - length)?;
+            return Ok(Some(Request { route, head_only }));
+        }
         _ if method != "GET" && !head_only => {
-            return refuse(METHOD_NOT_ALLOWED, "only GET and HEAD are served");
+            return refuse(
+                METHOD_NOT_ALLOWED,
+                "only GET and HEAD are served (and POST on /lines)",
+            );
         }
         _ => {}
     }
@@ -144,6 +168,53 @@ pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
         _ => return refuse(NOT_FOUND, "no such page (try /, /ws or /lines)"),
     };
     Ok(Some(Request { route, head_only }))
+}
+
+/// Checks a `POST /lines` head, of `head_len` bytes with `body_so_far` bytes of body read
+/// with it, and returns its route: a `Content-Length` is needed (no chunked uploads), at
+/// most [`MAX_POST`].
+fn publish_route(
+    request: &httparse::Request<'_, '_>,
+    room: Option<String>,
+    head_len: usize,
+    body_so_far: usize,
+) -> Result<Route, Refusal> {
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+    };
+    let length_required = || {
+        refusal(
+            LENGTH_REQUIRED,
+            "POST /lines needs a Content-Length (no chunked uploads): curl --data-binary @FILE",
+        )
+    };
+    if header("Transfer-Encoding").is_some() {
+        return Err(length_required());
+    }
+    let length: usize = header("Content-Length")
+        .and_then(|value| value.parse().ok())
+        .ok_or_else(length_required)?;
+    if length > MAX_POST {
+        return Err(refusal(
+            PAYLOAD_TOO_LARGE,
+            format!("a body over {MAX_POST} bytes: none of it was broadcast"),
+        ));
+    }
+    if body_so_far > length {
+        return Err(refusal(BAD_REQUEST, "bytes after the body"));
+    }
+    let expect_continue = header("Expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+    Ok(Route::Publish {
+        room,
+        length,
+        head_len,
+        expect_continue,
+        body: Vec::new(),
+    })
 }
 
 /// Checks a `/ws` request for an RFC 6455 upgrade and returns its route.

@@ -18,7 +18,8 @@ use super::{EventLoop, HandOut};
 use crate::admission::access::AddressPlace;
 use crate::bridge::Bridge;
 use crate::broadcast::Form;
-use crate::broadcast::rooms::{MAIN, TooManyRooms};
+use crate::broadcast::batch::Sender;
+use crate::broadcast::rooms::{MAIN, ONLY_ROOM, TooManyRooms};
 use crate::conn::connection::Member;
 use crate::conn::socket::configure_socket;
 use crate::observe::stats::MemberKind;
@@ -397,6 +398,10 @@ impl EventLoop {
                 let room = room.as_deref().unwrap_or(MAIN);
                 self.admit_web_member(token, room, WebMember::WebSocket { key: &key })
             }
+            Decision::Publish { room, body } => {
+                let room = room.as_deref().unwrap_or(MAIN);
+                self.publish_posted_lines(token, room, &body)
+            }
             Decision::Stream { room, chunked } => {
                 let room = room.as_deref().unwrap_or(MAIN);
                 self.admit_web_member(token, room, WebMember::LineReader { chunked })
@@ -461,6 +466,58 @@ impl EventLoop {
         info!("{said} {peer} connected (token {})", token.0);
         self.replay_history(token);
         self.on_writable(token);
+    }
+
+    /// Broadcasts the lines of a `POST /lines` body in room `name`, in order, as from one
+    /// sender (a last line without `\n` gets one), and answers with how many; a body with
+    /// a line over `--max-line` is refused (413) and none of it is broadcast. A room that
+    /// does not exist here (no members) gets nothing, and is not made.
+    fn publish_posted_lines(&mut self, token: Token, name: &str, body: &[u8]) {
+        let max_line = self.config.max_line;
+        let too_long = body
+            .split_inclusive(|&b| b == b'\n')
+            .any(|line| line.strip_suffix(b"\n").unwrap_or(line).len() > max_line);
+        if too_long {
+            let reason = format!(
+                "a line over --max-line ({max_line} bytes): none of the body was broadcast"
+            );
+            let refusal = http::refusal(http::PAYLOAD_TOO_LARGE, reason);
+            return self.refuse_exchange(token, &refusal);
+        }
+        let room = match self.rooms.is_named() {
+            false => Some(ONLY_ROOM),
+            true => self.rooms.find(name),
+        };
+        let mut lines = 0;
+        if let Some(id) = room {
+            for line in body.split_inclusive(|&b| b == b'\n') {
+                let whole;
+                let line = match line.ends_with(b"\n") {
+                    true => line,
+                    false => {
+                        whole = [line, b"\n"].concat();
+                        &whole[..]
+                    }
+                };
+                if self.append_line(id, Sender::Client(token.0), line) {
+                    lines += 1;
+                }
+            }
+            self.observe.stats.lines_in += lines as u64;
+            self.observe.stats.bytes_in += body.len() as u64;
+        }
+        let text = match room {
+            Some(_) => format!("{lines} lines\n"),
+            None => format!("0 lines: room {name} has no members here\n"),
+        };
+        let response = http::response(
+            http::OK,
+            "text/plain; charset=utf-8",
+            &[],
+            text.as_bytes(),
+            false,
+        );
+        self.answer_exchange(token, response);
     }
 
     /// Sends a member the lines its room's `--history` keeps (everything handed out before
