@@ -195,9 +195,29 @@ fn publish_route(
     if header("Transfer-Encoding").is_some() {
         return Err(length_required());
     }
-    let length: usize = header("Content-Length")
-        .and_then(|value| value.parse().ok())
-        .ok_or_else(length_required)?;
+    // Digits only, and every Content-Length the same (two that differ could be read
+    // differently by a proxy in front: request smuggling).
+    let lengths: Vec<&[u8]> = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("Content-Length"))
+        .map(|h| h.value.trim_ascii())
+        .collect();
+    let Some(&first) = lengths.first() else {
+        return Err(length_required());
+    };
+    let digits = |value: &[u8]| !value.is_empty() && value.iter().all(u8::is_ascii_digit);
+    if !lengths.iter().all(|&value| digits(value) && value == first) {
+        return Err(refusal(
+            BAD_REQUEST,
+            "a malformed or repeated Content-Length",
+        ));
+    }
+    // Digits that do not fit are certainly too many.
+    let length = std::str::from_utf8(first)
+        .ok()
+        .and_then(|value| value.parse::<usize>().ok())
+        .unwrap_or(usize::MAX);
     if length > MAX_POST {
         return Err(refusal(
             PAYLOAD_TOO_LARGE,
@@ -380,6 +400,27 @@ mod tests {
             panic!("/ws/NAME is an upgrade");
         };
         assert_eq!(room.as_deref(), Some("ops_1-b"));
+        let post = |lengths: &[&str]| {
+            let headers: String = lengths
+                .iter()
+                .map(|l| format!("Content-Length: {l}\r\n"))
+                .collect();
+            status(&format!("POST /lines HTTP/1.1\r\nHost: x\r\n{headers}\r\n"))
+        };
+        assert_eq!(post(&["4"]), 200, "a POST head is routed");
+        assert_eq!(post(&[]), 411);
+        for bad in [
+            &["-5"][..],
+            &["+4"],
+            &["0x4"],
+            &["4, 4"],
+            &[""],
+            &["2", "4"],
+        ] {
+            assert_eq!(post(bad), 400, "{bad:?}");
+        }
+        assert_eq!(post(&["4", "4"]), 200, "repeated, but the same");
+        assert_eq!(post(&["99999999999999999999999"]), 413);
         assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n"), 0, "incomplete");
         assert_eq!(status("HEAD /healthz HTTP/1.0\r\n\r\n"), 200);
         assert_eq!(status("GET /nope HTTP/1.1\r\n\r\n"), 404);
