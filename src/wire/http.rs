@@ -170,6 +170,18 @@ pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
     Ok(Some(Request { route, head_only }))
 }
 
+/// The values of every header `name` (any case) of `request`, trimmed, in order.
+fn header_values<'a>(
+    request: &'a httparse::Request<'_, '_>,
+    name: &'a str,
+) -> impl Iterator<Item = String> + 'a {
+    request
+        .headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+}
+
 /// Checks a `POST /lines` head, of `head_len` bytes with `body_so_far` bytes of body read
 /// with it, and returns its route: a `Content-Length` is needed (no chunked uploads), at
 /// most [`MAX_POST`].
@@ -179,13 +191,7 @@ fn publish_route(
     head_len: usize,
     body_so_far: usize,
 ) -> Result<Route, Refusal> {
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
-    };
+    let header = |name: &str| header_values(request, name).next();
     let length_required = || {
         refusal(
             LENGTH_REQUIRED,
@@ -242,15 +248,7 @@ fn websocket_upgrade(
     request: &httparse::Request<'_, '_>,
     room: Option<String>,
 ) -> Result<Route, Refusal> {
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+    let header = |name: &str| header_values(request, name).collect::<Vec<_>>().join(",");
     let has_token = |value: String, token: &str| {
         value
             .split(',')
