@@ -19,9 +19,16 @@
 //!   added when the client goes, never lost, never cut.
 //! - **batch**: the lines framed in one turn (or a held stretch of turns), by sender.
 //! - **hand-out**: giving one batch to every member: one `writev` each.
-//! - **form**: how a member takes the batch: the lines, WebSocket frames, or HTTP chunks.
-//! - **wire**: how lines look on one member's connection (lines, WebSocket, or the body of
-//!   `GET /lines`): decoding, farewells, liveness.
+//! - **form**: how a member takes the batch: the lines, WebSocket frames, HTTP chunks, or
+//!   Server-Sent Events.
+//! - **wire**: how lines look on one member's connection (lines, WebSocket, the body of
+//!   `GET /lines` or of `GET /events`): decoding, farewells, liveness.
+//! - **reader**: a member that only reads (`GET /lines`, `GET /events`): what it sends is
+//!   thrown away.
+//! - **event id**: `EPOCH-SEQ`, a line's number in its room's stream (`GET /events`): the
+//!   epoch names the stream (room, run, instance), the sequence the line.
+//! - **body**: what a `POST /lines` sends: read whole (bounded), then published all or
+//!   none.
 //! - **transport**: how bytes travel on a socket: plain or TLS.
 //! - **stage**: where a connection is: handshake, request, member.
 //! - **member**: a connection that takes part in the broadcast; **open**, or **leaving**

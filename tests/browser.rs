@@ -362,3 +362,84 @@ fn a_page_of_another_site_cannot_join_but_the_servers_own_page_can_by_either_nam
     );
     assert_eq!(foreign.eval("document.title"), json!("refused"));
 }
+
+/// A TCP relay to `upstream` that can cut every connection through it at once (as a
+/// dropped Wi-Fi would), while it keeps accepting new ones.
+struct Relay {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(upstream: std::net::SocketAddr) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let registry = std::sync::Arc::clone(&open);
+        thread::spawn(move || {
+            // Bounded: a test's page, its socket and a few reconnections.
+            for client in listener.incoming().take(50) {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let mut list = registry.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { addr, open }
+    }
+
+    /// Cuts every connection made so far, both ways.
+    fn cut_all(&self) {
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn an_event_source_that_loses_its_connection_shows_every_line_once() {
+    let server = Server::start(&["--http", "127.0.0.1:0", "--history", "100"]);
+    let relay = Relay::start(server.web_addr());
+    let url = format!("http://{}/", relay.addr);
+    let Some(mut browser) = Browser::open("an_event_source_that_loses_its_connection", &url) else {
+        return;
+    };
+    browser.wait_until("document.readyState === 'complete'");
+    browser.eval(
+        "window.got = []; window.opens = 0; \
+         window.source = new EventSource('/events'); \
+         source.onopen = () => window.opens++; \
+         source.onmessage = e => { window.got.push(e.data); window.lastId = e.lastEventId; }; \
+         source.addEventListener('missed', e => window.got.push('missed ' + e.data)); \
+         true",
+    );
+    browser.wait_until("window.opens === 1");
+    let mut sender = server.connect();
+    sender.send(b"l1\nl2\nl3\n");
+    browser.wait_until("window.got.length === 3");
+    relay.cut_all();
+    // It knows it lost the stream and is waiting to reconnect (a few seconds in chromium).
+    browser.wait_until("window.source.readyState === EventSource.CONNECTING");
+    sender.send(b"l4\nl5\n");
+    browser.wait_until("window.opens === 2 && window.got.length >= 5");
+    sender.send(b"l6\n");
+    browser.wait_until("window.got.length >= 6");
+    assert_eq!(
+        browser.eval("window.got.join(',')"),
+        json!("l1,l2,l3,l4,l5,l6"),
+        "every line once, in order, none missed"
+    );
+    assert_eq!(browser.eval("window.lastId.split('-')[1]"), json!("6"));
+}

@@ -295,3 +295,182 @@ fn with_rooms_a_post_reaches_its_room_only_and_makes_no_room() {
     in_ops.send(b"/rooms\n");
     in_ops.expect(b"OK rooms main:1 ops:1\n");
 }
+
+/// `POST path` with a body of `length` bytes: its head (with `extra` headers).
+fn post_head(path: &str, length: usize, extra: &str) -> Vec<u8> {
+    format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n{extra}\r\n")
+        .into_bytes()
+}
+
+/// What `/metrics` says the POST bodies being read hold.
+fn post_bytes_held(server: &Server) -> u64 {
+    let (_, metrics) = server.get("/metrics");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("broadcast_server_http_post_bytes_held "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no post_bytes_held gauge in {metrics}"))
+}
+
+#[test]
+fn post_bodies_being_read_hold_at_most_64_mib_together_past_which_a_post_gets_a_503() {
+    const MIB: usize = 1024 * 1024;
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let mut receiver = server.connect();
+    // 64 bodies of 1 MiB, each one byte short: 64 MiB - 64 bytes held.
+    let mut holders: Vec<Client> = (0..64)
+        .map(|_| {
+            let mut holder = Client::connect_raw(server.web_addr());
+            holder.send(&post_head("/lines", MIB, ""));
+            holder.send(&vec![b'\n'; MIB - 1]);
+            holder
+        })
+        .collect();
+    let held = (64 * (MIB - 1)) as u64;
+    wait_until("the 64 bodies are read", || {
+        post_bytes_held(&server) == held
+    });
+    // Refused from its head, before a 100 Continue: its declared megabyte does not fit.
+    let mut refused = Client::connect_raw(server.web_addr());
+    refused.send(&post_head("/lines", MIB, "Expect: 100-continue\r\n"));
+    let answer = String::from_utf8_lossy(&refused.read_to_eof()).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("hold 64 MiB already"), "{answer}");
+    // 64 bytes are left exactly: a body of 65 is refused, one of 64 published.
+    let answer = post(&server, "/lines", &[b'x'; 65]);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    let mut fits = vec![b'y'; 63];
+    fits.push(b'\n');
+    let answer = post(&server, "/lines", &fits);
+    assert!(answer.ends_with("\r\n\r\n1 lines\n"), "{answer}");
+    receiver.expect(&fits);
+    // A holder that goes gives its bytes back, and a megabyte fits again.
+    holders.pop().expect("a holder").reset();
+    wait_until("a holder's bytes are given back", || {
+        post_bytes_held(&server) == held - (MIB - 1) as u64
+    });
+    let mut welcome = Client::connect_raw(server.web_addr());
+    welcome.send(&post_head("/lines", MIB, "Expect: 100-continue\r\n"));
+    welcome.expect(b"HTTP/1.1 100 Continue\r\n\r\n");
+    // One that completes its body publishes it and gives its bytes back too.
+    holders[0].send(b"\n");
+    let answer = String::from_utf8_lossy(&holders[0].read_to_eof()).into_owned();
+    assert!(
+        answer.ends_with(&format!("\r\n\r\n{MIB} lines\n")),
+        "{answer}"
+    );
+    receiver.expect(&vec![b'\n'; MIB]);
+    wait_until("a published body is no longer held", || {
+        post_bytes_held(&server) == held - 2 * (MIB - 1) as u64
+    });
+}
+
+#[test]
+fn bodies_that_end_together_are_published_a_turns_budget_at_a_time_each_whole() {
+    let server = Server::start(&["--http", "127.0.0.1:0", "-v"]);
+    let mut receiver = server.connect();
+    // Three bodies of 600,000 bytes: a turn publishes up to 1 MiB of bodies (at least one).
+    let bodies: Vec<Vec<u8>> = ["a", "b", "c"]
+        .iter()
+        .map(|prefix| {
+            let mut body = numbered_lines(prefix, 100_000);
+            body.truncate(600_000);
+            *body.last_mut().expect("a byte") = b'\n';
+            body
+        })
+        .collect();
+    let mut posters: Vec<Client> = bodies
+        .iter()
+        .map(|body| {
+            let mut poster = Client::connect_raw(server.web_addr());
+            poster.send(&post_head("/lines", body.len(), ""));
+            poster.send(&body[..body.len() - 1]);
+            poster
+        })
+        .collect();
+    wait_until("the bodies are read but their last bytes", || {
+        post_bytes_held(&server) == 3 * 599_999
+    });
+    // The last bytes arrive while the server is stopped: its next turn sees all three.
+    server.stop_and_wait();
+    for poster in &mut posters {
+        poster.send(b"\n");
+    }
+    server.signal(libc::SIGCONT);
+    let counts: Vec<String> = bodies
+        .iter()
+        .map(|body| {
+            format!(
+                "\r\n\r\n{} lines\n",
+                body.iter().filter(|&&b| b == b'\n').count()
+            )
+        })
+        .collect();
+    for (poster, count) in posters.iter_mut().zip(&counts) {
+        let answer = String::from_utf8_lossy(&poster.read_to_eof()).into_owned();
+        assert!(answer.ends_with(count.as_str()), "{answer}");
+    }
+    server.wait_for_log("its body waits for the next turn");
+    // Each body whole, one after another, in whichever order they were published.
+    let got = receiver.read_exact(3 * 600_000);
+    let mut seen: Vec<&[u8]> = got.chunks(600_000).collect();
+    seen.sort();
+    let mut expected: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    expected.sort();
+    assert!(seen == expected, "the bodies came interleaved or altered");
+}
+
+#[test]
+fn a_post_gets_its_100_continue_only_once_its_room_is_known_and_never_over_http_1_0() {
+    let expect = "Expect: 100-continue\r\n";
+    let plain = Server::start(&["--http", "127.0.0.1:0"]);
+    let rooms = Server::start(&["--rooms", "--http", "127.0.0.1:0"]);
+    for (server, path, status) in [
+        (&plain, "/lines/ops", "HTTP/1.1 404 "),
+        (&rooms, "/lines/bad!name", "HTTP/1.1 400 "),
+    ] {
+        let mut poster = Client::connect_raw(server.web_addr());
+        poster.send(&post_head(path, 5000, expect));
+        let answer = String::from_utf8_lossy(&poster.read_to_eof()).into_owned();
+        assert!(answer.starts_with(status), "{path}: {answer}");
+    }
+    // HTTP/1.0 has no 100 Continue: its client sends the body at once, and gets one answer.
+    let mut receiver = plain.connect();
+    let mut old = Client::connect_raw(plain.web_addr());
+    old.send(b"POST /lines HTTP/1.0\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\nol");
+    // Its body started (where a 1.1 client would have had its 100 Continue), then the rest.
+    wait_until("the body is started", || post_bytes_held(&plain) == 2);
+    old.send(b"d\n");
+    let answer = String::from_utf8_lossy(&old.read_to_eof()).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n1 lines\n"), "{answer}");
+    receiver.expect(b"old\n");
+}
+
+#[test]
+fn bytes_after_a_posted_body_are_a_request_not_served_however_they_arrive() {
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let mut receiver = server.connect();
+    let mut sender = server.connect();
+    let pipelined = b"POST /lines HTTP/1.1\r\nContent-Length: 1\r\n\r\nx";
+    for split in [false, true] {
+        let mut poster = Client::connect_raw(server.web_addr());
+        let mut request = post_head("/lines", 4, "");
+        request.extend_from_slice(b"one\n");
+        if split {
+            poster.send(&request);
+            poster.send(pipelined);
+        } else {
+            request.extend_from_slice(pipelined);
+            poster.send(&request);
+        }
+        let answer = String::from_utf8_lossy(&poster.read_to_eof()).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n1 lines\n"), "{answer}");
+        assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+        receiver.expect(b"one\n");
+    }
+    // Nothing of the second requests was published: the next line is this one.
+    sender.send(b"marker\n");
+    receiver.expect(b"marker\n");
+}

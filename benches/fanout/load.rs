@@ -19,6 +19,7 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::http_stream::{self, Stream};
 use crate::line::{self, Header};
 use crate::net::{enable_rx_timestamps, quick_ack, recv_stamped, wall_ns};
 use crate::receive::{Expect, Receiver, Tally};
@@ -46,6 +47,9 @@ enum Wire {
     /// Lines through TLS: records decrypted back into the lines, and a sender's lines
     /// encrypted (boxed: plain clients stay small).
     Tls(Box<rustls::ClientConnection>),
+    /// A reader of `GET /lines` or `GET /events`: chunks or events decoded back into the
+    /// lines.
+    Http(http_stream::Decoder),
 }
 
 /// One client connection of the swarm.
@@ -311,6 +315,19 @@ impl WireBuffers {
         decoded
     }
 
+    /// Decodes the `n` bytes of chunks or events just read into `lines`, after the line
+    /// `carried` from the previous read.
+    fn decode_http(
+        &mut self,
+        decoder: &mut http_stream::Decoder,
+        carried: &[u8],
+        n: usize,
+    ) -> ws::Decoded {
+        self.lines.clear();
+        self.lines.extend_from_slice(carried);
+        decoder.push(&self.input[..n], &mut self.lines)
+    }
+
     /// Decrypts the `n` bytes of records just read into `lines`, after the line `carried`
     /// from the previous read, and sends what the session owes the server (best effort,
     /// as pongs are).
@@ -457,6 +474,29 @@ impl Swarm {
             let mut std_stream = dial(http, n)?;
             ws::handshake(&mut std_stream, http).map_err(fail)?;
             let wire = Wire::WebSocket(Deframer::default());
+            self.add_peer(std_stream, Role::Reader, wire, side)?;
+        }
+        self.wire_buffers.allocate();
+        Ok(())
+    }
+
+    /// Connects `count` HTTP readers of `stream` to the web listener at `http` of the
+    /// server whose TCP clients connect to `addr` (counted on that server's side), each
+    /// answered before the next connects; fails if one is refused.
+    pub fn connect_http_readers(
+        &mut self,
+        addr: SocketAddr,
+        http: SocketAddr,
+        stream: Stream,
+        count: usize,
+    ) -> Result<(), String> {
+        let side = self.side_of(addr);
+        for _ in 0..count {
+            let n = self.peers.len() + 1;
+            let mut std_stream = dial(http, n)?;
+            http_stream::request(&mut std_stream, http, stream)
+                .map_err(|why| format!("connection {n} failed: {why}"))?;
+            let wire = Wire::Http(http_stream::Decoder::new(stream));
             self.add_peer(std_stream, Role::Reader, wire, side)?;
         }
         self.wire_buffers.allocate();
@@ -905,7 +945,7 @@ impl Swarm {
                     read_buf[..carried].copy_from_slice(peer.receiver.carried());
                     &mut read_buf[carried..]
                 }
-                Wire::WebSocket(_) | Wire::Tls(_) => &mut wire_buffers.input[..],
+                Wire::WebSocket(_) | Wire::Tls(_) | Wire::Http(_) => &mut wire_buffers.input[..],
             };
             let room = into.len();
             let (n, stamp) = match recv_stamped(peer.stream.as_raw_fd(), into) {
@@ -944,6 +984,13 @@ impl Swarm {
                     peer.bytes_in += n as u64;
                     let carried = peer.receiver.carried();
                     let decoded = wire_buffers.decode(deframer, carried, n, &mut peer.stream);
+                    tally.malformed += decoded.malformed;
+                    (&wire_buffers.lines, decoded.closed)
+                }
+                Wire::Http(decoder) => {
+                    peer.bytes_in += n as u64;
+                    let carried = peer.receiver.carried();
+                    let decoded = wire_buffers.decode_http(decoder, carried, n);
                     tally.malformed += decoded.malformed;
                     (&wire_buffers.lines, decoded.closed)
                 }

@@ -19,6 +19,7 @@ mod certs;
 #[path = "../../tests/common/frames.rs"]
 #[allow(dead_code)]
 mod frames;
+mod http_stream;
 mod line;
 mod load;
 mod net;
@@ -106,6 +107,7 @@ fn main() -> ExitCode {
     let checks = line::self_check()
         .and_then(|()| receive::self_check())
         .and_then(|()| ws::self_check())
+        .and_then(|()| http_stream::self_check())
         .and_then(|()| tls_client::self_check());
     if let Err(why) = checks {
         eprintln!("error: the bench's own line checks fail: {why}");

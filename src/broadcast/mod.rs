@@ -1,7 +1,8 @@
 //! The fan-out, pure and without mio: the batch of lines framed in one turn, its WebSocket
-//! framing, and the history kept for newcomers.
+//! framing and its events, and the history kept for newcomers.
 
 pub mod batch;
+pub mod event_batch;
 pub mod framed_batch;
 pub mod history;
 pub mod rooms;
@@ -9,8 +10,10 @@ pub mod rooms;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
+use crate::wire::sse::Resume;
 use crate::wire::websocket;
 use batch::{Batch, Sender, SenderShare};
+use event_batch::{EventBatch, LineNumbers};
 use framed_batch::FramedBatch;
 use history::History;
 
@@ -24,6 +27,12 @@ pub struct Broadcast {
     /// The batch as WebSocket frames, built at a hand-out only when WebSocket clients
     /// receive it.
     pub framed: FramedBatch,
+    /// The batch as Server-Sent Events, built at a hand-out only when `/events` readers
+    /// receive it.
+    pub events: EventBatch,
+    /// Which stream this is, and how many lines it has handed out: what numbers its
+    /// events.
+    pub numbers: LineNumbers,
     /// The last lines handed out, for newcomers (`--history`).
     pub history: Option<History>,
     /// Unfinished lines (with a `\n` added) of clients closed other than by their own
@@ -33,11 +42,14 @@ pub struct Broadcast {
 }
 
 impl Broadcast {
-    /// A broadcast whose batch holds `batch` (see [`Batch::new`]), with a history if given.
+    /// A broadcast whose batch holds `batch` (see [`Batch::new`]), with a history if given;
+    /// a new stream of numbered lines.
     pub fn new(batch: Batch, history: Option<History>) -> Broadcast {
         Broadcast {
             batch,
             framed: FramedBatch::default(),
+            events: EventBatch::default(),
+            numbers: LineNumbers::new_stream(),
             history,
             kept_lines: VecDeque::new(),
         }
@@ -45,8 +57,9 @@ impl Broadcast {
 }
 
 /// The form a recipient takes the lines in, chosen by its wire: the lines as they came, one
-/// WebSocket frame per line, or the lines as HTTP chunks (one chunk a hand-out). Each form
-/// of a batch is made once per hand-out and shared by every recipient that takes it.
+/// WebSocket frame per line, the lines as HTTP chunks (one chunk a hand-out), or one
+/// Server-Sent Event per line. Each form of a batch is made once per hand-out and shared
+/// by every recipient that takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
     Lines,
@@ -54,6 +67,8 @@ pub enum Form {
     /// The body of `GET /lines` (chunked transfer coding): the batch between a chunk's
     /// head and its `\r\n`, no copy. Its readers never send lines.
     Chunks,
+    /// The body of `GET /events`: the batch's events. Its readers never send lines.
+    Events,
 }
 
 /// The head of an HTTP chunk of `len` bytes (`{len:x}\r\n`), without allocating.
@@ -100,22 +115,22 @@ pub fn chunk_into(parts: &[&[u8]], out: &mut Vec<u8>) {
 }
 
 impl Form {
-    /// The whole batch in this form, as slices into `out` (`framed` is built when any
-    /// recipient takes frames; `head` is the batch's chunk head, for chunks).
+    /// The whole batch in this form, as slices into `out` (its framing and events are
+    /// built when any recipient takes them; `head` is the batch's chunk head, for chunks).
     pub fn whole<'a>(
         self,
-        batch: &'a Batch,
-        framed: &'a FramedBatch,
+        broadcast: &'a Broadcast,
         head: &'a ChunkHead,
         out: &mut [IoSlice<'a>; 3],
     ) -> usize {
         match self {
-            Form::Lines => out[0] = IoSlice::new(batch.whole()),
-            Form::Frames => out[0] = IoSlice::new(framed.whole()),
+            Form::Lines => out[0] = IoSlice::new(broadcast.batch.whole()),
+            Form::Frames => out[0] = IoSlice::new(broadcast.framed.whole()),
+            Form::Events => out[0] = IoSlice::new(broadcast.events.whole()),
             Form::Chunks => {
                 *out = [
                     IoSlice::new(head.as_bytes()),
-                    IoSlice::new(batch.whole()),
+                    IoSlice::new(broadcast.batch.whole()),
                     IoSlice::new(CHUNK_END),
                 ];
                 return 3;
@@ -135,13 +150,18 @@ impl Form {
         match self {
             Form::Lines => out.extend(share.parts().map(IoSlice::new)),
             Form::Frames => out.extend(framed.parts_for(share).map(IoSlice::new)),
-            Form::Chunks => {} // its readers send no lines: never a sender
+            Form::Chunks | Form::Events => {} // their readers send no lines: never a sender
         }
     }
 
     /// The history in this form, for a newcomer: the ring's two halves as they are, or its
-    /// lines framed into `frames`.
-    pub fn history<'a>(self, history: &'a History, frames: &'a mut Vec<u8>) -> [IoSlice<'a>; 2] {
+    /// lines framed into `frames` (as events, numbered by `numbers`).
+    pub fn history<'a>(
+        self,
+        history: &'a History,
+        numbers: &LineNumbers,
+        frames: &'a mut Vec<u8>,
+    ) -> [IoSlice<'a>; 2] {
         match self {
             Form::Lines => {
                 let (front, back) = history.as_slices();
@@ -159,6 +179,10 @@ impl Form {
                 frames.extend_from_slice(front);
                 frames.extend_from_slice(back);
                 frames.extend_from_slice(CHUNK_END);
+                [IoSlice::new(frames), IoSlice::new(&[])]
+            }
+            Form::Events => {
+                event_batch::history_events(Some(history), numbers, Resume::WHOLE, frames);
                 [IoSlice::new(frames), IoSlice::new(&[])]
             }
         }

@@ -59,6 +59,8 @@ pub struct Room {
     /// How many of its members take frames: the batch is framed only for a room that has
     /// some.
     framed_members: usize,
+    /// How many take events (`/events` readers): likewise for the batch's events.
+    event_members: usize,
     /// Listed in [`Rooms::take_pending`]: it has lines to hand out.
     pending: bool,
 }
@@ -81,6 +83,11 @@ impl Room {
     /// Whether any of its members takes WebSocket frames (with `--rooms` only).
     pub fn has_framed_members(&self) -> bool {
         self.framed_members > 0
+    }
+
+    /// Whether any of its members takes events (with `--rooms` only).
+    pub fn has_event_members(&self) -> bool {
+        self.event_members > 0
     }
 
     /// Whether it holds nothing to hand out: no batch and no kept line.
@@ -259,6 +266,7 @@ impl Rooms {
         {
             self.listing = None;
             room.framed_members += usize::from(form == Form::Frames);
+            room.event_members += usize::from(form == Form::Events);
             if room.members.len() == 1 {
                 self.occupied += 1;
             }
@@ -276,6 +284,7 @@ impl Rooms {
         {
             self.listing = None;
             room.framed_members -= usize::from(form == Form::Frames);
+            room.event_members -= usize::from(form == Form::Events);
             if room.members.is_empty() {
                 self.occupied -= 1;
             }
@@ -315,6 +324,7 @@ impl Rooms {
             broadcast: self.shape.broadcast(),
             members: HashMap::new(),
             framed_members: 0,
+            event_members: 0,
             pending: false,
         };
         let id = match self.free.pop() {

@@ -158,12 +158,27 @@ impl Member {
         connection
     }
 
+    /// A reader of `GET /events` on an upgraded web connection: `head` (the answer's head)
+    /// is queued, its events follow.
+    pub fn new_event_stream(
+        transport: Transport,
+        peer: SocketAddr,
+        place: AddressPlace,
+        head: &[u8],
+    ) -> Member {
+        let mut connection = Member::new(transport, peer, place);
+        connection.wire = Wire::EventStream;
+        connection.queue(head, head.len());
+        connection
+    }
+
     /// What it is, for the gauges by transport.
     pub fn kind(&self) -> MemberKind {
         match self.wire {
             Wire::Lines(_) => MemberKind::Line,
             Wire::WebSocket(_) => MemberKind::WebSocket,
             Wire::HttpStream { .. } => MemberKind::HttpStream,
+            Wire::EventStream => MemberKind::EventStream,
         }
     }
 

@@ -23,6 +23,9 @@ pub enum Wire {
     /// for an HTTP/1.0 reader (its body ends with the connection); nothing comes in (what
     /// a reader sends after its request is read and thrown away).
     HttpStream { chunked: bool },
+    /// The body of `GET /events`: one Server-Sent Event per line out, the body ending with
+    /// the connection; nothing comes in (as for `HttpStream`).
+    EventStream,
 }
 
 /// A line client's framer, and whether its first line was screened for an HTTP request.
@@ -77,6 +80,7 @@ impl Wire {
             Wire::WebSocket(_) => Form::Frames,
             Wire::HttpStream { chunked: true } => Form::Chunks,
             Wire::HttpStream { chunked: false } => Form::Lines,
+            Wire::EventStream => Form::Events,
         }
     }
 
@@ -106,7 +110,7 @@ impl Wire {
                 });
                 (decoded.lines, stop)
             }
-            Wire::HttpStream { .. } => (0, None),
+            Wire::HttpStream { .. } | Wire::EventStream => (0, None),
         }
     }
 
@@ -115,7 +119,7 @@ impl Wire {
         match self {
             Wire::Lines(wire) => wire.framer.unfinished_len(),
             Wire::WebSocket(state) => state.decoder.unfinished_len(),
-            Wire::HttpStream { .. } => 0,
+            Wire::HttpStream { .. } | Wire::EventStream => 0,
         }
     }
 
@@ -125,7 +129,7 @@ impl Wire {
     pub fn end_unfinished_line(&mut self, lines_out: &mut Vec<u8>) -> usize {
         match self {
             Wire::Lines(wire) => wire.finish(lines_out),
-            Wire::WebSocket(_) | Wire::HttpStream { .. } => 0,
+            Wire::WebSocket(_) | Wire::HttpStream { .. } | Wire::EventStream => 0,
         }
     }
 
@@ -134,7 +138,7 @@ impl Wire {
     pub fn as_lines(&mut self) -> Option<&mut LineWire> {
         match self {
             Wire::Lines(wire) => Some(wire),
-            Wire::WebSocket(_) | Wire::HttpStream { .. } => None,
+            Wire::WebSocket(_) | Wire::HttpStream { .. } | Wire::EventStream => None,
         }
     }
 
@@ -143,7 +147,7 @@ impl Wire {
     pub fn queues_frames(&self) -> bool {
         matches!(
             self,
-            Wire::WebSocket(_) | Wire::HttpStream { chunked: true }
+            Wire::WebSocket(_) | Wire::HttpStream { chunked: true } | Wire::EventStream
         )
     }
 
@@ -163,7 +167,7 @@ impl Wire {
             (Wire::HttpStream { chunked: true }, DisconnectReason::Shutdown) => {
                 b"0\r\n\r\n".to_vec()
             }
-            (Wire::HttpStream { .. }, _) => Vec::new(),
+            (Wire::HttpStream { .. } | Wire::EventStream, _) => Vec::new(),
             (Wire::WebSocket(_), reason) => {
                 let (code, why) = match reason {
                     DisconnectReason::LineTooLong => (

@@ -33,6 +33,8 @@ pub struct Stats {
     pub websocket_active: u64,
     /// Readers of `GET /lines` now.
     pub http_stream_active: u64,
+    /// Readers of `GET /events` now.
+    pub sse_active: u64,
     /// WebSocket clients closed for breaking the protocol.
     pub protocol_errors: u64,
     /// WebSocket clients that did not answer a ping.
@@ -79,6 +81,16 @@ pub enum MemberKind {
     WebSocket,
     /// A reader of the streamed body of `GET /lines`.
     HttpStream,
+    /// A reader of `GET /events` (Server-Sent Events).
+    EventStream,
+}
+
+impl MemberKind {
+    /// Whether it only reads (a reader of `/lines` or `/events`): what it sends after its
+    /// request is thrown away, and closing its sending half does not end it.
+    pub fn is_reader(self) -> bool {
+        matches!(self, MemberKind::HttpStream | MemberKind::EventStream)
+    }
 }
 
 impl Stats {
@@ -88,6 +100,7 @@ impl Stats {
         self.active += 1;
         self.websocket_active += u64::from(kind == MemberKind::WebSocket);
         self.http_stream_active += u64::from(kind == MemberKind::HttpStream);
+        self.sse_active += u64::from(kind == MemberKind::EventStream);
         self.peak = self.peak.max(self.active);
     }
 
@@ -96,6 +109,7 @@ impl Stats {
         self.active -= 1;
         self.websocket_active -= u64::from(kind == MemberKind::WebSocket);
         self.http_stream_active -= u64::from(kind == MemberKind::HttpStream);
+        self.sse_active -= u64::from(kind == MemberKind::EventStream);
         let counter = match ending {
             Ending::ByClient => &mut self.closed_by_client,
             Ending::ProtocolError => &mut self.protocol_errors,

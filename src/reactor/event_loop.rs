@@ -222,6 +222,7 @@ impl EventLoop {
             self.turn.number += 1;
             self.admission.start_turn();
             self.tls.start_turn();
+            self.web.requests.start_turn();
             trace!(
                 "turn {}: {} events",
                 self.turn.number,

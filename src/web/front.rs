@@ -26,7 +26,15 @@ pub enum Decision {
     /// `GET /lines`: the connection becomes a reader of the room's lines, its body chunked
     /// (or not: HTTP/1.0).
     Stream { room: Option<String>, chunked: bool },
-    /// `POST /lines`: the body's lines are broadcast in the room (all, or none).
+    /// `GET /events`: the connection becomes a reader of the room's events, resuming after
+    /// event `since` if given.
+    Events {
+        room: Option<String>,
+        since: Option<String>,
+    },
+    /// `POST /lines` whose room is served: the exchange reads its body (then it comes back).
+    ReadBody(Request),
+    /// `POST /lines` with its body read: its lines are broadcast in the room (all, or none).
     Publish { room: Option<String>, body: Vec<u8> },
     /// A request refused for what it asks (counted and logged as any refusal).
     Refuse(Refusal),
@@ -97,10 +105,11 @@ impl WebFront {
     pub fn summary(&self, stats: &Stats) -> String {
         let http = self.requests.counters();
         format!(
-            "web: websocket={} http_readers={} protocol_error={} ping_timeout={} \
-             foreign_origin={} requests: answered={} refused={} timed_out={}",
+            "web: websocket={} http_readers={} sse_readers={} protocol_error={} \
+             ping_timeout={} foreign_origin={} requests: answered={} refused={} timed_out={}",
             stats.websocket_active,
             stats.http_stream_active,
+            stats.sse_active,
             stats.protocol_errors,
             stats.ping_timeouts,
             stats.refused_origin,
@@ -129,11 +138,27 @@ impl WebFront {
                 ok(content_type, &[], text.as_bytes())
             }
             Route::Health => ok("text/plain; charset=utf-8", &[], b"ok\n"),
-            Route::Publish { room, body, .. } => {
+            Route::Publish { ref room, .. } => {
                 if let Some(refusal) = check_room(room.as_deref(), context) {
                     return Decision::Refuse(refusal);
                 }
-                return Decision::Publish { room, body };
+                return match request.route {
+                    Route::Publish {
+                        room,
+                        body: Some(body),
+                        ..
+                    } => Decision::Publish { room, body },
+                    _ => Decision::ReadBody(request),
+                };
+            }
+            Route::Events { room, since } => {
+                if let Some(refusal) = check_room(room.as_deref(), context) {
+                    return Decision::Refuse(refusal);
+                }
+                if request.head_only {
+                    return Decision::Answer(http::EVENTS_HEAD.to_vec());
+                }
+                return Decision::Events { room, since };
             }
             Route::Lines { room, chunked } => {
                 if let Some(refusal) = check_room(room.as_deref(), context) {
@@ -173,7 +198,7 @@ impl WebFront {
     }
 }
 
-/// The refusal of a room named in a path (`/ws/NAME`, `/lines/NAME`), if any: `404`
+/// The refusal of a room named in a path (`/ws/NAME`, `/lines/NAME`, `/events/NAME`), if any: `404`
 /// without `--rooms`, `400` for a name that is not one.
 fn check_room(room: Option<&str>, context: &Context<'_>) -> Option<Refusal> {
     let name = room?;

@@ -24,10 +24,11 @@ pub fn render(stats: &Stats, http: HttpCounters, bridge: Option<&BridgeCounters>
         &[
             (
                 "{transport=\"tcp\"}",
-                stats.active - stats.websocket_active - stats.http_stream_active,
+                stats.active - stats.websocket_active - stats.http_stream_active - stats.sse_active,
             ),
             ("{transport=\"websocket\"}", stats.websocket_active),
             ("{transport=\"http\"}", stats.http_stream_active),
+            ("{transport=\"sse\"}", stats.sse_active),
         ],
     );
     metric(
@@ -103,6 +104,12 @@ pub fn render(stats: &Stats, http: HttpCounters, bridge: Option<&BridgeCounters>
             ("{outcome=\"refused\"}", http.refused),
             ("{outcome=\"timed_out\"}", http.timed_out),
         ],
+    );
+    metric(
+        "http_post_bytes_held",
+        "gauge",
+        "Bytes of POST /lines bodies being read now (at most 64 MiB together).",
+        &[("", http.post_bytes_held)],
     );
     if let Some((rooms, _)) = stats.rooms {
         metric(

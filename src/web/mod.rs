@@ -1,5 +1,6 @@
 //! The `--http` front door: the page and its policy, the metrics, the Origin check.
 
+pub mod bodies;
 pub mod front;
 pub mod metrics;
 pub mod origin;

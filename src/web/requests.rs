@@ -6,8 +6,9 @@
 //! asked for and the loop decides the answer (the metrics text, a 503 when full, or taking
 //! the socket as a WebSocket client). Every connection here has a deadline from its accept:
 //! one that has not finished its request (or, after the answer, its close) by then is
-//! closed, so slow or silent clients cost a socket and at most `MAX_HEAD` bytes each, for at
-//! most `REQUEST_TIMEOUT`, and never stall anyone: all I/O is non-blocking, on the loop.
+//! closed, so slow or silent clients cost a socket and at most `MAX_HEAD` bytes each (a
+//! `POST /lines` its body too, within [`crate::web::bodies`]'s bounds), for at most
+//! `REQUEST_TIMEOUT`, and never stall anyone: all I/O is non-blocking, on the loop.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -19,9 +20,10 @@ use mio::{Interest, Registry, Token};
 use crate::admission::access::AddressPlace;
 use crate::observe::log_limit::RateLimit;
 use crate::transport::Transport;
+use crate::web::bodies::{BodiesFull, Body, BodyBudget, MAX_BODIES_HELD, PUBLISHED_PER_TURN};
 use crate::wire::http::{
-    BAD_REQUEST, CONTINUE, HEAD_TOO_LARGE, MAX_HEAD, Refusal, Request, Route, parse_request,
-    refusal, refusal_response,
+    CONTINUE, HEAD_TOO_LARGE, MAX_HEAD, Refusal, Request, Route, SERVICE_UNAVAILABLE,
+    parse_request, refusal, refusal_response,
 };
 
 /// How long a web connection may take, from its accept (its TLS handshake included), to
@@ -44,6 +46,8 @@ pub struct HttpCounters {
     pub refused: u64,
     /// Connections closed for not finishing their request in time.
     pub timed_out: u64,
+    /// Bytes the `POST /lines` bodies being read hold now.
+    pub post_bytes_held: u64,
 }
 
 /// Where an exchange is.
@@ -51,8 +55,8 @@ pub struct HttpCounters {
 enum Stage {
     /// Reading the request head.
     Reading,
-    /// Reading the body of `POST /lines` into its request (see [`Route::Publish`]).
-    ReadingBody { request: Request },
+    /// Reading the body of `POST /lines` (see [`Route::Publish`]), its request waiting.
+    ReadingBody { request: Request, body: Body },
     /// Writing the answer; `written` bytes of it are out.
     Answering { response: Vec<u8>, written: usize },
     /// Answered and shut down for writing: reading (and discarding) until the client closes,
@@ -95,6 +99,8 @@ pub enum Progress {
 #[derive(Debug)]
 pub struct WebRequests {
     counters: HttpCounters,
+    /// What the `POST /lines` bodies being read hold, and may publish this turn.
+    pub bodies: BodyBudget,
     /// Refusals and timeouts are logged at most `REFUSALS_LOGGED` a second, then summed up.
     refusal_log: RateLimit,
 }
@@ -103,6 +109,7 @@ impl Default for WebRequests {
     fn default() -> Self {
         WebRequests {
             counters: HttpCounters::default(),
+            bodies: BodyBudget::new(MAX_BODIES_HELD),
             refusal_log: RateLimit::with_burst(REFUSALS_LOGGED),
         }
     }
@@ -110,7 +117,15 @@ impl Default for WebRequests {
 
 impl WebRequests {
     pub fn counters(&self) -> HttpCounters {
-        self.counters
+        HttpCounters {
+            post_bytes_held: self.bodies.held() as u64,
+            ..self.counters
+        }
+    }
+
+    /// A new turn of the loop: bodies may be published again.
+    pub fn start_turn(&mut self) {
+        self.bodies.start_turn();
     }
 
     /// When the rate-limited log owes a summary.
@@ -164,12 +179,6 @@ impl Exchange {
                     self.head.len()
                 );
                 match head {
-                    Head::Complete(
-                        request @ Request {
-                            route: Route::Publish { .. },
-                            ..
-                        },
-                    ) => self.start_body(request, shared, token, registry),
                     Head::Complete(request) => Progress::Request(request),
                     Head::Incomplete => Progress::Waiting,
                     Head::BudgetSpent => Progress::BudgetSpent,
@@ -177,18 +186,21 @@ impl Exchange {
                     Head::Gone => Progress::Done,
                 }
             }
-            Stage::ReadingBody { .. } => self.read_body(),
+            Stage::ReadingBody { .. } => self.read_body(shared, token, registry),
             Stage::Answering { .. } => self.write_answer(token, registry),
             Stage::Closing => self.discard_until_closed(),
         }
     }
 
-    /// Starts reading a `POST /lines` body: what came with the head is its start; a client
-    /// that expects a `100 Continue` is sent one (a new socket takes its 25 bytes at once,
-    /// or the client is gone).
-    fn start_body(
+    /// Starts reading the body of a `POST /lines` the loop has accepted (its room is one
+    /// this server serves): refused (503) if the bodies being read hold too much already;
+    /// else what came with the head is its start (bytes past its length are a request
+    /// that is not served, thrown away like anything after an answer), and a client that
+    /// expects a `100 Continue` is sent one (a new socket takes its 25 bytes at once, or
+    /// the client is gone). The complete request comes back as [`Progress::Request`].
+    pub fn start_body(
         &mut self,
-        mut request: Request,
+        request: Request,
         shared: &mut WebRequests,
         token: Token,
         registry: &Registry,
@@ -197,18 +209,22 @@ impl Exchange {
             head_len,
             length,
             expect_continue,
-            body,
             ..
-        } = &mut request.route
+        } = request.route
         else {
             return Progress::Request(request);
         };
-        *body = self.head.split_off((*head_len).min(self.head.len()));
-        if body.len() > *length {
-            let refused = refusal(BAD_REQUEST, "bytes after the body");
-            return self.refuse(shared, &refused, token, registry);
+        let mut body = match shared.bodies.start(length) {
+            Ok(body) => body,
+            Err(full) => return self.refuse(shared, &bodies_full(full), token, registry),
+        };
+        let start = head_len.min(self.head.len());
+        let end = head_len.saturating_add(length).min(self.head.len());
+        if let Err(full) = body.take(&self.head[start..end]) {
+            return self.refuse(shared, &bodies_full(full), token, registry);
         }
-        if body.len() < *length && *expect_continue {
+        self.head = Vec::new();
+        if body.missing() > 0 && expect_continue {
             let mut written = 0;
             if !matches!(
                 write_out(&mut self.transport, CONTINUE, &mut written),
@@ -217,44 +233,61 @@ impl Exchange {
                 return Progress::Done;
             }
         }
-        self.stage = Stage::ReadingBody { request };
-        self.read_body()
+        self.stage = Stage::ReadingBody { request, body };
+        self.read_body(shared, token, registry)
     }
 
     /// Reads the body of `POST /lines` (within the read budget of a turn); the whole
-    /// request goes to the loop once it is complete. A client that goes before it is done
-    /// broadcasts nothing.
-    fn read_body(&mut self) -> Progress {
-        let Exchange {
-            stage, transport, ..
-        } = self;
-        let Stage::ReadingBody { request } = stage else {
+    /// request goes to the loop once it is complete and this turn may still publish it
+    /// (else it waits for the next). A client that goes before it is done broadcasts
+    /// nothing.
+    fn read_body(
+        &mut self,
+        shared: &mut WebRequests,
+        token: Token,
+        registry: &Registry,
+    ) -> Progress {
+        let Stage::ReadingBody { body, .. } = &mut self.stage else {
             return Progress::Waiting;
-        };
-        let Route::Publish { length, body, .. } = &mut request.route else {
-            return Progress::Done;
         };
         let mut buf = [0; 16 * 1024];
         let mut spent = 0;
-        while body.len() < *length {
+        while body.missing() > 0 {
             if spent >= HEAD_READ_BUDGET {
                 return Progress::BudgetSpent;
             }
-            let want = (*length - body.len()).min(buf.len());
-            let (read, cost) = transport.read_metered(&mut buf[..want]);
+            let want = body.missing().min(buf.len());
+            let (read, cost) = self.transport.read_metered(&mut buf[..want]);
             spent += cost;
             match read {
                 Ok(0) => return Progress::Done,
-                Ok(n) => body.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    if let Err(full) = body.take(&buf[..n]) {
+                        return self.refuse(shared, &bodies_full(full), token, registry);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Waiting,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Progress::Done,
             }
         }
-        match std::mem::replace(stage, Stage::Reading) {
-            Stage::ReadingBody { request } => Progress::Request(request),
-            _ => Progress::Done,
+        if !shared.bodies.take_turn_to_publish(body.length()) {
+            debug!(
+                "token {}: its body waits for the next turn (bodies published this turn: \
+                 {PUBLISHED_PER_TURN} bytes' worth)",
+                token.0
+            );
+            return Progress::BudgetSpent;
         }
+        let Stage::ReadingBody { mut request, body } =
+            std::mem::replace(&mut self.stage, Stage::Reading)
+        else {
+            return Progress::Done;
+        };
+        if let Route::Publish { body: read, .. } = &mut request.route {
+            *read = Some(body.into_bytes());
+        }
+        Progress::Request(request)
     }
 
     /// Answers a routed request with `response`; the connection closes after it.
@@ -383,6 +416,17 @@ fn write_out(transport: &mut Transport, response: &[u8], written: &mut usize) ->
         }
     }
     transport.flush_tls()
+}
+
+/// The `503` for a body the bodies being read leave no room for.
+fn bodies_full(BodiesFull { max }: BodiesFull) -> Refusal {
+    refusal(
+        SERVICE_UNAVAILABLE,
+        format!(
+            "the POST bodies being read hold {} MiB already: try again in a moment",
+            max / (1024 * 1024)
+        ),
+    )
 }
 
 /// What reading a request head came to.

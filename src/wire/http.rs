@@ -47,19 +47,27 @@ pub enum Route {
         /// `/ws/NAME`: the room to join, for `--rooms` (as asked: the caller checks it).
         room: Option<String>,
     },
+    /// `GET /events`: the broadcast as Server-Sent Events; `/events/NAME`: room NAME's (as
+    /// asked: the caller checks it). `since`: the id of the last event its reader saw (its
+    /// `Last-Event-ID`, else its `?since=`), as sent.
+    Events {
+        room: Option<String>,
+        since: Option<String>,
+    },
     /// `GET /lines`: the broadcast as a streamed body; `/lines/NAME`: room NAME's (as
     /// asked: the caller checks it). `chunked` unless the request is HTTP/1.0 (which knows
     /// no chunks: its body ends with the connection).
     Lines { room: Option<String>, chunked: bool },
     /// `POST /lines` (`/lines/NAME`): a body of lines to broadcast, `length` bytes, the
-    /// first of them after the head's `head_len` bytes; the exchange reads the rest into
-    /// `body` (asking for it first if the client `expect`s a `100 Continue`).
+    /// first of them after the head's `head_len` bytes; once the caller has checked the
+    /// room, the exchange reads it into `body` (asking for it first if an HTTP/1.1 client
+    /// `expect`s a `100 Continue`). `None` until then.
     Publish {
         room: Option<String>,
         length: usize,
         head_len: usize,
         expect_continue: bool,
-        body: Vec<u8>,
+        body: Option<Vec<u8>>,
     },
 }
 
@@ -116,12 +124,14 @@ pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
     let method = request.method.unwrap_or_default();
     let target = request.path.unwrap_or_default();
     let path = target.split(['?', '#']).next().unwrap_or_default();
-    // `/ws/NAME` is `/ws` into room NAME, and `/lines/NAME` is `/lines` out of it.
-    let (path, room) = match (path.strip_prefix("/ws/"), path.strip_prefix("/lines/")) {
-        (Some(name), _) => ("/ws", Some(name)),
-        (_, Some(name)) => ("/lines", Some(name)),
-        _ => (path, None),
-    };
+    // `/ws/NAME` is `/ws` into room NAME, and `/lines/NAME`, `/events/NAME` out of it.
+    let (path, room) = ["/ws", "/lines", "/events"]
+        .into_iter()
+        .find_map(|base| {
+            let name = path.strip_prefix(base)?.strip_prefix('/')?;
+            Some((base, Some(name)))
+        })
+        .unwrap_or((path, None));
     let head_only = method == "HEAD";
     let refuse = |status, reason: &str| {
         Err(Refusal {
@@ -140,7 +150,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
         "/ws" => {}
         "/lines" if method == "POST" => {
             let room = room.map(str::to_string);
-            let route = publish_route(&request, room, length, bytes.len() - length)?;
+            let route = publish_route(&request, room, length)?;
             return Ok(Some(Request { route, head_only }));
         }
         _ if method != "GET" && !head_only => {
@@ -161,13 +171,29 @@ pub fn parse_request(bytes: &[u8]) -> Result<Option<Request>, Refusal> {
         "/metrics" => Route::Metrics,
         "/healthz" => Route::Health,
         "/ws" => websocket_upgrade(&request, room.map(str::to_string))?,
+        "/events" => Route::Events {
+            room: room.map(str::to_string),
+            since: header_values(&request, "Last-Event-ID")
+                .next()
+                .or_else(|| query_value(target, "since")),
+        },
         "/lines" => Route::Lines {
             room: room.map(str::to_string),
             chunked: request.version != Some(0),
         },
-        _ => return refuse(NOT_FOUND, "no such page (try /, /ws or /lines)"),
+        _ => return refuse(NOT_FOUND, "no such page (try /, /ws, /lines or /events)"),
     };
     Ok(Some(Request { route, head_only }))
+}
+
+/// The value of parameter `name` in the query of `target` (`/path?a=1&name=value`), as
+/// sent (no percent-decoding: the values asked for here need none).
+fn query_value(target: &str, name: &str) -> Option<String> {
+    let query = target.split_once('?')?.1.split('#').next()?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .map(str::to_string)
 }
 
 /// The values of every header `name` (any case) of `request`, trimmed, in order.
@@ -182,14 +208,13 @@ fn header_values<'a>(
         .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
 }
 
-/// Checks a `POST /lines` head, of `head_len` bytes with `body_so_far` bytes of body read
-/// with it, and returns its route: a `Content-Length` is needed (no chunked uploads), at
-/// most [`MAX_POST`].
+/// Checks a `POST /lines` head of `head_len` bytes and returns its route: a
+/// `Content-Length` is needed (no chunked uploads), at most [`MAX_POST`]. (Bytes after the
+/// body are another request, which is not served: every answer closes its connection.)
 fn publish_route(
     request: &httparse::Request<'_, '_>,
     room: Option<String>,
     head_len: usize,
-    body_so_far: usize,
 ) -> Result<Route, Refusal> {
     let header = |name: &str| header_values(request, name).next();
     let length_required = || {
@@ -230,16 +255,15 @@ fn publish_route(
             format!("a body over {MAX_POST} bytes: none of it was broadcast"),
         ));
     }
-    if body_so_far > length {
-        return Err(refusal(BAD_REQUEST, "bytes after the body"));
-    }
-    let expect_continue = header("Expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+    // HTTP/1.0 knows no `100 Continue`: its client sends the body without waiting.
+    let expect_continue = request.version == Some(1)
+        && header("Expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
     Ok(Route::Publish {
         room,
         length,
         head_len,
         expect_continue,
-        body: Vec::new(),
+        body: None,
     })
 }
 
@@ -344,6 +368,12 @@ pub const LINES_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; cha
 /// the connection's end.
 pub const LINES_HEAD_HTTP10: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; \
     charset=utf-8\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
+    Connection: close\r\n\r\n";
+
+/// The head of `GET /events`'s answer: events until the connection's end (no length, no
+/// chunks; `X-Accel-Buffering: no` asks a proxy in front not to hold them back).
+pub const EVENTS_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+    Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nX-Accel-Buffering: no\r\n\
     Connection: close\r\n\r\n";
 
 pub fn upgrade_response(key: &str) -> Vec<u8> {

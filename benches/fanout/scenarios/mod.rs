@@ -5,11 +5,12 @@ mod all_talk;
 pub mod bridge;
 mod chat;
 mod fanout;
+mod http_stream;
 mod idle;
 mod rooms;
 mod slow_consumer;
 pub mod tls;
-mod websocket;
+pub mod websocket;
 
 use std::time::Duration;
 
@@ -43,13 +44,17 @@ pub enum Scenario {
     /// `--rooms`: the deliveries/s of one room of 1,000 receivers spread over 100 rooms × 10
     /// and 1,000 rooms × 1 (a sender each); broadcast-server only.
     Rooms,
+    /// 1 TCP sender → 100 TCP receivers and 1, 10 or 100 readers of `GET /lines` or
+    /// `GET /events` (`--http`), next to the same with TCP receivers only; broadcast-server
+    /// only.
+    HttpStream,
 }
 
 /// The rates of the same-rate fanout table when `--rates` is not given.
 pub const DEFAULT_RATES: [u32; 4] = [5_000, 20_000, 50_000, 200_000];
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Fanout,
         Scenario::Chat,
         Scenario::Idle,
@@ -59,6 +64,7 @@ impl Scenario {
         Scenario::Websocket,
         Scenario::Tls,
         Scenario::Rooms,
+        Scenario::HttpStream,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +78,7 @@ impl Scenario {
             Scenario::Websocket => "websocket",
             Scenario::Tls => "tls",
             Scenario::Rooms => "rooms",
+            Scenario::HttpStream => "http-stream",
         }
     }
 
@@ -85,6 +92,9 @@ impl Scenario {
             (Scenario::Rooms, Kind::Ncat) => Some("ncat --broker has no rooms".to_string()),
             (Scenario::Websocket, Kind::Ncat) => {
                 Some("ncat --broker has no WebSocket listener".to_string())
+            }
+            (Scenario::HttpStream, Kind::Ncat) => {
+                Some("ncat --broker has no HTTP listener".to_string())
             }
             _ => None,
         }
@@ -114,6 +124,7 @@ impl Scenario {
             Scenario::Websocket => websocket::websocket(kind, options),
             Scenario::Tls => tls::tls(kind, options),
             Scenario::Rooms => rooms::rooms(kind, options),
+            Scenario::HttpStream => http_stream::http_stream(kind, options),
         }
     }
 }

@@ -81,7 +81,10 @@ pub fn websocket(kind: Kind, options: &Options) -> Vec<Row> {
 
 /// Starts `kind` with `--http` on a free port (plus `--server-args`) and waits until it
 /// logs where its web listener is; returns the server and that address.
-fn start_web_server(kind: Kind, options: &Options) -> Result<(LoggedTarget, SocketAddr), String> {
+pub fn start_web_server(
+    kind: Kind,
+    options: &Options,
+) -> Result<(LoggedTarget, SocketAddr), String> {
     let mut flags = vec!["--http", "127.0.0.1:0"];
     flags.extend(options.server_args.split_whitespace());
     let server = LoggedTarget::start("websocket", |log| {

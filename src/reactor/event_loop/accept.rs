@@ -17,9 +17,9 @@ use mio::{Interest, Registry, Token};
 use super::{EventLoop, HandOut};
 use crate::admission::access::AddressPlace;
 use crate::bridge::Bridge;
-use crate::broadcast::Form;
 use crate::broadcast::batch::Sender;
 use crate::broadcast::rooms::{MAIN, ONLY_ROOM, TooManyRooms};
+use crate::broadcast::{Form, event_batch};
 use crate::conn::connection::Member;
 use crate::conn::socket::configure_socket;
 use crate::observe::stats::MemberKind;
@@ -31,6 +31,7 @@ use crate::web::front::{Context, Decision};
 use crate::web::requests::{Exchange, Progress, WebRequests};
 use crate::wire::commands;
 use crate::wire::http::{self, Request};
+use crate::wire::sse::{self, EventId};
 
 /// What a web request becomes as a member (see `EventLoop::admit_web_member`).
 pub(super) enum WebMember<'a> {
@@ -38,6 +39,8 @@ pub(super) enum WebMember<'a> {
     WebSocket { key: &'a str },
     /// A reader of `GET /lines`'s streamed body (chunked, unless HTTP/1.0).
     LineReader { chunked: bool },
+    /// A reader of `GET /events`, whose last event was `since` (as it said).
+    EventReader { since: Option<&'a str> },
 }
 
 impl EventLoop {
@@ -398,9 +401,19 @@ impl EventLoop {
                 let room = room.as_deref().unwrap_or(MAIN);
                 self.admit_web_member(token, room, WebMember::WebSocket { key: &key })
             }
+            Decision::ReadBody(request) => {
+                self.drive_exchange(token, |exchange, shared, registry| {
+                    exchange.start_body(request, shared, token, registry)
+                });
+            }
             Decision::Publish { room, body } => {
                 let room = room.as_deref().unwrap_or(MAIN);
                 self.publish_posted_lines(token, room, &body)
+            }
+            Decision::Events { room, since } => {
+                let room = room.as_deref().unwrap_or(MAIN);
+                let since = since.as_deref();
+                self.admit_web_member(token, room, WebMember::EventReader { since })
             }
             Decision::Stream { room, chunked } => {
                 let room = room.as_deref().unwrap_or(MAIN);
@@ -425,6 +438,7 @@ impl EventLoop {
             WebMember::WebSocket { .. } => Form::Frames,
             WebMember::LineReader { chunked: true } => Form::Chunks,
             WebMember::LineReader { chunked: false } => Form::Lines,
+            WebMember::EventReader { .. } => Form::Events,
         };
         let room = match self.rooms.enter(name, token.0, form) {
             Ok(room) => room,
@@ -458,13 +472,22 @@ impl EventLoop {
                 let member = Member::new_http_stream(transport, peer, place, chunked, head);
                 (member, "http reader")
             }
+            WebMember::EventReader { .. } => {
+                let member = Member::new_event_stream(transport, peer, place, http::EVENTS_HEAD);
+                (member, "sse reader")
+            }
         };
         member.move_to(Some(room));
         self.observe.stats.connected(member.kind());
         self.connections
             .insert(token, ClientConnection::Member(member));
         info!("{said} {peer} connected (token {})", token.0);
-        self.replay_history(token);
+        match what {
+            WebMember::EventReader { since } => self.replay_events(token, since),
+            _ => {
+                self.replay_history(token);
+            }
+        }
         self.on_writable(token);
     }
 
@@ -474,9 +497,8 @@ impl EventLoop {
     /// does not exist here (no members) gets nothing, and is not made.
     fn publish_posted_lines(&mut self, token: Token, name: &str, body: &[u8]) {
         let max_line = self.config.max_line;
-        let too_long = body
-            .split_inclusive(|&b| b == b'\n')
-            .any(|line| line.strip_suffix(b"\n").unwrap_or(line).len() > max_line);
+        let too_long =
+            lines_of(body).any(|line| line.strip_suffix(b"\n").unwrap_or(line).len() > max_line);
         if too_long {
             let reason = format!(
                 "a line over --max-line ({max_line} bytes): none of the body was broadcast"
@@ -490,7 +512,7 @@ impl EventLoop {
         };
         let mut lines = 0;
         if let Some(id) = room {
-            for line in body.split_inclusive(|&b| b == b'\n') {
+            for line in lines_of(body) {
                 let whole;
                 let line = match line.ends_with(b"\n") {
                     true => line,
@@ -527,12 +549,14 @@ impl EventLoop {
         let Some(connection) = self.connections.member_mut(token) else {
             return 0;
         };
-        let Some(history) = connection
+        let Some(broadcast) = connection
             .room()
             .and_then(|id| self.rooms.get(id))
-            .and_then(|room| room.broadcast.history.as_ref())
-            .filter(|history| !history.is_empty())
+            .map(|room| &room.broadcast)
         else {
+            return 0;
+        };
+        let Some(history) = broadcast.history.as_ref().filter(|h| !h.is_empty()) else {
             return 0;
         };
         let mut hand_out = HandOut {
@@ -542,11 +566,50 @@ impl EventLoop {
             doomed: &mut self.turn.doomed,
         };
         let mut frames = Vec::new();
-        let mut slices = connection.form().history(history, &mut frames);
+        let mut slices = connection
+            .form()
+            .history(history, &broadcast.numbers, &mut frames);
         let bytes = history.len();
         hand_out.deliver(token, connection, &mut slices, history.lines());
         self.close_doomed();
         bytes
+    }
+
+    /// Sends a new `/events` reader what it is owed from its room's history (within its
+    /// `--max-queue`): after the event `since` it saw last, if that is still kept, else
+    /// first a `missed` event saying how many lines it will not get, then the whole
+    /// history (see [`sse::resume`]).
+    fn replay_events(&mut self, token: Token, since: Option<&str>) {
+        let Some(connection) = self.connections.member_mut(token) else {
+            return;
+        };
+        let Some(broadcast) = connection
+            .room()
+            .and_then(|id| self.rooms.get(id))
+            .map(|room| &room.broadcast)
+        else {
+            return;
+        };
+        let (numbers, history) = (&broadcast.numbers, broadcast.history.as_ref());
+        let kept = history.map_or(0, |history| history.lines());
+        let since = since.map(|id| EventId::parse(id).unwrap_or(sse::NOT_OURS));
+        let resume = sse::resume(since, numbers.epoch, numbers.handed_out, kept);
+        let mut events = Vec::new();
+        event_batch::history_events(history, numbers, resume, &mut events);
+        if events.is_empty() {
+            return;
+        }
+        let mut hand_out = HandOut {
+            registry: self.poll.registry(),
+            max_queue: self.config.max_queue,
+            stats: &mut self.observe.stats,
+            doomed: &mut self.turn.doomed,
+        };
+        // Sent even when it holds no line: a `missed` event alone.
+        if hand_out.send(token, connection, &mut [IoSlice::new(&events)]) {
+            hand_out.stats.deliveries += kept.saturating_sub(resume.skip) as u64;
+        }
+        self.close_doomed();
     }
 
     /// Retries both listeners when a pause's retry is due; the pause ends if neither
@@ -561,4 +624,19 @@ impl EventLoop {
         let members = self.connections.count(Stage::Member);
         self.admission.end_pause_if_retried(now, members);
     }
+}
+
+/// The lines of `body`, each with its `\n` (the last one may lack it), found with `memchr`:
+/// a 1 MiB body is scanned twice (for `--max-line`, then to publish it).
+fn lines_of(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = body;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |at| at + 1);
+        let (line, after) = rest.split_at(end);
+        rest = after;
+        Some(line)
+    })
 }

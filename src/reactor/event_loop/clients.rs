@@ -12,7 +12,6 @@ use super::{EventLoop, READ_BUDGET};
 use crate::conn::connection::{Member, Phase, ReadEnd, ReadReport};
 use crate::conn::reason::DisconnectReason;
 use crate::conn::wire::Liveness;
-use crate::observe::stats::MemberKind;
 use crate::reactor::connections::Stage;
 
 /// How long a client that broke the line limit has to read its `ERR` line.
@@ -47,7 +46,7 @@ impl EventLoop {
             return;
         };
         let open = connection.is_open();
-        let reader = connection.kind() == MemberKind::HttpStream;
+        let reader = connection.kind().is_reader();
         if open && self.shutdown.is_some() {
             return;
         }
@@ -88,7 +87,7 @@ impl EventLoop {
             // flushing until it has everything or its deadline (its writes fail if it is
             // really gone).
             ReadEnd::Closed(DisconnectReason::ClientClosed) if !open => {}
-            // A reader of `GET /lines` that closes its sending half is done asking, not
+            // A reader of `GET /lines` or `/events` that closes its sending half is done asking, not
             // gone (HTTP allows it): its stream goes on; its writes fail if it is gone.
             ReadEnd::Closed(DisconnectReason::ClientClosed) if reader => {}
             ReadEnd::Closed(reason) => self.close(token, reason),

@@ -42,7 +42,12 @@ impl HandOut<'_> {
 
     /// Sends `slices` to an open client within `--max-queue` and keeps its interest in
     /// step; true if it took them. One that fails is doomed.
-    fn send(&mut self, token: Token, connection: &mut Member, slices: &mut [IoSlice<'_>]) -> bool {
+    pub(super) fn send(
+        &mut self,
+        token: Token,
+        connection: &mut Member,
+        slices: &mut [IoSlice<'_>],
+    ) -> bool {
         if !connection.is_open() {
             return false;
         }
@@ -143,14 +148,20 @@ impl EventLoop {
         }
         self.nats
             .gather(&room.broadcast.batch, named.then_some(room.name()));
-        // Framed once for all, and only if someone here takes frames.
-        let framed_members = match named {
-            true => room.has_framed_members(),
-            false => self.observe.stats.websocket_active > 0,
+        // Framed (and made events) once for all, and only if someone here takes them.
+        let (framed_members, event_members) = match named {
+            true => (room.has_framed_members(), room.has_event_members()),
+            false => (
+                self.observe.stats.websocket_active > 0,
+                self.observe.stats.sse_active > 0,
+            ),
         };
+        let broadcast = &mut room.broadcast;
         if framed_members {
-            let broadcast = &mut room.broadcast;
             broadcast.framed.build(&broadcast.batch);
+        }
+        if event_members {
+            broadcast.events.build(&broadcast.batch, &broadcast.numbers);
         }
         let room: &Room = room;
         let (batch, framed) = (&room.broadcast.batch, &room.broadcast.framed);
@@ -183,7 +194,7 @@ impl EventLoop {
         let mut give_whole = |token: Token, connection: &mut Member| {
             if !connection.was_served_as_sender(number) {
                 let mut slices = [IoSlice::new(&[]); 3];
-                let used = connection.form().whole(batch, framed, &head, &mut slices);
+                let used = connection.form().whole(&room.broadcast, &head, &mut slices);
                 hand_out.deliver(token, connection, &mut slices[..used], batch.lines());
             }
         };
@@ -206,8 +217,11 @@ impl EventLoop {
         );
         self.rooms.keep_in_history(id);
         if let Some(room) = self.rooms.get_mut(id) {
-            room.broadcast.batch.clear(Instant::now());
-            room.broadcast.framed.clear();
+            let broadcast = &mut room.broadcast;
+            broadcast.numbers.handed_out += broadcast.batch.lines() as u64;
+            broadcast.batch.clear(Instant::now());
+            broadcast.framed.clear();
+            broadcast.events.clear();
         }
         self.close_doomed();
     }

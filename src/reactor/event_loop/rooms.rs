@@ -285,6 +285,8 @@ impl EventLoop {
                 broadcast::chunk_into(&parts, &mut frames);
                 vec![IoSlice::new(&frames)]
             }
+            // Readers of `/events` send no commands: they never move.
+            Form::Events => Vec::new(),
         };
         let mut hand_out = HandOut {
             registry: self.poll.registry(),
@@ -316,6 +318,8 @@ impl EventLoop {
                 broadcast::chunk_into(&[line], &mut frame);
                 &frame
             }
+            // Readers of `/events` send no commands: nothing to answer.
+            Form::Events => return,
         };
         if let Err(reason) = connection.queue_reply(bytes, self.config.max_queue) {
             self.turn.doomed.push((token, reason));

@@ -1,0 +1,185 @@
+//! The batch as Server-Sent Events: built once per hand-out, for every `/events` reader,
+//! each line an event numbered in its room's stream (see [`crate::wire::sse`]).
+//!
+//! Like the WebSocket framing, it is built only when a reader takes it, and shared: a
+//! reader's `writev` is one slice of it. Readers send no lines, so no reader ever needs a
+//! sender's share of it. Bound: a line of n bytes becomes at most
+//! [`sse::encoded_len_at_most`]`(n)` bytes (4/3 n + 64 for a line sent as base64).
+
+use std::hash::{BuildHasher, Hasher};
+
+use crate::broadcast::batch::Batch;
+use crate::broadcast::history::History;
+use crate::wire::sse::{self, EventId, Resume};
+
+/// A room's stream of numbered lines: which stream it is, and how many lines it has handed
+/// out (the last one's number).
+#[derive(Debug, Clone, Copy)]
+pub struct LineNumbers {
+    pub epoch: u64,
+    pub handed_out: u64,
+}
+
+impl LineNumbers {
+    /// A new stream: an epoch no other room, run or instance is likely to have drawn (64
+    /// random bits from the standard library's per-process hash keys, with the clock and
+    /// the process id).
+    pub fn new_stream() -> LineNumbers {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos());
+        hasher.write_u128(now);
+        hasher.write_u32(std::process::id());
+        LineNumbers {
+            epoch: hasher.finish(),
+            handed_out: 0,
+        }
+    }
+
+    /// The id of line number `seq` of this stream.
+    pub fn id(&self, seq: u64) -> EventId {
+        EventId {
+            epoch: self.epoch,
+            seq,
+        }
+    }
+}
+
+/// The events of one batch.
+#[derive(Debug, Default)]
+pub struct EventBatch {
+    bytes: Vec<u8>,
+    built: bool,
+}
+
+impl EventBatch {
+    /// Encodes `batch` as events, numbered on from `numbers`, unless this hand-out did.
+    pub fn build(&mut self, batch: &Batch, numbers: &LineNumbers) {
+        if self.built {
+            return;
+        }
+        self.built = true;
+        self.bytes.reserve(batch.len() + 48 * batch.lines());
+        let whole = batch.whole();
+        let mut seq = numbers.handed_out;
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', whole) {
+            seq += 1;
+            sse::encode_line(numbers.id(seq), &whole[start..end], &mut self.bytes);
+            start = end + 1;
+        }
+    }
+
+    /// Every event: what each reader receives.
+    pub fn whole(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Forgets the events (keeping the memory, within its bound) after the hand-out.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.built = false;
+    }
+}
+
+/// Appends what a reader of a stream numbered by `numbers` is replayed from `history` (if
+/// the room keeps one): the `missed` event `resume` calls for, then the kept lines it
+/// lacks, each its event.
+pub fn history_events(
+    history: Option<&History>,
+    numbers: &LineNumbers,
+    resume: Resume,
+    out: &mut Vec<u8>,
+) {
+    let kept = history.map_or(0, History::lines);
+    let before_kept = numbers.handed_out.saturating_sub(kept as u64);
+    if let Some((lines, exact)) = resume.missed {
+        sse::encode_missed(numbers.id(before_kept), lines, exact, out);
+    }
+    let Some(history) = history else {
+        return;
+    };
+    out.reserve(history.len() + 48 * (kept - resume.skip.min(kept)));
+    let mut index = 0;
+    history.for_each_line(|line| {
+        index += 1;
+        if index > resume.skip {
+            sse::encode_line(numbers.id(before_kept + index as u64), line, out);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broadcast::batch::Sender;
+    use std::time::Duration;
+
+    #[test]
+    fn a_batch_becomes_events_numbered_on_from_the_last_hand_out() {
+        let mut batch = Batch::new(1 << 20, 1 << 16, Duration::ZERO);
+        batch.append(Sender::Client(1), b"a\n", 1);
+        batch.append(Sender::Client(2), b"b\n\xff\n", 2);
+        let numbers = LineNumbers {
+            epoch: 0xff,
+            handed_out: 41,
+        };
+        let mut events = EventBatch::default();
+        events.build(&batch, &numbers);
+        events.build(&batch, &numbers); // once per hand-out
+        assert_eq!(
+            events.whole(),
+            b"id: 00000000000000ff-42\ndata: a\n\nid: 00000000000000ff-43\ndata: b\n\n\
+              id: 00000000000000ff-44\nevent: binary\ndata: /w==\n\n"
+        );
+        events.clear();
+        assert!(events.whole().is_empty());
+    }
+
+    #[test]
+    fn a_replay_is_the_missed_event_then_the_kept_lines_it_lacks() {
+        let mut history = History::new(3, 1 << 20);
+        history.keep(b"l1\nl2\nl3\nl4\nl5\n"); // 3, 4 and 5 kept
+        let numbers = LineNumbers {
+            epoch: 0xab,
+            handed_out: 5,
+        };
+        let replay = |resume| {
+            let mut out = Vec::new();
+            history_events(Some(&history), &numbers, resume, &mut out);
+            String::from_utf8(out).expect("UTF-8")
+        };
+        assert_eq!(
+            replay(Resume::WHOLE),
+            "id: 00000000000000ab-3\ndata: l3\n\nid: 00000000000000ab-4\ndata: l4\n\n\
+             id: 00000000000000ab-5\ndata: l5\n\n"
+        );
+        let after_4 = Resume {
+            skip: 2,
+            missed: None,
+        };
+        assert_eq!(replay(after_4), "id: 00000000000000ab-5\ndata: l5\n\n");
+        let missed = Resume {
+            skip: 0,
+            missed: Some((1, true)),
+        };
+        assert!(replay(missed).starts_with(
+            "id: 00000000000000ab-2\nevent: missed\ndata: {\"lines\":1,\"exact\":true}\n\n\
+             id: 00000000000000ab-3\n"
+        ));
+        let mut out = Vec::new();
+        history_events(None, &numbers, missed, &mut out);
+        assert!(
+            out.starts_with(b"id: 00000000000000ab-5\nevent: missed\n"),
+            "no history"
+        );
+    }
+
+    #[test]
+    fn every_stream_draws_its_own_epoch() {
+        let epochs: std::collections::HashSet<u64> =
+            (0..1000).map(|_| LineNumbers::new_stream().epoch).collect();
+        assert_eq!(epochs.len(), 1000);
+    }
+}

@@ -1,0 +1,259 @@
+//! Server-Sent Events (issue 18), through the binary: `GET /events` (`/events/NAME` with
+//! `--rooms`), one event per line with an `EPOCH-SEQ` id, and a returning reader resuming
+//! after its `Last-Event-ID` (or `?since=`) with no duplicate and no gap, or told what it
+//! missed. (The browser's own reconnecting `EventSource` is in tests/browser.rs.)
+
+mod common;
+
+use common::{Client, Server, numbered_lines, wait_until};
+
+/// The head of every `GET /events` answer.
+const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+    Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nX-Accel-Buffering: no\r\n\
+    Connection: close\r\n\r\n";
+
+/// A reader of `path` with `headers`, once the server has made it a member.
+fn reader_with(server: &Server, path: &str, headers: &str) -> Client {
+    let mut reader = Client::connect_raw(server.web_addr());
+    reader.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes());
+    reader.expect(HEAD);
+    server.wait_for_log(&format!("sse reader {} connected", reader.local_addr()));
+    reader
+}
+
+fn reader(server: &Server, path: &str) -> Client {
+    reader_with(server, path, "")
+}
+
+/// One line's event.
+fn event(epoch: &str, seq: u64, data: &str) -> String {
+    format!("id: {epoch}-{seq}\ndata: {data}\n\n")
+}
+
+/// The `missed` event.
+fn missed(epoch: &str, seq: u64, lines: u64, exact: bool) -> String {
+    format!("id: {epoch}-{seq}\nevent: missed\ndata: {{\"lines\":{lines},\"exact\":{exact}}}\n\n")
+}
+
+/// Reads the start of the next event, `id: EPOCH-`, and returns the epoch: what the rest of
+/// a test's expected bytes are written with (it is drawn at random by the server).
+fn read_epoch(reader: &mut Client) -> String {
+    let start = String::from_utf8(reader.read_exact(21)).expect("UTF-8");
+    let epoch = start
+        .strip_prefix("id: ")
+        .and_then(|rest| rest.strip_suffix('-'))
+        .unwrap_or_else(|| panic!("not the start of an event: {start:?}"));
+    assert!(epoch.bytes().all(|b| b.is_ascii_hexdigit()), "{epoch}");
+    epoch.to_string()
+}
+
+#[test]
+fn each_line_is_an_event_with_its_id_lines_sse_cannot_carry_go_as_base64() {
+    let server = Server::start(&["--http", "127.0.0.1:0", "--history", "2"]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    sender.send(b"one\ntwo\nthree\n");
+    witness.expect(b"one\ntwo\nthree\n");
+    // A new reader gets the history (lines 2 and 3), each its event, then live ones.
+    let mut reader = reader(&server, "/events");
+    let epoch = read_epoch(&mut reader);
+    reader.expect(&event(&epoch, 2, "two").as_bytes()[21..]);
+    reader.expect(event(&epoch, 3, "three").as_bytes());
+    sender.send(b" spaced\n\nbad \xff\ncr\rin\n");
+    witness.expect(b" spaced\n\nbad \xff\ncr\rin\n");
+    let binary =
+        |seq, base64: &str| format!("id: {epoch}-{seq}\nevent: binary\ndata: {base64}\n\n");
+    reader.expect(
+        [
+            event(&epoch, 4, " spaced"),
+            event(&epoch, 5, ""),
+            binary(6, "YmFkIP8="),
+            binary(7, "Y3INaW4="),
+        ]
+        .concat()
+        .as_bytes(),
+    );
+    // Readers are counted by transport.
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        metrics.contains("broadcast_server_clients{transport=\"sse\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("broadcast_server_clients{transport=\"tcp\"} 2\n"));
+    // At shutdown: what it is owed, then the end of the body (a FIN).
+    sender.send(b"last\n");
+    server.signal(libc::SIGTERM);
+    assert_eq!(reader.read_to_eof(), event(&epoch, 8, "last").as_bytes());
+    let stats = server.final_log();
+    assert!(stats.contains(" sse_readers=0 "), "{stats}");
+}
+
+#[test]
+fn a_returning_reader_gets_exactly_the_lines_after_its_last_event_then_live_ones() {
+    let server = Server::start(&["--http", "127.0.0.1:0", "--history", "100"]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    let mut first = reader(&server, "/events");
+    sender.send(b"l1\nl2\nl3\n");
+    witness.expect(b"l1\nl2\nl3\n");
+    let epoch = read_epoch(&mut first);
+    first.expect(
+        &[
+            event(&epoch, 1, "l1"),
+            event(&epoch, 2, "l2"),
+            event(&epoch, 3, "l3"),
+        ]
+        .concat()
+        .as_bytes()[21..],
+    );
+    first.reset();
+    sender.send(b"l4\nl5\nl6\n");
+    witness.expect(b"l4\nl5\nl6\n");
+    // As a browser's EventSource comes back: its Last-Event-ID, and the URL it first had
+    // (whose ?since= is older: the header wins).
+    let mut back = reader_with(
+        &server,
+        &format!("/events?since={epoch}-1"),
+        &format!("Last-Event-ID: {epoch}-3\r\n"),
+    );
+    back.expect(
+        [
+            event(&epoch, 4, "l4"),
+            event(&epoch, 5, "l5"),
+            event(&epoch, 6, "l6"),
+        ]
+        .concat()
+        .as_bytes(),
+    );
+    sender.send(b"l7\n");
+    back.expect(event(&epoch, 7, "l7").as_bytes());
+    // ?since= alone, as curl would ask.
+    let mut curl_like = reader(&server, &format!("/events?since={epoch}-5"));
+    curl_like.expect(
+        [event(&epoch, 6, "l6"), event(&epoch, 7, "l7")]
+            .concat()
+            .as_bytes(),
+    );
+    // Up to date: nothing but what comes next.
+    let mut current = reader_with(&server, "/events", &format!("Last-Event-ID: {epoch}-7\r\n"));
+    sender.send(b"l8\n");
+    current.expect(event(&epoch, 8, "l8").as_bytes());
+    back.expect(event(&epoch, 8, "l8").as_bytes());
+    curl_like.expect(event(&epoch, 8, "l8").as_bytes());
+}
+
+#[test]
+fn an_id_older_than_the_history_or_from_another_run_is_told_what_it_missed() {
+    let mut server = Server::start(&["--http", "127.0.0.1:0", "--history", "2"]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    let mut first = reader(&server, "/events");
+    sender.send(b"l1\n");
+    let epoch = read_epoch(&mut first);
+    first.expect(&event(&epoch, 1, "l1").as_bytes()[21..]);
+    sender.send(b"l2\nl3\nl4\nl5\n");
+    witness.expect(b"l1\nl2\nl3\nl4\nl5\n");
+    // Lines 2 and 3 are no longer kept: it is told, exactly, then gets 4 and 5.
+    let mut late = reader_with(&server, "/events", &format!("Last-Event-ID: {epoch}-1\r\n"));
+    late.expect(
+        [
+            missed(&epoch, 3, 2, true),
+            event(&epoch, 4, "l4"),
+            event(&epoch, 5, "l5"),
+        ]
+        .concat()
+        .as_bytes(),
+    );
+    // An id that is not ours at all: what this stream had before its history, not exactly.
+    let mut stranger = reader_with(&server, "/events", "Last-Event-ID: nonsense\r\n");
+    stranger.expect(
+        [
+            missed(&epoch, 3, 3, false),
+            event(&epoch, 4, "l4"),
+            event(&epoch, 5, "l5"),
+        ]
+        .concat()
+        .as_bytes(),
+    );
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    // A new run is a new stream: an id of the last one is not confused with its lines.
+    let server = Server::start(&["--http", "127.0.0.1:0", "--history", "2"]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    sender.send(b"n1\nn2\nn3\n");
+    witness.expect(b"n1\nn2\nn3\n");
+    let mut returning = reader_with(&server, "/events", &format!("Last-Event-ID: {epoch}-5\r\n"));
+    let new_epoch = read_epoch(&mut returning);
+    assert_ne!(new_epoch, epoch, "a new run draws a new epoch");
+    returning.expect(
+        &[
+            missed(&new_epoch, 1, 1, false),
+            event(&new_epoch, 2, "n2"),
+            event(&new_epoch, 3, "n3"),
+        ]
+        .concat()
+        .as_bytes()[21..],
+    );
+}
+
+#[test]
+fn without_history_a_returning_reader_hears_how_many_lines_went_by() {
+    let server = Server::start(&["--http", "127.0.0.1:0"]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    let mut first = reader(&server, "/events");
+    sender.send(b"a\n");
+    let epoch = read_epoch(&mut first);
+    first.expect(&event(&epoch, 1, "a").as_bytes()[21..]);
+    sender.send(b"b\nc\n");
+    witness.expect(b"a\nb\nc\n");
+    let mut back = reader_with(&server, "/events", &format!("Last-Event-ID: {epoch}-1\r\n"));
+    back.expect(missed(&epoch, 3, 2, true).as_bytes());
+    sender.send(b"d\n");
+    back.expect(event(&epoch, 4, "d").as_bytes());
+}
+
+#[test]
+fn events_readers_are_members_cut_by_max_queue_and_per_room() {
+    let server = Server::start(&["--rooms", "--http", "127.0.0.1:0", "--max-clients", "6"]);
+    let stuck = reader(&server, "/events");
+    stuck.set_receive_buffer(4096);
+    let mut ops = reader(&server, "/events/ops");
+    let mut sender = server.connect();
+    let mut fast = server.connect();
+    let flood = numbered_lines(&"e".repeat(100), 150_000);
+    let sending = {
+        let flood = flood.clone();
+        std::thread::spawn(move || {
+            sender.send(&flood);
+            sender
+        })
+    };
+    fast.expect(&flood);
+    let mut sender = sending.join().expect("the sender thread");
+    let why = server.wait_for_log(&format!("client {} disconnected", stuck.local_addr()));
+    assert!(why.contains("slow consumer"), "{why}");
+    // The room's reader got none of main's lines, and its room lives while it reads.
+    sender.send(b"/join ops\n");
+    sender.expect(b"OK joined ops\n");
+    sender.send(b"for ops\n");
+    let epoch = read_epoch(&mut ops);
+    ops.expect(&event(&epoch, 1, "for ops").as_bytes()[21..]);
+    sender.send(b"/rooms\n");
+    sender.expect(b"OK rooms main:1 ops:2\n");
+    let bad = server.http("GET /events/bad!name HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
+    let plain = Server::start(&["--http", "127.0.0.1:0", "--max-clients", "1"]);
+    let off = plain.http("GET /events/ops HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(off.starts_with("HTTP/1.1 404 "), "{off}");
+    let _one = reader(&plain, "/events");
+    let full = plain.http("GET /events HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(full.starts_with("HTTP/1.1 503 "), "{full}");
+    wait_until("the stats gauge", || {
+        plain
+            .get("/metrics")
+            .1
+            .contains("broadcast_server_clients{transport=\"sse\"} 1\n")
+    });
+}
