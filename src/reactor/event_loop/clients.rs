@@ -87,8 +87,8 @@ impl EventLoop {
             // flushing until it has everything or its deadline (its writes fail if it is
             // really gone).
             ReadEnd::Closed(DisconnectReason::ClientClosed) if !open => {}
-            // A reader of `GET /lines` or `/events` that closes its sending half is done asking, not
-            // gone (HTTP allows it): its stream goes on; its writes fail if it is gone.
+            // A reader (`GET /lines`, `/events`) that closes its sending half is done asking,
+            // not gone (HTTP allows it): its stream goes on; its writes fail if it is gone.
             ReadEnd::Closed(DisconnectReason::ClientClosed) if reader => {}
             ReadEnd::Closed(reason) => self.close(token, reason),
         }
