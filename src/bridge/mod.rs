@@ -22,7 +22,7 @@ pub mod envelope;
 mod inbox;
 mod link;
 mod outgoing;
-mod protocol;
+pub mod protocol;
 
 use std::io;
 use std::sync::Arc;
