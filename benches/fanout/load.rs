@@ -411,6 +411,19 @@ impl Swarm {
         Ok(())
     }
 
+    /// Says that the clients of the server at `addr` (connected so far) are a broadcast of
+    /// their own: that server is not joined to the others (by NATS), so its lines reach
+    /// only its clients and its readers expect only its senders' lines (modelled as a room
+    /// of its own).
+    pub fn separate(&mut self, addr: SocketAddr) {
+        let side = self.side_of(addr);
+        self.rooms.push(format!("(the server at {addr})"));
+        let room = self.rooms.len() - 1;
+        for peer in self.peers.iter_mut().filter(|p| p.side == side) {
+            peer.room = room;
+        }
+    }
+
     /// Connects `count` clients with `role`, each moved to room `room` (`/join`, its `OK`
     /// read) before it joins the swarm: a server started with `--rooms`.
     pub fn connect_to_room(

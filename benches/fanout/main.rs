@@ -19,6 +19,7 @@ mod certs;
 #[path = "../../tests/common/frames.rs"]
 #[allow(dead_code)]
 mod frames;
+mod hostile;
 mod http_stream;
 mod line;
 mod load;

@@ -3,6 +3,8 @@
 
 mod all_talk;
 pub mod bridge;
+mod chaos;
+
 mod chat;
 mod fanout;
 mod http_stream;
@@ -48,13 +50,19 @@ pub enum Scenario {
     /// `GET /events` (`--http`), next to the same with TCP receivers only; broadcast-server
     /// only.
     HttpStream,
+    /// 60 s of hostile clients on every transport beside good clients of each: no line
+    /// lost, no descriptor leaked; broadcast-server only.
+    Chaos,
+    /// 10 minutes of steady load on every transport: RSS and descriptors flat; broadcast-
+    /// server only.
+    Soak,
 }
 
 /// The rates of the same-rate fanout table when `--rates` is not given.
 pub const DEFAULT_RATES: [u32; 4] = [5_000, 20_000, 50_000, 200_000];
 
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Fanout,
         Scenario::Chat,
         Scenario::Idle,
@@ -65,6 +73,8 @@ impl Scenario {
         Scenario::Tls,
         Scenario::Rooms,
         Scenario::HttpStream,
+        Scenario::Chaos,
+        Scenario::Soak,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +89,8 @@ impl Scenario {
             Scenario::Tls => "tls",
             Scenario::Rooms => "rooms",
             Scenario::HttpStream => "http-stream",
+            Scenario::Chaos => "chaos",
+            Scenario::Soak => "soak",
         }
     }
 
@@ -95,6 +107,9 @@ impl Scenario {
             }
             (Scenario::HttpStream, Kind::Ncat) => {
                 Some("ncat --broker has no HTTP listener".to_string())
+            }
+            (Scenario::Chaos | Scenario::Soak, Kind::Ncat) => {
+                Some("ncat --broker has neither rooms nor an HTTP listener".to_string())
             }
             _ => None,
         }
@@ -125,6 +140,8 @@ impl Scenario {
             Scenario::Tls => tls::tls(kind, options),
             Scenario::Rooms => rooms::rooms(kind, options),
             Scenario::HttpStream => http_stream::http_stream(kind, options),
+            Scenario::Chaos => chaos::chaos(kind, options),
+            Scenario::Soak => chaos::soak(kind, options),
         }
     }
 }

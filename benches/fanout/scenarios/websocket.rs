@@ -95,7 +95,7 @@ pub fn start_web_server(
 }
 
 /// Waits (at most 10 s) for the `http listening on ADDR` line in `log`; returns ADDR.
-fn wait_for_http(log: &std::path::Path) -> Result<SocketAddr, String> {
+pub fn wait_for_http(log: &std::path::Path) -> Result<SocketAddr, String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
