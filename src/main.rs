@@ -92,9 +92,10 @@ struct Args {
     #[arg(long, value_name = "FILE", requires = "nats")]
     nats_key: Option<std::path::PathBuf>,
 
-    /// Also serve browsers on HOST:PORT: a live page at /, WebSocket clients at /ws (members
-    /// of the same broadcast), Prometheus metrics at /metrics, /healthz (port 0 picks a free
-    /// port, reported in the "http listening on" log line)
+    /// Also serve browsers and curl on HOST:PORT: a live page at /, WebSocket clients at /ws,
+    /// the lines as a streamed body at /lines and as Server-Sent Events at /events (members
+    /// of the same broadcast), publishing with POST /lines, Prometheus metrics at /metrics,
+    /// /healthz (port 0 picks a free port, reported in the "http listening on" log line)
     #[arg(long, value_name = "HOST:PORT")]
     http: Option<String>,
 

@@ -49,7 +49,14 @@ fn read_epoch(reader: &mut Client) -> String {
 
 #[test]
 fn each_line_is_an_event_with_its_id_lines_sse_cannot_carry_go_as_base64() {
-    let server = Server::start(&["--http", "127.0.0.1:0", "--history", "2"]);
+    let server = Server::start(&[
+        "--http",
+        "127.0.0.1:0",
+        "--history",
+        "2",
+        "--stats-interval",
+        "0.2",
+    ]);
     let mut sender = server.connect();
     let mut witness = server.connect();
     sender.send(b"one\ntwo\nthree\n");
@@ -80,6 +87,7 @@ fn each_line_is_an_event_with_its_id_lines_sse_cannot_carry_go_as_base64() {
         "{metrics}"
     );
     assert!(metrics.contains("broadcast_server_clients{transport=\"tcp\"} 2\n"));
+    server.wait_for_log(" http_readers=0 sse_readers=1 ");
     // At shutdown: what it is owed, then the end of the body (a FIN).
     sender.send(b"last\n");
     server.signal(libc::SIGTERM);
@@ -256,4 +264,142 @@ fn events_readers_are_members_cut_by_max_queue_and_per_room() {
             .1
             .contains("broadcast_server_clients{transport=\"sse\"} 1\n")
     });
+}
+
+/// A reader's events as they come, whole: what was read past the last one waits here.
+struct Events<'a> {
+    reader: &'a mut Client,
+    pending: Vec<u8>,
+}
+
+impl Events<'_> {
+    /// The next `count` lines' events: their sequence numbers, and the `missed` event's
+    /// data if one came among them. Fails on a reset (a reader cut as a slow consumer) and
+    /// at the deadline.
+    fn take(&mut self, count: usize) -> (Vec<u64>, Option<String>) {
+        use std::io::Read as _;
+        let deadline = std::time::Instant::now() + common::DEADLINE;
+        let (mut seqs, mut missed) = (Vec::new(), None);
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            while seqs.len() < count
+                && let Some(at) = self.pending.windows(2).position(|w| w == b"\n\n")
+            {
+                let event: Vec<u8> = self.pending.drain(..at + 2).collect();
+                let event = String::from_utf8(event).expect("UTF-8 events");
+                let seq = event
+                    .lines()
+                    .find_map(|l| l.strip_prefix("id: "))
+                    .and_then(|id| id.rsplit('-').next()?.parse().ok())
+                    .expect("an id");
+                match event.contains("event: missed") {
+                    true => {
+                        missed = event
+                            .lines()
+                            .find_map(|l| l.strip_prefix("data: "))
+                            .map(str::to_string)
+                    }
+                    false => seqs.push(seq),
+                }
+            }
+            if seqs.len() == count {
+                return (seqs, missed);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {count} events",
+                seqs.len()
+            );
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            self.reader.stream.set_read_timeout(Some(left)).unwrap();
+            match self.reader.stream.read(&mut buf) {
+                Ok(0) => panic!("closed after {} of {count} events", seqs.len()),
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("read failed after {} of {count} events: {e}", seqs.len()),
+            }
+        }
+    }
+}
+
+/// `reader`'s events.
+fn events(reader: &mut Client) -> Events<'_> {
+    Events {
+        reader,
+        pending: Vec::new(),
+    }
+}
+
+#[test]
+fn a_replay_is_at_most_half_of_max_queue_and_a_returning_reader_is_told_what_it_left_out() {
+    let server = Server::start(&[
+        "--http",
+        "127.0.0.1:0",
+        "--history",
+        "100000",
+        "--history-bytes",
+        "256KiB",
+        "--max-queue",
+        "1MiB",
+    ]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    // 30,000 empty lines: 30 KB kept, but about 1.1 MB as events.
+    let lines = vec![b'\n'; 30_000];
+    sender.send(&lines);
+    witness.expect(&lines);
+    // A new reader gets the newest lines whose events fit in 512 KiB, and no word of more.
+    let mut fresh = reader(&server, "/events");
+    let mut fresh = events(&mut fresh);
+    let (first, _) = fresh.take(1);
+    let fits = 30_000 - first[0] + 1;
+    assert!(fits > 5_000 && fits < 30_000, "{fits} lines replayed");
+    let (rest, missed) = fresh.take(fits as usize - 1);
+    assert_eq!(missed, None);
+    assert_eq!(rest.last(), Some(&30_000));
+    assert!(rest.windows(2).all(|w| w[1] == w[0] + 1));
+    // A returning reader that saw line 10: told exactly what it will not get, then the rest.
+    let epoch = {
+        let mut probe = reader(&server, "/events?since=0000000000000000-0");
+        read_epoch(&mut probe)
+    };
+    let mut back = reader_with(
+        &server,
+        "/events",
+        &format!("Last-Event-ID: {epoch}-10\r\n"),
+    );
+    let (got, missed) = events(&mut back).take(fits as usize);
+    assert_eq!(got.first(), Some(&first[0]), "the same lines fit");
+    let left_out = first[0] - 11;
+    assert_eq!(
+        missed.as_deref(),
+        Some(&*format!("{{\"lines\":{left_out},\"exact\":true}}"))
+    );
+    sender.send(b"live\n");
+    back.expect(format!("id: {epoch}-30001\ndata: live\n\n").as_bytes());
+}
+
+#[test]
+fn a_burst_of_joiners_is_taken_a_few_a_turn_and_every_one_gets_in() {
+    let server = Server::start(&["--http", "127.0.0.1:0", "--history", "10", "-v"]);
+    let mut sender = server.connect();
+    let mut witness = server.connect();
+    sender.send(b"kept\n");
+    witness.expect(b"kept\n");
+    // Twenty readers ask while the server is stopped: its next turn sees them all.
+    server.stop_and_wait();
+    let mut readers: Vec<Client> = (0..20)
+        .map(|_| {
+            let mut reader = Client::connect_raw(server.web_addr());
+            reader.send(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n");
+            reader
+        })
+        .collect();
+    server.signal(libc::SIGCONT);
+    server.wait_for_log("a member too many this turn; it comes in the next");
+    for reader in &mut readers {
+        reader.expect(HEAD);
+        let epoch = read_epoch(reader);
+        reader.expect(&event(&epoch, 1, "kept").as_bytes()[21..]);
+    }
 }

@@ -12,6 +12,9 @@ use crate::broadcast::batch::Batch;
 use crate::broadcast::history::History;
 use crate::wire::sse::{self, EventId, Resume};
 
+/// The events buffer's capacity a room keeps between hand-outs.
+pub const KEPT_CAPACITY: usize = 64 * 1024;
+
 /// A room's stream of numbered lines: which stream it is, and how many lines it has handed
 /// out (the last one's number).
 #[derive(Debug, Clone, Copy)]
@@ -76,9 +79,12 @@ impl EventBatch {
         &self.bytes
     }
 
-    /// Forgets the events (keeping the memory, within its bound) after the hand-out.
+    /// Forgets the events after the hand-out, keeping at most [`KEPT_CAPACITY`] of the
+    /// memory: a batch of tiny lines makes events many times its size, and a room that had
+    /// one such batch must not hold its buffer for good.
     pub fn clear(&mut self) {
         self.bytes.clear();
+        self.bytes.shrink_to(KEPT_CAPACITY);
         self.built = false;
     }
 }
@@ -95,7 +101,9 @@ pub fn history_events(
     let kept = history.map_or(0, History::lines);
     let before_kept = numbers.handed_out.saturating_sub(kept as u64);
     if let Some((lines, exact)) = resume.missed {
-        sse::encode_missed(numbers.id(before_kept), lines, exact, out);
+        // Its id: the last line it will not get.
+        let last_missed = before_kept + resume.skip as u64;
+        sse::encode_missed(numbers.id(last_missed), lines, exact, out);
     }
     let Some(history) = history else {
         return;
@@ -108,6 +116,48 @@ pub fn history_events(
             sse::encode_line(numbers.id(before_kept + index as u64), line, out);
         }
     });
+}
+
+/// `resume`, leaving out the oldest kept lines whose events would pass `max_bytes` (at
+/// most: each line counted at its largest event): a `returning` reader is told of them in
+/// its `missed` event, a new one just gets the newest lines.
+pub fn within(
+    history: Option<&History>,
+    resume: Resume,
+    max_bytes: usize,
+    returning: bool,
+) -> Resume {
+    let Some(history) = history else {
+        return resume;
+    };
+    let mut total = 0usize;
+    let mut index = 0;
+    history.for_each_line(|line| {
+        index += 1;
+        if index > resume.skip {
+            total += sse::encoded_len_at_most(line.len());
+        }
+    });
+    if total <= max_bytes {
+        return resume;
+    }
+    let (mut index, mut dropped) = (0, 0);
+    history.for_each_line(|line| {
+        index += 1;
+        if index > resume.skip && total > max_bytes {
+            total -= sse::encoded_len_at_most(line.len());
+            dropped += 1;
+        }
+    });
+    let missed = match resume.missed {
+        Some((lines, exact)) => Some((lines + dropped as u64, exact)),
+        None if returning => Some((dropped as u64, true)),
+        None => None,
+    };
+    Resume {
+        skip: resume.skip + dropped,
+        missed,
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +185,13 @@ mod tests {
         );
         events.clear();
         assert!(events.whole().is_empty());
+        // A large batch's buffer is given back, down to what a room keeps.
+        let mut big = Batch::new(1 << 20, 1 << 16, Duration::ZERO);
+        big.append(Sender::Client(1), &[b'\n'; 100_000], 100_000);
+        events.build(&big, &numbers);
+        assert!(events.whole().len() > 30 * 100_000);
+        events.clear();
+        assert!(events.bytes.capacity() <= KEPT_CAPACITY);
     }
 
     #[test]
@@ -173,6 +230,63 @@ mod tests {
         assert!(
             out.starts_with(b"id: 00000000000000ab-5\nevent: missed\n"),
             "no history"
+        );
+    }
+
+    #[test]
+    fn a_replay_keeps_within_its_bound_and_says_what_it_left_out() {
+        let mut history = History::new(100, 1 << 20);
+        history.keep(b"l1\nl2\nl3\nl4\nl5\n");
+        let numbers = LineNumbers {
+            epoch: 0xab,
+            handed_out: 5,
+        };
+        let one = sse::encoded_len_at_most(3);
+        // A new reader: the newest lines that fit, nothing said.
+        let newest = within(Some(&history), Resume::WHOLE, 2 * one, false);
+        assert_eq!(
+            newest,
+            Resume {
+                skip: 3,
+                missed: None
+            }
+        );
+        // A returning reader after line 1: lines 2 and 3 are left out, and it is told.
+        let after_1 = Resume {
+            skip: 1,
+            missed: None,
+        };
+        let told = within(Some(&history), after_1, 2 * one, true);
+        assert_eq!(
+            told,
+            Resume {
+                skip: 3,
+                missed: Some((2, true))
+            }
+        );
+        let mut out = Vec::new();
+        history_events(Some(&history), &numbers, told, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "id: 00000000000000ab-3\nevent: missed\ndata: {\"lines\":2,\"exact\":true}\n\n\
+             id: 00000000000000ab-4\ndata: l4\n\nid: 00000000000000ab-5\ndata: l5\n\n"
+        );
+        // One that missed lines already: its count grows, its exactness stays.
+        let foreign = Resume {
+            skip: 0,
+            missed: Some((7, false)),
+        };
+        assert_eq!(
+            within(Some(&history), foreign, one, true),
+            Resume {
+                skip: 4,
+                missed: Some((11, false))
+            }
+        );
+        assert_eq!(
+            within(Some(&history), after_1, 1 << 20, true),
+            after_1,
+            "all fits"
         );
     }
 

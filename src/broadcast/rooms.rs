@@ -80,12 +80,12 @@ impl Room {
         self.members.len()
     }
 
-    /// Whether any of its members takes WebSocket frames (with `--rooms` only).
+    /// Whether any of its members takes WebSocket frames.
     pub fn has_framed_members(&self) -> bool {
         self.framed_members > 0
     }
 
-    /// Whether any of its members takes events (with `--rooms` only).
+    /// Whether any of its members takes events.
     pub fn has_event_members(&self) -> bool {
         self.event_members > 0
     }
@@ -248,13 +248,14 @@ impl Rooms {
         form: Form,
     ) -> Result<RoomId, TooManyRooms> {
         self.may_enter(name, member, Some(from))?;
-        self.leave(from, member);
+        self.leave(from, member, form);
         Ok(self.admit(name, member, form))
     }
 
     /// Puts `member` (taking `form`) in the room named `name`, made if need be.
     fn admit(&mut self, name: &str, member: usize, form: Form) -> RoomId {
         if !self.named {
+            self.count_form(ONLY_ROOM, form, true);
             return ONLY_ROOM;
         }
         let id = match self.find(name) {
@@ -265,31 +266,48 @@ impl Rooms {
             && room.members.insert(member, form).is_none()
         {
             self.listing = None;
-            room.framed_members += usize::from(form == Form::Frames);
-            room.event_members += usize::from(form == Form::Events);
             if room.members.len() == 1 {
                 self.occupied += 1;
             }
+            self.count_form(id, form, true);
         }
         id
     }
 
-    /// Takes client `member` out of room `id`; the room goes if that left it empty and idle.
-    pub fn leave(&mut self, id: RoomId, member: usize) {
+    /// Takes client `member` (taking `form`) out of room `id`; the room goes if that left
+    /// it empty and idle.
+    pub fn leave(&mut self, id: RoomId, member: usize, form: Form) {
         if !self.named {
-            return;
+            return self.count_form(ONLY_ROOM, form, false);
         }
         if let Some(room) = self.slots.get_mut(id).and_then(Option::as_mut)
             && let Some(form) = room.members.remove(&member)
         {
             self.listing = None;
-            room.framed_members -= usize::from(form == Form::Frames);
-            room.event_members -= usize::from(form == Form::Events);
             if room.members.is_empty() {
                 self.occupied -= 1;
             }
+            self.count_form(id, form, false);
         }
         self.remove_if_deserted(id);
+    }
+
+    /// Counts a member taking `form` into (`joined`) or out of room `id`: how many take
+    /// frames and events (what the hand-out builds for them).
+    fn count_form(&mut self, id: RoomId, form: Form, joined: bool) {
+        let Some(room) = self.slots.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        let count = match form {
+            Form::Frames => &mut room.framed_members,
+            Form::Events => &mut room.event_members,
+            Form::Lines | Form::Chunks => return,
+        };
+        *count = if joined {
+            *count + 1
+        } else {
+            count.saturating_sub(1)
+        };
     }
 
     /// Removes room `id` if it has no members and nothing left to hand out (with `--rooms`;
@@ -489,10 +507,31 @@ mod tests {
     }
 
     #[test]
+    fn a_room_counts_who_takes_frames_and_events_with_or_without_rooms() {
+        for mut rooms in [Rooms::single(shape()), Rooms::named(shape(), 10)] {
+            let main = rooms.enter(MAIN, 1, Form::Lines).unwrap();
+            let takes = |rooms: &Rooms| {
+                let room = rooms.get(main).unwrap();
+                (room.has_framed_members(), room.has_event_members())
+            };
+            assert_eq!(takes(&rooms), (false, false));
+            rooms.enter(MAIN, 2, Form::Events).unwrap();
+            rooms.enter(MAIN, 3, Form::Events).unwrap();
+            rooms.enter(MAIN, 4, Form::Frames).unwrap();
+            assert_eq!(takes(&rooms), (true, true));
+            rooms.leave(main, 2, Form::Events);
+            assert_eq!(takes(&rooms), (true, true), "one reader of events is left");
+            rooms.leave(main, 3, Form::Events);
+            rooms.leave(main, 4, Form::Frames);
+            assert_eq!(takes(&rooms), (false, false));
+        }
+    }
+
+    #[test]
     fn single_has_main_for_good_and_tracks_no_one() {
         let mut rooms = Rooms::single(shape());
         assert_eq!(rooms.enter("anything", 7, Form::Lines), Ok(0));
-        rooms.leave(0, 7);
+        rooms.leave(0, 7, Form::Lines);
         assert_eq!(rooms.get(0).map(Room::name), Some(MAIN));
         assert_eq!(rooms.count(), 1);
     }
@@ -503,9 +542,9 @@ mod tests {
         let a = rooms.enter("a", 1, Form::Lines).unwrap();
         assert_eq!(rooms.enter("a", 2, Form::Lines), Ok(a));
         assert_eq!(rooms.count(), 1);
-        rooms.leave(a, 1);
+        rooms.leave(a, 1, Form::Lines);
         assert_eq!(rooms.find("a"), Some(a));
-        rooms.leave(a, 2);
+        rooms.leave(a, 2, Form::Lines);
         assert_eq!(rooms.find("a"), None);
         assert_eq!((rooms.count(), rooms.peak()), (0, 1));
         assert_eq!(rooms.listing(), b"OK rooms\n");
@@ -521,8 +560,8 @@ mod tests {
         rooms.enter("a", 3, Form::Lines).unwrap();
         rooms.move_member(3, a, "b", Form::Lines).unwrap();
         assert_eq!(rooms.listing(), b"OK rooms a:2 b:1\n");
-        rooms.leave(a, 1);
-        rooms.leave(a, 2);
+        rooms.leave(a, 1, Form::Lines);
+        rooms.leave(a, 2, Form::Lines);
         assert_eq!(rooms.listing(), b"OK rooms b:1\n");
     }
 
@@ -532,7 +571,7 @@ mod tests {
         let a = rooms.enter("a", 1, Form::Lines).unwrap();
         let batch = &mut rooms.get_mut(a).unwrap().broadcast.batch;
         batch.append(super::super::batch::Sender::Client(1), b"x\n", 1);
-        rooms.leave(a, 1);
+        rooms.leave(a, 1, Form::Lines);
         assert_eq!(rooms.find("a"), Some(a), "kept for its lines");
         assert_eq!(rooms.listing(), b"OK rooms\n", "but not listed");
         rooms
@@ -556,7 +595,7 @@ mod tests {
         );
         assert!(rooms.enter("a", 3, Form::Lines).is_ok());
         let b = rooms.find("b").unwrap();
-        rooms.leave(b, 2);
+        rooms.leave(b, 2, Form::Lines);
         assert!(rooms.enter("c", 2, Form::Lines).is_ok(), "a slot came free");
         assert_eq!(rooms.peak(), 2);
         let a = rooms.find("a").unwrap();
@@ -565,7 +604,7 @@ mod tests {
             Err(TooManyRooms { max: 2 }),
             "a has 2"
         );
-        rooms.leave(a, 3);
+        rooms.leave(a, 3, Form::Lines);
         let d = rooms
             .move_member(1, a, "d", Form::Lines)
             .expect("alone in a, its move frees it");
@@ -629,7 +668,7 @@ mod tests {
         let mut rooms = Rooms::named(shape(), 10);
         let a = rooms.enter("a", 1, Form::Lines).unwrap();
         rooms.mark_pending(a);
-        rooms.leave(a, 1); // deserted and idle: gone, its slot free
+        rooms.leave(a, 1, Form::Lines); // deserted and idle: gone, its slot free
         let b = rooms.enter("b", 1, Form::Lines).unwrap();
         assert_eq!(b, a, "the slot is reused");
         rooms.mark_pending(b);
@@ -643,7 +682,7 @@ mod tests {
             let id = rooms
                 .enter(&format!("room{round}"), round, Form::Lines)
                 .unwrap();
-            rooms.leave(id, round);
+            rooms.leave(id, round, Form::Lines);
         }
         assert_eq!(rooms.slots.len(), 1);
     }

@@ -34,6 +34,10 @@ const MAX_DISCARDED: usize = 64 * 1024;
 /// Most read cost (`Transport::read_metered`) one reading of a request head may spend: a
 /// head sent in 1-byte TLS records is read over several turns, not in one.
 const HEAD_READ_BUDGET: usize = 64 * 1024;
+/// Web connections made members (WebSocket clients, readers of `/lines` and `/events`)
+/// a turn: each may cost a history replay framed for it (up to half its `--max-queue` of
+/// events), so a burst of joiners is taken a few a turn rather than stalling everyone.
+const MEMBERS_PER_TURN: usize = 8;
 /// Refused requests logged one by one each second; more in a storm are summed up.
 const REFUSALS_LOGGED: u64 = 20;
 
@@ -57,6 +61,9 @@ enum Stage {
     Reading,
     /// Reading the body of `POST /lines` (see [`Route::Publish`]), its request waiting.
     ReadingBody { request: Request, body: Body },
+    /// A complete request to become a member, waiting for a turn with room for one more
+    /// (see [`MEMBERS_PER_TURN`]).
+    Queued { request: Request },
     /// Writing the answer; `written` bytes of it are out.
     Answering { response: Vec<u8>, written: usize },
     /// Answered and shut down for writing: reading (and discarding) until the client closes,
@@ -101,6 +108,8 @@ pub struct WebRequests {
     counters: HttpCounters,
     /// What the `POST /lines` bodies being read hold, and may publish this turn.
     pub bodies: BodyBudget,
+    /// Members this turn may still admit (see [`MEMBERS_PER_TURN`]).
+    members_left: usize,
     /// Refusals and timeouts are logged at most `REFUSALS_LOGGED` a second, then summed up.
     refusal_log: RateLimit,
 }
@@ -110,6 +119,7 @@ impl Default for WebRequests {
         WebRequests {
             counters: HttpCounters::default(),
             bodies: BodyBudget::new(MAX_BODIES_HELD),
+            members_left: MEMBERS_PER_TURN,
             refusal_log: RateLimit::with_burst(REFUSALS_LOGGED),
         }
     }
@@ -126,6 +136,25 @@ impl WebRequests {
     /// A new turn of the loop: bodies may be published again.
     pub fn start_turn(&mut self) {
         self.bodies.start_turn();
+        self.members_left = MEMBERS_PER_TURN;
+    }
+
+    /// Whether `request` may go on this turn: one that makes a member takes one of the
+    /// turn's places (see [`MEMBERS_PER_TURN`]); any other may.
+    fn admits_now(&mut self, request: &Request) -> bool {
+        let member = !request.head_only
+            && matches!(
+                request.route,
+                Route::WebSocket { .. } | Route::Lines { .. } | Route::Events { .. }
+            );
+        if !member {
+            return true;
+        }
+        if self.members_left == 0 {
+            return false;
+        }
+        self.members_left -= 1;
+        true
     }
 
     /// When the rate-limited log owes a summary.
@@ -179,7 +208,7 @@ impl Exchange {
                     self.head.len()
                 );
                 match head {
-                    Head::Complete(request) => Progress::Request(request),
+                    Head::Complete(request) => self.queue_or_go(request, shared, token),
                     Head::Incomplete => Progress::Waiting,
                     Head::BudgetSpent => Progress::BudgetSpent,
                     Head::Refused(refused) => self.refuse(shared, &refused, token, registry),
@@ -187,9 +216,32 @@ impl Exchange {
                 }
             }
             Stage::ReadingBody { .. } => self.read_body(shared, token, registry),
+            Stage::Queued { .. } => match std::mem::replace(&mut self.stage, Stage::Reading) {
+                Stage::Queued { request } => self.queue_or_go(request, shared, token),
+                _ => Progress::Done,
+            },
             Stage::Answering { .. } => self.write_answer(token, registry),
             Stage::Closing => self.discard_until_closed(),
         }
+    }
+
+    /// A complete request, to the loop now, or queued for a later turn if it would make
+    /// one member too many this turn.
+    fn queue_or_go(
+        &mut self,
+        request: Request,
+        shared: &mut WebRequests,
+        token: Token,
+    ) -> Progress {
+        if shared.admits_now(&request) {
+            return Progress::Request(request);
+        }
+        debug!(
+            "token {}: a member too many this turn; it comes in the next",
+            token.0
+        );
+        self.stage = Stage::Queued { request };
+        Progress::BudgetSpent
     }
 
     /// Starts reading the body of a `POST /lines` the loop has accepted (its room is one
@@ -290,6 +342,26 @@ impl Exchange {
         Progress::Request(request)
     }
 
+    /// At shutdown: the request of a `POST /lines` whose body is all here (waiting for a
+    /// turn to publish it), so that it is published rather than dropped.
+    pub fn take_complete_body(&mut self) -> Option<Request> {
+        let Stage::ReadingBody { body, .. } = &self.stage else {
+            return None;
+        };
+        if body.missing() > 0 {
+            return None;
+        }
+        let Stage::ReadingBody { mut request, body } =
+            std::mem::replace(&mut self.stage, Stage::Reading)
+        else {
+            return None;
+        };
+        if let Route::Publish { body: read, .. } = &mut request.route {
+            *read = Some(body.into_bytes());
+        }
+        Some(request)
+    }
+
     /// Answers a routed request with `response`; the connection closes after it.
     pub fn answer(
         &mut self,
@@ -333,7 +405,10 @@ impl Exchange {
     /// Notes that this exchange's deadline passed (the caller drops it): a client that had
     /// not finished its request is counted and logged (rate-limited).
     pub fn time_out(&self, shared: &mut WebRequests, now: Instant) {
-        if matches!(self.stage, Stage::Reading | Stage::ReadingBody { .. }) {
+        if matches!(
+            self.stage,
+            Stage::Reading | Stage::ReadingBody { .. } | Stage::Queued { .. }
+        ) {
             shared.counters.timed_out += 1;
             if shared.refusal_log.admit(now) {
                 info!(

@@ -453,7 +453,7 @@ impl EventLoop {
         let Some(ClientConnection::Request(exchange)) =
             self.connections.remove_in(token, Stage::Request)
         else {
-            self.rooms.leave(room, token.0);
+            self.rooms.leave(room, token.0, form);
             return;
         };
         let (transport, peer, place) = exchange.into_upgrade();
@@ -575,10 +575,11 @@ impl EventLoop {
         bytes
     }
 
-    /// Sends a new `/events` reader what it is owed from its room's history (within its
-    /// `--max-queue`): after the event `since` it saw last, if that is still kept, else
-    /// first a `missed` event saying how many lines it will not get, then the whole
-    /// history (see [`sse::resume`]).
+    /// Sends a new `/events` reader what it is owed from its room's history: after the
+    /// event `since` it saw last, if that is still kept, else first a `missed` event saying
+    /// how many lines it will not get, then the whole history (see [`sse::resume`]); in all
+    /// at most half its `--max-queue` of events (the oldest lines left out, and counted as
+    /// missed for a returning reader).
     fn replay_events(&mut self, token: Token, since: Option<&str>) {
         let Some(connection) = self.connections.member_mut(token) else {
             return;
@@ -592,8 +593,12 @@ impl EventLoop {
         };
         let (numbers, history) = (&broadcast.numbers, broadcast.history.as_ref());
         let kept = history.map_or(0, |history| history.lines());
+        let returning = since.is_some();
         let since = since.map(|id| EventId::parse(id).unwrap_or(sse::NOT_OURS));
         let resume = sse::resume(since, numbers.epoch, numbers.handed_out, kept);
+        // At most half its --max-queue: a reader that reads is never cut for its replay.
+        let bound = self.config.max_queue / 2;
+        let resume = event_batch::within(history, resume, bound, returning);
         let mut events = Vec::new();
         event_batch::history_events(history, numbers, resume, &mut events);
         if events.is_empty() {

@@ -46,7 +46,6 @@ impl EventLoop {
             return;
         };
         let open = connection.is_open();
-        let reader = connection.kind().is_reader();
         if open && self.shutdown.is_some() {
             return;
         }
@@ -87,9 +86,6 @@ impl EventLoop {
             // flushing until it has everything or its deadline (its writes fail if it is
             // really gone).
             ReadEnd::Closed(DisconnectReason::ClientClosed) if !open => {}
-            // A reader (`GET /lines`, `/events`) that closes its sending half is done asking,
-            // not gone (HTTP allows it): its stream goes on; its writes fail if it is gone.
-            ReadEnd::Closed(DisconnectReason::ClientClosed) if reader => {}
             ReadEnd::Closed(reason) => self.close(token, reason),
         }
     }
@@ -322,7 +318,7 @@ impl EventLoop {
             }
         };
         if let Some(room) = connection.move_to(None) {
-            self.rooms.leave(room, token.0);
+            self.rooms.leave(room, token.0, connection.form());
         }
         if let Err(e) = connection.deregister(self.poll.registry()) {
             debug!("token {}: deregister: {e}", token.0);

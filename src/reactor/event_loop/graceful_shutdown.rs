@@ -307,8 +307,18 @@ impl EventLoop {
     }
 
     /// Closes every connection still in its TLS handshake or HTTP request: they are not
-    /// members, and nothing is owed to them.
+    /// members, and nothing is owed to them; but a `POST /lines` whose body was all read
+    /// (waiting for its turn to be published) is published and answered first.
     fn close_handshakes_and_requests(&mut self) {
+        for token in self.connections.tokens_in(Stage::Request) {
+            if let Some(request) = self
+                .connections
+                .exchange_mut(token)
+                .and_then(|exchange| exchange.take_complete_body())
+            {
+                self.answer_web(token, request);
+            }
+        }
         for stage in [Stage::Handshake, Stage::Request] {
             for token in self.connections.tokens_in(stage) {
                 match self.connections.remove(token) {

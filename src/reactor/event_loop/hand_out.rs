@@ -149,13 +149,7 @@ impl EventLoop {
         self.nats
             .gather(&room.broadcast.batch, named.then_some(room.name()));
         // Framed (and made events) once for all, and only if someone here takes them.
-        let (framed_members, event_members) = match named {
-            true => (room.has_framed_members(), room.has_event_members()),
-            false => (
-                self.observe.stats.websocket_active > 0,
-                self.observe.stats.sse_active > 0,
-            ),
-        };
+        let (framed_members, event_members) = (room.has_framed_members(), room.has_event_members());
         let broadcast = &mut room.broadcast;
         if framed_members {
             broadcast.framed.build(&broadcast.batch);

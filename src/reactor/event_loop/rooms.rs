@@ -329,12 +329,12 @@ impl EventLoop {
     /// Takes the member under `token` out of its room: it is leaving, and gets no more
     /// lines. The room goes if it was the last.
     pub(super) fn leave_room(&mut self, token: Token) {
-        let room = self
-            .connections
-            .member_mut(token)
-            .and_then(|member| member.move_to(None));
-        if let Some(id) = room {
-            self.rooms.leave(id, token.0);
+        let Some(member) = self.connections.member_mut(token) else {
+            return;
+        };
+        let form = member.form();
+        if let Some(id) = member.move_to(None) {
+            self.rooms.leave(id, token.0, form);
         }
     }
 }
