@@ -377,8 +377,8 @@ impl Relay {
         let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let registry = std::sync::Arc::clone(&open);
         thread::spawn(move || {
-            // Bounded: a test's page, its socket and a few reconnections.
-            for client in listener.incoming().take(50) {
+            // Bounded: a test's page, its socket, reconnections and chromium's preconnects.
+            for client in listener.incoming().take(1000) {
                 let Ok(client) = client else { continue };
                 let Ok(server) = TcpStream::connect(upstream) else {
                     continue;
@@ -416,7 +416,12 @@ fn an_event_source_that_loses_its_connection_shows_every_line_once() {
     let Some(mut browser) = Browser::open("an_event_source_that_loses_its_connection", &url) else {
         return;
     };
-    browser.wait_until("document.readyState === 'complete'");
+    // The server's page, loaded (not the blank page chromium starts with: a script run
+    // there would be gone with it).
+    browser.wait_until(&format!(
+        "location.host === '{}' && document.readyState === 'complete'",
+        relay.addr
+    ));
     browser.eval(
         "window.got = []; window.opens = 0; \
          window.source = new EventSource('/events'); \
