@@ -6,8 +6,9 @@
 //!
 //! - a partition of A from B and C (nftables drops), then healed;
 //! - A's nats-server killed (SIGKILL), then restarted: A's instance must fail over;
-//! - 2% of A's packets dropped both ways (nftables `numgen`; this kernel has no netem, so
-//!   no delay can be added: see the README);
+//! - 2% of A's packets dropped both ways (nftables `numgen`);
+//! - 100 ms added to A's routes (this kernel has no netem: relays in the test process,
+//!   through which that scenario's routes go, hold A's bytes);
 //! - A's instance stopped (SIGSTOP) for 3 s, then continued.
 //!
 //! The checker: every sender's lines arrive in order and at most once everywhere; clients of
@@ -227,19 +228,29 @@ struct Nats {
 }
 
 impl Nats {
-    /// Starts `host`'s node (its log in the temporary directory, for a failing run).
-    fn start(net: &Net, host: usize) -> Nats {
+    /// Starts `host`'s node (its log in the temporary directory, for a failing run); with
+    /// `relayed`, its routes go through the test's delaying relays (see [`Relays`]), which
+    /// it also advertises as its own route address, so that no route goes around them.
+    fn start(net: &Net, host: usize, relayed: bool) -> Nats {
         let me = net.addr(host);
+        let route_to = |h: usize| match relayed {
+            true => Relays::addr(net, h).to_string(),
+            false => format!("{}:6222", net.addr(h)),
+        };
         let routes: Vec<String> = (0..HOSTS.len())
             .filter(|&h| h != host)
-            .map(|h| format!("\"nats://{}:6222\"", net.addr(h)))
+            .map(|h| format!("\"nats://{}\"", route_to(h)))
             .collect();
+        let advertise = match relayed {
+            true => format!("\n  advertise: \"{}\"", route_to(host)),
+            false => String::new(),
+        };
         let path = std::env::temp_dir().join(format!("{}-{}.conf", net.prefix, HOSTS[host]));
         let log = path.with_extension("log");
         let log = log.display();
         let config = format!(
             "listen: \"{me}:4222\"\nhttp: \"{me}:8222\"\nlog_file: \"{log}\"\n\
-             cluster {{\n  name: faults\n  listen: \"{me}:6222\"\n  routes: [{}]\n}}\n",
+             cluster {{\n  name: faults\n  listen: \"{me}:6222\"{advertise}\n  routes: [{}]\n}}\n",
             routes.join(", ")
         );
         std::fs::write(&path, config).expect("write nats-server's configuration");
@@ -264,6 +275,89 @@ impl Drop for Nats {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// TCP relays in the test process (on its leg, 198.18.N.254) in front of each node's route
+/// port, through which every route goes when the cluster is `relayed`: the stand-in for a
+/// slow link, since this kernel has no netem. While `delay` is set, every byte to or from
+/// host A waits that long on its way (in order).
+struct Relays {
+    delay: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Relays {
+    /// The relay in front of `host`'s route port.
+    fn addr(net: &Net, host: usize) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::new(198, 18, net.subnet, 254), 16222 + host as u16))
+    }
+
+    fn start(net: &Net) -> Relays {
+        let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let a = net.addr(0);
+        for host in 0..HOSTS.len() {
+            let listener = std::net::TcpListener::bind(Relays::addr(net, host)).expect("relay");
+            let target = SocketAddr::from((net.addr(host), 6222));
+            let delay = Arc::clone(&delay);
+            thread::spawn(move || {
+                // Bounded: the routes of a scenario and their reconnections.
+                for client in listener.incoming().take(100) {
+                    let Ok(client) = client else { continue };
+                    let Ok(server) = TcpStream::connect_timeout(&target, DEADLINE) else {
+                        continue;
+                    };
+                    let peer = client.peer_addr().map(|p| p.ip());
+                    let of_a = host == 0 || peer.is_ok_and(|ip| ip == a);
+                    for (from, to) in [
+                        (
+                            client.try_clone().expect("clone"),
+                            server.try_clone().expect("clone"),
+                        ),
+                        (server, client),
+                    ] {
+                        let delay = of_a.then(|| Arc::clone(&delay));
+                        relay_with_delay(from, to, delay);
+                    }
+                }
+            });
+        }
+        Relays { delay }
+    }
+
+    fn set_delay(&self, delay: Duration) {
+        self.delay.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` on two threads: a reader that stamps each chunk, a writer that
+/// sends it once `delay` (read when the chunk came) has passed.
+fn relay_with_delay(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    delay: Option<Arc<std::sync::atomic::AtomicU64>>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    thread::spawn(move || {
+        let mut buf = vec![0; 64 * 1024];
+        while let Ok(n) = std::io::Read::read(&mut from, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let wait = delay.as_ref().map_or(0, |d| d.load(Ordering::SeqCst));
+            let due = Instant::now() + Duration::from_millis(wait);
+            if tx.send((due, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+    thread::spawn(move || {
+        for (due, chunk) in rx {
+            thread::sleep(due.saturating_duration_since(Instant::now())); // the link's delay
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
 }
 
 /// Waits until `host`'s nats-server has routes to both others (its /routez says so).
@@ -438,6 +532,7 @@ impl Sender {
 #[derive(Clone, Copy, Debug)]
 enum Fault {
     Partition,
+    Delay,
     KillNats,
     Loss,
     Stop,
@@ -445,6 +540,9 @@ enum Fault {
 
 /// One scenario's cluster: its network, nats-servers, instances, and clients.
 struct Cluster {
+    /// The delaying relays of the routes, for the delay fault (declared first: dropped
+    /// first, nothing).
+    relays: Option<Relays>,
     net: Net,
     nats: Vec<Nats>,
     instances: Vec<Server>,
@@ -453,9 +551,12 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(scenario: char, subnet: u8) -> Cluster {
+    fn start(scenario: char, subnet: u8, relayed: bool) -> Cluster {
         let net = Net::create(scenario, subnet);
-        let nats: Vec<Nats> = (0..HOSTS.len()).map(|h| Nats::start(&net, h)).collect();
+        let relays = relayed.then(|| Relays::start(&net));
+        let nats: Vec<Nats> = (0..HOSTS.len())
+            .map(|h| Nats::start(&net, h, relayed))
+            .collect();
         for host in 0..HOSTS.len() {
             wait_for_routes(&net, host);
         }
@@ -479,6 +580,7 @@ impl Cluster {
             })
             .collect();
         Cluster {
+            relays,
             net,
             nats,
             instances,
@@ -512,7 +614,12 @@ impl Cluster {
                 "chain input { type filter hook input priority 0; numgen random mod 100 < 2 counter drop; }\n\
                  chain output { type filter hook output priority 0; numgen random mod 100 < 2 counter drop; }"),
             Fault::Stop => self.instances[0].signal(libc::SIGSTOP),
+            Fault::Delay => self.relays().set_delay(Duration::from_millis(100)),
         }
+    }
+
+    fn relays(&self) -> &Relays {
+        self.relays.as_ref().expect("a relayed cluster")
     }
 
     fn heal(&mut self, fault: Fault) {
@@ -523,10 +630,11 @@ impl Cluster {
                 self.net.nft(0, "");
             }
             Fault::KillNats => {
-                self.nats[0] = Nats::start(&self.net, 0);
+                self.nats[0] = Nats::start(&self.net, 0, self.relays.is_some());
                 wait_for_routes(&self.net, 0);
             }
             Fault::Stop => self.instances[0].signal(libc::SIGCONT),
+            Fault::Delay => self.relays().set_delay(Duration::ZERO),
         }
     }
 }
@@ -549,7 +657,7 @@ fn scenario(name: &str, tag: char, subnet: u8, fault: Fault, hold: Duration) -> 
         report_skip(name, &why);
         return None;
     }
-    let mut cluster = Cluster::start(tag, subnet);
+    let mut cluster = Cluster::start(tag, subnet, matches!(fault, Fault::Delay));
     // A talker (sends, and records the others) and a listener (records all) on each host.
     let mut talkers = Vec::new();
     let mut recorders = Vec::new();
@@ -805,4 +913,18 @@ fn a_stopped_instance_loses_no_line_once_continued() {
         report.missed.is_empty(),
         "a 3 s stop is within every timeout: nothing lost"
     );
+}
+
+#[test]
+fn a_slow_link_to_one_host_delays_its_lines_and_loses_none() {
+    let hold = Duration::from_secs(4);
+    let Some(report) = scenario("a_slow_link", 'd', 5, Fault::Delay, hold) else {
+        return;
+    };
+    // 100 ms each way on A's routes: its lines reach B and C at least that late, all of them.
+    assert!(
+        report.slowest_from_a >= Duration::from_millis(100),
+        "no delay was added"
+    );
+    assert!(report.missed.is_empty(), "a slow link loses nothing");
 }
