@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Client, Server, numbered_lines, wait_until};
+use common::{Client, Server, wait_until};
 
 /// The head of every `GET /events` answer.
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
@@ -228,20 +228,7 @@ fn events_readers_are_members_cut_by_max_queue_and_per_room() {
     let stuck = reader(&server, "/events");
     stuck.set_receive_buffer(4096);
     let mut ops = reader(&server, "/events/ops");
-    let mut sender = server.connect();
-    let mut fast = server.connect();
-    let flood = numbered_lines(&"e".repeat(100), 150_000);
-    let sending = {
-        let flood = flood.clone();
-        std::thread::spawn(move || {
-            sender.send(&flood);
-            sender
-        })
-    };
-    fast.expect(&flood);
-    let mut sender = sending.join().expect("the sender thread");
-    let why = server.wait_for_log(&format!("client {} disconnected", stuck.local_addr()));
-    assert!(why.contains("slow consumer"), "{why}");
+    let (mut sender, _fast) = common::flood_until_cut(&server, &stuck, 150_000);
     // The room's reader got none of main's lines, and its room lives while it reads.
     sender.send(b"/join ops\n");
     sender.expect(b"OK joined ops\n");

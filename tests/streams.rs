@@ -126,21 +126,7 @@ fn a_reader_that_stops_reading_is_cut_by_max_queue_and_no_one_else_notices() {
     let server = Server::start(&["--http", "127.0.0.1:0"]);
     let stuck = reader(&server, "/lines");
     stuck.set_receive_buffer(4096);
-    let mut sender = server.connect();
-    let mut fast = server.connect();
-    // More than the kernel's buffers and --max-queue (8 MiB) hold, read while it is sent.
-    let flood = numbered_lines(&"r".repeat(100), 250_000);
-    let sending = {
-        let flood = flood.clone();
-        std::thread::spawn(move || {
-            sender.send(&flood);
-            sender
-        })
-    };
-    fast.expect(&flood);
-    let mut sender = sending.join().expect("the sender thread");
-    let why = server.wait_for_log(&format!("client {} disconnected", stuck.local_addr()));
-    assert!(why.contains("slow consumer"), "{why}");
+    let (mut sender, mut fast) = common::flood_until_cut(&server, &stuck, 250_000);
     sender.send(b"still fine\n");
     fast.expect(b"still fine\n");
 }
@@ -365,11 +351,10 @@ fn post_bodies_being_read_hold_at_most_64_mib_together_past_which_a_post_gets_a_
     });
 }
 
-#[test]
-fn bodies_that_end_together_are_published_a_turns_budget_at_a_time_each_whole() {
-    let server = Server::start(&["--http", "127.0.0.1:0", "-v"]);
-    let mut receiver = server.connect();
-    // Three bodies of 600,000 bytes: a turn publishes up to 1 MiB of bodies (at least one).
+/// Three POSTs of 600,000 bytes of lines (a turn publishes up to 1 MiB of bodies, at least
+/// one), each sent but its last byte, once the server has read them; returns the bodies
+/// and their posters.
+fn three_bodies_but_their_last_bytes(server: &Server) -> (Vec<Vec<u8>>, Vec<Client>) {
     let bodies: Vec<Vec<u8>> = ["a", "b", "c"]
         .iter()
         .map(|prefix| {
@@ -379,7 +364,7 @@ fn bodies_that_end_together_are_published_a_turns_budget_at_a_time_each_whole() 
             body
         })
         .collect();
-    let mut posters: Vec<Client> = bodies
+    let posters: Vec<Client> = bodies
         .iter()
         .map(|body| {
             let mut poster = Client::connect_raw(server.web_addr());
@@ -389,8 +374,17 @@ fn bodies_that_end_together_are_published_a_turns_budget_at_a_time_each_whole() 
         })
         .collect();
     wait_until("the bodies are read but their last bytes", || {
-        post_bytes_held(&server) == 3 * 599_999
+        post_bytes_held(server) == 3 * 599_999
     });
+    (bodies, posters)
+}
+
+#[test]
+fn bodies_that_end_together_are_published_a_turns_budget_at_a_time_each_whole() {
+    let server = Server::start(&["--http", "127.0.0.1:0", "-v"]);
+    let mut receiver = server.connect();
+    // Three bodies of 600,000 bytes: a turn publishes up to 1 MiB of bodies (at least one).
+    let (bodies, mut posters) = three_bodies_but_their_last_bytes(&server);
     // The last bytes arrive while the server is stopped: its next turn sees all three.
     server.stop_and_wait();
     for poster in &mut posters {
@@ -479,27 +473,7 @@ fn bytes_after_a_posted_body_are_a_request_not_served_however_they_arrive() {
 fn bodies_waiting_for_their_turn_at_a_stop_signal_are_published_and_answered() {
     let mut server = Server::start(&["--http", "127.0.0.1:0", "-v"]);
     let mut receiver = server.connect();
-    let bodies: Vec<Vec<u8>> = ["a", "b", "c"]
-        .iter()
-        .map(|prefix| {
-            let mut body = numbered_lines(prefix, 100_000);
-            body.truncate(600_000);
-            *body.last_mut().expect("a byte") = b'\n';
-            body
-        })
-        .collect();
-    let mut posters: Vec<Client> = bodies
-        .iter()
-        .map(|body| {
-            let mut poster = Client::connect_raw(server.web_addr());
-            poster.send(&post_head("/lines", body.len(), ""));
-            poster.send(&body[..body.len() - 1]);
-            poster
-        })
-        .collect();
-    wait_until("the bodies are read but their last bytes", || {
-        post_bytes_held(&server) == 3 * 599_999
-    });
+    let (bodies, mut posters) = three_bodies_but_their_last_bytes(&server);
     // The last bytes, then the signal, while the server is stopped: in its next turn one
     // body is published, the others wait for a turn that the stop signal ends.
     server.stop_and_wait();

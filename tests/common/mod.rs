@@ -583,6 +583,29 @@ pub fn report_skip(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
+/// Floods the broadcast (`lines` lines of about 100 bytes, more than the kernel's buffers
+/// and `--max-queue` hold for a client that reads nothing) from a new sender while a new
+/// client reads it all; returns once the server has cut `stuck` as a slow consumer, with
+/// the sender and the reader for more.
+pub fn flood_until_cut(server: &Server, stuck: &Client, lines: usize) -> (Client, Client) {
+    let sender = server.connect();
+    let mut fast = server.connect();
+    let flood = numbered_lines(&"f".repeat(100), lines);
+    let sending = {
+        let flood = flood.clone();
+        thread::spawn(move || {
+            let mut sender = sender;
+            sender.send(&flood);
+            sender
+        })
+    };
+    fast.expect(&flood);
+    let sender = sending.join().expect("the sender thread");
+    let why = server.wait_for_log(&format!("client {} disconnected", stuck.local_addr()));
+    assert!(why.contains("slow consumer"), "{why}");
+    (sender, fast)
+}
+
 /// A client that never reads, with about `bytes` of lines sent to it; returns it, and the
 /// exact byte count, once a reader that keeps up has them all.
 pub fn stuck_client_behind(server: &Server, bytes: usize) -> (Client, usize) {

@@ -16,9 +16,9 @@ use std::time::Duration;
 use crate::Options;
 use crate::http_stream::Stream;
 use crate::load::{Role, Swarm};
-use crate::report::{self, Metrics, Row, join, rate_metrics};
+use crate::report::{Row, join, rate_metrics};
 use crate::scenarios::websocket::start_web_server;
-use crate::scenarios::{Trial, limit_note, measure_logged, trial_duration};
+use crate::scenarios::{Trial, limit_note, measure_logged, trial_duration, versus_tcp};
 use crate::target::Kind;
 
 /// Line length, as in fanout.
@@ -165,7 +165,9 @@ fn compare_rows(kind: Kind, rate: f64, readers: usize, options: &Options) -> Vec
         let who = Added::Http(stream);
         let (result, note) = match run(who) {
             Ok(t) => {
-                let (metrics, note) = compare_metrics(rate, receivers, &t, tcp.as_ref().ok());
+                let what = (who.name(), "to_tcp_ratio");
+                let (metrics, note) =
+                    versus_tcp(rate, receivers, &t, tcp.as_ref().ok(), what, TARGET_RATIO);
                 (Ok(metrics), note)
             }
             Err(why) => (Err(why), String::new()),
@@ -178,51 +180,4 @@ fn compare_rows(kind: Kind, rate: f64, readers: usize, options: &Options) -> Vec
         });
     }
     rows
-}
-
-/// The figures of a run with HTTP readers, and its server CPU per delivery as a multiple
-/// of the TCP-only run's (not judged when either run was disturbed).
-fn compare_metrics(
-    rate: f64,
-    receivers: usize,
-    http: &Trial,
-    tcp: Option<&Trial>,
-) -> (Metrics, String) {
-    let o = &http.outcome;
-    let mut metrics = rate_metrics(rate, Some(receivers), o);
-    let Some(tcp) = tcp.map(|t| &t.outcome) else {
-        let note = [
-            "no TCP run to compare with".to_string(),
-            limit_note(o),
-            http.detail.clone(),
-        ];
-        return (metrics, join(&note));
-    };
-    let ratio = o.server_ns_per_delivery() / tcp.server_ns_per_delivery();
-    let disturbed = [tcp, o].iter().any(|r| r.contended() || r.behind);
-    let (met, verdict) = if disturbed {
-        (f64::NAN, "not judged (a run was disturbed)")
-    } else if ratio <= TARGET_RATIO {
-        (1.0, "met")
-    } else {
-        (0.0, "NOT met")
-    };
-    metrics.extend([
-        ("tcp_ns_per_delivery", tcp.server_ns_per_delivery()),
-        ("to_tcp_ratio", ratio),
-        ("target_met", met),
-    ]);
-    let mut note = vec![format!(
-        "target ≤ {TARGET_RATIO}× TCP's ns/delivery {verdict}: {:.0} vs TCP {:.0} ns/delivery \
-         ({ratio:.2}×)",
-        o.server_ns_per_delivery(),
-        tcp.server_ns_per_delivery()
-    )];
-    for (run, outcome) in [("this run", o), ("TCP run", tcp)] {
-        if let Some(limit) = report::limit_note(outcome) {
-            note.push(format!("{run}: {limit}"));
-        }
-    }
-    note.push(http.detail.clone());
-    (metrics, join(&note))
 }

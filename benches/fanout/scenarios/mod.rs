@@ -297,6 +297,61 @@ pub fn measure_logged(
     })
 }
 
+/// The figures of `run` at `rate` (`receivers` of them), beside a run with TCP receivers
+/// only at the same rate: its server CPU per delivery as a multiple of TCP's (metric
+/// `ratio_metric`), judged against `target` (not when either run had the machine busy or
+/// the generator behind schedule), and what limited either run besides the server.
+pub fn versus_tcp(
+    rate: f64,
+    receivers: usize,
+    run: &Trial,
+    tcp: Option<&Trial>,
+    (what, ratio_metric): (&str, &'static str),
+    target: f64,
+) -> (Metrics, String) {
+    let o = &run.outcome;
+    let mut metrics = report::rate_metrics(rate, Some(receivers), o);
+    let Some(tcp) = tcp.map(|t| &t.outcome) else {
+        let note = [
+            "no TCP run to compare with".to_string(),
+            limit_note(o),
+            run.detail.clone(),
+        ];
+        return (metrics, report::join(&note));
+    };
+    let ratio = o.server_ns_per_delivery() / tcp.server_ns_per_delivery();
+    let disturbed = [tcp, o].iter().any(|r| r.contended() || r.behind);
+    let (met, verdict) = if disturbed {
+        (f64::NAN, "not judged (a run was disturbed)")
+    } else if ratio <= target {
+        (1.0, "met")
+    } else {
+        (0.0, "NOT met")
+    };
+    metrics.extend([
+        ("tcp_ns_per_delivery", tcp.server_ns_per_delivery()),
+        (
+            "tcp_generator_limited",
+            f64::from(u8::from(tcp.generator_limited())),
+        ),
+        (ratio_metric, ratio),
+        ("target_met", met),
+    ]);
+    let mut note = vec![format!(
+        "target ≤ {target}× TCP's ns/delivery {verdict}: {what} {:.0} vs TCP {:.0} \
+         ns/delivery ({ratio:.2}×)",
+        o.server_ns_per_delivery(),
+        tcp.server_ns_per_delivery()
+    )];
+    for (which, outcome) in [(format!("{what} run"), o), ("TCP run".to_string(), tcp)] {
+        if let Some(limit) = report::limit_note(outcome) {
+            note.push(format!("{which}: {limit}"));
+        }
+    }
+    note.push(run.detail.clone());
+    (metrics, report::join(&note))
+}
+
 /// One run of a rate search: its outcome, and what else it found, for the search's note
 /// when this run ends the search (e.g. where the lines were lost).
 pub struct Trial {

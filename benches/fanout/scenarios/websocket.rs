@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use crate::Options;
 use crate::load::{Role, Swarm};
-use crate::report::{self, Metrics, Row, join, rate_metrics};
-use crate::scenarios::{Trial, limit_note, measure_logged, rate_search, trial_duration};
+use crate::report::{Row, join, rate_metrics};
+use crate::scenarios::{
+    Trial, limit_note, measure_logged, rate_search, trial_duration, versus_tcp,
+};
 use crate::target::{Kind, LoggedTarget, Target};
 
 /// Line length, as in fanout.
@@ -196,60 +198,14 @@ fn compare_rows(kind: Kind, rate: f64, options: &Options) -> Vec<Row> {
     };
     let websocket_row = match websocket {
         Ok(t) => {
-            let (metrics, note) = compare_metrics(rate, &t, tcp.as_ref().ok());
+            let what = ("WebSocket", "ws_to_tcp_ratio");
+            let (metrics, note) =
+                versus_tcp(rate, RECEIVERS, &t, tcp.as_ref().ok(), what, TARGET_RATIO);
             row("websocket-rate", Ok(metrics), note)
         }
         Err(why) => row("websocket-rate", Err(why), String::new()),
     };
     vec![tcp_row, websocket_row]
-}
-
-/// The figures of the WebSocket run at `rate`, and its server CPU per delivery as a
-/// multiple of the TCP run's. The target is not judged when either run had the machine
-/// busy or the generator behind schedule; what limited either run besides the server (a
-/// saturated generator, a busy machine) is named in the note.
-fn compare_metrics(rate: f64, websocket: &Trial, tcp: Option<&Trial>) -> (Metrics, String) {
-    let o = &websocket.outcome;
-    let mut metrics = rate_metrics(rate, Some(RECEIVERS), o);
-    let Some(tcp) = tcp.map(|t| &t.outcome) else {
-        let note = [
-            "no TCP run to compare with".to_string(),
-            limit_note(o),
-            websocket.detail.clone(),
-        ];
-        return (metrics, join(&note));
-    };
-    let ratio = o.server_ns_per_delivery() / tcp.server_ns_per_delivery();
-    let disturbed = [tcp, o].iter().any(|r| r.contended() || r.behind);
-    let (met, verdict) = if disturbed {
-        (f64::NAN, "not judged (a run was disturbed)")
-    } else if ratio <= TARGET_RATIO {
-        (1.0, "met")
-    } else {
-        (0.0, "NOT met")
-    };
-    metrics.extend([
-        ("tcp_ns_per_delivery", tcp.server_ns_per_delivery()),
-        (
-            "tcp_generator_limited",
-            f64::from(u8::from(tcp.generator_limited())),
-        ),
-        ("ws_to_tcp_ratio", ratio),
-        ("target_met", met),
-    ]);
-    let mut note = vec![format!(
-        "target ≤ {TARGET_RATIO}× TCP's ns/delivery {verdict}: WebSocket {:.0} vs TCP {:.0} \
-         ns/delivery ({ratio:.2}×)",
-        o.server_ns_per_delivery(),
-        tcp.server_ns_per_delivery()
-    )];
-    for (run, outcome) in [("WebSocket run", o), ("TCP run", tcp)] {
-        if let Some(limit) = report::limit_note(outcome) {
-            note.push(format!("{run}: {limit}"));
-        }
-    }
-    note.push(websocket.detail.clone());
-    (metrics, join(&note))
 }
 
 /// The figures a reader of the scenario wants side by side.
