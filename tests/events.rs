@@ -390,3 +390,21 @@ fn a_burst_of_joiners_is_taken_a_few_a_turn_and_every_one_gets_in() {
         reader.expect(&event(&epoch, 1, "kept").as_bytes()[21..]);
     }
 }
+
+#[test]
+fn a_reader_whose_request_and_end_of_input_come_together_is_gone() {
+    let server = Server::start(&["--rooms", "--http", "127.0.0.1:0", "-vv"]);
+    for (n, path) in ["/events/quiet", "/lines/quiet"].into_iter().enumerate() {
+        let mut reader = Client::connect_raw(server.web_addr());
+        // Accepted, and nothing to read yet; then the request and the FIN in one event.
+        server.wait_for_logs("request head 0 bytes so far", n + 1);
+        server.stop_and_wait();
+        reader.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        reader.half_close();
+        server.signal(libc::SIGCONT);
+        server.wait_for_disconnect(reader.local_addr());
+    }
+    let mut client = server.connect();
+    client.send(b"/rooms\n");
+    client.expect(b"OK rooms main:1\n");
+}

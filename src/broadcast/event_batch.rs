@@ -105,10 +105,10 @@ pub fn history_events(
         let last_missed = before_kept + resume.skip as u64;
         sse::encode_missed(numbers.id(last_missed), lines, exact, out);
     }
-    let Some(history) = history else {
-        return;
+    let Some(history) = history.filter(|_| resume.skip < kept) else {
+        return; // nothing kept that it lacks
     };
-    out.reserve(history.len() + 48 * (kept - resume.skip.min(kept)));
+    out.reserve(history.len() + 48 * (kept - resume.skip));
     let mut index = 0;
     history.for_each_line(|line| {
         index += 1;
@@ -130,6 +130,16 @@ pub fn within(
     let Some(history) = history else {
         return resume;
     };
+    // No walk of the history when what is owed surely fits (each line's event is at most
+    // 64 bytes more than 4/3 of it), as for a reader that comes back up to date.
+    let owed = history.lines().saturating_sub(resume.skip);
+    if owed
+        .saturating_mul(68)
+        .saturating_add(history.len() / 3 * 4)
+        <= max_bytes
+    {
+        return resume;
+    }
     let mut total = 0usize;
     let mut index = 0;
     history.for_each_line(|line| {

@@ -38,6 +38,9 @@ const HEAD_READ_BUDGET: usize = 64 * 1024;
 /// a turn: each may cost a history replay framed for it (up to half its `--max-queue` of
 /// events), so a burst of joiners is taken a few a turn rather than stalling everyone.
 const MEMBERS_PER_TURN: usize = 8;
+/// Replayed bytes that cost one more of the turn's places (so that a turn replays about
+/// `MEMBERS_PER_TURN` MiB at most, whatever `--history-bytes` and `--max-queue` are).
+const REPLAY_BYTES_PER_PLACE: usize = 1024 * 1024;
 /// Refused requests logged one by one each second; more in a storm are summed up.
 const REFUSALS_LOGGED: u64 = 20;
 
@@ -137,6 +140,13 @@ impl WebRequests {
     pub fn start_turn(&mut self) {
         self.bodies.start_turn();
         self.members_left = MEMBERS_PER_TURN;
+    }
+
+    /// Counts `bytes` of history just replayed to a new member against the turn's places.
+    pub fn charge_replay(&mut self, bytes: usize) {
+        self.members_left = self
+            .members_left
+            .saturating_sub(bytes / REPLAY_BYTES_PER_PLACE);
     }
 
     /// Whether `request` may go on this turn: one that makes a member takes one of the
@@ -404,11 +414,23 @@ impl Exchange {
 
     /// Notes that this exchange's deadline passed (the caller drops it): a client that had
     /// not finished its request is counted and logged (rate-limited).
-    pub fn time_out(&self, shared: &mut WebRequests, now: Instant) {
-        if matches!(
-            self.stage,
-            Stage::Reading | Stage::ReadingBody { .. } | Stage::Queued { .. }
-        ) {
+    pub fn time_out(&mut self, shared: &mut WebRequests, now: Instant) {
+        if matches!(self.stage, Stage::Queued { .. }) {
+            // Its request was whole: it is told the server is busy (best effort, a new
+            // socket takes these bytes), not blamed for being slow.
+            shared.counters.refused += 1;
+            let busy = refusal(SERVICE_UNAVAILABLE, "too many joining at once: try again");
+            let _ = write_out(&mut self.transport, &refusal_response(&busy), &mut 0);
+            if shared.refusal_log.admit(now) {
+                info!(
+                    "http: refused {}: it waited {} s for its turn to join (too many joining)",
+                    self.peer,
+                    REQUEST_TIMEOUT.as_secs()
+                );
+            }
+            return;
+        }
+        if matches!(self.stage, Stage::Reading | Stage::ReadingBody { .. }) {
             shared.counters.timed_out += 1;
             if shared.refusal_log.admit(now) {
                 info!(
@@ -575,5 +597,44 @@ fn read_to_end(pending: &mut Exchange) -> Option<&'static str> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Some("a read failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member_request() -> Request {
+        Request {
+            route: Route::Lines {
+                room: None,
+                chunked: true,
+            },
+            head_only: false,
+        }
+    }
+
+    #[test]
+    fn a_turn_admits_its_members_and_replays_cost_places() {
+        let mut shared = WebRequests::default();
+        let page = Request {
+            route: Route::Page,
+            head_only: false,
+        };
+        assert!((0..MEMBERS_PER_TURN).all(|_| shared.admits_now(&member_request())));
+        assert!(!shared.admits_now(&member_request()), "the turn is full");
+        assert!(shared.admits_now(&page), "other requests are not counted");
+        shared.start_turn();
+        shared.charge_replay(3 * REPLAY_BYTES_PER_PLACE + 1);
+        let admitted = (0..MEMBERS_PER_TURN)
+            .filter(|_| shared.admits_now(&member_request()))
+            .count();
+        assert_eq!(
+            admitted,
+            MEMBERS_PER_TURN - 3,
+            "3 MiB replayed cost 3 places"
+        );
+        shared.charge_replay(usize::MAX);
+        assert!(!shared.admits_now(&member_request()));
     }
 }

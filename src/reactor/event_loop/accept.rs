@@ -482,13 +482,15 @@ impl EventLoop {
         self.connections
             .insert(token, ClientConnection::Member(member));
         info!("{said} {peer} connected (token {})", token.0);
-        match what {
+        let replayed = match what {
             WebMember::EventReader { since } => self.replay_events(token, since),
-            _ => {
-                self.replay_history(token);
-            }
-        }
+            _ => self.replay_history(token),
+        };
+        self.web.requests.charge_replay(replayed);
         self.on_writable(token);
+        // What came with its request (a WebSocket client's first frames, a reader's end of
+        // input) raised no event of its own: read it now.
+        self.on_readable(token);
     }
 
     /// Broadcasts the lines of a `POST /lines` body in room `name`, in order, as from one
@@ -580,16 +582,17 @@ impl EventLoop {
     /// how many lines it will not get, then the whole history (see [`sse::resume`]); in all
     /// at most half its `--max-queue` of events (the oldest lines left out, and counted as
     /// missed for a returning reader).
-    fn replay_events(&mut self, token: Token, since: Option<&str>) {
+    /// Returns the bytes replayed.
+    fn replay_events(&mut self, token: Token, since: Option<&str>) -> usize {
         let Some(connection) = self.connections.member_mut(token) else {
-            return;
+            return 0;
         };
         let Some(broadcast) = connection
             .room()
             .and_then(|id| self.rooms.get(id))
             .map(|room| &room.broadcast)
         else {
-            return;
+            return 0;
         };
         let (numbers, history) = (&broadcast.numbers, broadcast.history.as_ref());
         let kept = history.map_or(0, |history| history.lines());
@@ -602,7 +605,7 @@ impl EventLoop {
         let mut events = Vec::new();
         event_batch::history_events(history, numbers, resume, &mut events);
         if events.is_empty() {
-            return;
+            return 0;
         }
         let mut hand_out = HandOut {
             registry: self.poll.registry(),
@@ -615,6 +618,7 @@ impl EventLoop {
             hand_out.stats.deliveries += kept.saturating_sub(resume.skip) as u64;
         }
         self.close_doomed();
+        events.len()
     }
 
     /// Retries both listeners when a pause's retry is due; the pause ends if neither
