@@ -198,8 +198,8 @@ impl WebFront {
     }
 }
 
-/// The refusal of a room named in a path (`/ws/NAME`, `/lines/NAME`, `/events/NAME`), if any: `404`
-/// without `--rooms`, `400` for a name that is not one.
+/// The refusal of a room named in a path (`/ws/NAME`, `/lines/NAME`, `/events/NAME`), if
+/// any: `404` without `--rooms`, `400` for a name that is not one.
 fn check_room(room: Option<&str>, context: &Context<'_>) -> Option<Refusal> {
     let name = room?;
     if !context.rooms {
