@@ -169,6 +169,11 @@ fn with_rooms_a_reader_of_lines_name_gets_that_rooms_lines_only() {
     assert!(off.starts_with("HTTP/1.1 404 "), "{off}");
 }
 
+/// Everything the server sends `client` until it closes, as text.
+fn read_answer(client: &mut Client) -> String {
+    String::from_utf8_lossy(&client.read_to_eof()).into_owned()
+}
+
 /// Sends a raw request to the web listener and returns the whole answer.
 fn post(server: &Server, path: &str, body: &[u8]) -> String {
     let mut request = format!(
@@ -179,7 +184,7 @@ fn post(server: &Server, path: &str, body: &[u8]) -> String {
     request.extend_from_slice(body);
     let mut client = Client::connect_raw(server.web_addr());
     client.send(&request);
-    String::from_utf8_lossy(&client.read_to_eof()).into_owned()
+    read_answer(&mut client)
 }
 
 #[test]
@@ -221,7 +226,7 @@ fn a_post_waits_for_its_100_continue_and_its_last_line_gets_a_newline() {
     );
     poster.expect(b"HTTP/1.1 100 Continue\r\n\r\n");
     poster.send(b"one\n\ntwo");
-    let answer = String::from_utf8_lossy(&poster.read_to_eof()).into_owned();
+    let answer = read_answer(&mut poster);
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\n3 lines\n"), "{answer}");
     receiver.expect(b"one\n\ntwo\n");
@@ -248,12 +253,12 @@ fn a_body_with_a_line_over_max_line_is_refused_whole_and_limits_are_said() {
     // Refused from its head: the body is never read.
     let mut big = Client::connect_raw(server.web_addr());
     big.send(b"POST /lines HTTP/1.1\r\nHost: x\r\nContent-Length: 1048577\r\n\r\n");
-    let answer = String::from_utf8_lossy(&big.read_to_eof()).into_owned();
+    let answer = read_answer(&mut big);
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
     assert!(answer.contains("a body over 1048576 bytes"), "{answer}");
     let mut chunked = Client::connect_raw(server.web_addr());
     chunked.send(b"POST /lines HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
-    let answer = String::from_utf8_lossy(&chunked.read_to_eof()).into_owned();
+    let answer = read_answer(&mut chunked);
     assert!(answer.starts_with("HTTP/1.1 411 "), "{answer}");
     sender.send(b"marker 2\n");
     receiver.expect(b"marker 2\n");
@@ -319,7 +324,7 @@ fn post_bodies_being_read_hold_at_most_64_mib_together_past_which_a_post_gets_a_
     // Refused from its head, before a 100 Continue: its declared megabyte does not fit.
     let mut refused = Client::connect_raw(server.web_addr());
     refused.send(&post_head("/lines", MIB, "Expect: 100-continue\r\n"));
-    let answer = String::from_utf8_lossy(&refused.read_to_eof()).into_owned();
+    let answer = read_answer(&mut refused);
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
     assert!(answer.contains("hold 64 MiB already"), "{answer}");
     // 64 bytes are left exactly: a body of 65 is refused, one of 64 published.
@@ -340,7 +345,7 @@ fn post_bodies_being_read_hold_at_most_64_mib_together_past_which_a_post_gets_a_
     welcome.expect(b"HTTP/1.1 100 Continue\r\n\r\n");
     // One that completes its body publishes it and gives its bytes back too.
     holders[0].send(b"\n");
-    let answer = String::from_utf8_lossy(&holders[0].read_to_eof()).into_owned();
+    let answer = read_answer(&mut holders[0]);
     assert!(
         answer.ends_with(&format!("\r\n\r\n{MIB} lines\n")),
         "{answer}"
@@ -401,7 +406,7 @@ fn bodies_that_end_together_are_published_a_turns_budget_at_a_time_each_whole() 
         })
         .collect();
     for (poster, count) in posters.iter_mut().zip(&counts) {
-        let answer = String::from_utf8_lossy(&poster.read_to_eof()).into_owned();
+        let answer = read_answer(poster);
         assert!(answer.ends_with(count.as_str()), "{answer}");
     }
     server.wait_for_log("its body waits for the next turn");
@@ -425,7 +430,7 @@ fn a_post_gets_its_100_continue_only_once_its_room_is_known_and_never_over_http_
     ] {
         let mut poster = Client::connect_raw(server.web_addr());
         poster.send(&post_head(path, 5000, expect));
-        let answer = String::from_utf8_lossy(&poster.read_to_eof()).into_owned();
+        let answer = read_answer(&mut poster);
         assert!(answer.starts_with(status), "{path}: {answer}");
     }
     // HTTP/1.0 has no 100 Continue: its client sends the body at once, and gets one answer.
@@ -435,7 +440,7 @@ fn a_post_gets_its_100_continue_only_once_its_room_is_known_and_never_over_http_
     // Its body started (where a 1.1 client would have had its 100 Continue), then the rest.
     wait_until("the body is started", || post_bytes_held(&plain) == 2);
     old.send(b"d\n");
-    let answer = String::from_utf8_lossy(&old.read_to_eof()).into_owned();
+    let answer = read_answer(&mut old);
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\n1 lines\n"), "{answer}");
     receiver.expect(b"old\n");
@@ -458,7 +463,7 @@ fn bytes_after_a_posted_body_are_a_request_not_served_however_they_arrive() {
             request.extend_from_slice(pipelined);
             poster.send(&request);
         }
-        let answer = String::from_utf8_lossy(&poster.read_to_eof()).into_owned();
+        let answer = read_answer(&mut poster);
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         assert!(answer.ends_with("\r\n\r\n1 lines\n"), "{answer}");
         assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
@@ -483,7 +488,7 @@ fn bodies_waiting_for_their_turn_at_a_stop_signal_are_published_and_answered() {
     server.signal(libc::SIGTERM);
     server.signal(libc::SIGCONT);
     for (poster, body) in posters.iter_mut().zip(&bodies) {
-        let answer = String::from_utf8_lossy(&poster.read_to_eof()).into_owned();
+        let answer = read_answer(poster);
         let lines = body.iter().filter(|&&b| b == b'\n').count();
         assert!(
             answer.ends_with(&format!("\r\n\r\n{lines} lines\n")),

@@ -9,14 +9,9 @@
 //! malformed), and any other field (`event: binary`, `event: missed`) is malformed here:
 //! every line of the bench is ASCII and every reader is there from the start.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
 use crate::ws::Decoded;
-
-/// Longest response head read before giving up.
-const MAX_HEAD: usize = 8 * 1024;
 
 /// What a reader asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,35 +31,12 @@ impl Stream {
     }
 }
 
-/// Asks the web listener at `addr` for `stream` and reads the answer's head, one byte at a
-/// time so that nothing of the body is read here; fails unless it is `200`.
+/// Asks the web listener at `addr` for `stream` and reads the answer's head (nothing of
+/// the body); fails unless it is `200`.
 pub fn request(socket: &mut TcpStream, addr: SocketAddr, stream: Stream) -> Result<(), String> {
-    let fail = |e: std::io::Error| format!("GET {} failed: {e}", stream.path());
-    socket
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .map_err(fail)?;
     let request = format!("GET {} HTTP/1.1\r\nHost: {addr}\r\n\r\n", stream.path());
-    socket.write_all(request.as_bytes()).map_err(fail)?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() >= MAX_HEAD {
-            return Err(format!("no end to the answer's head in {MAX_HEAD} bytes"));
-        }
-        match socket.read(&mut byte) {
-            Ok(0) => return Err("the server closed the connection before its answer".into()),
-            Ok(_) => head.push(byte[0]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(fail(e)),
-        }
-    }
-    socket.set_read_timeout(None).map_err(fail)?;
-    if !head.starts_with(b"HTTP/1.1 200 ") {
-        let status = String::from_utf8_lossy(&head);
-        let status = status.lines().next().unwrap_or_default();
-        return Err(format!("GET {} refused: {status}", stream.path()));
-    }
-    Ok(())
+    let what = format!("GET {}", stream.path());
+    crate::net::ask(socket, &request, "HTTP/1.1 200 ", &what)
 }
 
 /// Where a chunked body is between reads.

@@ -90,3 +90,45 @@ fn arrival_time(msg: &libc::msghdr) -> Option<u64> {
     }
     None
 }
+
+/// Longest HTTP response head [`ask`] reads before giving up.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Sends `request` (an HTTP request, for `what`) on the blocking `stream` and reads the
+/// answer's head, one byte at a time so that nothing after it is read here (at most 3 s a
+/// read); fails unless its status line starts with `expected` (e.g. `HTTP/1.1 101 `).
+pub fn ask(
+    stream: &mut std::net::TcpStream,
+    request: &str,
+    expected: &str,
+    what: &str,
+) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let fail = |e: io::Error| format!("{what} failed: {e}");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .map_err(fail)?;
+    stream.write_all(request.as_bytes()).map_err(fail)?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= MAX_HEAD {
+            return Err(format!(
+                "{what}: no end to the answer's head in {MAX_HEAD} bytes"
+            ));
+        }
+        match stream.read(&mut byte) {
+            Ok(0) => return Err(format!("{what}: the server closed before its answer")),
+            Ok(_) => head.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    stream.set_read_timeout(None).map_err(fail)?;
+    if !head.starts_with(expected.as_bytes()) {
+        let status = String::from_utf8_lossy(&head);
+        let status = status.lines().next().unwrap_or_default();
+        return Err(format!("{what} refused: {status}"));
+    }
+    Ok(())
+}

@@ -11,17 +11,14 @@
 //! across reads leaves an unfinished line, carried like a TCP reader's: a line counts in
 //! the read that completes its frame, at that read's arrival time.
 
-use std::io::{Cursor, Read, Write};
+use std::io::Cursor;
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use crate::frames;
 
-/// Longest response head read before giving up on the upgrade.
-const MAX_HEAD: usize = 8 * 1024;
 /// Longest server frame header: 2 + 8 (length) + 4 (a mask, which a server must not send).
 const MAX_HEADER: usize = 14;
 /// Longest control frame payload (RFC 6455 5.5).
@@ -34,37 +31,11 @@ const CLOSE: OpCode = OpCode::Control(Control::Close);
 const PING: OpCode = OpCode::Control(Control::Ping);
 const PONG: OpCode = OpCode::Control(Control::Pong);
 
-/// Asks the web listener at `addr` for an upgrade on `stream` and reads the response head,
-/// one byte at a time so that no frame after it is read here; fails unless it is `101`.
+/// Asks the web listener at `addr` for an upgrade on `stream` and reads the response head
+/// (no frame after it); fails unless it is `101`.
 pub fn handshake(stream: &mut TcpStream, addr: SocketAddr) -> Result<(), String> {
     let request = frames::upgrade_request(&addr.to_string(), "");
-    let fail = |e: std::io::Error| format!("WebSocket upgrade failed: {e}");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .map_err(fail)?;
-    stream.write_all(request.as_bytes()).map_err(fail)?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() >= MAX_HEAD {
-            return Err(format!(
-                "no end to the upgrade's response head in {MAX_HEAD} bytes"
-            ));
-        }
-        match stream.read(&mut byte) {
-            Ok(0) => return Err("the server closed the connection during the upgrade".into()),
-            Ok(_) => head.push(byte[0]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(fail(e)),
-        }
-    }
-    stream.set_read_timeout(None).map_err(fail)?;
-    if !head.starts_with(b"HTTP/1.1 101 ") {
-        let status = String::from_utf8_lossy(&head);
-        let status = status.lines().next().unwrap_or_default();
-        return Err(format!("WebSocket upgrade refused: {status}"));
-    }
-    Ok(())
+    crate::net::ask(stream, &request, "HTTP/1.1 101 ", "WebSocket upgrade")
 }
 
 /// What the frame whose payload is arriving is, and so what becomes of its payload.

@@ -118,6 +118,22 @@ pub fn history_events(
     });
 }
 
+/// Where the replay of a reader whose last event was `since` (as it said; `None` for a new
+/// reader) starts in a stream numbered by `numbers`: after that event if it is still kept
+/// (see [`sse::resume`]), in all at most `max_bytes` of events (see [`within`]).
+pub fn resume_for(
+    history: Option<&History>,
+    numbers: &LineNumbers,
+    since: Option<&str>,
+    max_bytes: usize,
+) -> Resume {
+    let kept = history.map_or(0, History::lines);
+    let returning = since.is_some();
+    let since = since.map(|id| EventId::parse(id).unwrap_or(sse::NOT_OURS));
+    let resume = sse::resume(since, numbers.epoch, numbers.handed_out, kept);
+    within(history, resume, max_bytes, returning)
+}
+
 /// `resume`, leaving out the oldest kept lines whose events would pass `max_bytes` (at
 /// most: each line counted at its largest event): a `returning` reader is told of them in
 /// its `missed` event, a new one just gets the newest lines.

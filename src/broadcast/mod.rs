@@ -154,36 +154,35 @@ impl Form {
         }
     }
 
-    /// The history in this form, for a newcomer: the ring's two halves as they are, or its
-    /// lines framed into `frames` (as events, numbered by `numbers`).
-    pub fn history<'a>(
+    /// What a newcomer is replayed from `broadcast`'s history in this form, and how many
+    /// lines that holds: the ring's two halves as they are, or its lines framed into
+    /// `frames`; as events, from `resume` on, after the `missed` event it calls for.
+    pub fn replay<'a>(
         self,
-        history: &'a History,
-        numbers: &LineNumbers,
+        broadcast: &'a Broadcast,
+        resume: Resume,
         frames: &'a mut Vec<u8>,
-    ) -> [IoSlice<'a>; 2] {
+    ) -> ([IoSlice<'a>; 2], usize) {
+        let history = broadcast.history.as_ref();
+        let kept = history.map_or(0, History::lines);
+        let ring = history.map_or((&[][..], &[][..]), History::as_slices);
         match self {
-            Form::Lines => {
-                let (front, back) = history.as_slices();
-                [IoSlice::new(front), IoSlice::new(back)]
-            }
+            Form::Lines => ([IoSlice::new(ring.0), IoSlice::new(ring.1)], kept),
             Form::Frames => {
-                frames.reserve(history.len() + 10 * history.lines());
-                history.for_each_line(|line| websocket::encode_line(line, frames));
-                [IoSlice::new(frames), IoSlice::new(&[])]
+                if let Some(history) = history {
+                    frames.reserve(history.len() + 10 * kept);
+                    history.for_each_line(|line| websocket::encode_line(line, frames));
+                }
+                ([IoSlice::new(frames), IoSlice::new(&[])], kept)
             }
             Form::Chunks => {
-                let (front, back) = history.as_slices();
-                frames.reserve(history.len() + 20);
-                frames.extend_from_slice(ChunkHead::new(history.len()).as_bytes());
-                frames.extend_from_slice(front);
-                frames.extend_from_slice(back);
-                frames.extend_from_slice(CHUNK_END);
-                [IoSlice::new(frames), IoSlice::new(&[])]
+                chunk_into(&[ring.0, ring.1], frames);
+                ([IoSlice::new(frames), IoSlice::new(&[])], kept)
             }
             Form::Events => {
-                event_batch::history_events(Some(history), numbers, Resume::WHOLE, frames);
-                [IoSlice::new(frames), IoSlice::new(&[])]
+                event_batch::history_events(history, &broadcast.numbers, resume, frames);
+                let lines = kept.saturating_sub(resume.skip);
+                ([IoSlice::new(frames), IoSlice::new(&[])], lines)
             }
         }
     }

@@ -8,7 +8,7 @@
 //! names that `/rooms` lists from (O(log R)). Slots are reused, so memory follows the rooms
 //! that exist, not the rooms that ever did.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -53,9 +53,8 @@ impl RoomShape {
 pub struct Room {
     name: Box<str>,
     pub broadcast: Broadcast,
-    /// Its members and the form each takes the lines in, with `--rooms` (without, everyone
-    /// is a member and none is listed).
-    members: HashMap<usize, Form>,
+    /// Its members, with `--rooms` (without, everyone is a member and none is listed).
+    members: HashSet<usize>,
     /// How many of its members take frames: the batch is framed only for a room that has
     /// some.
     framed_members: usize,
@@ -72,7 +71,7 @@ impl Room {
 
     /// Its members' client numbers (with `--rooms` only; none without).
     pub fn members(&self) -> impl Iterator<Item = usize> + '_ {
-        self.members.keys().copied()
+        self.members.iter().copied()
     }
 
     /// How many members it has (with `--rooms` only).
@@ -203,7 +202,7 @@ impl Rooms {
     ) -> Result<(), TooManyRooms> {
         let alone = from
             .and_then(|id| self.get(id))
-            .is_some_and(|room| room.members.len() == 1 && room.members.contains_key(&member));
+            .is_some_and(|room| room.members.len() == 1 && room.members.contains(&member));
         // Counting the room it leaves as gone (`--max-rooms` may be as large as usize).
         let room_for_one_more = self.count - usize::from(alone) < self.max;
         if !self.named || self.by_name.contains_key(name) || room_for_one_more {
@@ -263,7 +262,7 @@ impl Rooms {
             None => self.create(name),
         };
         if let Some(room) = self.slots.get_mut(id).and_then(Option::as_mut)
-            && room.members.insert(member, form).is_none()
+            && room.members.insert(member)
         {
             self.listing = None;
             if room.members.len() == 1 {
@@ -281,7 +280,7 @@ impl Rooms {
             return self.count_form(ONLY_ROOM, form, false);
         }
         if let Some(room) = self.slots.get_mut(id).and_then(Option::as_mut)
-            && let Some(form) = room.members.remove(&member)
+            && room.members.remove(&member)
         {
             self.listing = None;
             if room.members.is_empty() {
@@ -340,7 +339,7 @@ impl Rooms {
         let room = Room {
             name: name.into(),
             broadcast: self.shape.broadcast(),
-            members: HashMap::new(),
+            members: HashSet::new(),
             framed_members: 0,
             event_members: 0,
             pending: false,

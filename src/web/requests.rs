@@ -341,19 +341,12 @@ impl Exchange {
             );
             return Progress::BudgetSpent;
         }
-        let Stage::ReadingBody { mut request, body } =
-            std::mem::replace(&mut self.stage, Stage::Reading)
-        else {
-            return Progress::Done;
-        };
-        if let Route::Publish { body: read, .. } = &mut request.route {
-            *read = Some(body.into_bytes());
-        }
-        Progress::Request(request)
+        self.take_complete_body()
+            .map_or(Progress::Done, Progress::Request)
     }
 
-    /// At shutdown: the request of a `POST /lines` whose body is all here (waiting for a
-    /// turn to publish it), so that it is published rather than dropped.
+    /// The request of a `POST /lines` whose body is all here, the body in it (at shutdown:
+    /// one waiting for a turn to publish it, so that it is published rather than dropped).
     pub fn take_complete_body(&mut self) -> Option<Request> {
         let Stage::ReadingBody { body, .. } = &self.stage else {
             return None;

@@ -49,25 +49,9 @@ impl EventId {
 
 /// Appends `id` as it is written in an `id:` field.
 fn write_id(id: EventId, out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.extend(
-        (0..16)
-            .rev()
-            .map(|i| HEX[(id.epoch >> (4 * i)) as usize & 15]),
-    );
-    out.push(b'-');
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut seq = id.seq;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (seq % 10) as u8;
-        seq /= 10;
-        if seq == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    use std::io::Write as _;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{:016x}-{}", id.epoch, id.seq);
 }
 
 /// Appends one line (with or without its `\n`) as the event `id`.

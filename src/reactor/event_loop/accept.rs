@@ -31,7 +31,7 @@ use crate::web::front::{Context, Decision};
 use crate::web::requests::{Exchange, Progress, WebRequests};
 use crate::wire::commands;
 use crate::wire::http::{self, Request};
-use crate::wire::sse::{self, EventId};
+use crate::wire::sse::Resume;
 
 /// What a web request becomes as a member (see `EventLoop::admit_web_member`).
 pub(super) enum WebMember<'a> {
@@ -258,7 +258,7 @@ impl EventLoop {
             .insert(token, ClientConnection::Member(member));
         self.observe.stats.connected(MemberKind::Line);
         info!("client {peer} connected (token {})", token.0);
-        self.replay_history(token);
+        self.replay_history(token, None);
         if read_now {
             self.on_readable(token);
         }
@@ -482,10 +482,11 @@ impl EventLoop {
         self.connections
             .insert(token, ClientConnection::Member(member));
         info!("{said} {peer} connected (token {})", token.0);
-        let replayed = match what {
-            WebMember::EventReader { since } => self.replay_events(token, since),
-            _ => self.replay_history(token),
+        let since = match what {
+            WebMember::EventReader { since } => since,
+            _ => None,
         };
+        let replayed = self.replay_history(token, since);
         self.web.requests.charge_replay(replayed);
         self.on_writable(token);
         // What came with its request (a WebSocket client's first frames, a reader's end of
@@ -546,8 +547,10 @@ impl EventLoop {
 
     /// Sends a member the lines its room's `--history` keeps (everything handed out before
     /// it came in; what comes after reaches it live), within its `--max-queue` like any
-    /// output. Returns the bytes replayed.
-    pub(super) fn replay_history(&mut self, token: Token) -> usize {
+    /// output. A reader of `/events` whose last event was `since` gets what it lacks of
+    /// them, after a `missed` event if some are gone, and at most half its `--max-queue`
+    /// (see [`event_batch::resume_for`]). Returns the bytes replayed.
+    pub(super) fn replay_history(&mut self, token: Token, since: Option<&str>) -> usize {
         let Some(connection) = self.connections.member_mut(token) else {
             return 0;
         };
@@ -558,53 +561,20 @@ impl EventLoop {
         else {
             return 0;
         };
-        let Some(history) = broadcast.history.as_ref().filter(|h| !h.is_empty()) else {
-            return 0;
-        };
-        let mut hand_out = HandOut {
-            registry: self.poll.registry(),
-            max_queue: self.config.max_queue,
-            stats: &mut self.observe.stats,
-            doomed: &mut self.turn.doomed,
+        let form = connection.form();
+        let resume = match form {
+            // A reader that reads is never cut for its replay.
+            Form::Events => {
+                let history = broadcast.history.as_ref();
+                let bound = self.config.max_queue / 2;
+                event_batch::resume_for(history, &broadcast.numbers, since, bound)
+            }
+            _ => Resume::WHOLE,
         };
         let mut frames = Vec::new();
-        let mut slices = connection
-            .form()
-            .history(history, &broadcast.numbers, &mut frames);
-        let bytes = history.len();
-        hand_out.deliver(token, connection, &mut slices, history.lines());
-        self.close_doomed();
-        bytes
-    }
-
-    /// Sends a new `/events` reader what it is owed from its room's history: after the
-    /// event `since` it saw last, if that is still kept, else first a `missed` event saying
-    /// how many lines it will not get, then the whole history (see [`sse::resume`]); in all
-    /// at most half its `--max-queue` of events (the oldest lines left out, and counted as
-    /// missed for a returning reader).
-    /// Returns the bytes replayed.
-    fn replay_events(&mut self, token: Token, since: Option<&str>) -> usize {
-        let Some(connection) = self.connections.member_mut(token) else {
-            return 0;
-        };
-        let Some(broadcast) = connection
-            .room()
-            .and_then(|id| self.rooms.get(id))
-            .map(|room| &room.broadcast)
-        else {
-            return 0;
-        };
-        let (numbers, history) = (&broadcast.numbers, broadcast.history.as_ref());
-        let kept = history.map_or(0, |history| history.lines());
-        let returning = since.is_some();
-        let since = since.map(|id| EventId::parse(id).unwrap_or(sse::NOT_OURS));
-        let resume = sse::resume(since, numbers.epoch, numbers.handed_out, kept);
-        // At most half its --max-queue: a reader that reads is never cut for its replay.
-        let bound = self.config.max_queue / 2;
-        let resume = event_batch::within(history, resume, bound, returning);
-        let mut events = Vec::new();
-        event_batch::history_events(history, numbers, resume, &mut events);
-        if events.is_empty() {
+        let (mut slices, lines) = form.replay(broadcast, resume, &mut frames);
+        let bytes: usize = slices.iter().map(|slice| slice.len()).sum();
+        if bytes == 0 {
             return 0;
         }
         let mut hand_out = HandOut {
@@ -613,12 +583,12 @@ impl EventLoop {
             stats: &mut self.observe.stats,
             doomed: &mut self.turn.doomed,
         };
-        // Sent even when it holds no line: a `missed` event alone.
-        if hand_out.send(token, connection, &mut [IoSlice::new(&events)]) {
-            hand_out.stats.deliveries += kept.saturating_sub(resume.skip) as u64;
+        // Sent even when it holds no line: an `/events` reader's `missed` event alone.
+        if hand_out.send(token, connection, &mut slices) {
+            hand_out.stats.deliveries += lines as u64;
         }
         self.close_doomed();
-        events.len()
+        bytes
     }
 
     /// Retries both listeners when a pause's retry is due; the pause ends if neither

@@ -210,7 +210,7 @@ impl EventLoop {
         }
         debug!("token {} joined room {name}", token.0);
         self.reply(token, format!("OK joined {name}\n").as_bytes());
-        let history = self.replay_history(token);
+        let history = self.replay_history(token, None);
         (to, owed + history)
     }
 
